@@ -1,0 +1,43 @@
+# The README's commands are these targets; .ci/run calls `make test` too.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+DEB_PACKAGES := ffmpeg redis-server espeak-ng
+
+.PHONY: install run test lint typecheck check-deploy clean
+
+# Debian packages (only those missing), then a virtualenv with torch first, then the rest.
+install: $(STAMP)
+$(STAMP): requirements.txt requirements-api.txt requirements-dev.txt pyproject.toml
+	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$$(grep -E '^torch==' requirements.txt)"
+	$(PIP) install -q -r requirements-dev.txt
+	$(PIP) install -q --no-deps -e .
+	touch $(STAMP)
+
+# The whole service on http://127.0.0.1:8080: Redis, an S3-compatible server, the functions, a worker.
+run: install
+	$(VENV)/bin/whisper-api dev
+
+test: install lint typecheck check-deploy
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: install
+	$(VENV)/bin/mypy shared functions
+
+check-deploy: install
+	bash infra/check.sh
+
+clean:
+	rm -rf $(VENV) .data .mypy_cache .ruff_cache .pytest_cache

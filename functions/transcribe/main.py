@@ -1,0 +1,61 @@
+"""Transcribe function: the long-running whisper worker.
+
+Two ways in, one per-job handler (``Worker.process``):
+- pull: ``whisper-api worker`` (or ``python -m functions.transcribe.main``) consumes the Redis
+  Stream ``jobs`` as a member of the ``workers`` consumer group;
+- push: ``transcribe_event`` is a CloudEvent function for runtimes that deliver events
+  (Knative Eventing and the like); the event's data is ``{"job_id": "..."}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from functools import lru_cache
+from typing import Any
+
+import functions_framework
+from cloudevents.http.event import CloudEvent
+
+from shared.logs import configure_logging
+from shared.settings import worker_settings
+from shared.worker import Worker, build
+
+log = logging.getLogger("whisper_api.transcribe")
+
+
+@lru_cache(maxsize=1)
+def _worker() -> Worker:
+    settings = worker_settings()
+    configure_logging(settings.log_level)
+    return build(settings)
+
+
+@functions_framework.cloud_event
+def transcribe_event(cloud_event: CloudEvent) -> None:
+    """Run the job named in the event. Raising makes the runtime redeliver it."""
+    data: Any = cloud_event.data
+    job_id = data.get("job_id") if isinstance(data, dict) else None
+    if not isinstance(job_id, str) or not job_id:
+        log.warning("ignoring event %s without data.job_id", cloud_event["id"])
+        return
+    if not _worker().process(job_id):
+        raise RuntimeError(f"job {job_id}: storage unavailable, redeliver later")
+
+
+def main() -> None:
+    """Run the pull worker until SIGTERM or SIGINT; the job in hand is finished first."""
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        log.info("received %s; finishing the current job, then stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    _worker().run(stop)
+
+
+if __name__ == "__main__":
+    main()

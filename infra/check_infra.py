@@ -1,0 +1,477 @@
+"""Offline checks of the deployment files; ``infra/check.sh`` runs this after cfn-lint.
+
+- ``docker-compose.yml``: interpolated against ``.env.example`` the way Compose does, then
+  validated against the Compose Specification schema (the copy vendored in the
+  ``check-jsonschema`` package, so no network), plus the rules this project relies on.
+- ``infra/k8s/**.yaml``: every document has apiVersion, kind and metadata.name; built-in kinds
+  validate against the Kubernetes schemas bundled in ``kubernetes-validate``; names that refer
+  to each other (Service -> Deployment, Ingress -> Service, ScaledObject -> Deployment,
+  Secret and ConfigMap keys) resolve.
+- ``.env.example``, compose, the k8s config and ``template.yaml`` use the same variable names.
+- Files the Dockerfiles and compose point at exist.
+
+Prints one line per check and exits 1 if any failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+K8S_DIR = ROOT / "infra" / "k8s"
+#: Kubernetes version the manifests are validated against (kubernetes-validate bundles it).
+K8S_VERSION = "1.33.0"
+
+#: Every setting the service reads. Each must appear in .env.example and docker-compose.yml.
+SETTINGS = (
+    "REDIS_URL", "S3_ENDPOINT_URL", "S3_BUCKET", "S3_INBOX_BUCKET", "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "JWT_SECRET", "JWT_ISSUER", "JWT_AUDIENCE",
+    "JWT_TTL_SECONDS", "MAX_UPLOAD_BYTES", "WHISPER_MODELS", "WHISPER_MODEL_DIR",
+    "WHISPER_DEFAULT_MODEL", "WHISPER_DEVICE", "WORKER_MODEL_CACHE_SIZE",
+    "WORKER_HEARTBEAT_SECONDS", "WORKER_CONCURRENCY", "LOG_LEVEL", "ENVIRONMENT",
+)  # fmt: skip
+#: Not in template.yaml: Lambda reserves the AWS_* names, and these others are worker-only.
+NOT_IN_SAM = {
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "WHISPER_MODEL_DIR",
+    "WHISPER_DEVICE", "WORKER_MODEL_CACHE_SIZE", "WORKER_CONCURRENCY",
+}  # fmt: skip
+#: Compose must refuse to start without these (a ${VAR:?} guard).
+GUARDED_SECRETS = {"REDIS_PASSWORD", "JWT_SECRET", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+
+
+class Report:
+    """Collects pass/fail lines so every check runs even after one fails."""
+
+    def __init__(self) -> None:
+        self.failures = 0
+
+    def check(self, name: str, problems: list[str]) -> None:
+        if problems:
+            self.failures += 1
+            print(f"FAIL  {name}")
+            for problem in problems:
+                print(f"        - {problem}")
+        else:
+            print(f"ok    {name}")
+
+    def run(self, name: str, fn: Callable[[], list[str]]) -> None:
+        """Like ``check``, but a crash inside ``fn`` is a failure too, not a traceback."""
+        try:
+            problems = fn()
+        except Exception as exc:  # any breakage in a check is reported as its failure
+            problems = [f"{type(exc).__name__}: {exc}"]
+        self.check(name, problems)
+
+
+# ---- Compose interpolation ------------------------------------------------------------------
+
+_VAR = re.compile(
+    r"\$(?:(?P<escaped>\$)"
+    r"|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>(?:[^{}]|\{[^{}]*\})*))?\}"
+    r"|(?P<named>[A-Za-z_][A-Za-z0-9_]*))"
+)
+
+
+class MissingVariable(ValueError):
+    """A ``${VAR:?message}`` whose variable is unset (or empty, with the colon)."""
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines as Compose reads them; comments, blanks and surrounding quotes dropped."""
+    env: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.removeprefix("export ").partition("=")
+        if not sep:
+            raise ValueError(f"{path.name}: not KEY=VALUE: {line!r}")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        env[key.strip()] = value
+    return env
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    """Resolve ``$VAR``, ``${VAR}``, ``${VAR:-d}``, ``${VAR-d}``, ``${VAR:?e}``, ``${VAR?e}``,
+    ``${VAR:+r}``, ``${VAR+r}`` and ``$$`` as the Compose Specification defines them."""
+
+    def resolve(m: re.Match[str]) -> str:
+        if m["escaped"]:
+            return "$"
+        name = m["braced"] or m["named"]
+        op, arg = m["op"], interpolate(m["arg"] or "", env)
+        value = env.get(name)
+        present = value is not None and (value != "" or not (op or "").startswith(":"))
+        if op in (":-", "-"):
+            return value if present else arg  # type: ignore[return-value]
+        if op in (":?", "?"):
+            if not present:
+                raise MissingVariable(f"{name}: {arg}")
+            return value  # type: ignore[return-value]
+        if op in (":+", "+"):
+            return arg if present else ""
+        return value or ""
+
+    return _VAR.sub(resolve, text)
+
+
+def interpolate_tree(node: Any, env: dict[str, str]) -> Any:
+    """Interpolate every string value; keys are left alone, as Compose does."""
+    if isinstance(node, dict):
+        return {key: interpolate_tree(value, env) for key, value in node.items()}
+    if isinstance(node, list):
+        return [interpolate_tree(item, env) for item in node]
+    if isinstance(node, str):
+        return interpolate(node, env)
+    return node
+
+
+def guarded_variables(text: str) -> set[str]:
+    """Names that carry a ``:?``/``?`` guard anywhere in the file."""
+    return {m["braced"] for m in _VAR.finditer(text) if (m["op"] or "").endswith("?")}
+
+
+# ---- Compose ------------------------------------------------------------------------------
+
+
+def compose_schema() -> dict[str, Any]:
+    """The Compose Specification schema vendored (from SchemaStore) in check-jsonschema."""
+    vendor = resources.files("check_jsonschema.builtin_schemas.vendor")
+    schema: dict[str, Any] = json.loads(vendor.joinpath("compose-spec.json").read_text())
+    return schema
+
+
+def schema_problems(document: Any, schema: dict[str, Any]) -> list[str]:
+    validator_cls = jsonschema.validators.validator_for(schema)
+    validator_cls.check_schema(schema)
+    errors = sorted(validator_cls(schema).iter_errors(document), key=lambda e: list(e.path))
+    return [f"{'/'.join(map(str, e.path)) or '<root>'}: {e.message}" for e in errors]
+
+
+def compose_rules(compose: dict[str, Any]) -> list[str]:
+    """What this project relies on beyond the schema."""
+    services: dict[str, Any] = compose.get("services", {})
+    problems = []
+    if "ports" in services.get("redis", {}):
+        problems.append("redis publishes ports: it must only be reachable on the compose network")
+    for name, service in services.items():
+        one_shot = service.get("restart") == "no"
+        if not one_shot and "healthcheck" not in service:
+            problems.append(f"{name}: long-running service without a healthcheck")
+        depends = service.get("depends_on", {})
+        if isinstance(depends, list):
+            problems.append(f"{name}: depends_on without conditions (use the long form)")
+            continue
+        for dep, spec in depends.items():
+            condition = spec.get("condition")
+            if condition not in ("service_healthy", "service_completed_successfully"):
+                problems.append(f"{name} -> {dep}: condition {condition!r}")
+            if condition == "service_healthy" and "healthcheck" not in services.get(dep, {}):
+                problems.append(f"{name} -> {dep}: waits for health that {dep} never reports")
+    devices = (
+        services.get("worker", {}).get("deploy", {}).get("resources", {})
+        .get("reservations", {}).get("devices", [])
+    )  # fmt: skip
+    if not any("gpu" in d.get("capabilities", []) for d in devices):
+        problems.append("worker: no GPU device reservation")
+    if "localstack" not in services.get("localstack", {}).get("profiles", []):
+        problems.append("localstack: must stay behind the `localstack` profile")
+    return problems
+
+
+def compose_files_exist(compose: dict[str, Any]) -> list[str]:
+    """Dockerfiles and bind-mounted files named by compose exist in the repository."""
+    problems = []
+    for name, service in compose.get("services", {}).items():
+        build = service.get("build")
+        if isinstance(build, dict) and "dockerfile" in build:
+            dockerfile = ROOT / build.get("context", ".") / build["dockerfile"]
+            if not dockerfile.is_file():
+                problems.append(f"{name}: no {dockerfile.relative_to(ROOT)}")
+        for volume in service.get("volumes", []):
+            source = volume.split(":", 1)[0] if isinstance(volume, str) else ""
+            if source.startswith(".") and not (ROOT / source).exists():
+                problems.append(f"{name}: bind mount source {source} does not exist")
+    return problems
+
+
+def check_compose(report: Report) -> dict[str, str]:
+    text = (ROOT / "docker-compose.yml").read_text()
+    env = read_dotenv(ROOT / ".env.example")
+    missing = GUARDED_SECRETS - guarded_variables(text)
+    report.check(
+        "docker-compose.yml: refuses to start without its secrets (${VAR:?})",
+        [f"no ${{{name}:?...}} guard" for name in sorted(missing)],
+    )
+    try:
+        compose = interpolate_tree(yaml.safe_load(text), env)
+    except MissingVariable as exc:
+        report.check("docker-compose.yml: interpolates with .env.example", [str(exc)])
+        print("skip  docker-compose.yml: the checks below need it interpolated")
+        return env
+    report.check("docker-compose.yml: interpolates with .env.example", [])
+    report.run(
+        "docker-compose.yml: Compose Specification schema", lambda: schema_problems(compose, compose_schema())
+    )
+    report.run(
+        "docker-compose.yml: no redis ports, healthchecks, conditions, GPU, profiles",
+        lambda: compose_rules(compose),
+    )
+    report.run(
+        "docker-compose.yml: Dockerfiles and mounted files exist", lambda: compose_files_exist(compose)
+    )
+    return env
+
+
+# ---- Kubernetes ---------------------------------------------------------------------------
+
+
+def k8s_documents() -> Iterator[tuple[str, int, Any]]:
+    """(file, index, document) for every YAML document under infra/k8s, recursively."""
+    for path in sorted([*K8S_DIR.rglob("*.yaml"), *K8S_DIR.rglob("*.yml")]):
+        for index, doc in enumerate(yaml.safe_load_all(path.read_text())):
+            if doc is not None:
+                yield str(path.relative_to(ROOT)), index, doc
+
+
+def identity_problems(docs: list[tuple[str, int, Any]]) -> list[str]:
+    problems = []
+    for where, index, doc in docs:
+        if not isinstance(doc, dict):
+            problems.append(f"{where}#{index}: not a mapping")
+            continue
+        name = (doc.get("metadata") or {}).get("name")
+        for field, value in (
+            ("apiVersion", doc.get("apiVersion")),
+            ("kind", doc.get("kind")),
+            ("metadata.name", name),
+        ):
+            if not isinstance(value, str) or not value:
+                problems.append(f"{where}#{index}: missing {field}")
+    return problems
+
+
+def k8s_schema_problems(docs: list[tuple[str, int, Any]]) -> tuple[list[str], list[str]]:
+    """Schema problems, and the kinds left unchecked (CRDs such as KEDA's have no bundled schema)."""
+    problems, unchecked = [], []
+    for where, index, doc in docs:
+        try:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        except kubernetes_validate.SchemaNotFoundError:
+            unchecked.append(f"{doc.get('apiVersion')}/{doc.get('kind')}")
+        except kubernetes_validate.ValidationError as exc:
+            path = "/".join(map(str, exc.path))
+            problems.append(f"{where}#{index} {doc['kind']}/{doc['metadata']['name']}: {path}: {exc.message}")
+    return problems, sorted(set(unchecked))
+
+
+def _by_kind(docs: list[tuple[str, int, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for _, _, d in docs if d.get("kind") == kind}
+
+
+def _containers(deployment: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(deployment["spec"]["template"]["spec"].get("containers", []))
+
+
+def reference_problems(docs: list[tuple[str, int, Any]]) -> list[str]:
+    """Names that point at other objects resolve, so a rename cannot half-happen."""
+    deployments = _by_kind(docs, "Deployment")
+    services = _by_kind(docs, "Service")
+    secrets = {
+        n: {**d.get("data", {}), **d.get("stringData", {})} for n, d in _by_kind(docs, "Secret").items()
+    }
+    configmaps = _by_kind(docs, "ConfigMap")
+    problems = []
+    for name, dep in deployments.items():
+        labels = dep["spec"]["template"]["metadata"].get("labels", {})
+        if not dep["spec"]["selector"]["matchLabels"].items() <= labels.items():
+            problems.append(f"Deployment/{name}: selector does not match its pod labels")
+        for container in _containers(dep):
+            for source in container.get("envFrom", []):
+                ref = source.get("configMapRef", {}).get("name")
+                if ref and ref not in configmaps:
+                    problems.append(f"Deployment/{name}: no ConfigMap {ref}")
+            for var in container.get("env", []):
+                ref = (var.get("valueFrom") or {}).get("secretKeyRef")
+                if ref and ref.get("key") not in secrets.get(ref["name"], {}):
+                    problems.append(
+                        f"Deployment/{name}: {var['name']} -> secret "
+                        f"{ref['name']}/{ref.get('key')} not in the example Secret"
+                    )
+    for name, svc in services.items():
+        selector = svc["spec"].get("selector", {}).items()
+        if not any(
+            selector <= d["spec"]["template"]["metadata"]["labels"].items() for d in deployments.values()
+        ):
+            problems.append(f"Service/{name}: selector matches no Deployment")
+    for _, _, ing in ((w, i, d) for w, i, d in docs if d.get("kind") == "Ingress"):
+        for rule in ing["spec"].get("rules", []):
+            for path in rule.get("http", {}).get("paths", []):
+                target = path["backend"]["service"]["name"]
+                if target not in services:
+                    problems.append(f"Ingress/{ing['metadata']['name']}: no Service {target}")
+    for kind in ("ScaledObject", "HorizontalPodAutoscaler"):
+        for name, obj in _by_kind(docs, kind).items():
+            target = obj["spec"]["scaleTargetRef"]["name"]
+            if target not in deployments:
+                problems.append(f"{kind}/{name}: no Deployment {target}")
+    return problems
+
+
+def keda_problems(docs: list[tuple[str, int, Any]]) -> list[str]:
+    """The worker scales on the `jobs` stream / `workers` group, pending-entries mode included."""
+    triggers = [
+        t
+        for so in _by_kind(docs, "ScaledObject").values()
+        for t in so["spec"].get("triggers", [])
+        if t.get("type") == "redis-streams"
+    ]
+    on_stream = [
+        t["metadata"]
+        for t in triggers
+        if t["metadata"].get("stream") == "jobs" and t["metadata"].get("consumerGroup") == "workers"
+    ]
+    if not any("pendingEntriesCount" in m for m in on_stream):
+        return ["no redis-streams trigger on stream jobs / group workers with pendingEntriesCount"]
+    return []
+
+
+def worker_gpu_problems(docs: list[tuple[str, int, Any]]) -> list[str]:
+    worker = _by_kind(docs, "Deployment").get("worker")
+    if worker is None:
+        return ["no Deployment/worker"]
+    limits = [c.get("resources", {}).get("limits", {}) for c in _containers(worker)]
+    volumes = worker["spec"]["template"]["spec"].get("volumes", [])
+    problems = []
+    if not any(str(lim.get("nvidia.com/gpu")) == "1" for lim in limits):
+        problems.append("worker: no nvidia.com/gpu: 1 limit")
+    if not any("persistentVolumeClaim" in v for v in volumes):
+        problems.append("worker: no model PVC")
+    return problems
+
+
+def check_k8s(report: Report) -> list[tuple[str, int, Any]]:
+    docs = list(k8s_documents())
+    files = sorted({where for where, _, _ in docs})
+    report.check(
+        f"infra/k8s: {len(docs)} documents in {len(files)} files parse",
+        [] if docs else ["no manifests found"],
+    )
+    identity = identity_problems(docs)
+    report.check("infra/k8s: every document has apiVersion, kind, metadata.name", identity)
+    if identity:
+        return docs
+    problems, unchecked = k8s_schema_problems(docs)
+    report.check(
+        f"infra/k8s: built-in kinds match the Kubernetes {K8S_VERSION} schemas"
+        + (f" (no schema, skipped: {', '.join(unchecked)})" if unchecked else ""),
+        problems,
+    )
+    report.run(
+        "infra/k8s: Service, Ingress, autoscaler, Secret and ConfigMap references resolve",
+        lambda: reference_problems(docs),
+    )
+    report.run(
+        "infra/k8s: KEDA ScaledObject on stream jobs, group workers, pending entries",
+        lambda: keda_problems(docs),
+    )
+    report.run("infra/k8s: worker has a GPU limit and the model PVC", lambda: worker_gpu_problems(docs))
+    return docs
+
+
+# ---- names shared across files ------------------------------------------------------------
+
+
+def settings_problems(env: dict[str, str], docs: list[tuple[str, int, Any]]) -> list[str]:
+    compose_text = (ROOT / "docker-compose.yml").read_text()
+    sam_text = (ROOT / "template.yaml").read_text()
+    k8s_names: set[str] = set()
+    for _, _, doc in docs:
+        if isinstance(doc, dict) and doc.get("kind") in ("ConfigMap", "Secret"):
+            k8s_names |= {*doc.get("data", {}), *doc.get("stringData", {})}
+    problems = []
+    for name in SETTINGS:
+        if name not in env:
+            problems.append(f"{name}: missing from .env.example")
+        if not re.search(rf"^\s*{name}:", compose_text, re.MULTILINE):
+            problems.append(f"{name}: not set by docker-compose.yml")
+        if name not in k8s_names:
+            problems.append(f"{name}: not in the k8s ConfigMap or example Secret")
+        if name not in NOT_IN_SAM and not re.search(rf"^\s*{name}:", sam_text, re.MULTILINE):
+            problems.append(f"{name}: not set by template.yaml")
+    return problems
+
+
+# ---- Dockerfiles and scripts --------------------------------------------------------------
+
+
+def dockerfile_problems() -> list[str]:
+    """Files COPY'd from the build context exist (a typo otherwise surfaces only at build)."""
+    problems = []
+    for dockerfile in sorted((ROOT / "infra" / "docker").glob("Dockerfile*")):
+        for line in dockerfile.read_text().splitlines():
+            parts = line.split()
+            if not parts or parts[0].upper() != "COPY" or any(p.startswith("--from") for p in parts):
+                continue
+            for source in (p for p in parts[1:-1] if not p.startswith("--")):
+                if not (ROOT / source).exists():
+                    problems.append(f"{dockerfile.name}: COPY source {source} does not exist")
+    return problems
+
+
+def script_problems() -> list[str]:
+    problems = []
+    hook = ROOT / "infra" / "localstack" / "init-s3.sh"
+    if not os.access(hook, os.X_OK):
+        problems.append(f"{hook.relative_to(ROOT)}: not executable (LocalStack skips it)")
+    result = subprocess.run(["sh", "-n", str(hook)], capture_output=True, text=True, check=False)
+    if result.returncode:
+        problems.append(f"{hook.relative_to(ROOT)}: {result.stderr.strip()}")
+    return problems
+
+
+def nginx_check(report: Report) -> None:
+    """`nginx -t` on the gateway config, where nginx is installed (it is optional here)."""
+    nginx = shutil.which("nginx")
+    if nginx is None:
+        print("skip  infra/gateway/nginx.conf: nginx -t (nginx not installed)")
+        return
+    conf = ROOT / "infra" / "gateway" / "nginx.conf"
+    result = subprocess.run([nginx, "-t", "-q", "-c", str(conf)], capture_output=True, text=True, check=False)
+    report.check("infra/gateway/nginx.conf: nginx -t", [result.stderr.strip()] if result.returncode else [])
+
+
+def main() -> int:
+    report = Report()
+    env = check_compose(report)
+    docs = check_k8s(report)
+    report.run(
+        "settings: same names in .env.example, compose, k8s and template.yaml",
+        lambda: settings_problems(env, docs),
+    )
+    report.run("infra/docker: COPY sources exist", dockerfile_problems)
+    report.run("infra/localstack/init-s3.sh: executable, valid sh", script_problems)
+    nginx_check(report)
+    if report.failures:
+        print(f"{report.failures} check(s) failed")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""API keys (created by the operator, stored only as a hash) and the JWTs traded for them."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from typing import cast
+
+import jwt
+import redis
+
+from shared import keys
+from shared.errors import NotFoundError, UnauthorizedError
+from shared.settings import JwtSettings
+
+#: Keys look like ``wapi_<12 hex id>_<43 urlsafe chars>``: recognisable in logs and secret
+#: scanners, and the id lets us find the record without a hash index.
+KEY_PREFIX = "wapi_"
+_KEY_FORMAT = re.compile(r"^wapi_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
+_ALGORITHM = "HS256"
+_REQUIRED_CLAIMS = ["sub", "iat", "exp", "iss", "aud", "jti"]
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: str
+    name: str
+    created_at: float
+    revoked_at: float | None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    token: str
+    expires_in: int
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def create_key(r: redis.Redis, name: str) -> tuple[ApiKey, str]:
+    """Store a new key and return it with its plaintext, which is shown once and never kept."""
+    key_id = secrets.token_hex(6)
+    secret = secrets.token_urlsafe(32)
+    plaintext = f"{KEY_PREFIX}{key_id}_{secret}"
+    now = time.time()
+    with r.pipeline(transaction=True) as pipe:
+        pipe.hset(
+            keys.api_key(key_id), mapping={"name": name, "hash": _digest(plaintext), "created_at": repr(now)}
+        )
+        pipe.sadd(keys.API_KEYS, key_id)
+        pipe.execute()
+    return ApiKey(key_id, name, now, None), plaintext
+
+
+def _load(r: redis.Redis, key_id: str) -> tuple[ApiKey, str] | None:
+    record: dict[str, str] = r.hgetall(keys.api_key(key_id))  # type: ignore[assignment]
+    if not record:
+        return None
+    revoked = record.get("revoked_at")
+    key = ApiKey(key_id, record["name"], float(record["created_at"]), float(revoked) if revoked else None)
+    return key, record["hash"]
+
+
+def list_keys(r: redis.Redis) -> list[ApiKey]:
+    """Every key, oldest first."""
+    found = [_load(r, str(key_id)) for key_id in cast(set[str], r.smembers(keys.API_KEYS))]
+    return sorted((item[0] for item in found if item), key=lambda k: k.created_at)
+
+
+def revoke_key(r: redis.Redis, key_id: str) -> ApiKey:
+    """Mark a key revoked; its tokens stop working on their next request."""
+    if not r.exists(keys.api_key(key_id)):
+        raise NotFoundError(f"no API key with id {key_id!r}")
+    r.hsetnx(keys.api_key(key_id), "revoked_at", repr(time.time()))
+    loaded = _load(r, key_id)
+    assert loaded is not None
+    return loaded[0]
+
+
+def verify_key(r: redis.Redis, plaintext: str) -> ApiKey:
+    """The active key behind ``plaintext``; UnauthorizedError for anything else."""
+    match = _KEY_FORMAT.match(plaintext)
+    if not match:
+        raise UnauthorizedError("malformed API key")
+    loaded = _load(r, match.group(1))
+    if loaded is None or not hmac.compare_digest(loaded[1], _digest(plaintext)):
+        raise UnauthorizedError("unknown API key")
+    if not loaded[0].active:
+        raise UnauthorizedError("API key has been revoked")
+    return loaded[0]
+
+
+def issue_token(settings: JwtSettings, key: ApiKey) -> IssuedToken:
+    """A signed bearer token for ``key``."""
+    now = int(time.time())
+    claims = {
+        "sub": key.id,
+        "iat": now,
+        "exp": now + settings.jwt_ttl_seconds,
+        "iss": settings.jwt_issuer,
+        "aud": settings.jwt_audience,
+        "jti": uuid.uuid4().hex,
+    }
+    token = jwt.encode(claims, settings.jwt_secret, algorithm=_ALGORITHM)
+    return IssuedToken(token, settings.jwt_ttl_seconds)
+
+
+def verify_token(settings: JwtSettings, r: redis.Redis, token: str) -> ApiKey:
+    """The key a bearer token speaks for, checked against the key's current state."""
+    try:
+        claims = jwt.decode(
+            token,
+            settings.jwt_secret,
+            algorithms=[_ALGORITHM],  # pinned: never trust the token's own "alg"
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer,
+            options={"require": _REQUIRED_CLAIMS},
+        )
+    except jwt.ExpiredSignatureError:
+        raise UnauthorizedError("token has expired; request a new one at /auth/token") from None
+    except jwt.InvalidTokenError as exc:
+        raise UnauthorizedError(f"invalid token: {exc}") from None
+    loaded = _load(r, str(claims["sub"]))
+    if loaded is None or not loaded[0].active:
+        raise UnauthorizedError("the API key behind this token has been revoked")
+    return loaded[0]
+
+
+def bearer(authorization: str | None) -> str:
+    """The credential in an ``Authorization: Bearer ...`` header."""
+    if not authorization:
+        raise UnauthorizedError("missing Authorization header; send 'Bearer <token>'")
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise UnauthorizedError("Authorization header must be 'Bearer <token>'")
+    return value.strip()

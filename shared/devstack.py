@@ -1,0 +1,189 @@
+"""The whole service on one machine, with no cloud account: ``whisper-api dev``.
+
+Starts (or reuses) a ``redis-server`` with AOF on, a ``moto`` S3-compatible server, the HTTP
+functions behind one base URL (gunicorn + ``functions.gateway``) and one worker. The tests use
+the same helpers to start their own servers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import redis
+
+_DEV_S3_PORT = 9000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 30) -> None:
+    """Block until something listens on 127.0.0.1:port (or fail if ``proc`` died)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listened on 127.0.0.1:{port} within {timeout} s")
+
+
+def start_redis(port: int, data_dir: Path) -> subprocess.Popen[bytes]:
+    """A real ``redis-server`` on loopback with AOF on, so a restart loses no accepted job."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(data_dir),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+            "--protected-mode",
+            "yes",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for_port(port, proc)
+    return proc
+
+
+def start_s3(port: int) -> subprocess.Popen[bytes]:
+    """A real S3-compatible HTTP server (moto) on loopback."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for_port(port, proc)
+    return proc
+
+
+def start_gateway(port: int, env: dict[str, str], workers: int = 2) -> subprocess.Popen[bytes]:
+    """The HTTP functions behind one port (gunicorn + ``functions.gateway``)."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            str(workers),
+            "--threads",
+            "8",
+            "--timeout",
+            "120",
+            "--graceful-timeout",
+            "10",
+            "functions.gateway:app",
+        ],
+        env=env,
+    )
+    wait_for_port(port, proc, timeout=60)
+    return proc
+
+
+def start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """One transcription worker process."""
+    return subprocess.Popen([sys.executable, "-m", "functions.transcribe.main"], env=env)
+
+
+def _redis_answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def dev_env(data_dir: Path) -> dict[str, str]:
+    """Local defaults; anything already set in the environment wins."""
+    secret_file = data_dir / "jwt_secret"
+    if not secret_file.exists():
+        secret_file.write_text(secrets.token_hex(32))
+        secret_file.chmod(0o600)
+    defaults = {
+        "ENVIRONMENT": "development",
+        "REDIS_URL": "redis://127.0.0.1:6379/0",
+        "S3_ENDPOINT_URL": f"http://127.0.0.1:{_DEV_S3_PORT}",
+        "S3_BUCKET": "whisper-api",
+        "AWS_ACCESS_KEY_ID": "dev",
+        "AWS_SECRET_ACCESS_KEY": "dev",
+        "AWS_REGION": "us-east-1",
+        "JWT_SECRET": secret_file.read_text().strip(),
+        "WHISPER_MODEL_DIR": str((data_dir / "models").resolve()),
+    }
+    return {**defaults, **os.environ}
+
+
+def run(port: int, data_dir: str) -> int:
+    """Start everything, print the base URL, and stop it all on Ctrl-C or SIGTERM."""
+    root = Path(data_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    env = dev_env(root)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        url = urlparse(env["REDIS_URL"])
+        if not _redis_answers(env["REDIS_URL"]):
+            procs.append(start_redis(url.port or 6379, root / "redis"))
+        s3_port = urlparse(env["S3_ENDPOINT_URL"]).port or _DEV_S3_PORT
+        procs.append(start_s3(s3_port))
+        _ensure_bucket_and_demo_model(env, root)
+        procs.append(start_gateway(port, env))
+        procs.append(start_worker(env))
+        print(f"whisper-api is up at http://127.0.0.1:{port} (Ctrl-C stops it)", flush=True)
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        while all(p.poll() is None for p in procs):
+            time.sleep(0.5)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in reversed(procs):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=30)
+
+
+def _ensure_bucket_and_demo_model(env: dict[str, str], root: Path) -> None:
+    from shared.settings import StorageSettings
+    from shared.storage import BlobStore
+
+    store = BlobStore(
+        StorageSettings(
+            s3_endpoint_url=env["S3_ENDPOINT_URL"],
+            s3_bucket=env["S3_BUCKET"],
+            aws_region=env["AWS_REGION"],
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        )
+    )
+    store.ensure_bucket()
+    demo = Path(env["WHISPER_MODEL_DIR"]) / "demo.pt"
+    if not demo.exists():
+        from shared.demo_model import build_checkpoint
+
+        demo.parent.mkdir(parents=True, exist_ok=True)
+        build_checkpoint(demo)
+        print(f"wrote the offline demo model to {demo} (ask for model=demo)", flush=True)

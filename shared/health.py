@@ -1,0 +1,59 @@
+"""What ``GET /health`` reports: Redis, storage, live workers and the queue."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import redis
+
+from shared import keys
+from shared.errors import StorageError
+from shared.storage import BlobStore
+
+
+def live_workers(r: redis.Redis, max_age_seconds: float) -> list[str]:
+    """Workers whose last heartbeat is recent enough to trust."""
+    names: list[str] = r.zrangebyscore(keys.WORKERS, time.time() - max_age_seconds, "+inf")  # type: ignore[assignment]
+    return names
+
+
+def queue_depth(r: redis.Redis) -> dict[str, int]:
+    """Jobs waiting for a worker (``lag``) and jobs a worker holds unacknowledged (``pending``)."""
+    try:
+        groups = r.xinfo_groups(keys.JOBS_STREAM)
+    except redis.ResponseError:  # no stream yet: nothing was ever queued
+        return {"waiting": 0, "in_progress": 0}
+    for group in groups:
+        if group["name"] == keys.JOBS_GROUP:
+            return {"waiting": int(group.get("lag") or 0), "in_progress": int(group["pending"])}
+    return {"waiting": int(r.xlen(keys.JOBS_STREAM)), "in_progress": 0}
+
+
+def check(r: redis.Redis, store: BlobStore, heartbeat_seconds: float) -> tuple[bool, dict[str, Any]]:
+    """(healthy, report). Each part is checked on its own so the report names what failed."""
+    report: dict[str, Any] = {}
+    try:
+        r.ping()
+        report["redis"] = {"status": "up"}
+    except redis.RedisError as exc:
+        report["redis"] = {"status": "down", "detail": type(exc).__name__}
+    try:
+        store.check()
+        report["storage"] = {"status": "up", "bucket": store.bucket}
+    except StorageError as exc:
+        report["storage"] = {"status": "down", "detail": str(exc)[:200]}
+    if report["redis"]["status"] == "up":
+        # Three missed heartbeats and a worker is presumed gone.
+        workers = live_workers(r, heartbeat_seconds * 3)
+        report["workers"] = {"status": "up" if workers else "down", "live": len(workers)}
+        report["queue"] = queue_depth(r)
+    else:
+        report["workers"] = {"status": "unknown", "detail": "Redis is down"}
+    failing = [
+        name
+        for name, part in report.items()
+        if isinstance(part, dict) and part.get("status") in ("down", "unknown")
+    ]
+    healthy = not failing
+    return healthy, {"status": "ok" if healthy else "unavailable", "failing": failing, **report}

@@ -1,0 +1,101 @@
+"""HTTP edges shared by the functions: JSON and problem+json responses, and the one place
+where errors become HTTP statuses (RFC 9457 problem details)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import pydantic
+import redis
+from flask import Request, Response
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from shared.errors import ClientError, FieldError, PayloadTooLargeError, UnavailableError
+
+log = logging.getLogger("whisper_api.http")
+
+PROBLEM_TYPE_BASE = "https://whisper-api.dev/problems/"
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps(body), status=status, headers=headers, mimetype="application/json")
+
+
+def problem(
+    status: int,
+    title: str,
+    detail: str,
+    errors: list[FieldError] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """An ``application/problem+json`` response."""
+    slug = title.lower().replace(" ", "-")
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + slug,
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    if errors:
+        body["errors"] = [{"field": e.field, "detail": e.message, "pointer": f"#/{e.field}"} for e in errors]
+    return Response(json.dumps(body), status=status, headers=headers, content_type="application/problem+json")
+
+
+def field_errors(exc: pydantic.ValidationError) -> list[FieldError]:
+    """pydantic's errors as (field, message) pairs, messages without pydantic's prefixes."""
+    out = []
+    for err in exc.errors():
+        name = ".".join(str(part) for part in err["loc"]) or "body"
+        message = str(err["msg"]).removeprefix("Value error, ")
+        out.append(FieldError(name, message))
+    return out
+
+
+def _too_large(detail: str) -> Response:
+    # Streamed on purpose: functions-framework drains the request body after every non-streamed
+    # response, which for an oversized (possibly endless, chunked) upload is what we refuse to do.
+    # The connection is closed instead.
+    plain = problem(413, "Content Too Large", detail)
+    return Response(
+        iter([plain.get_data()]), status=413, content_type=plain.content_type, headers={"Connection": "close"}
+    )
+
+
+def to_response(exc: Exception) -> Response:
+    """Translate any exception into a problem response; unexpected ones are logged, not shown."""
+    if isinstance(exc, ClientError) and not isinstance(exc, PayloadTooLargeError):
+        return problem(exc.status, exc.title, exc.detail, exc.errors)
+    if isinstance(exc, pydantic.ValidationError):
+        errors = field_errors(exc)
+        detail = "; ".join(f"{e.field}: {e.message}" for e in errors)
+        return problem(422, "Unprocessable Content", detail, errors)
+    if isinstance(exc, RequestEntityTooLarge | PayloadTooLargeError):
+        return _too_large(str(getattr(exc, "detail", "")) or "the upload is larger than this server accepts")
+    if isinstance(exc, HTTPException):
+        code = exc.code or 500
+        return problem(code, exc.name, exc.description or exc.name)
+    retry = {"Retry-After": str(UnavailableError.retry_after_seconds)}
+    if isinstance(exc, UnavailableError):
+        return problem(503, "Service Unavailable", str(exc), headers=retry)
+    if isinstance(exc, redis.RedisError):
+        log.warning("redis unavailable: %s", exc)
+        return problem(503, "Service Unavailable", "the job store (Redis) is unavailable", headers=retry)
+    log.exception("unhandled error")
+    return problem(500, "Internal Server Error", "an unexpected error occurred; it was logged")
+
+
+def guarded(handler: Callable[[Request], Response]) -> Callable[[Request], Response]:
+    """Wrap a function entry point so every failure leaves as problem+json."""
+
+    def run(request: Request) -> Response:
+        try:
+            return handler(request)
+        except Exception as exc:
+            return to_response(exc)
+
+    run.__name__ = handler.__name__
+    run.__doc__ = handler.__doc__
+    return run

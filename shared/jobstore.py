@@ -1,0 +1,136 @@
+"""Job records, the per-key job index and the work queue, all in Redis.
+
+A job's record and its usage counters change together in one atomic step: creation is a
+MULTI/EXEC transaction and every later state change goes through ``_TRANSITION`` (Lua), which
+refuses a change from a state it was not asked to leave. That is what stops a late or duplicate
+worker from overwriting a newer state.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from typing import Any, cast
+
+import redis
+
+from shared import keys
+from shared.errors import NotFoundError
+from shared.models import Job, JobStatus
+
+_TRANSITION = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return false end
+local job = cjson.decode(raw)
+local from = job['status']
+if not string.find(' ' .. ARGV[1] .. ' ', ' ' .. from .. ' ', 1, true) then
+  return {0, from}
+end
+if ARGV[5] ~= '' and job['run_id'] ~= ARGV[5] then
+  return {0, from}
+end
+for k, v in pairs(cjson.decode(ARGV[3])) do job[k] = v end
+job['status'] = ARGV[2]
+local encoded = cjson.encode(job)
+redis.call('SET', KEYS[1], encoded, 'KEEPTTL')
+if from ~= ARGV[2] then
+  redis.call('HINCRBY', KEYS[2], 'jobs_' .. from, -1)
+  redis.call('HINCRBY', KEYS[2], 'jobs_' .. ARGV[2], 1)
+end
+for k, v in pairs(cjson.decode(ARGV[4])) do
+  redis.call('HINCRBYFLOAT', KEYS[2], k, tostring(v))
+end
+return {1, encoded}
+"""
+
+
+def new_job_id() -> str:
+    """Time-ordered (newest sorts last) and unguessable: 12 hex of ms time + 16 random hex."""
+    return f"{int(time.time() * 1000):012x}{secrets.token_hex(8)}"
+
+
+def ensure_group(r: redis.Redis) -> None:
+    """Create the workers' consumer group (and the stream) once; later calls are no-ops."""
+    try:
+        r.xgroup_create(keys.JOBS_STREAM, keys.JOBS_GROUP, id="0", mkstream=True)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def create(r: redis.Redis, job: Job) -> None:
+    """Store a new pending job, index it under its key, count it and queue it: all or nothing."""
+    record = job.model_dump(mode="json")
+    with r.pipeline(transaction=True) as pipe:
+        pipe.set(keys.job(job.id), json.dumps(record))
+        pipe.zadd(keys.jobs_of(job.key_id), {job.id: 0})
+        pipe.hincrby(keys.usage(job.key_id), "jobs_total", 1)
+        pipe.hincrby(keys.usage(job.key_id), "jobs_pending", 1)
+        pipe.hincrby(keys.usage(job.key_id), "bytes_uploaded", job.bytes)
+        pipe.xadd(keys.JOBS_STREAM, {"job_id": job.id})
+        pipe.execute()
+
+
+def load(r: redis.Redis, job_id: str) -> Job | None:
+    """The job record, or None if it does not exist (deleted or never created)."""
+    raw = r.get(keys.job(job_id))
+    return Job.model_validate_json(cast(str, raw)) if raw else None
+
+
+def get_owned(r: redis.Redis, key_id: str, job_id: str) -> Job:
+    """The caller's job; another key's job is indistinguishable from a missing one."""
+    job = load(r, job_id) if len(job_id) <= 64 else None
+    if job is None or job.key_id != key_id:
+        raise NotFoundError(f"no job {job_id!r}")
+    return job
+
+
+def list_owned(r: redis.Redis, key_id: str, limit: int, cursor: str | None) -> list[Job]:
+    """The caller's jobs, newest first, strictly older than ``cursor`` (a job id) if given."""
+    upper = f"({cursor}" if cursor else "+"
+    ids: list[str] = r.zrevrangebylex(keys.jobs_of(key_id), upper, "-", start=0, num=limit)  # type: ignore[assignment]
+    if not ids:
+        return []
+    raws: list[str | None] = r.mget([keys.job(i) for i in ids])  # type: ignore[assignment]
+    return [Job.model_validate_json(raw) for raw in raws if raw]
+
+
+def transition(
+    r: redis.Redis,
+    job: Job,
+    allowed_from: tuple[JobStatus, ...],
+    to: JobStatus,
+    fields: dict[str, Any] | None = None,
+    usage: dict[str, float] | None = None,
+    run_id: str = "",
+) -> Job | None:
+    """Move ``job`` to ``to`` if it is still in one of ``allowed_from`` (and, when ``run_id``
+    is given, still owned by that run); None if not: the record is gone, or another actor
+    moved it first, so a late duplicate run can never overwrite a newer state."""
+    changes = {"updated_at": time.time(), **(fields or {})}
+    result: Any = r.eval(
+        _TRANSITION,
+        2,
+        keys.job(job.id),
+        keys.usage(job.key_id),
+        " ".join(s.value for s in allowed_from),
+        to.value,
+        json.dumps(changes),
+        json.dumps(usage or {}),
+        run_id,
+    )
+    if not result or int(result[0]) != 1:
+        return None
+    return Job.model_validate_json(result[1])
+
+
+def delete(r: redis.Redis, job: Job) -> None:
+    """Remove the record and its index entry; a job that never finished counts as canceled."""
+    if not job.status.terminal:
+        transition(r, job, (JobStatus.PENDING, JobStatus.PROCESSING), JobStatus.CANCELED)
+    with r.pipeline(transaction=True) as pipe:
+        pipe.set(keys.cancel_flag(job.id), "1", ex=keys.CANCEL_FLAG_TTL_SECONDS)
+        pipe.delete(keys.job(job.id))
+        pipe.zrem(keys.jobs_of(job.key_id), job.id)
+        pipe.execute()

@@ -1,0 +1,45 @@
+"""Every Redis key pattern and TTL the service uses, each with why it exists."""
+
+from __future__ import annotations
+
+
+#: API key record (hash): name, sha256 of the secret, created/revoked times. Never the secret.
+def api_key(key_id: str) -> str:
+    return f"apikey:{key_id}"
+
+
+#: Set of all API key ids, so ``whisper-api keys list`` needs no SCAN.
+API_KEYS = "apikeys"
+
+
+#: Job record (JSON string); state changes go through one Lua script so they are atomic.
+def job(job_id: str) -> str:
+    return f"job:{job_id}"
+
+
+#: Sorted set of one key's job ids scored by creation time: newest-first listing with a cursor,
+#: and tenant isolation (a job id not in the caller's set is "not found").
+def jobs_of(key_id: str) -> str:
+    return f"jobs:{key_id}"
+
+
+#: Per-key usage counters (hash), incremented atomically with the change they count.
+def usage(key_id: str) -> str:
+    return f"usage:{key_id}"
+
+
+#: Job notifications for workers (Redis Stream) and the workers' consumer group.
+JOBS_STREAM = "jobs"
+JOBS_GROUP = "workers"
+
+#: Sorted set of worker name -> last heartbeat (unix time); health counts the fresh ones.
+WORKERS = "workers"
+
+
+#: Set while a job is being canceled so a worker stops and never writes its result.
+def cancel_flag(job_id: str) -> str:
+    return f"cancel:{job_id}"
+
+
+#: A cancel flag outlives any single transcription window, then goes away by itself.
+CANCEL_FLAG_TTL_SECONDS = 24 * 3600

@@ -1,0 +1,171 @@
+"""The data the service passes around: job options, job records, results."""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from shared.languages import normalize_language
+
+
+class JobStatus(str, Enum):
+    #: Accepted and queued; no worker has started it.
+    PENDING = "pending"
+    #: A worker is transcribing it.
+    PROCESSING = "processing"
+    #: The canonical result is stored; ``transcription`` is filled in.
+    COMPLETED = "completed"
+    #: It cannot finish; ``error`` says why in words a person can act on.
+    FAILED = "failed"
+    #: Its owner stopped it; it will never run again.
+    CANCELED = "canceled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELED)
+
+
+class Task(str, Enum):
+    TRANSCRIBE = "transcribe"
+    TRANSLATE = "translate"
+
+
+class ResultFormat(str, Enum):
+    JSON = "json"
+    TEXT = "text"
+    SRT = "srt"
+    VTT = "vtt"
+    TSV = "tsv"
+    VERBOSE_JSON = "verbose_json"
+
+
+#: Names the old service (and whisper's CLI) used for the same formats.
+FORMAT_ALIASES = {"txt": ResultFormat.TEXT}
+
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def parse_format(value: str) -> ResultFormat:
+    """A ``ResultFormat`` from its name or an old alias (``txt``); ValueError otherwise."""
+    lowered = value.strip().lower()
+    if lowered in FORMAT_ALIASES:
+        return FORMAT_ALIASES[lowered]
+    try:
+        return ResultFormat(lowered)
+    except ValueError:
+        names = ", ".join(f.value for f in ResultFormat)
+        raise ValueError(f"must be one of {names}") from None
+
+
+class JobOptions(BaseModel):
+    """What a client may choose for a job; validated before anything is stored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str
+    language: str | None = None
+    output_format: ResultFormat = ResultFormat.JSON
+    task: Task = Task.TRANSCRIBE
+    temperature: float = Field(default=0.0, ge=0.0, le=1.0)
+    threads: int | None = Field(default=None, ge=1, le=64)
+    word_timestamps: bool = False
+    initial_prompt: str | None = Field(default=None, max_length=1000)
+
+    @field_validator("model")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        # A name, never a path: the worker resolves names inside WHISPER_MODEL_DIR only.
+        if not _MODEL_NAME.match(value) or ".." in value:
+            raise ValueError("must be a model name (letters, digits, '.', '_', '-'), not a path")
+        return value
+
+    @field_validator("language", mode="before")
+    @classmethod
+    def _known_language(cls, value: object) -> object:
+        if value is None or value == "" or value == "auto":
+            return None
+        if not isinstance(value, str):
+            return value
+        code = normalize_language(value)
+        if code is None:
+            raise ValueError(f"unknown language {value!r}; use a code such as 'en' or 'de'")
+        return code
+
+    @field_validator("output_format", mode="before")
+    @classmethod
+    def _format(cls, value: object) -> object:
+        return parse_format(value) if isinstance(value, str) else value
+
+
+class Job(BaseModel):
+    """A job record as stored in Redis and shown to its owner."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    key_id: str
+    status: JobStatus
+    created_at: float
+    updated_at: float
+    started_at: float | None = None
+    completed_at: float | None = None
+    options: JobOptions
+    filename: str | None = None
+    bytes: int = 0
+    audio_key: str
+    transcription: str | None = None
+    language: str | None = None
+    duration: float | None = None
+    error: str | None = None
+    attempts: int = 0
+    #: Which delivery currently owns the job; only that run may finish it.
+    run_id: str | None = None
+
+    def public(self) -> dict[str, Any]:
+        """The job as clients see it: the old service's flat field names plus ``options``."""
+        body = self.model_dump(mode="json", exclude={"key_id", "audio_key", "run_id"})
+        opts = body["options"]
+        # The old service returned the options at top level; keep those names there too.
+        for name in ("model", "output_format", "task", "temperature", "threads"):
+            body[name] = opts[name]
+        if body["language"] is None:
+            body["language"] = opts["language"]
+        return body
+
+
+class Segment(BaseModel):
+    id: int
+    seek: int = 0
+    start: float
+    end: float
+    text: str
+    tokens: list[int] = []
+    temperature: float = 0.0
+    avg_logprob: float = 0.0
+    compression_ratio: float = 0.0
+    no_speech_prob: float = 0.0
+    words: list[Word] | None = None
+
+
+class Word(BaseModel):
+    word: str
+    start: float
+    end: float
+    probability: float = 0.0
+
+
+class TranscriptResult(BaseModel):
+    """The canonical result stored once per job; every format is rendered from it."""
+
+    task: Task
+    language: str
+    duration: float
+    text: str
+    model: str
+    segments: list[Segment]
+
+
+Segment.model_rebuild()

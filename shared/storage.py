@@ -1,0 +1,118 @@
+"""Object storage (any S3 API: MinIO, LocalStack, AWS S3) behind a narrow interface.
+
+Every boto3 failure is wrapped here, once, as ``StorageError``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import IO, Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from shared.errors import StorageError
+from shared.settings import StorageSettings
+
+#: Parts of 8 MiB keep a 1 GB upload at a few parts in memory at a time.
+_MULTIPART_CHUNK = 8 * 1024 * 1024
+
+
+def audio_key(key_id: str, job_id: str) -> str:
+    """Where a job's audio lives: derived from ids only, never from a client's filename."""
+    return f"audio/{key_id}/{job_id}"
+
+
+def result_key(key_id: str, job_id: str) -> str:
+    """Where a job's canonical result JSON lives."""
+    return f"results/{key_id}/{job_id}.json"
+
+
+@lru_cache(maxsize=8)
+def _client(settings: StorageSettings) -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url=settings.s3_endpoint_url,
+        region_name=settings.aws_region,
+        aws_access_key_id=settings.aws_access_key_id,
+        aws_secret_access_key=settings.aws_secret_access_key,
+        config=Config(
+            connect_timeout=5,
+            read_timeout=30,
+            retries={"max_attempts": 3, "mode": "standard"},
+            s3={"addressing_style": "path"},
+        ),
+    )
+
+
+@contextmanager
+def _wrapped(action: str) -> Iterator[None]:
+    try:
+        yield
+    except (BotoCoreError, ClientError) as exc:
+        raise StorageError(f"storage failed to {action}: {exc}") from exc
+
+
+class BlobStore:
+    """The few operations the service needs from a bucket."""
+
+    def __init__(self, settings: StorageSettings) -> None:
+        self._s3 = _client(settings)
+        self.bucket = settings.s3_bucket
+
+    def upload(self, key: str, fileobj: IO[bytes], content_type: str) -> None:
+        from boto3.s3.transfer import TransferConfig
+
+        config = TransferConfig(multipart_chunksize=_MULTIPART_CHUNK, max_concurrency=2)
+        with _wrapped(f"store {key}"):
+            self._s3.upload_fileobj(
+                fileobj, self.bucket, key, Config=config, ExtraArgs={"ContentType": content_type}
+            )
+
+    def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+        with _wrapped(f"store {key}"):
+            self._s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
+
+    def get_bytes(self, key: str) -> bytes:
+        with _wrapped(f"read {key}"):
+            body: bytes = self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            return body
+
+    def download(self, key: str, path: str) -> None:
+        with _wrapped(f"read {key}"):
+            self._s3.download_file(self.bucket, key, path)
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._s3.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise StorageError(f"storage failed to check {key}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StorageError(f"storage failed to check {key}: {exc}") from exc
+        return True
+
+    def delete(self, *keys: str) -> None:
+        if not keys:
+            return
+        with _wrapped("delete objects"):
+            self._s3.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True}
+            )
+
+    def check(self) -> None:
+        """Raise StorageError unless the bucket is reachable."""
+        with _wrapped(f"reach bucket {self.bucket}"):
+            self._s3.head_bucket(Bucket=self.bucket)
+
+    def ensure_bucket(self) -> None:
+        """Create the bucket if it is missing (local runs and tests)."""
+        try:
+            self._s3.head_bucket(Bucket=self.bucket)
+        except ClientError:
+            with _wrapped(f"create bucket {self.bucket}"):
+                self._s3.create_bucket(Bucket=self.bucket)

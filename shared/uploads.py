@@ -1,0 +1,91 @@
+"""Receiving a multipart upload without holding it in memory.
+
+Each file part is written straight to a temporary file as it arrives; werkzeug stops reading
+(413) as soon as the body passes the limit, so an oversized upload is refused while it streams.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import IO, Any
+
+from flask import Request
+from werkzeug.datastructures import FileStorage, MultiDict
+from werkzeug.formparser import FormDataParser
+
+from shared.errors import PayloadTooLargeError, UnsupportedMediaError, ValidationError
+
+#: Room for the multipart boundaries and the small text fields around the file.
+FORM_OVERHEAD_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Upload:
+    path: str
+    size: int
+    filename: str | None
+    content_type: str
+
+
+@dataclass(frozen=True)
+class ReceivedForm:
+    fields: MultiDict[str, str]
+    files: MultiDict[str, FileStorage]
+
+
+@contextmanager
+def receive(request: Request, max_bytes: int) -> Iterator[ReceivedForm]:
+    """Parse a multipart body into text fields and on-disk files; files vanish on exit."""
+    if request.mimetype != "multipart/form-data":
+        raise UnsupportedMediaError("send the audio as multipart/form-data with a field 'audio'")
+    if request.content_length is not None and request.content_length > max_bytes + FORM_OVERHEAD_BYTES:
+        raise PayloadTooLargeError(f"the upload is larger than the limit of {max_bytes} bytes")
+    with tempfile.TemporaryDirectory(prefix="whisper-upload-") as tmp:
+
+        def to_disk(*_args: Any, **_kwargs: Any) -> IO[bytes]:
+            return open(os.path.join(tmp, secrets.token_hex(8)), "w+b")
+
+        # Setting the limit before touching the stream makes werkzeug cut off a chunked body
+        # (no Content-Length) with 413 as soon as it passes the limit.
+        request.max_content_length = max_bytes + FORM_OVERHEAD_BYTES
+        parser = FormDataParser(
+            stream_factory=to_disk,
+            max_content_length=request.max_content_length,
+            silent=False,
+        )
+        try:
+            _, form, files = parser.parse(
+                request.stream, request.mimetype, request.content_length, request.mimetype_params
+            )
+        except ValueError as exc:  # werkzeug's word for a malformed multipart body
+            raise ValidationError.for_field("body", f"malformed multipart/form-data: {exc}") from None
+        try:
+            yield ReceivedForm(form, files)
+        finally:
+            for storage in files.values():
+                storage.close()
+
+
+def audio_file(form: ReceivedForm, field: str, max_bytes: int) -> Upload:
+    """The file in ``field``, checked for presence and size."""
+    storage = form.files.get(field)
+    if storage is None:
+        raise ValidationError.for_field(field, "an audio file is required")
+    stream = storage.stream
+    stream.seek(0, os.SEEK_END)
+    size = stream.tell()
+    stream.seek(0)
+    if size == 0:
+        raise ValidationError.for_field(field, "the file is empty")
+    if size > max_bytes:
+        raise PayloadTooLargeError(f"the audio is larger than the limit of {max_bytes} bytes")
+    name = getattr(stream, "name", None)
+    if not isinstance(name, str):
+        raise ValidationError.for_field(field, "the upload could not be stored")
+    filename = os.path.basename(storage.filename or "")[:255] or None
+    return Upload(name, size, filename, storage.mimetype or "application/octet-stream")

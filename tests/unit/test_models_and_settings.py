@@ -1,0 +1,81 @@
+"""Validation rules that need no servers: options, settings, languages, log redaction."""
+
+from __future__ import annotations
+
+import logging
+
+import pydantic
+import pytest
+
+from shared.logs import RedactSecrets
+from shared.models import JobOptions, ResultFormat, Task
+from shared.settings import OFFICIAL_MODELS, AuthSettings, JobsSettings
+
+GOOD_SECRET = "9" * 16 + "a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6"
+
+
+def test_options_defaults_and_normalisation():
+    opts = JobOptions.model_validate({"model": "base", "language": "English", "output_format": "TXT"})
+    assert opts.language == "en" and opts.output_format is ResultFormat.TEXT
+    assert opts.task is Task.TRANSCRIBE and opts.temperature == 0.0 and opts.threads is None
+
+
+@pytest.mark.parametrize("model", ["../x", "/abs/path", "a/b", "", "x" * 65, "..", "demo.pt/.."])
+def test_model_must_be_a_plain_name(model):
+    with pytest.raises(pydantic.ValidationError):
+        JobOptions(model=model)
+
+
+@pytest.mark.parametrize(
+    "secret",
+    ["", "short", "change-me-change-me-change-me-change-me", "x" * 31, "my-placeholder-" + "a" * 30],
+)
+def test_weak_jwt_secrets_stop_start_up_naming_the_variable(monkeypatch, secret):
+    monkeypatch.setenv("JWT_SECRET", secret)
+    with pytest.raises(pydantic.ValidationError) as info:
+        AuthSettings()
+    assert "jwt_secret" in str(info.value).lower()
+
+
+def test_missing_jwt_secret_names_the_variable(monkeypatch):
+    monkeypatch.delenv("JWT_SECRET", raising=False)
+    with pytest.raises(pydantic.ValidationError) as info:
+        AuthSettings()
+    assert "jwt_secret" in str(info.value).lower()
+
+
+def test_models_list_and_model_dir_come_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("JWT_SECRET", GOOD_SECRET)
+    monkeypatch.setenv("WHISPER_MODELS", "tiny, base ,")
+    monkeypatch.setenv("WHISPER_MODEL_DIR", str(tmp_path))
+    settings = JobsSettings()
+    assert settings.whisper_models == ("tiny", "base")
+    assert settings.whisper_model_dir == tmp_path
+
+
+def test_official_model_names_match_the_installed_whisper():
+    import whisper
+
+    assert tuple(whisper.available_models()) == OFFICIAL_MODELS
+
+
+def test_language_list_matches_the_installed_whisper():
+    from whisper.tokenizer import LANGUAGES as WHISPER_LANGUAGES
+
+    from shared.languages import LANGUAGES
+
+    assert LANGUAGES == WHISPER_LANGUAGES
+
+
+def test_logs_never_carry_keys_or_tokens():
+    record = logging.LogRecord(
+        "x",
+        logging.INFO,
+        __file__,
+        1,
+        "key %s token %s",
+        ("wapi_0123456789ab_" + "A" * 43, "eyJhbGci.eyJzdWIi.c2ln"),
+        None,
+    )
+    RedactSecrets().filter(record)
+    assert record.getMessage() == "key [redacted] token [redacted]"
