@@ -136,6 +136,10 @@ def dev_env(data_dir: Path) -> dict[str, str]:
     return {**defaults, **os.environ}
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def run(port: int, data_dir: str) -> int:
     """Start everything, print the base URL, and stop it all on Ctrl-C or SIGTERM."""
     root = Path(data_dir)
@@ -152,7 +156,8 @@ def run(port: int, data_dir: str) -> int:
         procs.append(start_gateway(port, env))
         procs.append(start_worker(env))
         print(f"whisper-api is up at http://127.0.0.1:{port} (Ctrl-C stops it)", flush=True)
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGINT, _interrupt)  # also when started in the background
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
         return 1

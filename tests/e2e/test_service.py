@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -195,3 +196,24 @@ def test_a_chunked_upload_is_cut_off_at_the_limit_while_streaming(service, auth_
     finally:
         small.terminate()
         small.wait(timeout=30)
+
+
+def test_the_readme_quick_start_runs_verbatim(service, tmp_path):
+    """The README's quick-start block, run by bash against this service: it must print the SRT."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("## Quick start", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    script = block.replace("http://127.0.0.1:8080", service.base_url)
+    repo = Path(__file__).resolve().parents[2]
+    (tmp_path / ".venv").symlink_to(repo / ".venv")  # the block calls .venv/bin/whisper-api
+
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=tmp_path,
+        env=service.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.endswith(SRT)
