@@ -56,6 +56,9 @@ def start_redis(port: int, data_dir: Path) -> subprocess.Popen[bytes]:
             str(data_dir),
             "--appendonly",
             "yes",
+            # fsync every write: a job that got its 202 survives even a killed Redis.
+            "--appendfsync",
+            "always",
             "--save",
             "",
             "--protected-mode",

@@ -8,14 +8,18 @@
     │   ├── UnauthorizedError         401
     │   ├── NotFoundError             404
     │   ├── ConflictError             409 (e.g. a result asked for before the job completed)
+    │   ├── GoneError                 410 (a result removed by the retention policy)
     │   ├── PayloadTooLargeError      413
     │   └── UnsupportedMediaError     415
     ├── UnavailableError            503: Redis or storage cannot be reached
     │   ├── QueueError
     │   └── StorageError
-    └── JobError                    a job cannot finish (translated to job state in shared.worker)
-        ├── RetryableJobError         try again later (storage hiccup)
-        └── PermanentJobError         fail the job now (undecodable audio, unknown model)
+    ├── JobError                    a job cannot finish (translated to job state in shared.worker)
+    │   ├── RetryableJobError         try again later (storage hiccup)
+    │   └── PermanentJobError         fail the job now (undecodable audio, unknown model)
+    └── JobInterrupted              the worker stops a job on purpose between audio windows
+        ├── JobCanceledError          its owner canceled or deleted it
+        └── JobReleasedError          the worker is shutting down; the job goes back to the queue
 
 Third-party exceptions are wrapped once, where they happen (``raise StorageError(...) from exc``).
 """
@@ -73,6 +77,11 @@ class ConflictError(ClientError):
     title = "Conflict"
 
 
+class GoneError(ClientError):
+    status = 410
+    title = "Gone"
+
+
 class PayloadTooLargeError(ClientError):
     status = 413
     title = "Content Too Large"
@@ -117,3 +126,15 @@ class RetryableJobError(JobError):
 class PermanentJobError(JobError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason, retryable=False)
+
+
+class JobInterrupted(WhisperApiError):
+    """Raised between audio windows to stop the job in hand."""
+
+
+class JobCanceledError(JobInterrupted):
+    """The job's owner canceled or deleted it while it ran."""
+
+
+class JobReleasedError(JobInterrupted):
+    """The worker is shutting down and hands the job back to the queue."""

@@ -11,12 +11,12 @@ from typing import Any
 import pydantic
 import redis
 
-from shared import jobstore
+from shared import idempotency, jobstore, retention
 from shared.audio import probe_duration
-from shared.errors import ConflictError, ValidationError
+from shared.errors import ConflictError, GoneError, ValidationError
 from shared.formats import render
 from shared.models import Job, JobOptions, JobStatus, TranscriptResult, parse_format
-from shared.settings import ModelSettings
+from shared.settings import ModelSettings, RetentionSettings
 from shared.storage import BlobStore, audio_key, result_key
 from shared.uploads import Upload
 
@@ -92,6 +92,31 @@ def create_job(r: redis.Redis, store: BlobStore, key_id: str, options: JobOption
     return job
 
 
+def submit(
+    r: redis.Redis,
+    store: BlobStore,
+    key_id: str,
+    options: JobOptions,
+    upload: Upload,
+    idempotency_key: str | None,
+) -> tuple[Job, bool]:
+    """Create a job, honouring an ``Idempotency-Key``: (job, True) when an identical earlier
+    request already created it."""
+    if idempotency_key is None:
+        return create_job(r, store, key_id, options, upload), False
+    request_fingerprint = idempotency.fingerprint(options, upload.path)
+    claimed = idempotency.claim(r, key_id, idempotency.check_key(idempotency_key), request_fingerprint)
+    if claimed.existing_job_id is not None:
+        return jobstore.get_owned(r, key_id, claimed.existing_job_id), True
+    try:
+        job = create_job(r, store, key_id, options, upload)
+    except BaseException:
+        idempotency.release(r, claimed)
+        raise
+    idempotency.complete(r, claimed, request_fingerprint, job.id)
+    return job, False
+
+
 @dataclass(frozen=True)
 class Page:
     jobs: list[Job]
@@ -111,6 +136,27 @@ def delete_job(r: redis.Redis, store: BlobStore, key_id: str, job_id: str) -> No
     store.delete(job.audio_key, result_key(key_id, job.id))
 
 
+def cancel_job(
+    r: redis.Redis, store: BlobStore, settings: RetentionSettings, key_id: str, job_id: str
+) -> Job:
+    """Cancel a pending or running job, keeping its record; 409 if it already finished."""
+    job = jobstore.get_owned(r, key_id, job_id)
+    canceled = jobstore.cancel(r, job) if not job.status.terminal else None
+    if canceled is None:
+        current = jobstore.get_owned(r, key_id, job_id)
+        raise ConflictError(
+            f"job {job_id} is already {current.status.value}; only unfinished jobs can be canceled"
+        )
+    store.delete(job.audio_key)  # it will never be transcribed
+    retention.schedule(r, settings, canceled)
+    return canceled
+
+
+def get_job(r: redis.Redis, key_id: str, job_id: str) -> Job:
+    """The caller's job (404 for anyone else's)."""
+    return jobstore.get_owned(r, key_id, job_id)
+
+
 def result(r: redis.Redis, store: BlobStore, key_id: str, job_id: str, fmt: str | None) -> tuple[str, str]:
     """The job's transcript rendered in ``fmt`` (default: the job's output_format)."""
     job = jobstore.get_owned(r, key_id, job_id)
@@ -120,7 +166,10 @@ def result(r: redis.Redis, store: BlobStore, key_id: str, job_id: str, fmt: str 
         raise ValidationError.for_field("format", str(exc)) from None
     if job.status is not JobStatus.COMPLETED:
         raise ConflictError(f"job {job_id} is {job.status.value}; no result yet")
-    stored = TranscriptResult.model_validate_json(store.get_bytes(result_key(key_id, job.id)))
+    key = result_key(key_id, job.id)
+    if not store.exists(key):
+        raise GoneError(f"the result of job {job_id} has expired under this server's retention policy")
+    stored = TranscriptResult.model_validate_json(store.get_bytes(key))
     return render(stored, chosen)
 
 

@@ -125,12 +125,20 @@ def transition(
     return Job.model_validate_json(result[1])
 
 
+def cancel(r: redis.Redis, job: Job) -> Job | None:
+    """Stop a job that has not finished: a worker running it sees that at its next audio window
+    (``shared.worker``) and stops.
+    None when the job had already reached a final state."""
+    return transition(
+        r, job, (JobStatus.PENDING, JobStatus.PROCESSING), JobStatus.CANCELED, {"completed_at": time.time()}
+    )
+
+
 def delete(r: redis.Redis, job: Job) -> None:
     """Remove the record and its index entry; a job that never finished counts as canceled."""
     if not job.status.terminal:
-        transition(r, job, (JobStatus.PENDING, JobStatus.PROCESSING), JobStatus.CANCELED)
+        cancel(r, job)
     with r.pipeline(transaction=True) as pipe:
-        pipe.set(keys.cancel_flag(job.id), "1", ex=keys.CANCEL_FLAG_TTL_SECONDS)
         pipe.delete(keys.job(job.id))
         pipe.zrem(keys.jobs_of(job.key_id), job.id)
         pipe.execute()

@@ -36,10 +36,15 @@ JOBS_GROUP = "workers"
 WORKERS = "workers"
 
 
-#: Set while a job is being canceled so a worker stops and never writes its result.
-def cancel_flag(job_id: str) -> str:
-    return f"cancel:{job_id}"
+#: Idempotency-Key record of one API key (JSON: request fingerprint, job id), hashed so any
+#: client string makes a safe key name.
+def idempotency(key_id: str, key_digest: str) -> str:
+    return f"idem:{key_id}:{key_digest}"
 
 
-#: A cancel flag outlives any single transcription window, then goes away by itself.
-CANCEL_FLAG_TTL_SECONDS = 24 * 3600
+#: Clients retry within minutes; a day covers retries across a client's own restarts.
+IDEMPOTENCY_TTL_SECONDS = 24 * 3600
+
+
+#: Sorted set of "kind|name" -> unix time it is due for removal (shared.retention).
+RETENTION = "retention"

@@ -121,6 +121,8 @@ class Job(BaseModel):
     duration: float | None = None
     error: str | None = None
     attempts: int = 0
+    #: 30-second audio windows the current run has started decoding (progress).
+    windows: int = 0
     #: Which delivery currently owns the job; only that run may finish it.
     run_id: str | None = None
 

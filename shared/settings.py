@@ -87,11 +87,21 @@ class ModelSettings(_Base):
         return None if value == "" else value
 
 
+class RetentionSettings(_Base):
+    #: Audio is deleted this long after its job finished (0: at once).
+    retain_audio_seconds: float = Field(default=0, ge=0)
+    #: Results and job records are kept this long after the job finished.
+    retain_results_seconds: float = Field(default=30 * 86400, ge=0)
+    retain_jobs_seconds: float = Field(default=30 * 86400, ge=0)
+    #: How often a worker sweeps expired data.
+    retention_sweep_seconds: float = Field(default=60, gt=0)
+
+
 class AuthSettings(RedisSettings, JwtSettings):
     """Settings of the auth function."""
 
 
-class JobsSettings(RedisSettings, StorageSettings, JwtSettings, ModelSettings):
+class JobsSettings(RedisSettings, StorageSettings, JwtSettings, ModelSettings, RetentionSettings):
     """Settings of the jobs function."""
 
     max_upload_bytes: int = Field(default=1 << 30, ge=1)
@@ -100,7 +110,7 @@ class JobsSettings(RedisSettings, StorageSettings, JwtSettings, ModelSettings):
     jobs_page_max: int = 100
 
 
-class WorkerSettings(RedisSettings, StorageSettings, ModelSettings):
+class WorkerSettings(RedisSettings, StorageSettings, ModelSettings, RetentionSettings):
     """Settings of the transcription worker."""
 
     whisper_device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -112,6 +122,11 @@ class WorkerSettings(RedisSettings, StorageSettings, ModelSettings):
     worker_visibility_timeout_ms: int = Field(default=60_000, ge=100)
     #: A job delivered more often than this keeps killing workers: it is failed and set aside.
     worker_max_deliveries: int = Field(default=3, ge=1)
+    #: On SIGTERM the job in hand may finish within this; past it, it is handed back to the queue.
+    worker_shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+    #: Storage calls are retried this often, with doubling waits from the base, before a job fails.
+    worker_storage_retries: int = Field(default=4, ge=0)
+    worker_storage_backoff_seconds: float = Field(default=0.5, ge=0)
     worker_name: str | None = None
 
 

@@ -9,6 +9,7 @@ import logging
 import subprocess
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -119,12 +120,30 @@ def _temperatures(start: float) -> tuple[float, ...]:
 
 
 def transcribe(
-    model: whisper.Whisper, device: str, audio: np.ndarray[Any, np.dtype[np.float32]], options: JobOptions
+    model: whisper.Whisper,
+    device: str,
+    audio: np.ndarray[Any, np.dtype[np.float32]],
+    options: JobOptions,
+    checkpoint: Callable[[], None] = lambda: None,
 ) -> TranscriptResult:
-    """Run whisper with the job's options and return the canonical result."""
+    """Run whisper with the job's options and return the canonical result.
+
+    ``checkpoint`` is called before every 30-second window is decoded; it raises to stop the
+    job there (cancellation, shutdown), so a job stops within one window of audio.
+    """
     default_threads = torch.get_num_threads()
     if device == "cpu" and options.threads:
         torch.set_num_threads(options.threads)
+    original_decode = model.decode
+
+    def decode_window(*args: Any, **kwargs: Any) -> Any:
+        checkpoint()
+        return original_decode(*args, **kwargs)
+
+    # whisper.transcribe offers no per-window callback; it calls ``model.decode`` once per
+    # window (and per temperature fallback), so an instance attribute shadowing the method is
+    # the narrowest hook. The model cache hands a model to one job at a time (see ModelCache).
+    model.decode = decode_window
     try:
         out = model.transcribe(
             audio,
@@ -137,6 +156,7 @@ def transcribe(
             verbose=None,
         )
     finally:
+        del model.decode
         torch.set_num_threads(default_threads)
     return to_result(out, options, duration=len(audio) / SAMPLE_RATE)
 

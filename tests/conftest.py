@@ -18,6 +18,7 @@ import pytest
 
 from shared.devstack import free_port, start_redis, start_s3
 
+BUCKET = "test-bucket"
 JWT_SECRET = "3f9c1a7e5b2d4c6e8a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f"
 
 
@@ -32,9 +33,18 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
+    from shared.settings import StorageSettings
+    from shared.storage import BlobStore
+
     port = free_port()
     proc = start_s3(port)
-    yield f"http://127.0.0.1:{port}"
+    endpoint = f"http://127.0.0.1:{port}"
+    BlobStore(
+        StorageSettings(
+            s3_endpoint_url=endpoint, s3_bucket=BUCKET, aws_access_key_id="test", aws_secret_access_key="test"
+        )
+    ).ensure_bucket()
+    yield endpoint
     proc.terminate()
     proc.wait(timeout=10)
 
@@ -56,7 +66,7 @@ def service_env(redis_url: str, s3_endpoint: str, model_dir: Path) -> dict[str, 
         "ENVIRONMENT": "development",
         "REDIS_URL": redis_url,
         "S3_ENDPOINT_URL": s3_endpoint,
-        "S3_BUCKET": "test-bucket",
+        "S3_BUCKET": BUCKET,
         "AWS_ACCESS_KEY_ID": "test",
         "AWS_SECRET_ACCESS_KEY": "test",
         "AWS_REGION": "us-east-1",
@@ -97,3 +107,23 @@ def speech_wav(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 @pytest.fixture
 def make_wav() -> Callable[..., bytes]:
     return wav_bytes
+
+
+@pytest.fixture(scope="session")
+def long_audio(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int], bytes]:
+    """Factory: an MP3 of ``seconds`` of tone, small on disk but many 30-second windows long,
+    so a job runs long enough to be killed, canceled or shut down part-way."""
+    cache: dict[int, bytes] = {}
+
+    def make(seconds: int) -> bytes:
+        if seconds not in cache:
+            out = tmp_path_factory.mktemp("long") / f"{seconds}.mp3"
+            subprocess.run(
+                ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", f"sine=frequency=300:duration={seconds}",
+                 "-ac", "1", "-ar", "16000", "-b:a", "8k", str(out)],
+                check=True,
+            )  # fmt: skip
+            cache[seconds] = out.read_bytes()
+        return cache[seconds]
+
+    return make

@@ -40,8 +40,18 @@ def create_job(request: Request) -> Response:
     with receive(request, settings.max_upload_bytes) as form:
         options = job_service.parse_options(form.fields.to_dict(), settings)
         upload = audio_file(form, "audio", settings.max_upload_bytes)
-        job = job_service.create_job(connect(settings), BlobStore(settings), key.id, options, upload)
-    return json_response(job.public(), 202, headers={"Location": f"/transcribe/{job.id}"})
+        job, replayed = job_service.submit(
+            connect(settings),
+            BlobStore(settings),
+            key.id,
+            options,
+            upload,
+            request.headers.get("Idempotency-Key"),
+        )
+    headers = {"Location": f"/transcribe/{job.id}"}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return json_response(job.public(), 202, headers=headers)
 
 
 def list_jobs(request: Request) -> Response:
@@ -56,9 +66,14 @@ def list_jobs(request: Request) -> Response:
 
 def get_job(request: Request, job_id: str) -> Response:
     key = _caller(request)
-    from shared import jobstore
+    return json_response(job_service.get_job(connect(jobs_settings()), key.id, job_id).public())
 
-    return json_response(jobstore.get_owned(connect(jobs_settings()), key.id, job_id).public())
+
+def cancel_job(request: Request, job_id: str) -> Response:
+    key = _caller(request)
+    settings = jobs_settings()
+    job = job_service.cancel_job(connect(settings), BlobStore(settings), settings, key.id, job_id)
+    return json_response(job.public())
 
 
 def delete_job(request: Request, job_id: str) -> Response:
@@ -95,6 +110,7 @@ _ROUTES = Map(
         Rule("/transcribe/<job_id>", methods=["GET"], endpoint=get_job),
         Rule("/transcribe/<job_id>", methods=["DELETE"], endpoint=delete_job),
         Rule("/transcribe/<job_id>/result", methods=["GET"], endpoint=get_result),
+        Rule("/transcribe/<job_id>/cancel", methods=["POST"], endpoint=cancel_job),
         Rule("/usage", methods=["GET"], endpoint=get_usage),
         Rule("/health", methods=["GET"], endpoint=get_health),
     ],

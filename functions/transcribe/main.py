@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import threading
 from functools import lru_cache
 from typing import Any
 
@@ -41,20 +40,21 @@ def transcribe_event(cloud_event: CloudEvent) -> None:
         log.warning("ignoring event %s without data.job_id", cloud_event["id"])
         return
     if not _worker().process(job_id):
-        raise RuntimeError(f"job {job_id}: storage unavailable, redeliver later")
+        raise RuntimeError(f"job {job_id} was handed back; redeliver it later")
 
 
 def main() -> None:
-    """Run the pull worker until SIGTERM or SIGINT; the job in hand is finished first."""
-    stop = threading.Event()
+    """Run the pull worker until SIGTERM or SIGINT, then exit 0. The job in hand gets
+    WORKER_SHUTDOWN_GRACE_SECONDS to finish, else it is handed back to the queue."""
+    worker = _worker()
 
     def request_stop(signum: int, _frame: object) -> None:
-        log.info("received %s; finishing the current job, then stopping", signal.Signals(signum).name)
-        stop.set()
+        log.info("received %s; stopping after the current job", signal.Signals(signum).name)
+        worker.stop.set()
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    _worker().run(stop)
+    worker.run()
 
 
 if __name__ == "__main__":

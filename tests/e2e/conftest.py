@@ -16,8 +16,6 @@ import redis
 import requests
 
 from shared.devstack import free_port, start_gateway, start_worker
-from shared.settings import StorageSettings
-from shared.storage import BlobStore
 
 
 @dataclass
@@ -59,14 +57,6 @@ class Service:
 def service(service_env: dict[str, str]) -> Iterator[Service]:
     env = {**os.environ, **service_env, "REDIS_URL": service_env["REDIS_URL"].rsplit("/", 1)[0] + "/1"}
     redis.Redis.from_url(env["REDIS_URL"]).flushdb()
-    BlobStore(
-        StorageSettings(
-            s3_endpoint_url=env["S3_ENDPOINT_URL"],
-            s3_bucket=env["S3_BUCKET"],
-            aws_access_key_id="test",
-            aws_secret_access_key="test",
-        )
-    ).ensure_bucket()
     port = free_port()
     gateway = start_gateway(port, env, workers=2)
     worker = start_worker(env)

@@ -1,0 +1,65 @@
+"""How long audio, results and job records are kept, and the sweep that removes them.
+
+When a job reaches a final state its data is scheduled for removal in one sorted set (score =
+when). Any worker sweeps it now and then: a member is claimed by removing it from the set (only
+one sweeper can), then deleted from S3 or Redis; a failed delete is put back for the next sweep.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import redis
+
+from shared import keys
+from shared.errors import StorageError
+from shared.models import Job
+from shared.settings import RetentionSettings
+from shared.storage import BlobStore, result_key
+
+log = logging.getLogger("whisper_api.retention")
+
+_BATCH = 200
+
+
+def schedule(r: redis.Redis, settings: RetentionSettings, job: Job, now: float | None = None) -> None:
+    """Plan the removal of a finished job's audio, result and record."""
+    now = time.time() if now is None else now
+    r.zadd(
+        keys.RETENTION,
+        {
+            f"audio|{job.audio_key}": now + settings.retain_audio_seconds,
+            f"result|{result_key(job.key_id, job.id)}": now + settings.retain_results_seconds,
+            f"job|{job.key_id}|{job.id}": now + settings.retain_jobs_seconds,
+        },
+    )
+
+
+def sweep(r: redis.Redis, store: BlobStore, now: float | None = None) -> int:
+    """Remove everything that is due; the number of items removed."""
+    now = time.time() if now is None else now
+    due: list[str] = r.zrangebyscore(keys.RETENTION, "-inf", now, start=0, num=_BATCH)  # type: ignore[assignment]
+    removed = 0
+    for member in due:
+        if not r.zrem(keys.RETENTION, member):
+            continue  # another sweeper claimed it
+        try:
+            _remove(r, store, member)
+            removed += 1
+        except StorageError as exc:
+            log.warning("retention: could not remove %s (%s); will retry", member, exc)
+            r.zadd(keys.RETENTION, {member: now + 60})
+    return removed
+
+
+def _remove(r: redis.Redis, store: BlobStore, member: str) -> None:
+    kind, _, rest = member.partition("|")
+    if kind in ("audio", "result"):
+        store.delete(rest)
+    elif kind == "job":
+        key_id, _, job_id = rest.partition("|")
+        with r.pipeline(transaction=True) as pipe:
+            pipe.delete(keys.job(job_id))
+            pipe.zrem(keys.jobs_of(key_id), job_id)
+            pipe.execute()

@@ -1,0 +1,243 @@
+"""Idempotency, cancellation, retention and outages, against real Redis and S3 servers."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import time
+
+import pytest
+
+from shared import jobstore, keys, retention
+from shared.devstack import free_port, start_redis
+from shared.models import JobStatus
+from shared.settings import worker_settings
+from shared.storage import result_key
+from shared.worker import build
+
+
+def _post(client, headers, audio: bytes, idem: str | None = None, **fields):
+    data = {"audio": (io.BytesIO(audio), "a.wav"), "model": "demo", **{k: str(v) for k, v in fields.items()}}
+    if idem is not None:
+        headers = {**headers, "Idempotency-Key": idem}
+    return client.post("/transcribe", data=data, headers=headers, content_type="multipart/form-data")
+
+
+def _objects(store) -> list[str]:
+    return sorted(o["Key"] for o in store._s3.list_objects_v2(Bucket=store.bucket).get("Contents", []))
+
+
+# ---- Idempotency-Key ------------------------------------------------------------------------
+
+
+def test_same_key_and_request_give_the_same_job_once(jobs_client, bearer, r, store, make_wav):
+    headers = bearer()
+    audio = make_wav(1.0)
+
+    first = _post(jobs_client, headers, audio, idem="order-42", language="en")
+    again = _post(jobs_client, headers, audio, idem="order-42", language="en")
+
+    assert first.status_code == again.status_code == 202
+    assert again.get_json()["id"] == first.get_json()["id"]
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert len(r.keys("job:*")) == 1 and len(_objects(store)) == 1 and r.xlen(keys.JOBS_STREAM) == 1
+    assert 0 < r.ttl(r.keys("idem:*")[0]) <= 24 * 3600
+
+
+def test_same_key_with_a_different_request_is_422(jobs_client, bearer, r, make_wav):
+    headers = bearer()
+    assert _post(jobs_client, headers, make_wav(1.0), idem="k").status_code == 202
+
+    other_audio = _post(jobs_client, headers, make_wav(1.0, freq=300), idem="k")
+    other_option = _post(jobs_client, headers, make_wav(1.0), idem="k", language="de")
+
+    for resp in (other_audio, other_option):
+        assert resp.status_code == 422
+        assert resp.get_json()["errors"][0]["field"] == "Idempotency-Key"
+    assert len(r.keys("job:*")) == 1
+
+
+def test_same_key_while_the_first_is_in_flight_is_409(jobs_client, bearer, r, make_wav):
+    from shared import idempotency
+    from shared.models import JobOptions
+
+    headers = bearer("k1")
+    key_id = r.smembers(keys.API_KEYS).pop()
+    audio = make_wav(1.0)
+    tmp = f"/tmp/idem-{os.getpid()}.wav"
+    with open(tmp, "wb") as f:
+        f.write(audio)
+    options = JobOptions(model="demo")
+    idempotency.claim(r, key_id, "busy", idempotency.fingerprint(options, tmp))  # the first, mid-flight
+    os.unlink(tmp)
+
+    resp = _post(jobs_client, headers, audio, idem="busy")
+
+    assert resp.status_code == 409
+    assert r.keys("job:*") == []
+
+
+def test_idempotency_keys_are_scoped_per_api_key(jobs_client, bearer, r, make_wav):
+    audio = make_wav(1.0)
+    a = _post(jobs_client, bearer("a"), audio, idem="same").get_json()["id"]
+    b = _post(jobs_client, bearer("b"), audio, idem="same").get_json()["id"]
+    assert a != b and len(r.keys("job:*")) == 2
+
+
+# ---- cancellation ---------------------------------------------------------------------------
+
+
+def test_cancel_keeps_the_record_as_canceled_and_drops_the_audio(jobs_client, bearer, r, store, make_wav):
+    headers = bearer()
+    job_id = _post(jobs_client, headers, make_wav(1.0)).get_json()["id"]
+
+    resp = jobs_client.post(f"/transcribe/{job_id}/cancel", headers=headers)
+
+    assert resp.status_code == 200 and resp.get_json()["status"] == "canceled"
+    assert jobs_client.get(f"/transcribe/{job_id}", headers=headers).get_json()["status"] == "canceled"
+    assert _objects(store) == []
+    again = jobs_client.post(f"/transcribe/{job_id}/cancel", headers=headers)
+    assert again.status_code == 409
+    usage = jobs_client.get("/usage", headers=headers).get_json()
+    assert usage["jobs"]["canceled"] == 1 and usage["jobs"]["pending"] == 0
+
+
+def test_a_canceled_job_is_never_run(env, jobs_client, bearer, r, store, make_wav):
+    headers = bearer()
+    job_id = _post(jobs_client, headers, make_wav(1.0)).get_json()["id"]
+    jobs_client.post(f"/transcribe/{job_id}/cancel", headers=headers)
+    worker = build(worker_settings())
+
+    assert worker._claim()[1] == job_id
+    assert worker.process(job_id) is True
+    assert jobstore.load(r, job_id).status is JobStatus.CANCELED
+
+
+def test_a_running_job_stops_within_one_window_when_canceled(env, jobs_client, bearer, r, store, long_audio):
+    import threading
+
+    headers = bearer()
+    job_id = _post(jobs_client, headers, long_audio(1200)).get_json()["id"]  # 40 windows
+    worker = build(worker_settings())
+    thread = threading.Thread(target=worker.process, args=(job_id,))
+    thread.start()
+    while (job := jobstore.load(r, job_id)).windows < 3:
+        time.sleep(0.005)
+
+    assert jobs_client.post(f"/transcribe/{job_id}/cancel", headers=headers).status_code == 200
+    canceled_at_window = jobstore.load(r, job_id).windows
+    thread.join(timeout=60)
+
+    job = jobstore.load(r, job_id)
+    assert job.status is JobStatus.CANCELED and job.transcription is None
+    assert job.windows == canceled_at_window  # not one more window was started after the cancel
+    assert canceled_at_window < 40
+    assert not store.exists(result_key(job.key_id, job_id))
+
+
+# ---- retention ------------------------------------------------------------------------------
+
+
+def test_audio_goes_at_once_and_results_and_records_when_due(env, jobs_client, bearer, r, store, make_wav):
+    env(RETAIN_RESULTS_SECONDS="100", RETAIN_JOBS_SECONDS="200")
+    headers = bearer()
+    job_id = _post(jobs_client, headers, make_wav(1.0)).get_json()["id"]
+    worker = build(worker_settings())
+    worker.process(job_id)
+    job = jobstore.load(r, job_id)
+    now = time.time()
+
+    assert retention.sweep(r, store, now) == 1
+    assert _objects(store) == [result_key(job.key_id, job_id)]
+
+    assert retention.sweep(r, store, now + 101) == 1
+    assert _objects(store) == []
+    gone = jobs_client.get(f"/transcribe/{job_id}/result", headers=headers)
+    assert gone.status_code == 410
+
+    assert retention.sweep(r, store, now + 201) == 1
+    assert jobs_client.get(f"/transcribe/{job_id}", headers=headers).status_code == 404
+    assert r.zcard(keys.jobs_of(job.key_id)) == 0 and r.zcard(keys.RETENTION) == 0
+
+
+# ---- outages --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    """A Redis of this test's own, so it can be stopped and restarted."""
+    port = free_port()
+    proc = start_redis(port, tmp_path / "redis")
+    state = {"proc": proc, "port": port, "dir": tmp_path / "redis"}
+    yield state
+    state["proc"].kill()
+    state["proc"].wait()
+
+
+def test_redis_down_is_503_with_retry_after_and_recovers_without_losing_jobs(
+    env, jobs_client, bearer, private_redis, make_wav
+):
+    env(REDIS_URL=f"redis://127.0.0.1:{private_redis['port']}/0", REDIS_TIMEOUT_SECONDS="1")
+    headers = bearer()
+    from shared import credentials
+    from shared.redis_client import connect
+    from shared.settings import jobs_settings
+
+    own = connect(jobs_settings())
+    _, plaintext = credentials.create_key(own, "outage")
+    token = credentials.issue_token(jobs_settings(), credentials.verify_key(own, plaintext)).token
+    headers = {"Authorization": f"Bearer {token}"}
+    job_id = _post(jobs_client, headers, make_wav(1.0)).get_json()["id"]
+
+    private_redis["proc"].kill()  # a crash, not a clean shutdown: AOF (fsync always) must hold
+    private_redis["proc"].wait()
+    started = time.monotonic()
+    down = jobs_client.get(f"/transcribe/{job_id}", headers=headers)
+    assert down.status_code == 503 and down.headers["Retry-After"] == "5"
+    assert down.content_type == "application/problem+json"
+    assert time.monotonic() - started < 5
+
+    private_redis["proc"] = start_redis(private_redis["port"], private_redis["dir"])
+    back = jobs_client.get(f"/transcribe/{job_id}", headers=headers)
+    assert back.status_code == 200 and back.get_json()["status"] == "pending"
+
+
+def test_a_hung_redis_is_a_bounded_503(env, jobs_client, private_redis):
+    env(REDIS_URL=f"redis://127.0.0.1:{private_redis['port']}/0", REDIS_TIMEOUT_SECONDS="1")
+    os.kill(private_redis["proc"].pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        resp = jobs_client.get("/health")
+        elapsed = time.monotonic() - started
+    finally:
+        os.kill(private_redis["proc"].pid, signal.SIGCONT)
+    assert resp.status_code == 503 and "redis" in resp.get_json()["failing"]
+    assert elapsed < 4
+
+
+def test_storage_down_is_503_for_uploads(env, jobs_client, bearer, r, make_wav):
+    headers = bearer()
+    env(S3_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}")
+    resp = _post(jobs_client, headers, make_wav(1.0))
+    assert resp.status_code == 503 and resp.headers["Retry-After"] == "5"
+    assert r.keys("job:*") == []
+
+
+def test_the_worker_retries_storage_with_backoff_then_fails_the_job_readably(
+    env, jobs_client, bearer, r, make_wav
+):
+    headers = bearer()
+    job_id = _post(jobs_client, headers, make_wav(1.0)).get_json()["id"]
+    env(S3_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}", WORKER_STORAGE_RETRIES="2",
+        WORKER_STORAGE_BACKOFF_SECONDS="0.2")  # fmt: skip
+    worker = build(worker_settings())
+
+    started = time.monotonic()
+    assert worker.process(job_id) is True
+
+    assert time.monotonic() - started >= 0.6  # waited 0.2 + 0.4 between three attempts
+    job = jobstore.load(r, job_id)
+    assert job.status is JobStatus.FAILED
+    assert job.error.startswith("storage was unavailable: could not download the audio")
+    assert "after 3 attempts" in job.error
