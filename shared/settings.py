@@ -127,7 +127,6 @@ class WorkerSettings(RedisSettings, StorageSettings, ModelSettings, RetentionSet
     #: Storage calls are retried this often, with doubling waits from the base, before a job fails.
     worker_storage_retries: int = Field(default=4, ge=0)
     worker_storage_backoff_seconds: float = Field(default=0.5, ge=0)
-    worker_name: str | None = None
 
 
 @lru_cache(maxsize=1)
