@@ -39,12 +39,12 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shared import credentials  # noqa: E402
-from shared.demo_model import build_checkpoint  # noqa: E402
-from shared.devstack import free_port, start_gateway, start_redis, start_s3, start_worker  # noqa: E402
-from shared.settings import StorageSettings  # noqa: E402
-from shared.storage import BlobStore  # noqa: E402
-from shared.worker import DUPLICATE_RESULTS  # noqa: E402
+from shared import credentials
+from shared.demo_model import build_checkpoint
+from shared.devstack import free_port, start_gateway, start_redis, start_s3
+from shared.settings import StorageSettings
+from shared.storage import BlobStore
+from shared.worker import DUPLICATE_RESULTS
 
 TERMINAL = {"completed", "failed", "canceled"}
 
@@ -98,10 +98,24 @@ def _wav(seconds: float) -> bytes:
 def _long_mp3(seconds: int, directory: Path) -> bytes:
     out = directory / "long.mp3"
     subprocess.run(
-        ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", f"sine=frequency=300:duration={seconds}",
-         "-ac", "1", "-ar", "16000", "-b:a", "8k", str(out)],
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            f"sine=frequency=300:duration={seconds}",
+            "-ac",
+            "1",
+            "-ar",
+            "16000",
+            "-b:a",
+            "8k",
+            str(out),
+        ],
         check=True,
-    )  # fmt: skip
+    )
     return out.read_bytes()
 
 
@@ -136,17 +150,22 @@ class Stack:
         self.redis = start_redis(self.redis_port, workdir / "redis")
         self.s3 = start_s3(s3_port)
         BlobStore(
-            StorageSettings(s3_endpoint_url=self.env["S3_ENDPOINT_URL"], s3_bucket="chaos",
-                            aws_access_key_id="chaos", aws_secret_access_key="chaos")
-        ).ensure_bucket()  # fmt: skip
+            StorageSettings(
+                s3_endpoint_url=self.env["S3_ENDPOINT_URL"],
+                s3_bucket="chaos",
+                aws_access_key_id="chaos",
+                aws_secret_access_key="chaos",
+            )
+        ).ensure_bucket()
         self.gateway = start_gateway(self.http_port, self.env, workers=2)
         self.workers = [self._quiet_worker() for _ in range(workers)]
         self.base_url = f"http://127.0.0.1:{self.http_port}"
 
     def _quiet_worker(self) -> subprocess.Popen[bytes]:
         with open(self.workdir / "workers.log", "ab") as log:
-            return subprocess.Popen([sys.executable, "-m", "functions.transcribe.main"], env=self.env,
-                                    stdout=log, stderr=log)  # fmt: skip
+            return subprocess.Popen(
+                [sys.executable, "-m", "functions.transcribe.main"], env=self.env, stdout=log, stderr=log
+            )
 
     def kill_a_worker(self) -> None:
         victim = random.choice(self.workers)
@@ -175,8 +194,13 @@ def _submit(stack: Stack, headers: dict[str, str], audio: bytes, deadline: float
     idem = {"Idempotency-Key": uuid.uuid4().hex}
     while time.monotonic() < deadline:
         try:
-            resp = requests.post(f"{stack.base_url}/transcribe", headers={**headers, **idem},
-                                 files={"audio": ("a", audio)}, data={"model": "demo"}, timeout=30)  # fmt: skip
+            resp = requests.post(
+                f"{stack.base_url}/transcribe",
+                headers={**headers, **idem},
+                files={"audio": ("a", audio)},
+                data={"model": "demo"},
+                timeout=30,
+            )
         except requests.RequestException:
             time.sleep(0.5)
             continue
