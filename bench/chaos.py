@@ -79,7 +79,8 @@ class Report:
         print(f"latency p50:      {self.percentile(0.5):.2f} s")
         print(f"latency p95:      {self.percentile(0.95):.2f} s")
         print(
-            f"chaos:            {self.worker_kills} worker SIGKILLs, {self.redis_restarts} Redis crash+restart"
+            f"chaos:            {self.worker_kills} worker SIGKILLs, "
+            f"{self.redis_restarts} Redis crash+restart"
         )
 
 
