@@ -9,7 +9,11 @@
     │   ├── NotFoundError             404
     │   ├── ConflictError             409 (e.g. a result asked for before the job completed)
     │   ├── PayloadTooLargeError      413
-    │   └── UnsupportedMediaError     415
+    │   ├── UnsupportedMediaError     415
+    │   └── JobOutcomeError           a synchronous (/v1) call's job gave no transcript; names the job
+    │       ├── JobFailedError          400, with the job's reason
+    │       ├── JobCanceledError        409: deleted while the call waited
+    │       └── JobTimeoutError         504: still running when the wait ran out
     ├── UnavailableError            503: Redis or storage cannot be reached
     │   ├── QueueError
     │   └── StorageError
@@ -81,6 +85,33 @@ class PayloadTooLargeError(ClientError):
 class UnsupportedMediaError(ClientError):
     status = 415
     title = "Unsupported Media Type"
+
+
+class JobOutcomeError(ClientError):
+    """A call that waits for its job (``/v1/audio/*``) got no transcript; ``job_id`` lets the
+    client follow the job up under ``/transcribe/{id}``."""
+
+    def __init__(self, job_id: str, detail: str) -> None:
+        super().__init__(detail)
+        self.job_id = job_id
+
+
+class JobFailedError(JobOutcomeError):
+    # The audio passed every up-front check, so a failure is nearly always its content
+    # (truncated, undecodable): a client error, as OpenAI answers for corrupt audio.
+    status = 400
+    title = "Bad Request"
+
+
+class JobCanceledError(JobOutcomeError):
+    status = 409
+    title = "Conflict"
+
+
+class JobTimeoutError(JobOutcomeError):
+    # Not the client's fault, but not a failure either: the job goes on and can be polled.
+    status = 504
+    title = "Gateway Timeout"
 
 
 class UnavailableError(WhisperApiError):

@@ -76,7 +76,9 @@ def to_response(exc: Exception) -> Response:
         return _too_large(str(getattr(exc, "detail", "")) or "the upload is larger than this server accepts")
     if isinstance(exc, HTTPException):
         code = exc.code or 500
-        return problem(code, exc.name, exc.description or exc.name)
+        # A 405 must name the allowed methods (RFC 9110); werkzeug's exception knows them.
+        allow = {name: value for name, value in exc.get_headers() if name.lower() == "allow"}
+        return problem(code, exc.name, exc.description or exc.name, headers=allow or None)
     retry = {"Retry-After": str(UnavailableError.retry_after_seconds)}
     if isinstance(exc, UnavailableError):
         return problem(503, "Service Unavailable", str(exc), headers=retry)
