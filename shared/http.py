@@ -11,9 +11,10 @@ from typing import Any
 import pydantic
 import redis
 from flask import Request, Response
+from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from shared.errors import ClientError, FieldError, PayloadTooLargeError, UnavailableError
+from shared.errors import ClientError, FieldError, PayloadTooLargeError, UnavailableError, ValidationError
 
 log = logging.getLogger("whisper_api.http")
 
@@ -42,6 +43,15 @@ def problem(
     if errors:
         body["errors"] = [{"field": e.field, "detail": e.message, "pointer": f"#/{e.field}"} for e in errors]
     return Response(json.dumps(body), status=status, headers=headers, content_type="application/problem+json")
+
+
+def query_args(request: Request, *allowed: str) -> MultiDict[str, str]:
+    """The query parameters, refusing any the route does not take: a misspelt ``limit`` is an
+    error the caller sees, not a default they silently get."""
+    unknown = sorted(set(request.args) - set(allowed))
+    if unknown:
+        raise ValidationError.for_field(unknown[0] or "(empty name)", "unknown query parameter")
+    return request.args
 
 
 def field_errors(exc: pydantic.ValidationError) -> list[FieldError]:

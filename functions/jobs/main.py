@@ -7,17 +7,18 @@ problem+json, except under ``/v1`` where they take OpenAI's shape.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import functions_framework
-from flask import Request, Response
+from flask import Request, Response, current_app, has_app_context
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, Rule
 
 from shared import credentials, health, job_service, openai_compat, openapi, usage
 from shared.credentials import ApiKey
 from shared.errors import ValidationError
-from shared.http import guarded, json_response, to_response
+from shared.http import guarded, json_response, query_args, to_response
 from shared.logs import configure_logging
 from shared.models import Task
 from shared.redis_client import connect
@@ -27,8 +28,10 @@ from shared.uploads import audio_file, receive
 
 configure_logging(jobs_settings().log_level)  # building settings fails start-up on a bad JWT_SECRET
 # functions-framework answers /robots.txt and /favicon.ico itself with Flask's HTML 404 page;
-# this makes those problem+json too. (The module runs inside create_app, which set the hook.)
-functions_framework.errorhandler(HTTPException)(to_response)
+# this makes those problem+json too. create_app runs this module inside the new app's context;
+# a plain import (tests, tools) has no app to configure.
+if has_app_context():
+    current_app.register_error_handler(HTTPException, to_response)
 
 Handler = Callable[..., Response]
 
@@ -54,10 +57,12 @@ def create_job(request: Request) -> Response:
 def list_jobs(request: Request) -> Response:
     key = _caller(request)
     settings = jobs_settings()
-    raw_limit = request.args.get("limit", "20")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= settings.jobs_page_max:
+    args = query_args(request, "limit", "cursor")
+    raw_limit = args.get("limit", "20")
+    # ASCII digits only: str.isdigit() also passes "²", which int() then refuses (a 500).
+    if not re.fullmatch(r"[0-9]{1,6}", raw_limit) or not 1 <= int(raw_limit) <= settings.jobs_page_max:
         raise ValidationError.for_field("limit", f"must be an integer from 1 to {settings.jobs_page_max}")
-    page = job_service.list_jobs(connect(settings), key.id, int(raw_limit), request.args.get("cursor"))
+    page = job_service.list_jobs(connect(settings), key.id, int(raw_limit), args.get("cursor"))
     return json_response({"jobs": [job.public() for job in page.jobs], "next_cursor": page.next_cursor})
 
 
@@ -79,7 +84,7 @@ def get_result(request: Request, job_id: str) -> Response:
     key = _caller(request)
     settings = jobs_settings()
     body, content_type = job_service.result(
-        connect(settings), BlobStore(settings), key.id, job_id, request.args.get("format")
+        connect(settings), BlobStore(settings), key.id, job_id, query_args(request, "format").get("format")
     )
     return Response(body, content_type=content_type)
 

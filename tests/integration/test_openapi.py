@@ -125,6 +125,16 @@ def test_native_responses_match_the_document(jobs_client, bearer, make_wav):
     _check(jobs_client.get("/docs"), "GET", "/docs")
 
 
+@pytest.mark.parametrize(
+    "query", ["limit=%C2%B2", "limit=%D9%A3", "limit=1e1", "limit=0", "limit=101", "lmit=5"]
+)
+def test_a_bad_limit_or_an_unknown_parameter_is_422_never_500(jobs_client, bearer, query):
+    resp = jobs_client.get(f"/transcribe?{query}", headers=bearer())
+    assert resp.status_code == 422
+    _check(resp, "GET", "/transcribe")
+    assert resp.get_json()["errors"][0]["field"] in ("limit", "lmit")
+
+
 def test_auth_responses_match_the_document(auth_client, api_key):
     _, plaintext = api_key()
     _check(auth_client.post("/auth/token", json={"api_key": plaintext}), "POST", "/auth/token")
