@@ -137,6 +137,17 @@ def verify_token(settings: JwtSettings, r: redis.Redis, token: str) -> ApiKey:
     return loaded[0]
 
 
+def verify_key_or_token(settings: JwtSettings, r: redis.Redis, credential: str) -> ApiKey:
+    """The key behind a bearer credential that is either an API key itself or a token for one.
+
+    OpenAI clients send their configured "API key" as the bearer on every call, so ``/v1``
+    accepts a ``wapi_`` key there as well as a token traded for one.
+    """
+    if credential.startswith(KEY_PREFIX):
+        return verify_key(r, credential)
+    return verify_token(settings, r, credential)
+
+
 def bearer(authorization: str | None) -> str:
     """The credential in an ``Authorization: Bearer ...`` header."""
     if not authorization:

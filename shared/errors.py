@@ -10,16 +10,20 @@
     │   ├── ConflictError             409 (e.g. a result asked for before the job completed)
     │   ├── GoneError                 410 (a result removed by the retention policy)
     │   ├── PayloadTooLargeError      413
-    │   └── UnsupportedMediaError     415
+    │   ├── UnsupportedMediaError     415
+    │   └── JobOutcomeError           a synchronous (/v1) call's job gave no transcript; names the job
+    │       ├── JobFailedError          400, with the job's reason
+    │       ├── JobCanceledError        409: deleted while the call waited
+    │       └── JobTimeoutError         504: still running when the wait ran out
     ├── UnavailableError            503: Redis or storage cannot be reached
     │   ├── QueueError
     │   └── StorageError
     ├── JobError                    a job cannot finish (translated to job state in shared.worker)
     │   ├── RetryableJobError         try again later (storage hiccup)
     │   └── PermanentJobError         fail the job now (undecodable audio, unknown model)
-    └── JobInterrupted              the worker stops a job on purpose between audio windows
-        ├── JobCanceledError          its owner canceled or deleted it
-        └── JobReleasedError          the worker is shutting down; the job goes back to the queue
+    └── RunInterruptedError         the worker stops a run on purpose between audio windows
+        ├── RunCanceledError          its owner canceled or deleted the job
+        └── RunReleasedError          the worker is shutting down; the job goes back to the queue
 
 Third-party exceptions are wrapped once, where they happen (``raise StorageError(...) from exc``).
 """
@@ -92,6 +96,33 @@ class UnsupportedMediaError(ClientError):
     title = "Unsupported Media Type"
 
 
+class JobOutcomeError(ClientError):
+    """A call that waits for its job (``/v1/audio/*``) got no transcript; ``job_id`` lets the
+    client follow the job up under ``/transcribe/{id}``."""
+
+    def __init__(self, job_id: str, detail: str) -> None:
+        super().__init__(detail)
+        self.job_id = job_id
+
+
+class JobFailedError(JobOutcomeError):
+    # The audio passed every up-front check, so a failure is nearly always its content
+    # (truncated, undecodable): a client error, as OpenAI answers for corrupt audio.
+    status = 400
+    title = "Bad Request"
+
+
+class JobCanceledError(JobOutcomeError):
+    status = 409
+    title = "Conflict"
+
+
+class JobTimeoutError(JobOutcomeError):
+    # Not the client's fault, but not a failure either: the job goes on and can be polled.
+    status = 504
+    title = "Gateway Timeout"
+
+
 class UnavailableError(WhisperApiError):
     """A backing service is down; the client should retry later."""
 
@@ -128,13 +159,13 @@ class PermanentJobError(JobError):
         super().__init__(reason, retryable=False)
 
 
-class JobInterrupted(WhisperApiError):
+class RunInterruptedError(WhisperApiError):
     """Raised between audio windows to stop the job in hand."""
 
 
-class JobCanceledError(JobInterrupted):
+class RunCanceledError(RunInterruptedError):
     """The job's owner canceled or deleted it while it ran."""
 
 
-class JobReleasedError(JobInterrupted):
+class RunReleasedError(RunInterruptedError):
     """The worker is shutting down and hands the job back to the queue."""

@@ -11,9 +11,10 @@ from typing import Any
 import pydantic
 import redis
 from flask import Request, Response
+from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from shared.errors import ClientError, FieldError, PayloadTooLargeError, UnavailableError
+from shared.errors import ClientError, FieldError, PayloadTooLargeError, UnavailableError, ValidationError
 
 log = logging.getLogger("whisper_api.http")
 
@@ -42,6 +43,15 @@ def problem(
     if errors:
         body["errors"] = [{"field": e.field, "detail": e.message, "pointer": f"#/{e.field}"} for e in errors]
     return Response(json.dumps(body), status=status, headers=headers, content_type="application/problem+json")
+
+
+def query_args(request: Request, *allowed: str) -> MultiDict[str, str]:
+    """The query parameters, refusing any the route does not take: a misspelt ``limit`` is an
+    error the caller sees, not a default they silently get."""
+    unknown = sorted(set(request.args) - set(allowed))
+    if unknown:
+        raise ValidationError.for_field(unknown[0] or "(empty name)", "unknown query parameter")
+    return request.args
 
 
 def field_errors(exc: pydantic.ValidationError) -> list[FieldError]:
@@ -76,7 +86,9 @@ def to_response(exc: Exception) -> Response:
         return _too_large(str(getattr(exc, "detail", "")) or "the upload is larger than this server accepts")
     if isinstance(exc, HTTPException):
         code = exc.code or 500
-        return problem(code, exc.name, exc.description or exc.name)
+        # A 405 must name the allowed methods (RFC 9110); werkzeug's exception knows them.
+        allow = {name: value for name, value in exc.get_headers() if name.lower() == "allow"}
+        return problem(code, exc.name, exc.description or exc.name, headers=allow or None)
     retry = {"Retry-After": str(UnavailableError.retry_after_seconds)}
     if isinstance(exc, UnavailableError):
         return problem(503, "Service Unavailable", str(exc), headers=retry)

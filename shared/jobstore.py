@@ -3,7 +3,8 @@
 A job's record and its usage counters change together in one atomic step: creation is a
 MULTI/EXEC transaction and every later state change goes through ``_TRANSITION`` (Lua), which
 refuses a change from a state it was not asked to leave. That is what stops a late or duplicate
-worker from overwriting a newer state.
+worker from overwriting a newer state. Each change is also published on the job's events
+channel (``keys.job_events``) for callers that wait on a job.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ redis.call('SET', KEYS[1], encoded, 'KEEPTTL')
 if from ~= ARGV[2] then
   redis.call('HINCRBY', KEYS[2], 'jobs_' .. from, -1)
   redis.call('HINCRBY', KEYS[2], 'jobs_' .. ARGV[2], 1)
+  redis.call('PUBLISH', ARGV[6], ARGV[2])
 end
 for k, v in pairs(cjson.decode(ARGV[4])) do
   redis.call('HINCRBYFLOAT', KEYS[2], k, tostring(v))
@@ -119,6 +121,7 @@ def transition(
         json.dumps(changes),
         json.dumps(usage or {}),
         run_id,
+        keys.job_events(job.id),
     )
     if not result or int(result[0]) != 1:
         return None

@@ -28,6 +28,12 @@ def usage(key_id: str) -> str:
     return f"usage:{key_id}"
 
 
+#: Pub/sub channel told each state change of one job, so a synchronous ``/v1`` call blocks
+#: until its job ends instead of polling the record.
+def job_events(job_id: str) -> str:
+    return f"job-events:{job_id}"
+
+
 #: Job notifications for workers (Redis Stream) and the workers' consumer group.
 JOBS_STREAM = "jobs"
 JOBS_GROUP = "workers"

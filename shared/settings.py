@@ -108,6 +108,8 @@ class JobsSettings(RedisSettings, StorageSettings, JwtSettings, ModelSettings, R
     #: A worker whose heartbeat is older than this is considered gone (health check).
     worker_heartbeat_seconds: float = Field(default=5.0, gt=0)
     jobs_page_max: int = 100
+    #: How long ``/v1/audio/*`` waits for its job before answering 504 with the job id.
+    openai_wait_seconds: float = Field(default=600.0, gt=0)
 
 
 class WorkerSettings(RedisSettings, StorageSettings, ModelSettings, RetentionSettings):

@@ -39,10 +39,10 @@ class ReceivedForm:
 
 
 @contextmanager
-def receive(request: Request, max_bytes: int) -> Iterator[ReceivedForm]:
+def receive(request: Request, max_bytes: int, file_field: str = "audio") -> Iterator[ReceivedForm]:
     """Parse a multipart body into text fields and on-disk files; files vanish on exit."""
     if request.mimetype != "multipart/form-data":
-        raise UnsupportedMediaError("send the audio as multipart/form-data with a field 'audio'")
+        raise UnsupportedMediaError(f"send the audio as multipart/form-data with a field '{file_field}'")
     if request.content_length is not None and request.content_length > max_bytes + FORM_OVERHEAD_BYTES:
         raise PayloadTooLargeError(f"the upload is larger than the limit of {max_bytes} bytes")
     with tempfile.TemporaryDirectory(prefix="whisper-upload-") as tmp:

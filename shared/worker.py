@@ -25,10 +25,10 @@ import redis
 
 from shared import jobstore, keys, retention
 from shared.errors import (
-    JobCanceledError,
     JobError,
-    JobReleasedError,
     PermanentJobError,
+    RunCanceledError,
+    RunReleasedError,
     StorageError,
 )
 from shared.models import Job, JobStatus
@@ -184,9 +184,9 @@ class Worker:
         started = time.monotonic()
         try:
             self._run(job, run_id, started)
-        except JobCanceledError:
+        except RunCanceledError:
             log.info("job %s was canceled, deleted or taken over while running; stopped", job_id)
-        except JobReleasedError:
+        except RunReleasedError:
             return self._release(job, run_id, entry_id)
         except JobError as exc:
             self._fail(job, run_id, exc.reason, started)
@@ -258,12 +258,12 @@ class Worker:
             )
             is None
         ):
-            raise JobCanceledError(job.id)
+            raise RunCanceledError(job.id)
         if self.stop.is_set():
             now = time.monotonic()
             self._stop_seen_at = self._stop_seen_at or now
             if now - self._stop_seen_at >= self.settings.worker_shutdown_grace_seconds:
-                raise JobReleasedError(job.id)
+                raise RunReleasedError(job.id)
 
     def _storage(self, action: str, call: Callable[..., T], *args: Any) -> T:
         """A storage call retried with doubling waits; a job fails only if storage stays down."""

@@ -1,27 +1,37 @@
-"""Jobs function: ``/transcribe`` (job CRUD and results), ``/usage`` and ``/health``.
+"""Jobs function: ``/transcribe`` (job CRUD and results), ``/usage``, ``/health``, the
+OpenAI-compatible ``/v1/*`` routes, and the API's own description (``/openapi.json``, ``/docs``).
 
-Each route parses the request, calls one function in ``shared`` and shapes the response.
+Each route parses the request, calls ``shared`` and shapes the response. Errors leave as
+problem+json, except under ``/v1`` where they take OpenAI's shape.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import functions_framework
-from flask import Request, Response
+from flask import Request, Response, current_app, has_app_context
+from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, Rule
 
-from shared import credentials, health, job_service, usage
+from shared import credentials, health, job_service, openai_compat, openapi, usage
 from shared.credentials import ApiKey
 from shared.errors import ValidationError
-from shared.http import guarded, json_response
+from shared.http import guarded, json_response, query_args, to_response
 from shared.logs import configure_logging
+from shared.models import Task
 from shared.redis_client import connect
 from shared.settings import jobs_settings
 from shared.storage import BlobStore
 from shared.uploads import audio_file, receive
 
 configure_logging(jobs_settings().log_level)  # building settings fails start-up on a bad JWT_SECRET
+# functions-framework answers /robots.txt and /favicon.ico itself with Flask's HTML 404 page;
+# this makes those problem+json too. create_app runs this module inside the new app's context;
+# a plain import (tests, tools) has no app to configure.
+if has_app_context():
+    current_app.register_error_handler(HTTPException, to_response)
 
 Handler = Callable[..., Response]
 
@@ -57,10 +67,12 @@ def create_job(request: Request) -> Response:
 def list_jobs(request: Request) -> Response:
     key = _caller(request)
     settings = jobs_settings()
-    raw_limit = request.args.get("limit", "20")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= settings.jobs_page_max:
+    args = query_args(request, "limit", "cursor")
+    raw_limit = args.get("limit", "20")
+    # ASCII digits only: str.isdigit() also passes "²", which int() then refuses (a 500).
+    if not re.fullmatch(r"[0-9]{1,6}", raw_limit) or not 1 <= int(raw_limit) <= settings.jobs_page_max:
         raise ValidationError.for_field("limit", f"must be an integer from 1 to {settings.jobs_page_max}")
-    page = job_service.list_jobs(connect(settings), key.id, int(raw_limit), request.args.get("cursor"))
+    page = job_service.list_jobs(connect(settings), key.id, int(raw_limit), args.get("cursor"))
     return json_response({"jobs": [job.public() for job in page.jobs], "next_cursor": page.next_cursor})
 
 
@@ -87,7 +99,7 @@ def get_result(request: Request, job_id: str) -> Response:
     key = _caller(request)
     settings = jobs_settings()
     body, content_type = job_service.result(
-        connect(settings), BlobStore(settings), key.id, job_id, request.args.get("format")
+        connect(settings), BlobStore(settings), key.id, job_id, query_args(request, "format").get("format")
     )
     return Response(body, content_type=content_type)
 
@@ -103,6 +115,46 @@ def get_health(request: Request) -> Response:
     return json_response(report, 200 if healthy else 503)
 
 
+def get_openapi(request: Request) -> Response:
+    return Response(openapi.document_json(), content_type="application/json")
+
+
+def get_docs(request: Request) -> Response:
+    return Response(openapi.DOCS_PAGE, content_type="text/html; charset=utf-8")
+
+
+def get_docs_asset(request: Request, name: str) -> Response:
+    body, content_type = openapi.asset(name)
+    return Response(body, content_type=content_type, headers={"Cache-Control": "public, max-age=86400"})
+
+
+def openai_transcriptions(request: Request) -> Response:
+    return _openai_audio(request, Task.TRANSCRIBE)
+
+
+def openai_translations(request: Request) -> Response:
+    return _openai_audio(request, Task.TRANSLATE)
+
+
+def _openai_audio(request: Request, task: Task) -> Response:
+    settings = jobs_settings()
+    r, store = connect(settings), BlobStore(settings)
+    key = openai_compat.authenticate(settings, r, request.headers.get("Authorization"))
+    with receive(request, settings.max_upload_bytes, file_field="file") as form:
+        audio = openai_compat.parse_request(form.fields, task, settings)
+        upload = audio_file(form, "file", settings.max_upload_bytes)
+        job = job_service.create_job(r, store, key.id, audio.options, upload)
+    done = openai_compat.wait_for(r, job.id, settings.openai_wait_seconds)
+    body, content_type = openai_compat.result_body(store, done, audio)
+    return Response(body, content_type=content_type)
+
+
+def openai_models(request: Request) -> Response:
+    settings = jobs_settings()
+    openai_compat.authenticate(settings, connect(settings), request.headers.get("Authorization"))
+    return json_response(openai_compat.model_list(settings))
+
+
 _ROUTES = Map(
     [
         Rule("/transcribe", methods=["POST"], endpoint=create_job),
@@ -113,15 +165,44 @@ _ROUTES = Map(
         Rule("/transcribe/<job_id>/cancel", methods=["POST"], endpoint=cancel_job),
         Rule("/usage", methods=["GET"], endpoint=get_usage),
         Rule("/health", methods=["GET"], endpoint=get_health),
+        Rule("/openapi.json", methods=["GET"], endpoint=get_openapi),
+        Rule("/docs", methods=["GET"], endpoint=get_docs),
+        Rule("/docs/<name>", methods=["GET"], endpoint=get_docs_asset),
+    ],
+    strict_slashes=False,
+)
+
+#: OpenAI-compatible routes: same logic underneath, OpenAI's shapes on the wire.
+_V1_ROUTES = Map(
+    [
+        Rule("/v1/audio/transcriptions", methods=["POST"], endpoint=openai_transcriptions),
+        Rule("/v1/audio/translations", methods=["POST"], endpoint=openai_translations),
+        Rule("/v1/models", methods=["GET"], endpoint=openai_models),
     ],
     strict_slashes=False,
 )
 
 
-@functions_framework.http
-@guarded
-def jobs(request: Request) -> Response:
-    """Route a request to its handler; 404/405 come back as problem+json."""
-    endpoint, args = _ROUTES.bind_to_environ(request.environ).match()
+def _dispatch(routes: Map, request: Request) -> Response:
+    endpoint, args = routes.bind_to_environ(request.environ).match()
     handler: Handler = endpoint
     return handler(request, **args)
+
+
+@guarded
+def _native(request: Request) -> Response:
+    return _dispatch(_ROUTES, request)
+
+
+@openai_compat.guarded
+def _openai(request: Request) -> Response:
+    return _dispatch(_V1_ROUTES, request)
+
+
+@functions_framework.http
+def jobs(request: Request) -> Response:
+    """Route a request; 404/405 and every other error come back as problem+json, or under
+    ``/v1`` in OpenAI's error shape."""
+    if request.path == "/v1" or request.path.startswith("/v1/"):
+        return _openai(request)
+    return _native(request)
