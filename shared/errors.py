@@ -8,6 +8,7 @@
     │   ├── UnauthorizedError         401
     │   ├── NotFoundError             404
     │   ├── ConflictError             409 (e.g. a result asked for before the job completed)
+    │   ├── BlockedTargetError        422, a URL the service must not contact (shared.netguard)
     │   ├── PayloadTooLargeError      413
     │   └── UnsupportedMediaError     415
     ├── UnavailableError            503: Redis or storage cannot be reached
@@ -71,6 +72,13 @@ class NotFoundError(ClientError):
 class ConflictError(ClientError):
     status = 409
     title = "Conflict"
+
+
+class BlockedTargetError(ClientError):
+    """A URL refused by the outbound guard: bad scheme, unresolvable, or a non-public address."""
+
+    status = 422
+    title = "Unprocessable Content"
 
 
 class PayloadTooLargeError(ClientError):

@@ -11,12 +11,12 @@ from typing import Any
 import pydantic
 import redis
 
-from shared import jobstore
+from shared import jobstore, webhooks
 from shared.audio import probe_duration
 from shared.errors import ConflictError, ValidationError
 from shared.formats import render
-from shared.models import Job, JobOptions, JobStatus, TranscriptResult, parse_format
-from shared.settings import ModelSettings
+from shared.models import Job, JobOptions, JobStatus, TranscriptResult, WebhookState, parse_format
+from shared.settings import ModelSettings, OutboundSettings
 from shared.storage import BlobStore, audio_key, result_key
 from shared.uploads import Upload
 
@@ -64,11 +64,32 @@ def parse_options(raw: dict[str, Any], settings: ModelSettings) -> JobOptions:
     return options
 
 
-def create_job(r: redis.Redis, store: BlobStore, key_id: str, options: JobOptions, upload: Upload) -> Job:
-    """Probe the upload, store it, record and queue the job. Nothing is left half-created."""
+def parse_webhook_url(raw: dict[str, Any], settings: OutboundSettings) -> str | None:
+    """Take ``webhook_url`` out of the request fields and check it with the outbound guard."""
+    url = raw.pop("webhook_url", None)
+    if url in (None, ""):
+        return None
+    if not isinstance(url, str):
+        raise ValidationError.for_field("webhook_url", "must be a URL string")
+    return webhooks.checked_url("webhook_url", url, settings.outbound_allow_cidrs)
+
+
+def create_job(
+    r: redis.Redis,
+    store: BlobStore,
+    key_id: str,
+    options: JobOptions,
+    upload: Upload,
+    webhook_url: str | None = None,
+    job_id: str | None = None,
+) -> Job:
+    """Probe the upload, store it, record and queue the job. Nothing is left half-created.
+
+    ``webhook_url`` (already checked) receives the final state; ``job_id`` is given when the
+    id was handed out before the audio arrived (presigned uploads)."""
     duration = probe_duration(upload.path)
     now = time.time()
-    job_id = jobstore.new_job_id()
+    job_id = job_id or jobstore.new_job_id()
     job = Job(
         id=job_id,
         key_id=key_id,
@@ -80,6 +101,7 @@ def create_job(r: redis.Redis, store: BlobStore, key_id: str, options: JobOption
         bytes=upload.size,
         audio_key=audio_key(key_id, job_id),
         duration=round(duration, 3),
+        webhook=WebhookState(url=webhook_url) if webhook_url else None,
     )
     with open(upload.path, "rb") as fileobj:
         store.upload(job.audio_key, fileobj, upload.content_type)

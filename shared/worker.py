@@ -20,7 +20,8 @@ from typing import Any
 
 import redis
 
-from shared import jobstore, keys
+from shared import jobstore, keys, webhooks
+from shared.dispatcher import Dispatcher
 from shared.errors import JobError, StorageError
 from shared.models import Job, JobStatus
 from shared.settings import WorkerSettings
@@ -48,6 +49,9 @@ class Worker:
         jobstore.ensure_group(self.r)
         beat = threading.Thread(target=self._heartbeat, args=(stop,), daemon=True)
         beat.start()
+        # Webhooks go out from their own thread: a slow receiver never holds up transcription.
+        hooks = threading.Thread(target=Dispatcher(self.settings, self.r).run, args=(stop,), daemon=True)
+        hooks.start()
         log.info("worker %s started on device %s", self.name, self.models.device)
         try:
             while not stop.is_set():
@@ -98,7 +102,7 @@ class Worker:
             return False
         job = jobstore.load(self.r, job_id)
         if job is not None:
-            jobstore.transition(
+            failed = jobstore.transition(
                 self.r,
                 job,
                 (JobStatus.PENDING, JobStatus.PROCESSING),
@@ -109,6 +113,7 @@ class Worker:
                     "completed_at": time.time(),
                 },
             )
+            self._announce(failed)
         self.r.xadd(DEAD_LETTER_STREAM, {"job_id": job_id, "entry_id": entry_id})
         self.r.xack(keys.JOBS_STREAM, keys.JOBS_GROUP, entry_id)
         log.warning("job %s dead-lettered after %d deliveries", job_id, deliveries)
@@ -190,10 +195,11 @@ class Worker:
         )
         if done is None:  # deleted or canceled while we worked: the result must not survive
             self.store.delete(key)
+        self._announce(done)
 
     def _fail(self, job: Job, run_id: str, reason: str, started: float) -> None:
         log.info("job %s failed: %s", job.id, reason)
-        jobstore.transition(
+        failed = jobstore.transition(
             self.r,
             job,
             (JobStatus.PROCESSING,),
@@ -202,6 +208,16 @@ class Worker:
             usage={"processing_seconds": time.monotonic() - started},
             run_id=run_id,
         )
+        self._announce(failed)
+
+    def _announce(self, job: Job | None) -> None:
+        """Queue the webhook for a job this worker just moved to its final state."""
+        if job is None:  # another actor moved it first: theirs to announce, if anyone's
+            return
+        try:
+            webhooks.enqueue(self.r, job)
+        except redis.RedisError as exc:  # the job's state is stored; only the webhook is lost
+            log.error("job %s: could not queue its webhook: %s", job.id, exc)
 
     def _canceled(self, job_id: str) -> bool:
         return bool(self.r.exists(keys.cancel_flag(job_id)))

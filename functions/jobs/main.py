@@ -9,9 +9,10 @@ from collections.abc import Callable
 
 import functions_framework
 from flask import Request, Response
+from pydantic import BaseModel, ConfigDict
 from werkzeug.routing import Map, Rule
 
-from shared import credentials, health, job_service, usage
+from shared import credentials, health, job_service, usage, webhooks
 from shared.credentials import ApiKey
 from shared.errors import ValidationError
 from shared.http import guarded, json_response
@@ -38,9 +39,13 @@ def create_job(request: Request) -> Response:
     key = _caller(request)
     settings = jobs_settings()
     with receive(request, settings.max_upload_bytes) as form:
-        options = job_service.parse_options(form.fields.to_dict(), settings)
+        fields = form.fields.to_dict()
+        webhook_url = job_service.parse_webhook_url(fields, settings)
+        options = job_service.parse_options(fields, settings)
         upload = audio_file(form, "audio", settings.max_upload_bytes)
-        job = job_service.create_job(connect(settings), BlobStore(settings), key.id, options, upload)
+        job = job_service.create_job(
+            connect(settings), BlobStore(settings), key.id, options, upload, webhook_url
+        )
     return json_response(job.public(), 202, headers={"Location": f"/transcribe/{job.id}"})
 
 
@@ -82,6 +87,29 @@ def get_usage(request: Request) -> Response:
     return json_response(usage.read(connect(jobs_settings()), key.id))
 
 
+class WebhookEndpoint(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str | None
+
+
+def get_webhook(request: Request) -> Response:
+    key = _caller(request)
+    return json_response(webhooks.endpoint(connect(jobs_settings()), key.id).public())
+
+
+def put_webhook(request: Request) -> Response:
+    key = _caller(request)
+    settings = jobs_settings()
+    body = WebhookEndpoint.model_validate(request.get_json(silent=True) or {})
+    url = webhooks.checked_url("url", body.url, settings.outbound_allow_cidrs) if body.url else None
+    return json_response(webhooks.set_url(connect(settings), key.id, url).public())
+
+
+def rotate_webhook_secret(request: Request) -> Response:
+    key = _caller(request)
+    return json_response(webhooks.rotate(connect(jobs_settings()), key.id).public())
+
+
 def get_health(request: Request) -> Response:
     settings = jobs_settings()
     healthy, report = health.check(connect(settings), BlobStore(settings), settings.worker_heartbeat_seconds)
@@ -96,6 +124,9 @@ _ROUTES = Map(
         Rule("/transcribe/<job_id>", methods=["DELETE"], endpoint=delete_job),
         Rule("/transcribe/<job_id>/result", methods=["GET"], endpoint=get_result),
         Rule("/usage", methods=["GET"], endpoint=get_usage),
+        Rule("/webhook", methods=["GET"], endpoint=get_webhook),
+        Rule("/webhook", methods=["PUT"], endpoint=put_webhook),
+        Rule("/webhook/rotate", methods=["POST"], endpoint=rotate_webhook_secret),
         Rule("/health", methods=["GET"], endpoint=get_health),
     ],
     strict_slashes=False,

@@ -14,11 +14,17 @@ from functions_framework import create_app
 
 from shared import credentials
 from shared.redis_client import connect
-from shared.settings import auth_settings, jobs_settings, redis_settings, worker_settings
+from shared.settings import (
+    auth_settings,
+    jobs_settings,
+    redis_settings,
+    webhook_settings,
+    worker_settings,
+)
 from shared.storage import BlobStore
 
 ROOT = Path(__file__).resolve().parents[2]
-_CACHES = (auth_settings, jobs_settings, redis_settings, worker_settings)
+_CACHES = (auth_settings, jobs_settings, redis_settings, webhook_settings, worker_settings)
 
 
 @pytest.fixture
