@@ -43,13 +43,15 @@ class StorageSettings(_Base):
     s3_bucket: str = "whisper-api"
     #: Objects dropped here start jobs (storage events, presigned uploads).
     s3_inbox_bucket: str = "whisper-inbox"
+    #: Where clients reach storage, for presigned upload URLs; empty: ``S3_ENDPOINT_URL``.
+    s3_public_endpoint_url: str | None = None
     aws_region: str = "us-east-1"
     aws_access_key_id: str | None = None
     aws_secret_access_key: str | None = None
 
-    @field_validator("s3_endpoint_url", mode="before")
+    @field_validator("s3_endpoint_url", "s3_public_endpoint_url", mode="before")
     @classmethod
-    def _empty_is_aws(cls, value: object) -> object:
+    def _empty_is_aws(cls, value: object) -> object:  # also: no public endpoint of its own
         return None if value == "" else value
 
 

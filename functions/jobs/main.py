@@ -6,13 +6,14 @@ Each route parses the request, calls one function in ``shared`` and shapes the r
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import functions_framework
 from flask import Request, Response
 from pydantic import BaseModel, ConfigDict
 from werkzeug.routing import Map, Rule
 
-from shared import credentials, health, job_service, usage, webhooks
+from shared import credentials, fetch, health, inbox, job_service, storage_events, usage, webhooks
 from shared.credentials import ApiKey
 from shared.errors import ValidationError
 from shared.http import guarded, json_response
@@ -35,7 +36,16 @@ def _caller(request: Request) -> ApiKey:
     return key
 
 
+def _json_object(request: Request) -> dict[str, Any]:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ValidationError.for_field("body", "send a JSON object")
+    return body
+
+
 def create_job(request: Request) -> Response:
+    if request.is_json:
+        return create_job_from_url(request)
     key = _caller(request)
     settings = jobs_settings()
     with receive(request, settings.max_upload_bytes) as form:
@@ -47,6 +57,53 @@ def create_job(request: Request) -> Response:
             connect(settings), BlobStore(settings), key.id, options, upload, webhook_url
         )
     return json_response(job.public(), 202, headers={"Location": f"/transcribe/{job.id}"})
+
+
+def create_job_from_url(request: Request) -> Response:
+    key = _caller(request)
+    settings = jobs_settings()
+    fields = _json_object(request)
+    audio_url = fields.pop("audio_url", None)
+    if not isinstance(audio_url, str) or not audio_url:
+        raise ValidationError.for_field("audio_url", "give the URL of the audio (or upload it as multipart)")
+    webhook_url = job_service.parse_webhook_url(fields, settings)
+    options = job_service.parse_options(fields, settings)
+    with fetch.download(audio_url, settings.outbound_allow_cidrs, settings.max_upload_bytes) as upload:
+        job = job_service.create_job(
+            connect(settings), BlobStore(settings), key.id, options, upload, webhook_url
+        )
+    return json_response(job.public(), 202, headers={"Location": f"/transcribe/{job.id}"})
+
+
+def start_upload(request: Request) -> Response:
+    key = _caller(request)
+    settings = jobs_settings()
+    fields = _json_object(request) if request.content_length else {}
+    webhook_url = job_service.parse_webhook_url(fields, settings)
+    options = job_service.parse_options(fields, settings)
+    store = BlobStore(settings, settings.s3_inbox_bucket)
+    body = inbox.start_upload(connect(settings), store, key.id, options, webhook_url)
+    return json_response(body, 201)
+
+
+def complete_upload(request: Request, job_id: str) -> Response:
+    key = _caller(request)
+    settings = jobs_settings()
+    inbox_store = BlobStore(settings, settings.s3_inbox_bucket)
+    job = inbox.complete_upload(connect(settings), inbox_store, BlobStore(settings), settings, key.id, job_id)
+    return json_response(job.public(), 202, headers={"Location": f"/transcribe/{job.id}"})
+
+
+def storage_hook(request: Request) -> Response:
+    settings = jobs_settings()
+    credentials.check_hook_token(settings.storage_hook_token, request.headers.get("Authorization"))
+    headers = {name.lower(): value for name, value in request.headers.items()}
+    objects = storage_events.parse(headers, request.get_data())
+    inbox_store = BlobStore(settings, settings.s3_inbox_bucket)
+    outcomes = inbox.handle_notification(
+        connect(settings), inbox_store, BlobStore(settings), settings, objects
+    )
+    return json_response({"objects": [outcome.public() for outcome in outcomes]})
 
 
 def list_jobs(request: Request) -> Response:
@@ -123,6 +180,9 @@ _ROUTES = Map(
         Rule("/transcribe/<job_id>", methods=["GET"], endpoint=get_job),
         Rule("/transcribe/<job_id>", methods=["DELETE"], endpoint=delete_job),
         Rule("/transcribe/<job_id>/result", methods=["GET"], endpoint=get_result),
+        Rule("/uploads", methods=["POST"], endpoint=start_upload),
+        Rule("/uploads/<job_id>/complete", methods=["POST"], endpoint=complete_upload),
+        Rule("/hooks/storage", methods=["POST"], endpoint=storage_hook),
         Rule("/usage", methods=["GET"], endpoint=get_usage),
         Rule("/webhook", methods=["GET"], endpoint=get_webhook),
         Rule("/webhook", methods=["PUT"], endpoint=put_webhook),

@@ -60,6 +60,17 @@ def store(env: Any) -> BlobStore:
     return blob
 
 
+@pytest.fixture
+def inbox_store(env: Any) -> BlobStore:
+    """The inbox bucket (``S3_INBOX_BUCKET``), created and emptied."""
+    settings = jobs_settings()
+    blob = BlobStore(settings, settings.s3_inbox_bucket)
+    blob.ensure_bucket()
+    objects = blob._s3.list_objects_v2(Bucket=blob.bucket).get("Contents", [])
+    blob.delete(*[o["Key"] for o in objects])
+    return blob
+
+
 def _client(target: str) -> FlaskClient:
     return create_app(target, str(ROOT / "functions" / target / "main.py")).test_client()
 
