@@ -47,6 +47,7 @@ CORE_SETTINGS = (
 NOT_IN_SAM = {
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "WHISPER_MODEL_DIR",
     "WHISPER_DEVICE", "WORKER_MODEL_CACHE_SIZE",
+    "WEBHOOK_RETRY_SCHEDULE", "WEBHOOK_TIMEOUT_SECONDS",
 }  # fmt: skip
 #: Names deployment files may set that are not service settings (infrastructure's own).
 INFRA_VARIABLES = {"REDIS_PASSWORD", "REDISCLI_AUTH", "S3_INBOX_BUCKET", "PORT"}
@@ -62,7 +63,9 @@ def code_settings() -> set[str]:
 
 
 #: Compose must refuse to start without these (a ${VAR:?} guard).
-GUARDED_SECRETS = {"REDIS_PASSWORD", "JWT_SECRET", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+GUARDED_SECRETS = {
+    "REDIS_PASSWORD", "JWT_SECRET", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "STORAGE_HOOK_TOKEN",
+}  # fmt: skip
 
 
 class Report:

@@ -3,7 +3,8 @@
 whisper-api keys create --name NAME   # prints the new key as the last line
 whisper-api keys list
 whisper-api keys revoke KEY_ID
-whisper-api worker                    # run a transcription worker
+whisper-api worker                    # run a transcription worker (it also sends webhooks)
+whisper-api webhooks                  # run a webhook dispatcher on its own
 whisper-api dev                       # the whole service locally (see shared/devstack.py)
 whisper-api models demo PATH          # write the offline demo checkpoint
 """
@@ -47,6 +48,13 @@ def _worker(_: argparse.Namespace) -> int:
     return 0
 
 
+def _webhooks(_: argparse.Namespace) -> int:
+    from shared.dispatcher import run_standalone
+
+    run_standalone()
+    return 0
+
+
 def _dev(args: argparse.Namespace) -> int:
     from shared.devstack import run
 
@@ -77,6 +85,7 @@ def parser() -> argparse.ArgumentParser:
     keys.set_defaults(run=_keys)
 
     sub.add_parser("worker", help="run a transcription worker").set_defaults(run=_worker)
+    sub.add_parser("webhooks", help="run a webhook dispatcher on its own").set_defaults(run=_webhooks)
 
     dev = sub.add_parser("dev", help="run Redis, S3, the functions and a worker locally")
     dev.add_argument("--port", type=int, default=8080)

@@ -72,6 +72,12 @@ def _load(r: redis.Redis, key_id: str) -> tuple[ApiKey, str] | None:
     return key, record["hash"]
 
 
+def find_key(r: redis.Redis, key_id: str) -> ApiKey | None:
+    """The key with this id (revoked or not), or None."""
+    loaded = _load(r, key_id)
+    return loaded[0] if loaded else None
+
+
 def list_keys(r: redis.Redis) -> list[ApiKey]:
     """Every key, oldest first."""
     found = [_load(r, str(key_id)) for key_id in cast(set[str], r.smembers(keys.API_KEYS))]
@@ -146,6 +152,14 @@ def verify_key_or_token(settings: JwtSettings, r: redis.Redis, credential: str) 
     if credential.startswith(KEY_PREFIX):
         return verify_key(r, credential)
     return verify_token(settings, r, credential)
+
+
+def check_hook_token(expected: str, authorization: str | None) -> None:
+    """Accept a storage notification only with ``Authorization: Bearer <STORAGE_HOOK_TOKEN>``."""
+    if not expected:
+        raise NotFoundError("the storage hook is off (STORAGE_HOOK_TOKEN is not set)")
+    if not hmac.compare_digest(bearer(authorization).encode(), expected.encode()):
+        raise UnauthorizedError("wrong storage hook token")
 
 
 def bearer(authorization: str | None) -> str:

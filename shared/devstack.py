@@ -1,7 +1,8 @@
 """The whole service on one machine, with no cloud account: ``whisper-api dev``.
 
 Starts (or reuses) a ``redis-server`` with AOF on, a ``moto`` S3-compatible server, the HTTP
-functions behind one base URL (gunicorn + ``functions.gateway``) and one worker. The tests use
+functions behind one base URL (gunicorn + ``functions.gateway``), one worker and one webhook
+dispatcher. The tests use
 the same helpers to start their own servers.
 """
 
@@ -112,6 +113,11 @@ def start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "functions.transcribe.main"], env=env)
 
 
+def start_webhooks(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """A standalone webhook dispatcher (the worker runs one too; claims keep them apart)."""
+    return subprocess.Popen([sys.executable, "-m", "shared.cli", "webhooks"], env=env)
+
+
 def _redis_answers(url: str) -> bool:
     try:
         return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
@@ -158,6 +164,7 @@ def run(port: int, data_dir: str) -> int:
         _ensure_bucket_and_demo_model(env, root)
         procs.append(start_gateway(port, env))
         procs.append(start_worker(env))
+        procs.append(start_webhooks(env))
         print(f"whisper-api is up at http://127.0.0.1:{port} (Ctrl-C stops it)", flush=True)
         signal.signal(signal.SIGTERM, _interrupt)
         signal.signal(signal.SIGINT, _interrupt)  # also when started in the background

@@ -9,6 +9,7 @@
     │   ├── NotFoundError             404
     │   ├── ConflictError             409 (e.g. a result asked for before the job completed)
     │   ├── GoneError                 410 (a result removed by the retention policy)
+    │   ├── BlockedTargetError        422, a URL the service must not contact (shared.netguard)
     │   ├── PayloadTooLargeError      413
     │   ├── UnsupportedMediaError     415
     │   └── JobOutcomeError           a synchronous (/v1) call's job gave no transcript; names the job
@@ -84,6 +85,13 @@ class ConflictError(ClientError):
 class GoneError(ClientError):
     status = 410
     title = "Gone"
+
+
+class BlockedTargetError(ClientError):
+    """A URL refused by the outbound guard: bad scheme, unresolvable, or a non-public address."""
+
+    status = 422
+    title = "Unprocessable Content"
 
 
 class PayloadTooLargeError(ClientError):

@@ -28,9 +28,11 @@ class Claim:
     existing_job_id: str | None
 
 
-def fingerprint(options: JobOptions, audio_path: str) -> str:
-    """A digest of what makes two requests "the same": every option and every audio byte."""
+def fingerprint(options: JobOptions, audio_path: str, webhook_url: str | None = None) -> str:
+    """A digest of what makes two requests "the same": every option, the webhook target and
+    every audio byte."""
     digest = hashlib.sha256(options.model_dump_json().encode())
+    digest.update(f"\0{webhook_url or ''}\0".encode())
     with open(audio_path, "rb") as audio:
         for chunk in iter(lambda: audio.read(1 << 20), b""):
             digest.update(chunk)

@@ -10,13 +10,14 @@ from typing import Any
 
 import pydantic
 import redis
+from pydantic import BaseModel, ConfigDict
 
-from shared import idempotency, jobstore, retention
+from shared import idempotency, jobstore, retention, webhooks
 from shared.audio import probe_duration
 from shared.errors import ConflictError, GoneError, ValidationError
 from shared.formats import render
-from shared.models import Job, JobOptions, JobStatus, TranscriptResult, parse_format
-from shared.settings import ModelSettings, RetentionSettings
+from shared.models import Job, JobOptions, JobStatus, TranscriptResult, WebhookState, parse_format
+from shared.settings import ModelSettings, OutboundSettings, RetentionSettings
 from shared.storage import BlobStore, audio_key, result_key
 from shared.uploads import Upload
 
@@ -43,6 +44,34 @@ def allowed_models(settings: ModelSettings) -> list[str]:
     return sorted(names)
 
 
+class _JsonFields(BaseModel):
+    """The types a JSON body must use: there, ``0`` is not a boolean and ``"2"`` not a number
+    (form fields are all strings, so only multipart gets pydantic's lenient conversion)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    model: str | None = None
+    language: str | None = None
+    output_format: str | None = None
+    task: str | None = None
+    temperature: float | None = None
+    threads: int | None = None
+    word_timestamps: bool | None = None
+    initial_prompt: str | None = None
+    webhook_url: str | None = None
+
+
+def check_json_types(raw: dict[str, Any]) -> None:
+    """422 naming the field when a JSON body gives an option the wrong JSON type."""
+    try:
+        _JsonFields.model_validate(raw)
+    except pydantic.ValidationError as exc:
+        from shared.http import field_errors
+
+        errors = field_errors(exc)
+        raise ValidationError("; ".join(f"{e.field}: {e.message}" for e in errors), errors) from exc
+
+
 def parse_options(raw: dict[str, Any], settings: ModelSettings) -> JobOptions:
     """Validated job options from request fields; ValidationError names the bad field."""
     unknown = sorted(set(raw) - set(OPTION_FIELDS))
@@ -64,11 +93,32 @@ def parse_options(raw: dict[str, Any], settings: ModelSettings) -> JobOptions:
     return options
 
 
-def create_job(r: redis.Redis, store: BlobStore, key_id: str, options: JobOptions, upload: Upload) -> Job:
-    """Probe the upload, store it, record and queue the job. Nothing is left half-created."""
+def parse_webhook_url(raw: dict[str, Any], settings: OutboundSettings) -> str | None:
+    """Take ``webhook_url`` out of the request fields and check it with the outbound guard."""
+    url = raw.pop("webhook_url", None)
+    if url in (None, ""):
+        return None
+    if not isinstance(url, str):
+        raise ValidationError.for_field("webhook_url", "must be a URL string")
+    return webhooks.checked_url("webhook_url", url, settings.outbound_allow_cidrs)
+
+
+def create_job(
+    r: redis.Redis,
+    store: BlobStore,
+    key_id: str,
+    options: JobOptions,
+    upload: Upload,
+    webhook_url: str | None = None,
+    job_id: str | None = None,
+) -> Job:
+    """Probe the upload, store it, record and queue the job. Nothing is left half-created.
+
+    ``webhook_url`` (already checked) receives the final state; ``job_id`` is given when the
+    id was handed out before the audio arrived (presigned uploads)."""
     duration = probe_duration(upload.path)
     now = time.time()
-    job_id = jobstore.new_job_id()
+    job_id = job_id or jobstore.new_job_id()
     job = Job(
         id=job_id,
         key_id=key_id,
@@ -80,6 +130,7 @@ def create_job(r: redis.Redis, store: BlobStore, key_id: str, options: JobOption
         bytes=upload.size,
         audio_key=audio_key(key_id, job_id),
         duration=round(duration, 3),
+        webhook=WebhookState(url=webhook_url) if webhook_url else None,
     )
     with open(upload.path, "rb") as fileobj:
         store.upload(job.audio_key, fileobj, upload.content_type)
@@ -99,17 +150,18 @@ def submit(
     options: JobOptions,
     upload: Upload,
     idempotency_key: str | None,
+    webhook_url: str | None = None,
 ) -> tuple[Job, bool]:
     """Create a job, honouring an ``Idempotency-Key``: (job, True) when an identical earlier
     request already created it."""
     if idempotency_key is None:
-        return create_job(r, store, key_id, options, upload), False
-    request_fingerprint = idempotency.fingerprint(options, upload.path)
+        return create_job(r, store, key_id, options, upload, webhook_url), False
+    request_fingerprint = idempotency.fingerprint(options, upload.path, webhook_url)
     claimed = idempotency.claim(r, key_id, idempotency.check_key(idempotency_key), request_fingerprint)
     if claimed.existing_job_id is not None:
         return jobstore.get_owned(r, key_id, claimed.existing_job_id), True
     try:
-        job = create_job(r, store, key_id, options, upload)
+        job = create_job(r, store, key_id, options, upload, webhook_url)
     except BaseException:
         idempotency.release(r, claimed)
         raise

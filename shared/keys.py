@@ -54,3 +54,39 @@ IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 
 #: Sorted set of "kind|name" -> unix time it is due for removal (shared.retention).
 RETENTION = "retention"
+
+
+#: A key's webhook endpoint (hash): default ``url``, the ``whsec_`` signing ``secret``, and the
+#: ``previous_secret`` still used for signing for a grace period after a rotation.
+def webhook_endpoint(key_id: str) -> str:
+    return f"webhook:endpoint:{key_id}"
+
+
+#: One outgoing webhook message (hash): target, frozen body, attempts, outcome, lease token.
+#: Keyed by the stable ``webhook-id`` so a job's final state is enqueued at most once.
+def webhook_delivery(message_id: str) -> str:
+    return f"webhook:delivery:{message_id}"
+
+
+#: Sorted set of message id -> unix time it is due; a claim pushes the score out by a lease,
+#: so a dispatcher that dies mid-send leaves the message due again once the lease runs out.
+WEBHOOKS_DUE = "webhooks:due"
+
+#: Delivery records outlive the last retry (about 18 h with the default schedule) by a margin.
+WEBHOOK_DELIVERY_TTL_SECONDS = 7 * 24 * 3600
+
+
+#: Marks a stored inbox object (bucket + key + etag) as already turned into a job: storage
+#: systems deliver notifications at least once, and the same object must start one job.
+def inbox_object(digest: str) -> str:
+    return f"inbox:{digest}"
+
+
+#: Long enough to swallow any redelivery of a notification; then the marker goes away.
+INBOX_MARKER_TTL_SECONDS = 30 * 24 * 3600
+
+
+#: A presigned upload waiting for its object (JSON: key id, options, webhook URL); its id is
+#: the job id the job gets once the object lands.
+def pending_upload(job_id: str) -> str:
+    return f"upload:{job_id}"

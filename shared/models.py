@@ -100,6 +100,21 @@ class JobOptions(BaseModel):
         return parse_format(value) if isinstance(value, str) else value
 
 
+class WebhookState(BaseModel):
+    """Where a job's final state is announced, and how that is going."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    url: str
+    #: ``waiting`` (job not final yet), ``pending`` (queued or between retries), ``delivered``,
+    #: ``failed`` (retries used up) or ``gone`` (the receiver answered 410).
+    state: str = "waiting"
+    attempts: int = 0
+    last_status: int | None = None
+    last_error: str | None = None
+    delivered_at: float | None = None
+
+
 class Job(BaseModel):
     """A job record as stored in Redis and shown to its owner."""
 
@@ -125,6 +140,7 @@ class Job(BaseModel):
     windows: int = 0
     #: Which delivery currently owns the job; only that run may finish it.
     run_id: str | None = None
+    webhook: WebhookState | None = None
 
     def public(self) -> dict[str, Any]:
         """The job as clients see it: the old service's flat field names plus ``options``."""

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: The names openai-whisper downloads by itself (``whisper.available_models()``); kept here so
@@ -41,13 +41,17 @@ class RedisSettings(_Base):
 class StorageSettings(_Base):
     s3_endpoint_url: str | None = None
     s3_bucket: str = "whisper-api"
+    #: Objects dropped here start jobs (storage events, presigned uploads).
+    s3_inbox_bucket: str = "whisper-inbox"
+    #: Where clients reach storage, for presigned upload URLs; empty: ``S3_ENDPOINT_URL``.
+    s3_public_endpoint_url: str | None = None
     aws_region: str = "us-east-1"
     aws_access_key_id: str | None = None
     aws_secret_access_key: str | None = None
 
-    @field_validator("s3_endpoint_url", mode="before")
+    @field_validator("s3_endpoint_url", "s3_public_endpoint_url", mode="before")
     @classmethod
-    def _empty_is_aws(cls, value: object) -> object:
+    def _empty_is_aws(cls, value: object) -> object:  # also: no public endpoint of its own
         return None if value == "" else value
 
 
@@ -97,11 +101,64 @@ class RetentionSettings(_Base):
     retention_sweep_seconds: float = Field(default=60, gt=0)
 
 
+class OutboundSettings(_Base):
+    """What the outbound guard (shared.netguard) lets through besides public addresses."""
+
+    #: Comma-separated CIDRs admitted even though they are private, loopback, ... (e.g. a
+    #: receiver on the operator's own network). Empty: public addresses only.
+    outbound_allow_cidrs: Annotated[tuple[str, ...], NoDecode] = ()
+
+    @field_validator("outbound_allow_cidrs", mode="before")
+    @classmethod
+    def _split_cidrs(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("outbound_allow_cidrs")
+    @classmethod
+    def _valid_cidrs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        import ipaddress
+
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"OUTBOUND_ALLOW_CIDRS: {exc}") from None
+        return value
+
+
+class WebhookSettings(RedisSettings, OutboundSettings):
+    """Settings of the webhook dispatcher (alone, or as a thread of the worker)."""
+
+    #: Seconds to wait before each retry after the first attempt; jittered by +/-20 %.
+    #: The default is close to Standard Webhooks' schedule: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h.
+    webhook_retry_schedule: Annotated[tuple[float, ...], NoDecode] = (5, 300, 1800, 7200, 18000, 36000)
+    #: Connect and read timeout of one delivery attempt; a slower receiver counts as failed.
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+
+    @field_validator("webhook_retry_schedule", mode="before")
+    @classmethod
+    def _split_schedule(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(float(part) for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _non_negative(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(delay < 0 for delay in value):
+            raise ValueError("WEBHOOK_RETRY_SCHEDULE: delays must be >= 0 seconds")
+        return value
+
+
 class AuthSettings(RedisSettings, JwtSettings):
     """Settings of the auth function."""
 
 
-class JobsSettings(RedisSettings, StorageSettings, JwtSettings, ModelSettings, RetentionSettings):
+class JobsSettings(
+    RedisSettings, StorageSettings, JwtSettings, ModelSettings, RetentionSettings, OutboundSettings
+):
     """Settings of the jobs function."""
 
     max_upload_bytes: int = Field(default=1 << 30, ge=1)
@@ -111,8 +168,20 @@ class JobsSettings(RedisSettings, StorageSettings, JwtSettings, ModelSettings, R
     #: How long ``/v1/audio/*`` waits for its job before answering 504 with the job id.
     openai_wait_seconds: float = Field(default=600.0, gt=0)
 
+    #: Bearer token storage notifications (MinIO webhook target, CloudEvents) must carry on
+    #: ``POST /hooks/storage``. Empty: the hook is off.
+    storage_hook_token: str = ""
 
-class WorkerSettings(RedisSettings, StorageSettings, ModelSettings, RetentionSettings):
+    @model_validator(mode="after")
+    def _strong_hook_token(self) -> JobsSettings:
+        token = self.storage_hook_token
+        weak = len(token) < 32 or any(m in token.lower() for m in _PLACEHOLDER_MARKERS)
+        if token and weak and self.environment != "development":
+            raise ValueError("STORAGE_HOOK_TOKEN must be 32+ random characters (openssl rand -hex 32)")
+        return self
+
+
+class WorkerSettings(StorageSettings, ModelSettings, WebhookSettings, RetentionSettings):
     """Settings of the transcription worker."""
 
     whisper_device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -147,6 +216,12 @@ def auth_settings() -> AuthSettings:
 def jobs_settings() -> JobsSettings:
     """The jobs function's settings, read once from the environment."""
     return JobsSettings()  # type: ignore[call-arg]  # required values come from the env
+
+
+@lru_cache(maxsize=1)
+def webhook_settings() -> WebhookSettings:
+    """The standalone webhook dispatcher's settings (``whisper-api webhooks``)."""
+    return WebhookSettings()
 
 
 @lru_cache(maxsize=1)

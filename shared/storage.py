@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import IO, Any
 
@@ -44,6 +45,8 @@ def _client(settings: StorageSettings) -> Any:
             read_timeout=30,
             retries={"max_attempts": 3, "mode": "standard"},
             s3={"addressing_style": "path"},
+            # SigV4 everywhere, presigned upload URLs included (SigV2 is refused by newer regions).
+            signature_version="s3v4",
         ),
     )
 
@@ -56,12 +59,19 @@ def _wrapped(action: str) -> Iterator[None]:
         raise StorageError(f"storage failed to {action}: {exc}") from exc
 
 
-class BlobStore:
-    """The few operations the service needs from a bucket."""
+@dataclass(frozen=True)
+class ObjectInfo:
+    etag: str  # without the quotes S3 puts around it, as bucket notifications carry it
+    size: int
 
-    def __init__(self, settings: StorageSettings) -> None:
+
+class BlobStore:
+    """The few operations the service needs from a bucket (``S3_BUCKET`` unless told)."""
+
+    def __init__(self, settings: StorageSettings, bucket: str | None = None) -> None:
         self._s3 = _client(settings)
-        self.bucket = settings.s3_bucket
+        self._settings = settings
+        self.bucket = bucket or settings.s3_bucket
 
     def upload(self, key: str, fileobj: IO[bytes], content_type: str) -> None:
         from boto3.s3.transfer import TransferConfig
@@ -95,6 +105,33 @@ class BlobStore:
         except BotoCoreError as exc:
             raise StorageError(f"storage failed to check {key}: {exc}") from exc
         return True
+
+    def head(self, key: str) -> ObjectInfo | None:
+        """The object's etag and size, or None when there is no such object."""
+        try:
+            meta = self._s3.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise StorageError(f"storage failed to check {key}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StorageError(f"storage failed to check {key}: {exc}") from exc
+        return ObjectInfo(str(meta["ETag"]).strip('"'), int(meta["ContentLength"]))
+
+    def presigned_put(self, key: str, expires_in: int) -> str:
+        """A URL a client can PUT the object to directly, valid ``expires_in`` seconds.
+
+        Signed for ``S3_PUBLIC_ENDPOINT_URL`` when set: the address clients reach storage at
+        can differ from the one the service uses (``http://minio:9000`` inside compose)."""
+        public = self._settings.s3_public_endpoint_url
+        client = (
+            _client(self._settings.model_copy(update={"s3_endpoint_url": public})) if public else self._s3
+        )
+        with _wrapped(f"sign an upload URL for {key}"):
+            url: str = client.generate_presigned_url(
+                "put_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_in
+            )
+        return url
 
     def delete(self, *keys: str) -> None:
         if not keys:

@@ -23,7 +23,8 @@ from typing import Any, TypeVar
 
 import redis
 
-from shared import jobstore, keys, retention
+from shared import jobstore, keys, retention, webhooks
+from shared.dispatcher import Dispatcher
 from shared.errors import (
     JobError,
     PermanentJobError,
@@ -72,6 +73,9 @@ class Worker:
             self.stop = stop
         beat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
         beat.start()
+        # Webhooks go out from their own thread: a slow receiver never holds up transcription.
+        hooks = threading.Thread(target=Dispatcher(self.settings, self.r).run, args=(self.stop,), daemon=True)
+        hooks.start()
         log.info("worker %s started on device %s", self.name, self.models.device)
         backoff = 0.1
         try:
@@ -146,8 +150,7 @@ class Worker:
                 JobStatus.FAILED,
                 {"error": reason, "completed_at": time.time()},
             )
-            if failed is not None:
-                retention.schedule(self.r, self.settings, failed)
+            self._finished(failed)
         self.r.xadd(DEAD_LETTER_STREAM, {"job_id": job_id, "entry_id": entry_id})
         self.r.xack(keys.JOBS_STREAM, keys.JOBS_GROUP, entry_id)
         log.warning("job %s dead-lettered after %d deliveries", job_id, deliveries)
@@ -237,8 +240,7 @@ class Worker:
         )
         if done is None:
             self._discard(job, key)
-        else:
-            retention.schedule(self.r, self.settings, done)
+        self._finished(done)
 
     def _discard(self, job: Job, key: str) -> None:
         """Our result lost the race: the job was deleted, canceled, or finished by another run."""
@@ -309,8 +311,18 @@ class Worker:
             usage={"processing_seconds": time.monotonic() - started},
             run_id=run_id,
         )
-        if failed is not None:
-            retention.schedule(self.r, self.settings, failed)
+        self._finished(failed)
+
+    def _finished(self, job: Job | None) -> None:
+        """After this worker moved a job to its final state: plan its data's removal and
+        queue its webhook. None: another actor moved it first, so it is theirs to handle."""
+        if job is None:
+            return
+        retention.schedule(self.r, self.settings, job)
+        try:
+            webhooks.enqueue(self.r, job)
+        except redis.RedisError as exc:  # the job's state is stored; only the webhook is lost
+            log.error("job %s: could not queue its webhook: %s", job.id, exc)
 
     def _maybe_sweep(self) -> None:
         now = time.monotonic()

@@ -10,8 +10,12 @@ import io
 import math
 import struct
 import subprocess
+import threading
+import time
 import wave
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -67,6 +71,8 @@ def service_env(redis_url: str, s3_endpoint: str, model_dir: Path) -> dict[str, 
         "REDIS_URL": redis_url,
         "S3_ENDPOINT_URL": s3_endpoint,
         "S3_BUCKET": BUCKET,
+        "S3_INBOX_BUCKET": "test-inbox",
+        "STORAGE_HOOK_TOKEN": "hook-token-0123456789abcdef0123456789abcdef",
         "AWS_ACCESS_KEY_ID": "test",
         "AWS_SECRET_ACCESS_KEY": "test",
         "AWS_REGION": "us-east-1",
@@ -78,6 +84,10 @@ def service_env(redis_url: str, s3_endpoint: str, model_dir: Path) -> dict[str, 
         "WORKER_HEARTBEAT_SECONDS": "0.5",
         "WORKER_BLOCK_MS": "200",
         "LOG_LEVEL": "WARNING",
+        # Test receivers listen on loopback; only the operator allow-list lets the guard admit it.
+        "OUTBOUND_ALLOW_CIDRS": "127.0.0.0/8",
+        "WEBHOOK_RETRY_SCHEDULE": "0.2,0.2",
+        "WEBHOOK_TIMEOUT_SECONDS": "2",
     }
 
 
@@ -127,3 +137,67 @@ def long_audio(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int], byte
         return cache[seconds]
 
     return make
+
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    headers: dict[str, str]  # names lower-cased
+    body: bytes
+
+
+@dataclass
+class Receiver:
+    """A real HTTP server on loopback that records requests and answers from a script."""
+
+    url: str
+    requests: list[Received] = field(default_factory=list)
+    #: (status, extra headers, seconds to stall first) per request; the last one repeats.
+    script: list[tuple[int, dict[str, str], float]] = field(default_factory=lambda: [(204, {}, 0.0)])
+
+    def answer(self, *steps: int | tuple[int, dict[str, str], float]) -> None:
+        self.script = [s if isinstance(s, tuple) else (s, {}, 0.0) for s in steps]
+
+    def wait_for(self, count: int, timeout: float = 30) -> list[Received]:
+        deadline = time.monotonic() + timeout
+        while len(self.requests) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.requests
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A webhook receiver on 127.0.0.1 (admitted by OUTBOUND_ALLOW_CIDRS in the test env)."""
+    state = Receiver(url="")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", 0))
+            body = self.rfile.read(length)
+            index = len(state.requests)
+            status, headers, stall = state.script[min(index, len(state.script) - 1)]
+            state.requests.append(
+                Received(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+            )
+            time.sleep(stall)
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_PUT = do_POST
+        do_GET = do_POST
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    state.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/whisper"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield state
+    server.shutdown()
+    server.server_close()

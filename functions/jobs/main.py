@@ -9,18 +9,31 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Any
 
 import functions_framework
 from flask import Request, Response, current_app, has_app_context
+from pydantic import BaseModel, ConfigDict
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, Rule
 
-from shared import credentials, health, job_service, openai_compat, openapi, usage
+from shared import (
+    credentials,
+    fetch,
+    health,
+    inbox,
+    job_service,
+    openai_compat,
+    openapi,
+    storage_events,
+    usage,
+    webhooks,
+)
 from shared.credentials import ApiKey
 from shared.errors import ValidationError
 from shared.http import guarded, json_response, query_args, to_response
 from shared.logs import configure_logging
-from shared.models import Task
+from shared.models import Job, Task
 from shared.redis_client import connect
 from shared.settings import jobs_settings
 from shared.storage import BlobStore
@@ -44,11 +57,22 @@ def _caller(request: Request) -> ApiKey:
     return key
 
 
+def _json_object(request: Request) -> dict[str, Any]:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ValidationError.for_field("body", "send a JSON object")
+    return body
+
+
 def create_job(request: Request) -> Response:
+    if request.is_json:
+        return create_job_from_url(request)
     key = _caller(request)
     settings = jobs_settings()
     with receive(request, settings.max_upload_bytes) as form:
-        options = job_service.parse_options(form.fields.to_dict(), settings)
+        fields = form.fields.to_dict()
+        webhook_url = job_service.parse_webhook_url(fields, settings)
+        options = job_service.parse_options(fields, settings)
         upload = audio_file(form, "audio", settings.max_upload_bytes)
         job, replayed = job_service.submit(
             connect(settings),
@@ -57,11 +81,71 @@ def create_job(request: Request) -> Response:
             options,
             upload,
             request.headers.get("Idempotency-Key"),
+            webhook_url,
         )
+    return _accepted(job, replayed)
+
+
+def create_job_from_url(request: Request) -> Response:
+    key = _caller(request)
+    settings = jobs_settings()
+    fields = _json_object(request)
+    job_service.check_json_types(fields)
+    audio_url = fields.pop("audio_url", None)
+    if not isinstance(audio_url, str) or not audio_url:
+        raise ValidationError.for_field("audio_url", "give the URL of the audio (or upload it as multipart)")
+    webhook_url = job_service.parse_webhook_url(fields, settings)
+    options = job_service.parse_options(fields, settings)
+    with fetch.download(audio_url, settings.outbound_allow_cidrs, settings.max_upload_bytes) as upload:
+        job, replayed = job_service.submit(
+            connect(settings),
+            BlobStore(settings),
+            key.id,
+            options,
+            upload,
+            request.headers.get("Idempotency-Key"),
+            webhook_url,
+        )
+    return _accepted(job, replayed)
+
+
+def _accepted(job: Job, replayed: bool) -> Response:
     headers = {"Location": f"/transcribe/{job.id}"}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
     return json_response(job.public(), 202, headers=headers)
+
+
+def start_upload(request: Request) -> Response:
+    key = _caller(request)
+    settings = jobs_settings()
+    fields = _json_object(request) if request.content_length else {}
+    job_service.check_json_types(fields)
+    webhook_url = job_service.parse_webhook_url(fields, settings)
+    options = job_service.parse_options(fields, settings)
+    store = BlobStore(settings, settings.s3_inbox_bucket)
+    body = inbox.start_upload(connect(settings), store, key.id, options, webhook_url)
+    return json_response(body, 201)
+
+
+def complete_upload(request: Request, job_id: str) -> Response:
+    key = _caller(request)
+    settings = jobs_settings()
+    inbox_store = BlobStore(settings, settings.s3_inbox_bucket)
+    job = inbox.complete_upload(connect(settings), inbox_store, BlobStore(settings), settings, key.id, job_id)
+    return json_response(job.public(), 202, headers={"Location": f"/transcribe/{job.id}"})
+
+
+def storage_hook(request: Request) -> Response:
+    settings = jobs_settings()
+    credentials.check_hook_token(settings.storage_hook_token, request.headers.get("Authorization"))
+    headers = {name.lower(): value for name, value in request.headers.items()}
+    objects = storage_events.parse(headers, request.get_data())
+    inbox_store = BlobStore(settings, settings.s3_inbox_bucket)
+    outcomes = inbox.handle_notification(
+        connect(settings), inbox_store, BlobStore(settings), settings, objects
+    )
+    return json_response({"objects": [outcome.public() for outcome in outcomes]})
 
 
 def list_jobs(request: Request) -> Response:
@@ -107,6 +191,29 @@ def get_result(request: Request, job_id: str) -> Response:
 def get_usage(request: Request) -> Response:
     key = _caller(request)
     return json_response(usage.read(connect(jobs_settings()), key.id))
+
+
+class WebhookEndpoint(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str | None
+
+
+def get_webhook(request: Request) -> Response:
+    key = _caller(request)
+    return json_response(webhooks.endpoint(connect(jobs_settings()), key.id).public())
+
+
+def put_webhook(request: Request) -> Response:
+    key = _caller(request)
+    settings = jobs_settings()
+    body = WebhookEndpoint.model_validate(request.get_json(silent=True) or {})
+    url = webhooks.checked_url("url", body.url, settings.outbound_allow_cidrs) if body.url else None
+    return json_response(webhooks.set_url(connect(settings), key.id, url).public())
+
+
+def rotate_webhook_secret(request: Request) -> Response:
+    key = _caller(request)
+    return json_response(webhooks.rotate(connect(jobs_settings()), key.id).public())
 
 
 def get_health(request: Request) -> Response:
@@ -163,7 +270,13 @@ _ROUTES = Map(
         Rule("/transcribe/<job_id>", methods=["DELETE"], endpoint=delete_job),
         Rule("/transcribe/<job_id>/result", methods=["GET"], endpoint=get_result),
         Rule("/transcribe/<job_id>/cancel", methods=["POST"], endpoint=cancel_job),
+        Rule("/uploads", methods=["POST"], endpoint=start_upload),
+        Rule("/uploads/<job_id>/complete", methods=["POST"], endpoint=complete_upload),
+        Rule("/hooks/storage", methods=["POST"], endpoint=storage_hook),
         Rule("/usage", methods=["GET"], endpoint=get_usage),
+        Rule("/webhook", methods=["GET"], endpoint=get_webhook),
+        Rule("/webhook", methods=["PUT"], endpoint=put_webhook),
+        Rule("/webhook/rotate", methods=["POST"], endpoint=rotate_webhook_secret),
         Rule("/health", methods=["GET"], endpoint=get_health),
         Rule("/openapi.json", methods=["GET"], endpoint=get_openapi),
         Rule("/docs", methods=["GET"], endpoint=get_docs),

@@ -23,9 +23,12 @@ _ACCEPTED = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]
 # Every check runs everywhere. One widening, for the upload operations only: a request can match
 # the schema and still be refused on what no JSON Schema can say: the file must decode as audio
 # (415), and the model must be installed and the language one whisper knows (422 natively, 400
-# under /v1 as OpenAI answers). A 5xx still fails every check.
+# under /v1 as OpenAI answers). Likewise a URL can be well-formed and still point somewhere the
+# outbound guard refuses (422). A 5xx still fails every check.
 _UPLOADS = [
     ("createJob", ["415", "422"]),
+    ("startUpload", ["422"]),
+    ("putWebhook", ["422"]),
     ("createTranscription", ["400", "415"]),
     ("createTranslation", ["400", "415"]),
 ]
@@ -88,7 +91,7 @@ def test_the_document_protects_every_route_but_the_public_ones():
         ("GET", "/docs"),
         ("GET", "/docs/{name}"),
     }
-    assert len(_protected_operations()) == 10  # 7 native, 3 under /v1
+    assert len(_protected_operations()) == 16  # 13 native (storage hook included), 3 under /v1
 
 
 @pytest.mark.parametrize(("method", "path"), _protected_operations())

@@ -14,11 +14,17 @@ from functions_framework import create_app
 
 from shared import credentials
 from shared.redis_client import connect
-from shared.settings import auth_settings, jobs_settings, redis_settings, worker_settings
+from shared.settings import (
+    auth_settings,
+    jobs_settings,
+    redis_settings,
+    webhook_settings,
+    worker_settings,
+)
 from shared.storage import BlobStore
 
 ROOT = Path(__file__).resolve().parents[2]
-_CACHES = (auth_settings, jobs_settings, redis_settings, worker_settings)
+_CACHES = (auth_settings, jobs_settings, redis_settings, webhook_settings, worker_settings)
 
 
 @pytest.fixture
@@ -48,6 +54,17 @@ def r(env: Any) -> Iterator[redis.Redis]:
 @pytest.fixture
 def store(env: Any) -> BlobStore:
     blob = BlobStore(jobs_settings())
+    blob.ensure_bucket()
+    objects = blob._s3.list_objects_v2(Bucket=blob.bucket).get("Contents", [])
+    blob.delete(*[o["Key"] for o in objects])
+    return blob
+
+
+@pytest.fixture
+def inbox_store(env: Any) -> BlobStore:
+    """The inbox bucket (``S3_INBOX_BUCKET``), created and emptied."""
+    settings = jobs_settings()
+    blob = BlobStore(settings, settings.s3_inbox_bucket)
     blob.ensure_bucket()
     objects = blob._s3.list_objects_v2(Bucket=blob.bucket).get("Contents", [])
     blob.delete(*[o["Key"] for o in objects])

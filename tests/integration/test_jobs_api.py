@@ -128,9 +128,12 @@ def test_a_malformed_multipart_body_gets_422(jobs_client, bearer):
     assert resp.get_json()["errors"][0]["field"] == "body"
 
 
-def test_json_body_gets_415_asking_for_multipart(jobs_client, bearer):
-    resp = jobs_client.post("/transcribe", json={"model": "demo"}, headers=bearer())
-    assert resp.status_code == 415
+def test_a_json_body_without_audio_url_gets_422_and_other_bodies_415(jobs_client, bearer):
+    headers = bearer()
+    as_json = jobs_client.post("/transcribe", json={"model": "demo"}, headers=headers)
+    as_text = jobs_client.post("/transcribe", data="model=demo", content_type="text/plain", headers=headers)
+    assert as_json.status_code == 422 and as_json.get_json()["errors"][0]["field"] == "audio_url"
+    assert as_text.status_code == 415
 
 
 def test_uploads_over_the_limit_get_413(env, jobs_client, bearer, r, store, make_wav):

@@ -1,0 +1,227 @@
+"""The webhook dispatcher: sends queued messages, retries them on a schedule, survives crashes.
+
+Messages wait in ``keys.WEBHOOKS_DUE`` (score = when due). A dispatcher *claims* a due message
+by moving its score out by a lease and writing a fresh lease token into its record, in one
+Lua step, so two dispatchers never send the same attempt at once. The outcome is recorded only
+if the token still matches (a dispatcher that overran its lease cannot overwrite a newer
+claim). A dispatcher that dies mid-send recorded nothing: once the lease runs out the message
+is due again and is sent again with the same ``webhook-id``, so receivers can de-duplicate.
+
+Outcomes: 2xx delivered; 410 Gone stops retrying; anything else (3xx included: redirects are
+not followed), a timeout or a refused address is retried per ``WEBHOOK_RETRY_SCHEDULE`` with
++/-20 % jitter, then given up.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import redis
+import urllib3
+
+from shared import keys, netguard, webhooks
+from shared.errors import BlockedTargetError
+from shared.settings import WebhookSettings
+
+log = logging.getLogger("whisper_api.webhooks")
+
+#: How long an idle dispatcher sleeps between looks at the due set.
+POLL_SECONDS = 0.2
+#: Messages claimed per look; each is sent in turn.
+BATCH = 10
+#: Jitter spreads retries of many messages that failed together (a receiver outage).
+JITTER = 0.2
+#: Bytes of a receiver's answer read at most (the status is what matters).
+MAX_RESPONSE_BYTES = 4096
+
+_CLAIM = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) > tonumber(ARGV[2]) then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('ZREM', KEYS[1], ARGV[1]) return 0 end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+redis.call('HSET', KEYS[2], 'lease', ARGV[4])
+return 1
+"""
+
+_RECORD = """
+if redis.call('HGET', KEYS[2], 'lease') ~= ARGV[2] then return 0 end
+local attempts = redis.call('HINCRBY', KEYS[2], 'attempts', 1)
+redis.call('HSET', KEYS[2], 'state', ARGV[3], 'last_status', ARGV[4], 'last_error', ARGV[5], 'lease', '')
+if ARGV[3] == 'pending' then
+  redis.call('ZADD', KEYS[1], ARGV[6], ARGV[1])
+else
+  redis.call('ZREM', KEYS[1], ARGV[1])
+end
+if ARGV[3] == 'delivered' then redis.call('HSET', KEYS[2], 'delivered_at', ARGV[7]) end
+local raw = redis.call('GET', KEYS[3])
+if raw then
+  local job = cjson.decode(raw)
+  local hook = job['webhook']
+  if type(hook) == 'table' then
+    hook['state'] = ARGV[3]
+    hook['attempts'] = attempts
+    hook['last_status'] = ARGV[4] ~= '' and tonumber(ARGV[4]) or cjson.null
+    hook['last_error'] = ARGV[5] ~= '' and ARGV[5] or cjson.null
+    if ARGV[3] == 'delivered' then hook['delivered_at'] = tonumber(ARGV[7]) end
+    job['webhook'] = hook
+    redis.call('SET', KEYS[3], cjson.encode(job), 'KEEPTTL')
+  end
+end
+return attempts
+"""
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What one send achieved: an HTTP status, or an error that stopped it first."""
+
+    status: int | None
+    error: str | None
+
+    @property
+    def outcome(self) -> str:
+        if self.status is not None and 200 <= self.status < 300:
+            return "delivered"
+        return "gone" if self.status == 410 else "failed"
+
+
+@dataclass
+class Dispatcher:
+    settings: WebhookSettings
+    r: redis.Redis
+    resolver: netguard.Resolver = netguard.system_resolver
+    name: str = field(default_factory=lambda: f"dispatcher-{secrets.token_hex(3)}")
+    clock: Callable[[], float] = time.time
+
+    @property
+    def lease_seconds(self) -> float:
+        """Longer than any one send can take (connect + read timeouts), with room to record."""
+        return 2 * self.settings.webhook_timeout_seconds + 5
+
+    def run(self, stop: threading.Event) -> None:
+        """Deliver due messages until ``stop`` is set; a failing Redis only pauses the loop."""
+        log.info("webhook dispatcher %s started", self.name)
+        while not stop.is_set():
+            try:
+                sent = self.run_once()
+            except redis.RedisError as exc:
+                log.warning("webhook dispatcher: Redis unavailable (%s)", exc)
+                sent = 0
+            if not sent:
+                stop.wait(POLL_SECONDS)
+        log.info("webhook dispatcher %s stopped", self.name)
+
+    def run_once(self) -> int:
+        """Claim the messages due now and send each once; how many were sent."""
+        now = self.clock()
+        due = cast(list[str], self.r.zrangebyscore(keys.WEBHOOKS_DUE, "-inf", now, start=0, num=BATCH))
+        sent = 0
+        for msg in due:
+            token = self.claim(msg, now)
+            if token is not None:
+                self.send(msg, token)
+                sent += 1
+        return sent
+
+    def claim(self, msg: str, now: float) -> str | None:
+        """Lease ``msg`` to this dispatcher if it is still due; the lease token, or None."""
+        token = f"{self.name}:{secrets.token_hex(6)}"
+        won = self.r.eval(
+            _CLAIM,
+            2,
+            keys.WEBHOOKS_DUE,
+            keys.webhook_delivery(msg),
+            msg,
+            repr(now),
+            repr(now + self.lease_seconds),
+            token,
+        )
+        return token if won else None
+
+    def send(self, msg: str, token: str) -> None:
+        """One attempt at ``msg`` (claimed with ``token``), then its outcome recorded."""
+        record = cast(dict[str, str], self.r.hgetall(keys.webhook_delivery(msg)))
+        ep = webhooks.endpoint(self.r, record["key_id"])  # read now: a rotation applies at once
+        body = record["body"].encode()
+        attempt = self._post(record["url"], webhooks.headers(ep, msg, body, self.clock()), body)
+        attempts = int(record.get("attempts", 0)) + 1
+        self.record(msg, token, record["job_id"], attempt, attempts)
+
+    def _post(self, url: str, headers: dict[str, str], body: bytes) -> Attempt:
+        allow = netguard.parse_cidrs(self.settings.outbound_allow_cidrs)
+        try:
+            target = netguard.check_url(url, allow, self.resolver)
+            response = netguard.request(
+                target,
+                "POST",
+                body=body,
+                headers=headers,
+                timeout=self.settings.webhook_timeout_seconds,
+                stream=True,
+            )
+        except BlockedTargetError as exc:
+            return Attempt(None, exc.detail)
+        except urllib3.exceptions.HTTPError as exc:
+            return Attempt(None, f"{type(exc).__name__}: {exc}"[:300])
+        try:
+            response.read(MAX_RESPONSE_BYTES)  # a receiver's body is not ours to keep
+        except urllib3.exceptions.HTTPError:
+            pass  # the status already arrived; a body cut short changes nothing
+        finally:
+            response.release_conn()
+        error = None if 200 <= response.status < 300 else f"the receiver answered HTTP {response.status}"
+        return Attempt(response.status, error)
+
+    def record(self, msg: str, token: str, job_id: str, attempt: Attempt, attempts: int) -> None:
+        """Store the outcome, and when it failed with retries left, when to try again."""
+        state = attempt.outcome
+        schedule = self.settings.webhook_retry_schedule
+        next_due = 0.0
+        if state == "failed" and attempts <= len(schedule):
+            state = "pending"
+            next_due = self.clock() + schedule[attempts - 1] * random.uniform(1 - JITTER, 1 + JITTER)  # noqa: S311
+        result: Any = self.r.eval(
+            _RECORD,
+            3,
+            keys.WEBHOOKS_DUE,
+            keys.webhook_delivery(msg),
+            keys.job(job_id),
+            msg,
+            token,
+            state,
+            "" if attempt.status is None else str(attempt.status),
+            attempt.error or "",
+            repr(next_due),
+            repr(self.clock()),
+        )
+        if not result:
+            log.warning("webhook %s: lease lost before its outcome was recorded", msg)
+            return
+        log.info("webhook %s attempt %s: %s (%s)", msg, attempts, state, attempt.status or attempt.error)
+
+
+def run_standalone() -> None:
+    """``whisper-api webhooks``: a dispatcher process, stopped cleanly by SIGTERM or SIGINT."""
+    from shared.logs import configure_logging
+    from shared.redis_client import connect
+    from shared.settings import webhook_settings
+
+    settings = webhook_settings()
+    configure_logging(settings.log_level)
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        log.info("received %s; stopping after the message in hand", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    Dispatcher(settings, connect(settings)).run(stop)

@@ -1,0 +1,219 @@
+"""Audio that does not come in the request body: ``audio_url`` (fetched through the outbound
+guard) and presigned uploads straight to the inbox bucket."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+import requests
+from standardwebhooks import Webhook
+
+from shared import jobstore, keys
+from shared.dispatcher import Dispatcher
+from shared.models import JobStatus
+from shared.settings import webhook_settings, worker_settings
+from shared.worker import build
+
+TEXT = "Hello from whisper api. The quick brown fox."
+
+
+@pytest.fixture
+def audio_server(make_wav) -> Iterator[str]:
+    """Serves /a.wav, /huge (honest length), /endless (no length), /moved (302), /missing (404)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    wav = make_wav(2.0)
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            if self.path == "/a.wav":
+                self._send(200, wav, {"Content-Type": "audio/wav"})
+            elif self.path == "/huge":
+                self._send(200, b"\0" * 5000, {})
+            elif self.path == "/endless":
+                self.send_response(200)
+                self.send_header("Connection", "close")
+                self.end_headers()
+                try:
+                    for _ in range(100):
+                        self.wfile.write(b"\0" * 1000)
+                except OSError:
+                    pass  # the service hung up once past its limit
+            elif self.path == "/moved":
+                self._send(302, b"", {"Location": "http://169.254.169.254/"})
+            else:
+                self._send(404, b"nope", {})
+
+        def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def worker(env, r, store):
+    return build(worker_settings())
+
+
+def test_a_job_from_audio_url_runs_like_an_upload(jobs_client, bearer, audio_server, worker, r, make_wav):
+    headers = bearer()
+
+    resp = jobs_client.post(
+        "/transcribe",
+        json={
+            "audio_url": f"{audio_server}/a.wav",
+            "model": "demo",
+            "output_format": "srt",
+            "temperature": 0.1,
+        },
+        headers=headers,
+    )
+
+    assert resp.status_code == 202, resp.get_json()
+    job = resp.get_json()
+    assert (job["filename"], job["bytes"], job["duration"]) == ("a.wav", len(make_wav(2.0)), 2.0)
+    assert (job["options"]["output_format"], job["options"]["temperature"]) == ("srt", 0.1)
+    assert worker.process(job["id"]) is True
+    assert jobstore.load(r, job["id"]).transcription == TEXT
+
+
+@pytest.mark.parametrize(
+    ("path", "overrides", "status", "detail"),
+    [
+        ("/missing", {}, 422, "audio_url: the server answered HTTP 404"),
+        ("/moved", {}, 422, "audio_url: the server answered HTTP 302 (a redirect); give the final URL"),
+        ("/huge", {"MAX_UPLOAD_BYTES": "4000"}, 413, "the audio is larger than the limit of 4000 bytes"),
+        ("/endless", {"MAX_UPLOAD_BYTES": "4000"}, 413, "the audio is larger than the limit of 4000 bytes"),
+    ],
+)
+def test_bad_downloads_are_refused_before_a_job_exists(
+    env, jobs_client, bearer, audio_server, r, path, overrides, status, detail
+):
+    env(**overrides)
+    resp = jobs_client.post(
+        "/transcribe", json={"audio_url": audio_server + path, "model": "demo"}, headers=bearer()
+    )
+
+    assert resp.status_code == status
+    assert resp.get_json()["detail"] == detail
+    assert r.keys("job:*") == []
+
+
+@pytest.mark.parametrize(
+    ("url", "detail"),
+    [
+        ("http://169.254.169.254/latest/meta-data/iam", "a link-local address"),
+        ("http://100.64.1.1/a.wav", "a special-purpose address"),
+        ("file:///etc/passwd", "only http:// and https:// URLs are accepted"),
+    ],
+)
+def test_audio_urls_go_through_the_outbound_guard(jobs_client, bearer, url, detail):
+    resp = jobs_client.post("/transcribe", json={"audio_url": url}, headers=bearer())
+    assert resp.status_code == 422
+    assert resp.get_json()["errors"][0]["field"] == "audio_url"
+    assert detail in resp.get_json()["errors"][0]["detail"]
+
+
+def test_loopback_audio_urls_need_the_allow_list(env, jobs_client, bearer, audio_server):
+    env(OUTBOUND_ALLOW_CIDRS="")
+    resp = jobs_client.post("/transcribe", json={"audio_url": f"{audio_server}/a.wav"}, headers=bearer())
+    assert resp.status_code == 422 and "a loopback address" in resp.get_json()["detail"]
+
+
+def test_a_json_submission_needs_audio_url_and_known_fields(jobs_client, bearer):
+    headers = bearer()
+    missing = jobs_client.post("/transcribe", json={"model": "demo"}, headers=headers)
+    unknown = jobs_client.post(
+        "/transcribe", json={"audio_url": "http://x.example/a", "bogus": 1}, headers=headers
+    )
+    assert missing.status_code == 422 and missing.get_json()["errors"][0]["field"] == "audio_url"
+    assert unknown.status_code == 422 and unknown.get_json()["errors"][0]["field"] == "bogus"
+
+
+def test_a_presigned_upload_starts_its_job_on_complete(
+    jobs_client, bearer, inbox_store, worker, r, make_wav, receiver
+):
+    headers = bearer()
+    started = jobs_client.post(
+        "/uploads",
+        json={"model": "demo", "output_format": "vtt", "webhook_url": receiver.url},
+        headers=headers,
+    )
+    assert started.status_code == 201, started.get_json()
+    upload = started.get_json()
+    job_id = upload["id"]
+    assert (upload["method"], upload["expires_in"], upload["complete_url"]) == (
+        "PUT",
+        3600,
+        f"/uploads/{job_id}/complete",
+    )
+    assert jobs_client.get(f"/transcribe/{job_id}", headers=headers).status_code == 404
+    early = jobs_client.post(f"/uploads/{job_id}/complete", headers=headers)
+    assert early.status_code == 409
+
+    put = requests.put(upload["upload_url"], data=make_wav(3.0), timeout=30)
+    assert put.status_code == 200
+    done = jobs_client.post(f"/uploads/{job_id}/complete", headers=headers)
+    again = jobs_client.post(f"/uploads/{job_id}/complete", headers=headers)
+
+    assert done.status_code == 202 and again.status_code == 202
+    assert done.get_json()["id"] == again.get_json()["id"] == job_id
+    assert done.get_json()["options"]["output_format"] == "vtt" and done.get_json()["duration"] == 3.0
+    assert r.zcard(keys.jobs_of(jobstore.load(r, job_id).key_id)) == 1
+    assert inbox_store._s3.list_objects_v2(Bucket=inbox_store.bucket).get("KeyCount") == 0
+    assert worker.process(job_id) is True
+    assert jobstore.load(r, job_id).status is JobStatus.COMPLETED
+    Dispatcher(webhook_settings(), r).run_once()
+    [got] = receiver.requests
+    secret = jobs_client.get("/webhook", headers=headers).get_json()["secret"]
+    assert Webhook(secret).verify(got.body, got.headers)["data"] == {"id": job_id, "status": "completed"}
+
+
+def test_an_upload_belongs_to_the_key_that_started_it(jobs_client, bearer, inbox_store, make_wav):
+    upload = jobs_client.post("/uploads", json={"model": "demo"}, headers=bearer("alice")).get_json()
+    assert requests.put(upload["upload_url"], data=make_wav(1.0), timeout=30).status_code == 200
+
+    stolen = jobs_client.post(f"/uploads/{upload['id']}/complete", headers=bearer("mallory"))
+
+    assert stolen.status_code == 404
+
+
+def test_an_upload_that_is_not_audio_is_refused_once(jobs_client, bearer, inbox_store, r):
+    headers = bearer()
+    upload = jobs_client.post("/uploads", json={"model": "demo"}, headers=headers).get_json()
+    assert (
+        requests.put(upload["upload_url"], data=b"plain text, not audio" * 10, timeout=30).status_code == 200
+    )
+
+    first = jobs_client.post(f"/uploads/{upload['id']}/complete", headers=headers)
+    second = jobs_client.post(f"/uploads/{upload['id']}/complete", headers=headers)
+
+    assert first.status_code == second.status_code == 409
+    assert first.get_json()["detail"] == second.get_json()["detail"]
+    assert "audio" in first.get_json()["detail"]
+    assert r.keys("job:*") == []
+
+
+def test_upload_urls_are_signed_for_the_public_endpoint(env, jobs_client, bearer, inbox_store):
+    env(S3_PUBLIC_ENDPOINT_URL="https://files.example.com")
+    upload = jobs_client.post("/uploads", json={"model": "demo"}, headers=bearer()).get_json()
+    assert upload["upload_url"].startswith("https://files.example.com/test-inbox/")
+    assert "X-Amz-Algorithm=AWS4-HMAC-SHA256" in upload["upload_url"]
+    assert "X-Amz-Expires=3600" in upload["upload_url"]
