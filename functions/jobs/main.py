@@ -33,11 +33,11 @@ from shared.credentials import ApiKey
 from shared.errors import ValidationError
 from shared.http import guarded, json_response, query_args, to_response
 from shared.logs import configure_logging
-from shared.models import Job, Task
+from shared.models import JobOptions, Task
 from shared.redis_client import connect
 from shared.settings import jobs_settings
 from shared.storage import BlobStore
-from shared.uploads import audio_file, receive
+from shared.uploads import Upload, audio_file, receive
 
 configure_logging(jobs_settings().log_level)  # building settings fails start-up on a bad JWT_SECRET
 # functions-framework answers /robots.txt and /favicon.ico itself with Flask's HTML 404 page;
@@ -74,16 +74,7 @@ def create_job(request: Request) -> Response:
         webhook_url = job_service.parse_webhook_url(fields, settings)
         options = job_service.parse_options(fields, settings)
         upload = audio_file(form, "audio", settings.max_upload_bytes)
-        job, replayed = job_service.submit(
-            connect(settings),
-            BlobStore(settings),
-            key.id,
-            options,
-            upload,
-            request.headers.get("Idempotency-Key"),
-            webhook_url,
-        )
-    return _accepted(job, replayed)
+        return _submit(request, key, options, upload, webhook_url)
 
 
 def create_job_from_url(request: Request) -> Response:
@@ -97,19 +88,23 @@ def create_job_from_url(request: Request) -> Response:
     webhook_url = job_service.parse_webhook_url(fields, settings)
     options = job_service.parse_options(fields, settings)
     with fetch.download(audio_url, settings.outbound_allow_cidrs, settings.max_upload_bytes) as upload:
-        job, replayed = job_service.submit(
-            connect(settings),
-            BlobStore(settings),
-            key.id,
-            options,
-            upload,
-            request.headers.get("Idempotency-Key"),
-            webhook_url,
-        )
-    return _accepted(job, replayed)
+        return _submit(request, key, options, upload, webhook_url)
 
 
-def _accepted(job: Job, replayed: bool) -> Response:
+def _submit(
+    request: Request, key: ApiKey, options: JobOptions, upload: Upload, webhook_url: str | None
+) -> Response:
+    """Create the job (or replay it, for a repeated Idempotency-Key) and answer 202."""
+    settings = jobs_settings()
+    job, replayed = job_service.submit(
+        connect(settings),
+        BlobStore(settings),
+        key.id,
+        options,
+        upload,
+        request.headers.get("Idempotency-Key"),
+        webhook_url,
+    )
     headers = {"Location": f"/transcribe/{job.id}"}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
