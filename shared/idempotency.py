@@ -1,20 +1,26 @@
 """``Idempotency-Key`` on job creation: a retried request gets the job the first one made.
 
-A key is scoped to the API key that sent it and remembered for ``IDEMPOTENCY_TTL_SECONDS``.
-Its record holds a fingerprint of the request (options + audio digest) and, once the job
-exists, the job id; while the first request is still being stored the job id is empty.
+A key is scoped to the API key that sent it. Its record holds a fingerprint of the request
+(options, webhook target, audio digest). While the first request is being stored the record is
+a short *lease* naming that request as owner (a second identical request then gets 409); the
+job and the final record (with the job id, kept ``IDEMPOTENCY_TTL_SECONDS``) are written in
+one transaction, and only while the lease is still ours. A request that dies mid-way therefore
+leaves nothing behind but a lease that runs out by itself, and two requests can never both
+create a job.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 from dataclasses import dataclass
 
 import redis
 
 from shared import keys
 from shared.errors import ConflictError, ValidationError
+from shared.jobstore import Guard
 from shared.models import JobOptions
 
 _MAX_KEY_LENGTH = 255
@@ -25,7 +31,14 @@ class Claim:
     """The outcome of presenting an idempotency key: ours to use, or an earlier job's id."""
 
     redis_key: str
+    fingerprint: str
+    owner: str
     existing_job_id: str | None
+
+    def guard(self, job_id: str) -> Guard:
+        """What the job's creation must check and write, atomically with the job."""
+        done = json.dumps({"fingerprint": self.fingerprint, "job_id": job_id})
+        return Guard(self.redis_key, self.owner, done, keys.IDEMPOTENCY_TTL_SECONDS)
 
 
 def fingerprint(options: JobOptions, audio_path: str, webhook_url: str | None = None) -> str:
@@ -48,33 +61,36 @@ def check_key(value: str) -> str:
 
 
 def claim(r: redis.Redis, key_id: str, idempotency_key: str, request_fingerprint: str) -> Claim:
-    """Reserve the key for this request, or find the job an identical earlier request made.
+    """Take the lease for this request, or find the job an identical earlier request made.
 
     422 if the key was used with a different request; 409 while that first request is in flight.
     """
     redis_key = keys.idempotency(key_id, hashlib.sha256(idempotency_key.encode()).hexdigest())
-    record = json.dumps({"fingerprint": request_fingerprint, "job_id": None})
-    if r.set(redis_key, record, nx=True, ex=keys.IDEMPOTENCY_TTL_SECONDS):
-        return Claim(redis_key, None)
-    raw = r.get(redis_key)
-    if raw is None:  # expired between the two calls: try once more
+    owner = secrets.token_hex(8)
+    lease = json.dumps({"fingerprint": request_fingerprint, "job_id": None, "owner": owner})
+    if r.set(redis_key, lease, nx=True, ex=keys.IDEMPOTENCY_LEASE_SECONDS):
+        return Claim(redis_key, request_fingerprint, owner, None)
+    earlier = lookup(r, redis_key)
+    if earlier is None:  # the lease ran out between the two calls: try once more
         return claim(r, key_id, idempotency_key, request_fingerprint)
-    earlier = json.loads(str(raw))
     if earlier["fingerprint"] != request_fingerprint:
         raise ValidationError.for_field(
             "Idempotency-Key", "was already used with a different request; use a new key for a new job"
         )
     if earlier["job_id"] is None:
         raise ConflictError("a request with this Idempotency-Key is still being processed; retry shortly")
-    return Claim(redis_key, str(earlier["job_id"]))
+    return Claim(redis_key, request_fingerprint, owner, str(earlier["job_id"]))
 
 
-def complete(r: redis.Redis, claimed: Claim, request_fingerprint: str, job_id: str) -> None:
-    """Remember which job this key made."""
-    record = json.dumps({"fingerprint": request_fingerprint, "job_id": job_id})
-    r.set(claimed.redis_key, record, xx=True, keepttl=True)
+def lookup(r: redis.Redis, redis_key: str) -> dict[str, str | None] | None:
+    """The record behind a key, if any."""
+    raw = r.get(redis_key)
+    return json.loads(str(raw)) if raw is not None else None
 
 
 def release(r: redis.Redis, claimed: Claim) -> None:
-    """The request failed before a job existed: let a retry with the same key start afresh."""
-    r.delete(claimed.redis_key)
+    """The request failed before a job existed: let a retry start afresh (if the lease is
+    still ours; if Redis is away, the lease simply runs out)."""
+    current = lookup(r, claimed.redis_key)
+    if current is not None and current.get("owner") == claimed.owner:
+        r.delete(claimed.redis_key)

@@ -111,6 +111,7 @@ def create_job(
     upload: Upload,
     webhook_url: str | None = None,
     job_id: str | None = None,
+    guard: jobstore.Guard | None = None,
 ) -> Job:
     """Probe the upload, store it, record and queue the job. Nothing is left half-created.
 
@@ -136,7 +137,7 @@ def create_job(
         store.upload(job.audio_key, fileobj, upload.content_type)
     try:
         jobstore.ensure_group(r)
-        jobstore.create(r, job)
+        jobstore.create(r, job, guard)
     except Exception:
         store.delete(job.audio_key)
         raise
@@ -160,13 +161,20 @@ def submit(
     claimed = idempotency.claim(r, key_id, idempotency.check_key(idempotency_key), request_fingerprint)
     if claimed.existing_job_id is not None:
         return jobstore.get_owned(r, key_id, claimed.existing_job_id), True
+    job_id = jobstore.new_job_id()
     try:
-        job = create_job(r, store, key_id, options, upload, webhook_url)
+        return create_job(
+            r, store, key_id, options, upload, webhook_url, job_id, claimed.guard(job_id)
+        ), False
+    except ConflictError:
+        # Our lease ran out and an identical retry stored its job first: that job is the answer.
+        winner = idempotency.lookup(r, claimed.redis_key)
+        if winner is not None and winner.get("job_id"):
+            return jobstore.get_owned(r, key_id, str(winner["job_id"])), True
+        raise
     except BaseException:
         idempotency.release(r, claimed)
         raise
-    idempotency.complete(r, claimed, request_fingerprint, job.id)
-    return job, False
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
 
 from shared import keys
-from shared.errors import NotFoundError
+from shared.errors import ConflictError, NotFoundError
 from shared.models import Job, JobStatus
 
 _TRANSITION = """
@@ -61,17 +62,41 @@ def ensure_group(r: redis.Redis) -> None:
             raise
 
 
-def create(r: redis.Redis, job: Job) -> None:
-    """Store a new pending job, index it under its key, count it and queue it: all or nothing."""
+@dataclass(frozen=True)
+class Guard:
+    """A key that must still belong to ``owner`` (or be gone) for the creation to happen, and
+    is set to ``value`` in the same transaction: how an Idempotency-Key and its job are stored
+    together or not at all."""
+
+    key: str
+    owner: str
+    value: str
+    ttl_seconds: int
+
+
+def create(r: redis.Redis, job: Job, guard: Guard | None = None) -> None:
+    """Store a new pending job, index it under its key, count it and queue it: all or nothing.
+
+    With a ``guard``, ConflictError if the guarded key was taken by someone else meanwhile."""
     record = job.model_dump(mode="json")
     with r.pipeline(transaction=True) as pipe:
+        if guard is not None:
+            pipe.watch(guard.key)  # type: ignore[no-untyped-call]
+            current = pipe.get(guard.key)
+            if current is not None and json.loads(str(current)).get("owner") != guard.owner:
+                raise ConflictError("another request with this Idempotency-Key took over")
+            pipe.multi()
+            pipe.set(guard.key, guard.value, ex=guard.ttl_seconds)
         pipe.set(keys.job(job.id), json.dumps(record))
         pipe.zadd(keys.jobs_of(job.key_id), {job.id: 0})
         pipe.hincrby(keys.usage(job.key_id), "jobs_total", 1)
         pipe.hincrby(keys.usage(job.key_id), "jobs_pending", 1)
         pipe.hincrby(keys.usage(job.key_id), "bytes_uploaded", job.bytes)
         pipe.xadd(keys.JOBS_STREAM, {"job_id": job.id})
-        pipe.execute()
+        try:
+            pipe.execute()
+        except redis.WatchError:
+            raise ConflictError("another request with this Idempotency-Key took over") from None
 
 
 def load(r: redis.Redis, job_id: str) -> Job | None:

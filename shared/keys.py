@@ -50,6 +50,9 @@ def idempotency(key_id: str, key_digest: str) -> str:
 
 #: Clients retry within minutes; a day covers retries across a client's own restarts.
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
+#: How long a request may take to store its job before an identical retry may take over
+#: (the job and the final record are written only while the lease is still the writer's).
+IDEMPOTENCY_LEASE_SECONDS = 120
 
 
 #: Sorted set of "kind|name" -> unix time it is due for removal (shared.retention).

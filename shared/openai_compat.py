@@ -35,6 +35,7 @@ from shared.errors import (
 )
 from shared.formats import to_srt, to_vtt, verbose
 from shared.http import to_response
+from shared.languages import LANGUAGES
 from shared.models import Job, JobOptions, JobStatus, Task, TranscriptResult
 from shared.settings import JobsSettings, ModelSettings
 from shared.storage import BlobStore, result_key
@@ -163,6 +164,8 @@ def result_body(store: BlobStore, job: Job, request: AudioRequest) -> tuple[str,
 
 def _verbose(result: TranscriptResult, granularities: frozenset[str]) -> dict[str, Any]:
     body = verbose(result)
+    # OpenAI names the language ("english") where the native API gives whisper's code ("en").
+    body["language"] = LANGUAGES.get(result.language, result.language)
     # No granularity asked means segments, as OpenAI; asking only for words drops them.
     if granularities and "segment" not in granularities:
         del body["segments"]

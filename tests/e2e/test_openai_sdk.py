@@ -79,7 +79,12 @@ def test_verbose_json_has_openai_s_shape_with_segments(client, make_wav):
         "POST", "/v1/audio/transcriptions", raw.status_code, raw.headers["content-type"], raw.content
     )
     verbose = raw.parse()
-    assert (verbose.task, verbose.language, verbose.duration, verbose.text) == ("transcribe", "en", 3.0, TEXT)
+    assert (verbose.task, verbose.language, verbose.duration, verbose.text) == (
+        "transcribe",
+        "english",
+        3.0,
+        TEXT,
+    )
     assert [(s.start, s.end, s.text) for s in verbose.segments] == SEGMENTS
     assert [s.id for s in verbose.segments] == [0, 1] and all(s.tokens for s in verbose.segments)
     assert verbose.words is None

@@ -241,3 +241,41 @@ def test_the_worker_retries_storage_with_backoff_then_fails_the_job_readably(
     assert job.status is JobStatus.FAILED
     assert job.error.startswith("storage was unavailable: could not download the audio")
     assert "after 3 attempts" in job.error
+
+
+def test_a_request_that_dies_mid_way_leaves_only_a_short_lease(jobs_client, bearer, r, make_wav):
+    from shared import idempotency
+
+    headers = bearer("crashy")
+    key_id = r.smembers(keys.API_KEYS).pop()
+    claimed = idempotency.claim(r, key_id, "retry-me", "some-fingerprint")  # then the process dies
+
+    assert 0 < r.ttl(claimed.redis_key) <= keys.IDEMPOTENCY_LEASE_SECONDS  # not the 24 h of a job
+    r.delete(claimed.redis_key)  # the lease running out
+    assert _post(jobs_client, headers, make_wav(1.0), idem="retry-me").status_code == 202
+
+
+def test_a_lease_taken_over_meanwhile_stores_no_second_job(r, store, make_wav, tmp_path):
+    from shared import idempotency, job_service
+    from shared.models import JobOptions
+    from shared.uploads import Upload
+
+    wav = tmp_path / "a.wav"
+    wav.write_bytes(make_wav(1.0))
+    upload = Upload(str(wav), wav.stat().st_size, "a.wav", "audio/wav")
+    options = JobOptions(model="demo")
+    fp = idempotency.fingerprint(options, str(wav))
+    slow = idempotency.claim(r, "k1", "same", fp)
+    r.delete(slow.redis_key)  # the slow request's lease ran out...
+    fast_job, replayed = job_service.submit(r, store, "k1", options, upload, "same")  # ...a retry won
+    assert not replayed
+
+    with pytest.raises(Exception) as lost:
+        job_service.create_job(
+            r, store, "k1", options, upload, None, "slowjob0001", slow.guard("slowjob0001")
+        )
+
+    assert lost.value.__class__.__name__ == "ConflictError"
+    assert jobstore.load(r, "slowjob0001") is None
+    assert [k for k in _objects(store) if k.endswith("slowjob0001")] == []  # its audio was removed
+    assert idempotency.lookup(r, slow.redis_key)["job_id"] == fast_job.id
