@@ -13,21 +13,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
 import math
 import os
 import random
 import secrets
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
-import wave
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -41,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared import credentials
 from shared.demo_model import build_checkpoint
-from shared.devstack import free_port, start_gateway, start_redis, start_s3
+from shared.devstack import free_port, start_gateway, start_redis, start_s3, tone_mp3, tone_wav
 from shared.settings import StorageSettings
 from shared.storage import BlobStore
 from shared.worker import DUPLICATE_RESULTS
@@ -82,42 +79,6 @@ class Report:
             f"chaos:            {self.worker_kills} worker SIGKILLs, "
             f"{self.redis_restarts} Redis crash+restart"
         )
-
-
-def _wav(seconds: float) -> bytes:
-    rate = 16_000
-    frames = b"".join(struct.pack("<h", int(8000 * math.sin(i / 7))) for i in range(int(seconds * rate)))
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(frames)
-    return buf.getvalue()
-
-
-def _long_mp3(seconds: int, directory: Path) -> bytes:
-    out = directory / "long.mp3"
-    subprocess.run(
-        [
-            "ffmpeg",
-            "-v",
-            "error",
-            "-f",
-            "lavfi",
-            "-i",
-            f"sine=frequency=300:duration={seconds}",
-            "-ac",
-            "1",
-            "-ar",
-            "16000",
-            "-b:a",
-            "8k",
-            str(out),
-        ],
-        check=True,
-    )
-    return out.read_bytes()
 
 
 class Stack:
@@ -243,7 +204,7 @@ def run(jobs: int = 200, workers: int = 3, kill_every: float = 6.0, timeout: flo
             plaintext = credentials.create_key(stack.client(), "chaos")[1]
             token = requests.post(f"{stack.base_url}/auth/token", json={"api_key": plaintext}, timeout=10)
             headers = {"Authorization": f"Bearer {token.json()['token']}"}
-            short, long = _wav(2.0), _long_mp3(300, workdir)
+            short, long = tone_wav(2.0), tone_mp3(300, workdir / "long.mp3")
             stop = threading.Event()
 
             def chaos() -> None:

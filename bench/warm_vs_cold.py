@@ -29,8 +29,9 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.chaos import Stack, _wav
+from bench.chaos import Stack
 from shared import credentials
+from shared.devstack import tone_wav
 
 
 def cold(model_path: Path, audio: Path, workdir: Path, jobs: int) -> list[float]:
@@ -105,7 +106,7 @@ def main() -> int:
             model_path = args.model or workdir / "models" / "demo.pt"
             if args.model:
                 shutil.copy(args.model, workdir / "models" / args.model.name)
-            audio = _wav(args.seconds)
+            audio = tone_wav(args.seconds)
             wav = workdir / "audio.wav"
             wav.write_bytes(audio)
             warm_times = warm(stack, model_path.stem, audio, args.jobs)

@@ -9,13 +9,17 @@ the same helpers to start their own servers.
 from __future__ import annotations
 
 import contextlib
+import io
+import math
 import os
 import secrets
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
+import wave
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -202,3 +206,44 @@ def _ensure_bucket_and_demo_model(env: dict[str, str], root: Path) -> None:
         demo.parent.mkdir(parents=True, exist_ok=True)
         build_checkpoint(demo)
         print(f"wrote the offline demo model to {demo} (ask for model=demo)", flush=True)
+
+
+def tone_wav(seconds: float = 3.0, freq: float = 440.0, rate: int = 16_000) -> bytes:
+    """A mono 16-bit WAV of a sine tone: audio for tests and benchmarks (the demo model
+    transcribes anything to the same phrase)."""
+    frames = b"".join(
+        struct.pack("<h", int(12_000 * math.sin(2 * math.pi * freq * i / rate)))
+        for i in range(int(seconds * rate))
+    )
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(frames)
+    return buf.getvalue()
+
+
+def tone_mp3(seconds: int, path: Path) -> bytes:
+    """A long but small MP3 of tone (8 kbit/s): many 30-second windows for a few hundred kB."""
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            f"sine=frequency=300:duration={seconds}",
+            "-ac",
+            "1",
+            "-ar",
+            "16000",
+            "-b:a",
+            "8k",
+            str(path),
+        ],
+        check=True,
+    )
+    return path.read_bytes()

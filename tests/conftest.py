@@ -6,13 +6,9 @@ session on free loopback ports (never the machine's own Redis), and torn down at
 
 from __future__ import annotations
 
-import io
-import math
-import struct
 import subprocess
 import threading
 import time
-import wave
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.devstack import free_port, start_redis, start_s3
+from shared.devstack import free_port, start_redis, start_s3, tone_mp3
+from shared.devstack import tone_wav as wav_bytes
 
 BUCKET = "test-bucket"
 JWT_SECRET = "3f9c1a7e5b2d4c6e8a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f"
@@ -91,21 +88,6 @@ def service_env(redis_url: str, s3_endpoint: str, model_dir: Path) -> dict[str, 
     }
 
 
-def wav_bytes(seconds: float = 3.0, freq: float = 440.0, rate: int = 16_000) -> bytes:
-    """A mono 16-bit WAV of a sine tone (what it says does not matter to the demo model)."""
-    frames = b"".join(
-        struct.pack("<h", int(12_000 * math.sin(2 * math.pi * freq * i / rate)))
-        for i in range(int(seconds * rate))
-    )
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(frames)
-    return buf.getvalue()
-
-
 @pytest.fixture(scope="session")
 def speech_wav(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     """Real speech from espeak-ng (installed by ``make install``)."""
@@ -127,13 +109,7 @@ def long_audio(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int], byte
 
     def make(seconds: int) -> bytes:
         if seconds not in cache:
-            out = tmp_path_factory.mktemp("long") / f"{seconds}.mp3"
-            subprocess.run(
-                ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", f"sine=frequency=300:duration={seconds}",
-                 "-ac", "1", "-ar", "16000", "-b:a", "8k", str(out)],
-                check=True,
-            )  # fmt: skip
-            cache[seconds] = out.read_bytes()
+            cache[seconds] = tone_mp3(seconds, tmp_path_factory.mktemp("long") / f"{seconds}.mp3")
         return cache[seconds]
 
     return make
