@@ -99,14 +99,17 @@ def to_response(exc: Exception) -> Response:
     return problem(500, "Internal Server Error", "an unexpected error occurred; it was logged")
 
 
-def guarded(handler: Callable[[Request], Response]) -> Callable[[Request], Response]:
-    """Wrap a function entry point so every failure leaves as problem+json."""
+def guarded(
+    handler: Callable[[Request], Response], translate: Callable[[Exception], Response] = to_response
+) -> Callable[[Request], Response]:
+    """Wrap a function entry point so every failure leaves through ``translate``
+    (problem+json by default; ``/v1`` passes OpenAI's error shape)."""
 
     def run(request: Request) -> Response:
         try:
             return handler(request)
         except Exception as exc:
-            return to_response(exc)
+            return translate(exc)
 
     run.__name__ = handler.__name__
     run.__doc__ = handler.__doc__

@@ -20,7 +20,7 @@ from flask import Request, Response
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from shared import credentials, job_service, jobstore, keys, usage
+from shared import credentials, http, job_service, jobstore, keys, usage
 from shared.credentials import ApiKey
 from shared.errors import (
     FieldError,
@@ -230,13 +230,4 @@ def error_response(exc: Exception) -> Response:
 
 def guarded(handler: Callable[[Request], Response]) -> Callable[[Request], Response]:
     """Wrap a ``/v1`` entry point so every failure leaves in OpenAI's error shape."""
-
-    def run(request: Request) -> Response:
-        try:
-            return handler(request)
-        except Exception as exc:
-            return error_response(exc)
-
-    run.__name__ = handler.__name__
-    run.__doc__ = handler.__doc__
-    return run
+    return http.guarded(handler, error_response)

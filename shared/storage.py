@@ -96,15 +96,7 @@ class BlobStore:
             self._s3.download_file(self.bucket, key, path)
 
     def exists(self, key: str) -> bool:
-        try:
-            self._s3.head_object(Bucket=self.bucket, Key=key)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise StorageError(f"storage failed to check {key}: {exc}") from exc
-        except BotoCoreError as exc:
-            raise StorageError(f"storage failed to check {key}: {exc}") from exc
-        return True
+        return self.head(key) is not None
 
     def head(self, key: str) -> ObjectInfo | None:
         """The object's etag and size, or None when there is no such object."""
