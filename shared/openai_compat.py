@@ -45,6 +45,9 @@ RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 #: OpenAI's ``timestamp_granularities[]`` values.
 GRANULARITIES = ("segment", "word")
 GRANULARITIES_FIELD = "timestamp_granularities[]"
+#: OpenAI's own model name: code written for OpenAI sends it, and it means this deployment's
+#: ``WHISPER_DEFAULT_MODEL``, so such code runs unchanged.
+OPENAI_MODEL = "whisper-1"
 #: OpenAI form field -> the native job option it sets.
 _OPTION_FIELDS = {
     "model": "model",
@@ -90,6 +93,8 @@ def parse_request(fields: MultiDict[str, str], task: Task, settings: ModelSettin
         raise ValidationError.for_field("response_format", f"must be one of {', '.join(RESPONSE_FORMATS)}")
     granularities = _granularities(fields.getlist(GRANULARITIES_FIELD), response_format)
     raw: dict[str, Any] = {native: fields[name] for name, native in _OPTION_FIELDS.items() if name in fields}
+    if raw["model"] == OPENAI_MODEL:
+        raw["model"] = settings.whisper_default_model
     raw |= {"task": task.value, "output_format": response_format, "word_timestamps": "word" in granularities}
     try:
         options = job_service.parse_options(raw, settings)
@@ -173,13 +178,14 @@ def _verbose(result: TranscriptResult, granularities: frozenset[str]) -> dict[st
 
 
 def model_list(settings: ModelSettings) -> dict[str, Any]:
-    """``GET /v1/models``: the models this deployment accepts, in OpenAI's list shape."""
+    """``GET /v1/models``: the models this deployment accepts, in OpenAI's list shape, OpenAI's
+    own name first."""
     return {
         "object": "list",
         "data": [
             # OpenAI's "created" is a release time; none is known for a checkpoint, hence 0.
             {"id": name, "object": "model", "created": 0, "owned_by": "whisper-api"}
-            for name in job_service.allowed_models(settings)
+            for name in [OPENAI_MODEL, *job_service.allowed_models(settings)]
         ],
     }
 

@@ -51,7 +51,7 @@ def _audio(make_wav) -> tuple[str, bytes, str]:
 
 
 def test_models_list_names_the_allowed_models(client):
-    assert [m.id for m in client.models.list()] == ["base", "demo", "tiny"]
+    assert [m.id for m in client.models.list()] == ["whisper-1", "base", "demo", "tiny"]
 
 
 def test_json_is_the_text(client, make_wav):
@@ -134,8 +134,20 @@ def test_word_granularity_with_plain_json_is_a_bad_request(client, make_wav):
 
 def test_an_unknown_model_is_a_bad_request_naming_it(client, make_wav):
     with pytest.raises(openai.BadRequestError) as raised:
-        client.audio.transcriptions.create(model="whisper-1", file=_audio(make_wav))
-    assert raised.value.param == "model" and "whisper-1" in raised.value.message
+        client.audio.transcriptions.create(model="whisper-9", file=_audio(make_wav))
+    assert raised.value.param == "model" and "whisper-9" in raised.value.message
+
+
+def test_openai_s_model_name_runs_the_default_model(service, api_key, make_wav):
+    """Code written for OpenAI sends ``whisper-1``: it gets WHISPER_DEFAULT_MODEL (here ``demo``)."""
+    client = OpenAI(base_url=f"{service.base_url}/v1", api_key=api_key, max_retries=0)
+
+    transcript = client.audio.transcriptions.create(model="whisper-1", file=_audio(make_wav))
+
+    assert transcript.text == TEXT
+    headers = {"Authorization": f"Bearer {_token(service, api_key)}"}
+    newest = requests.get(f"{service.base_url}/transcribe?limit=1", headers=headers, timeout=10).json()
+    assert newest["jobs"][0]["model"] == "demo"
 
 
 def test_a_wrong_key_is_an_authentication_error(service, make_wav):
@@ -161,5 +173,6 @@ def test_sdk_calls_are_normal_jobs_listed_and_counted(service, api_key, make_wav
     newest = requests.get(f"{service.base_url}/transcribe?limit=1", headers=headers, timeout=10).json()
     job = newest["jobs"][0]
     assert (job["status"], job["transcription"], job["output_format"]) == ("completed", TEXT, "srt")
+    assert job["model"] == "demo"
     result = requests.get(f"{service.base_url}/transcribe/{job['id']}/result", headers=headers, timeout=10)
     assert result.text == SRT

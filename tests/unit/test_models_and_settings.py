@@ -6,10 +6,12 @@ import logging
 
 import pydantic
 import pytest
+from werkzeug.datastructures import MultiDict
 
+from shared import openai_compat
 from shared.logs import RedactSecrets
 from shared.models import JobOptions, ResultFormat, Task
-from shared.settings import OFFICIAL_MODELS, AuthSettings, JobsSettings
+from shared.settings import OFFICIAL_MODELS, AuthSettings, JobsSettings, ModelSettings
 
 GOOD_SECRET = "9" * 16 + "a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6"
 
@@ -79,3 +81,13 @@ def test_logs_never_carry_keys_or_tokens():
     )
     RedactSecrets().filter(record)
     assert record.getMessage() == "key [redacted] token [redacted]"
+
+
+def test_openai_s_model_name_means_the_default_model():
+    settings = ModelSettings(whisper_models=("tiny", "base"), whisper_default_model="tiny")
+    form = MultiDict({"model": "whisper-1", "response_format": "text"})
+
+    audio = openai_compat.parse_request(form, Task.TRANSCRIBE, settings)
+
+    assert audio.options.model == "tiny"
+    assert audio.response_format == "text"
