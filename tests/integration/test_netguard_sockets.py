@@ -3,19 +3,15 @@ original Host is sent, redirects are not followed, and TLS is verified for the h
 
 from __future__ import annotations
 
-import datetime
 import ssl
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
+import trustme
 import urllib3
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from shared import netguard
 
@@ -57,29 +53,22 @@ def test_without_the_allow_list_loopback_is_never_contacted(receiver):
     assert receiver.requests == []
 
 
+@dataclass
+class TlsServer:
+    """An HTTPS server on loopback with a certificate for hooks.example.test from a test CA."""
+
+    port: int
+    ca: trustme.CA
+    server_names: list[str | None]  # the SNI each handshake carried
+
+
 @pytest.fixture
-def tls_server(tmp_path: Path) -> Iterator[int]:
-    """An HTTPS server on loopback whose self-signed certificate names hooks.example.test."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hooks.example.test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("hooks.example.test")]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "key.pem").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
+def tls_server() -> Iterator[TlsServer]:
+    ca = trustme.CA()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("hooks.example.test").configure_cert(context)
+    server_names: list[str | None] = []
+    context.sni_callback = lambda _sock, name, _ctx: server_names.append(name)
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
@@ -90,20 +79,43 @@ def tls_server(tmp_path: Path) -> Iterator[int]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
     server.socket = context.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield server.server_address[1]
+    yield TlsServer(server.server_address[1], ca, server_names)
     server.shutdown()
     server.server_close()
 
 
-def test_https_certificates_are_verified(tls_server):
-    # Right hostname, but signed by nobody the system trusts: refused, not sent.
-    target = netguard.check_url(
-        f"https://hooks.example.test:{tls_server}/", LOOPBACK, lambda _h, _p: ["127.0.0.1"]
-    )
+def _https(host: str, server: TlsServer) -> netguard.Target:
+    return netguard.check_url(f"https://{host}:{server.port}/", LOOPBACK, lambda _h, _p: ["127.0.0.1"])
+
+
+def test_https_to_a_trusted_certificate_succeeds_with_sni_for_the_hostname(tls_server, tmp_path, monkeypatch):
+    # Operators trust a private CA the standard way: SSL_CERT_FILE.
+    bundle = tmp_path / "ca.pem"
+    tls_server.ca.cert_pem.write_to_path(str(bundle))
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+
+    response = netguard.request(_https("hooks.example.test", tls_server), "POST", body=b"{}", timeout=5)
+
+    assert response.status == 204
+    assert tls_server.server_names == ["hooks.example.test"]  # the name, not 127.0.0.1
+
+
+def test_https_to_a_certificate_for_another_name_is_refused(tls_server, tmp_path, monkeypatch):
+    bundle = tmp_path / "ca.pem"
+    tls_server.ca.cert_pem.write_to_path(str(bundle))
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+
+    with pytest.raises(
+        urllib3.exceptions.SSLError,
+        match=r"hostname 'other\.example\.test' doesn't match 'hooks\.example\.test'",
+    ):
+        netguard.request(_https("other.example.test", tls_server), "POST", body=b"{}", timeout=5)
+
+
+def test_https_to_a_certificate_nobody_trusts_is_refused(tls_server):
+    # Right hostname, but signed by a CA the system does not trust: refused, not sent.
     with pytest.raises(urllib3.exceptions.SSLError, match="certificate verify failed"):
-        netguard.request(target, "POST", body=b"{}", timeout=5)
+        netguard.request(_https("hooks.example.test", tls_server), "POST", body=b"{}", timeout=5)
