@@ -30,7 +30,11 @@ def auth(request: Request) -> Response:
         raise NotFoundError(f"no route {request.path}")
     if request.method != "POST":
         raise MethodNotAllowed(["POST"])
-    body = request.get_json(silent=True) if request.is_json else request.form.to_dict()
+    # JSON whatever the Content-Type says (`curl -d '{...}'` without -H labels it a form, and
+    # old clients of the Go service may send it so), else a form field.
+    body = request.get_json(force=True, silent=True)
+    if body is None:
+        body = request.form.to_dict()
     if not isinstance(body, dict) or not isinstance(body.get("api_key"), str):
         raise UnauthorizedError('send {"api_key": "wapi_..."} as JSON')
     payload = TokenRequest.model_validate({"api_key": body["api_key"]})

@@ -27,6 +27,28 @@ def test_a_valid_key_gets_a_bearer_token_with_all_claims(auth_client, api_key):
 
 
 @pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        ('{{"api_key": "{key}"}}', "application/json"),
+        # What `curl -d '{"api_key": ...}'` sends without -H: JSON labelled as a form.
+        ('{{"api_key": "{key}"}}', "application/x-www-form-urlencoded"),
+        ('{{"api_key": "{key}"}}', None),
+        ("api_key={key}", "application/x-www-form-urlencoded"),
+    ],
+)
+def test_the_key_may_come_as_json_whatever_the_label_or_as_a_form_field(
+    auth_client, api_key, body, content_type
+):
+    key_id, plaintext = api_key("curl")
+
+    resp = auth_client.post("/auth/token", data=body.format(key=plaintext), content_type=content_type)
+
+    assert resp.status_code == 200
+    claims = jwt.decode(resp.get_json()["token"], JWT_SECRET, algorithms=["HS256"], audience="whisper-api")
+    assert claims["sub"] == key_id
+
+
+@pytest.mark.parametrize(
     "api_key_value",
     ["wapi_000000000000_" + "A" * 43, "not-a-key", "", "wapi_short"],
 )
