@@ -75,7 +75,9 @@ def audio_file(form: ReceivedForm, field: str, max_bytes: int) -> Upload:
     """The file in ``field``, checked for presence and size."""
     storage = form.files.get(field)
     if storage is None:
-        raise ValidationError.for_field(field, "an audio file is required")
+        others = ", ".join(f"'{name}'" for name in form.files)
+        hint = f" (this request sent a file as {others})" if others else ""
+        raise ValidationError.for_field(field, f"an audio file is required in the field '{field}'{hint}")
     stream = storage.stream
     stream.seek(0, os.SEEK_END)
     size = stream.tell()

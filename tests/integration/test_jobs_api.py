@@ -112,6 +112,22 @@ def test_missing_and_empty_files_get_422(jobs_client, bearer, r, store):
     assert _objects(store) == [] and r.keys("job:*") == []
 
 
+def test_a_file_under_another_field_name_gets_422_naming_both(jobs_client, bearer, r, make_wav):
+    data = {"file": (io.BytesIO(make_wav(1.0)), "talk.wav"), "model": "demo"}
+
+    resp = jobs_client.post("/transcribe", data=data, headers=bearer(), content_type="multipart/form-data")
+
+    assert resp.status_code == 422
+    assert resp.get_json()["errors"] == [
+        {
+            "field": "audio",
+            "detail": "an audio file is required in the field 'audio' (this request sent a file as 'file')",
+            "pointer": "#/audio",
+        }
+    ]
+    assert r.keys("job:*") == []
+
+
 def test_a_file_that_is_not_audio_gets_415(jobs_client, bearer, r, store):
     resp = _submit(jobs_client, bearer(), b"%PDF-1.7 definitely not audio" * 100, model="demo")
 
