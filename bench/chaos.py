@@ -36,9 +36,9 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from devtools.demo_model import build_checkpoint
+from devtools.devstack import free_port, start_gateway, start_redis, start_s3, tone_mp3, tone_wav
 from shared import credentials
-from shared.demo_model import build_checkpoint
-from shared.devstack import free_port, start_gateway, start_redis, start_s3, tone_mp3, tone_wav
 from shared.settings import StorageSettings
 from shared.storage import BlobStore
 from shared.worker import DUPLICATE_RESULTS

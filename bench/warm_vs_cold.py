@@ -30,8 +30,8 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.chaos import Stack
+from devtools.devstack import tone_wav
 from shared import credentials
-from shared.devstack import tone_wav
 
 
 def cold(model_path: Path, audio: Path, workdir: Path, jobs: int) -> list[float]:

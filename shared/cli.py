@@ -5,7 +5,7 @@ whisper-api keys list
 whisper-api keys revoke KEY_ID
 whisper-api worker                    # run a transcription worker (it also sends webhooks)
 whisper-api webhooks                  # run a webhook dispatcher on its own
-whisper-api dev                       # the whole service locally (see shared/devstack.py)
+whisper-api dev                       # the whole service locally (see devtools/devstack.py)
 whisper-api models demo PATH          # write the offline demo checkpoint
 """
 
@@ -56,13 +56,13 @@ def _webhooks(_: argparse.Namespace) -> int:
 
 
 def _dev(args: argparse.Namespace) -> int:
-    from shared.devstack import run
+    from devtools.devstack import run
 
     return run(port=args.port, data_dir=args.data_dir)
 
 
 def _models(args: argparse.Namespace) -> int:
-    from shared.demo_model import build_checkpoint
+    from devtools.demo_model import build_checkpoint
 
     build_checkpoint(args.path)
     print(f"Wrote the demo checkpoint to {args.path}")

@@ -166,7 +166,9 @@ def _make_job(
         upload = Upload(
             path, os.path.getsize(path), os.path.basename(object_key)[:255], "application/octet-stream"
         )
-        return job_service.create_job(r, store, owner, options, upload, webhook_url, job_id)
+        return job_service.create_job(
+            r, store, owner, options, upload, webhook_url, job_id, max_seconds=settings.max_audio_seconds
+        )
 
 
 def _upload_settings(

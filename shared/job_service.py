@@ -5,16 +5,16 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pydantic
 import redis
 from pydantic import BaseModel, ConfigDict
 
-from shared import idempotency, jobstore, retention, webhooks
+from shared import idempotency, jobstore, queue, retention, webhooks
 from shared.audio import probe_duration
-from shared.errors import ConflictError, GoneError, ValidationError
+from shared.catalog import allowed_models
+from shared.errors import ConflictError, GoneError, PayloadTooLargeError, ValidationError
 from shared.formats import render
 from shared.models import Job, JobOptions, JobStatus, TranscriptResult, WebhookState, parse_format
 from shared.settings import ModelSettings, OutboundSettings, RetentionSettings
@@ -33,15 +33,8 @@ OPTION_FIELDS = (
     "threads",
     "word_timestamps",
     "initial_prompt",
+    "condition_on_previous_text",
 )
-
-
-def allowed_models(settings: ModelSettings) -> list[str]:
-    """The operator's list plus the checkpoints present in WHISPER_MODEL_DIR."""
-    names = set(settings.whisper_models)
-    if settings.whisper_model_dir and settings.whisper_model_dir.is_dir():
-        names.update(p.stem for p in settings.whisper_model_dir.glob("*.pt"))
-    return sorted(names)
 
 
 class _JsonFields(BaseModel):
@@ -58,6 +51,7 @@ class _JsonFields(BaseModel):
     threads: int | None = None
     word_timestamps: bool | None = None
     initial_prompt: str | None = None
+    condition_on_previous_text: bool | None = None
     webhook_url: str | None = None
 
 
@@ -112,12 +106,20 @@ def create_job(
     webhook_url: str | None = None,
     job_id: str | None = None,
     guard: jobstore.Guard | None = None,
+    *,
+    max_seconds: float,
 ) -> Job:
     """Probe the upload, store it, record and queue the job. Nothing is left half-created.
 
     ``webhook_url`` (already checked) receives the final state; ``job_id`` is given when the
-    id was handed out before the audio arrived (presigned uploads)."""
+    id was handed out before the audio arrived (presigned uploads). A recording longer than
+    ``max_seconds`` (MAX_AUDIO_SECONDS) is refused with 413 before anything is stored."""
     duration = probe_duration(upload.path)
+    if duration > max_seconds:
+        raise PayloadTooLargeError(
+            f"the recording is {duration:.0f} s long; this server transcribes at most "
+            f"{max_seconds:.0f} s per job (MAX_AUDIO_SECONDS); split it and submit the parts"
+        )
     now = time.time()
     job_id = job_id or jobstore.new_job_id()
     job = Job(
@@ -136,7 +138,7 @@ def create_job(
     with open(upload.path, "rb") as fileobj:
         store.upload(job.audio_key, fileobj, upload.content_type)
     try:
-        jobstore.ensure_group(r)
+        queue.ensure_group(r)
         jobstore.create(r, job, guard)
     except Exception:
         store.delete(job.audio_key)
@@ -152,11 +154,13 @@ def submit(
     upload: Upload,
     idempotency_key: str | None,
     webhook_url: str | None = None,
+    *,
+    max_seconds: float,
 ) -> tuple[Job, bool]:
     """Create a job, honouring an ``Idempotency-Key``: (job, True) when an identical earlier
     request already created it."""
     if idempotency_key is None:
-        return create_job(r, store, key_id, options, upload, webhook_url), False
+        return create_job(r, store, key_id, options, upload, webhook_url, max_seconds=max_seconds), False
     request_fingerprint = idempotency.fingerprint(options, upload.path, webhook_url)
     claimed = idempotency.claim(r, key_id, idempotency.check_key(idempotency_key), request_fingerprint)
     if claimed.existing_job_id is not None:
@@ -164,7 +168,15 @@ def submit(
     job_id = jobstore.new_job_id()
     try:
         return create_job(
-            r, store, key_id, options, upload, webhook_url, job_id, claimed.guard(job_id)
+            r,
+            store,
+            key_id,
+            options,
+            upload,
+            webhook_url,
+            job_id,
+            claimed.guard(job_id),
+            max_seconds=max_seconds,
         ), False
     except ConflictError:
         # Our lease ran out and an identical retry stored its job first: that job is the answer.
@@ -231,11 +243,3 @@ def result(r: redis.Redis, store: BlobStore, key_id: str, job_id: str, fmt: str 
         raise GoneError(f"the result of job {job_id} has expired under this server's retention policy")
     stored = TranscriptResult.model_validate_json(store.get_bytes(key))
     return render(stored, chosen)
-
-
-def model_path(settings: ModelSettings, name: str) -> Path | None:
-    """``$WHISPER_MODEL_DIR/NAME.pt`` when that checkpoint exists."""
-    if settings.whisper_model_dir is None:
-        return None
-    candidate = settings.whisper_model_dir / f"{name}.pt"
-    return candidate if candidate.is_file() else None

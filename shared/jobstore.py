@@ -17,7 +17,7 @@ from typing import Any, cast
 
 import redis
 
-from shared import keys
+from shared import keys, queue
 from shared.errors import ConflictError, NotFoundError
 from shared.models import Job, JobStatus
 
@@ -53,15 +53,6 @@ def new_job_id() -> str:
     return f"{int(time.time() * 1000):012x}{secrets.token_hex(8)}"
 
 
-def ensure_group(r: redis.Redis) -> None:
-    """Create the workers' consumer group (and the stream) once; later calls are no-ops."""
-    try:
-        r.xgroup_create(keys.JOBS_STREAM, keys.JOBS_GROUP, id="0", mkstream=True)
-    except redis.ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
-
-
 @dataclass(frozen=True)
 class Guard:
     """A key that must still belong to ``owner`` (or be gone) for the creation to happen, and
@@ -92,7 +83,7 @@ def create(r: redis.Redis, job: Job, guard: Guard | None = None) -> None:
         pipe.hincrby(keys.usage(job.key_id), "jobs_total", 1)
         pipe.hincrby(keys.usage(job.key_id), "jobs_pending", 1)
         pipe.hincrby(keys.usage(job.key_id), "bytes_uploaded", job.bytes)
-        pipe.xadd(keys.JOBS_STREAM, {"job_id": job.id})
+        queue.publish(pipe, job.id)
         try:
             pipe.execute()
         except redis.WatchError:

@@ -93,3 +93,12 @@ INBOX_MARKER_TTL_SECONDS = 30 * 24 * 3600
 #: the job id the job gets once the object lands.
 def pending_upload(job_id: str) -> str:
     return f"upload:{job_id}"
+
+
+#: Jobs set aside by a worker until a storage outage may be over (sorted set: job id -> unix
+#: time it is due back in ``JOBS_STREAM``). A fresh stream entry per return resets the delivery
+#: count, so waiting out an outage never dead-letters a job.
+JOBS_DELAYED = "jobs:delayed"
+
+#: Where jobs that kept killing workers are recorded for the operator (stream of job ids).
+JOBS_DEAD = "jobs:dead"

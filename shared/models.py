@@ -73,6 +73,9 @@ class JobOptions(BaseModel):
     threads: int | None = Field(default=None, ge=1, le=64)
     word_timestamps: bool = False
     initial_prompt: str | None = Field(default=None, max_length=1000)
+    #: Decode chunk after chunk, each conditioned on the text before it (whisper's own loop),
+    #: instead of batching the chunks: see the README for when that is worth its cost.
+    condition_on_previous_text: bool = False
 
     @field_validator("model")
     @classmethod
@@ -136,8 +139,10 @@ class Job(BaseModel):
     duration: float | None = None
     error: str | None = None
     attempts: int = 0
-    #: 30-second audio windows the current run has started decoding (progress).
+    #: Speech chunks (30 s at most) the current run has decoded.
     windows: int = 0
+    #: Audio seconds done over the duration (0-1), updated at least once per batch.
+    progress: float = 0.0
     #: Which delivery currently owns the job; only that run may finish it.
     run_id: str | None = None
     webhook: WebhookState | None = None

@@ -21,6 +21,7 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from shared import credentials, http, job_service, jobstore, keys, usage
+from shared.catalog import allowed_models
 from shared.credentials import ApiKey
 from shared.errors import (
     FieldError,
@@ -185,7 +186,7 @@ def model_list(settings: ModelSettings) -> dict[str, Any]:
         "data": [
             # OpenAI's "created" is a release time; none is known for a checkpoint, hence 0.
             {"id": name, "object": "model", "created": 0, "owned_by": "whisper-api"}
-            for name in [OPENAI_MODEL, *job_service.allowed_models(settings)]
+            for name in [OPENAI_MODEL, *allowed_models(settings)]
         ],
     }
 

@@ -91,6 +91,12 @@ class ModelSettings(_Base):
         return None if value == "" else value
 
 
+class AudioSettings(_Base):
+    #: The longest recording a job may hold: refused at intake (by its header) and stopped at
+    #: by the worker (by what actually decodes). 8 h by default.
+    max_audio_seconds: float = Field(default=28_800, gt=0)
+
+
 class RetentionSettings(_Base):
     #: Audio is deleted this long after its job finished (0: at once).
     retain_audio_seconds: float = Field(default=0, ge=0)
@@ -157,7 +163,13 @@ class AuthSettings(RedisSettings, JwtSettings):
 
 
 class JobsSettings(
-    RedisSettings, StorageSettings, JwtSettings, ModelSettings, RetentionSettings, OutboundSettings
+    RedisSettings,
+    StorageSettings,
+    JwtSettings,
+    ModelSettings,
+    AudioSettings,
+    RetentionSettings,
+    OutboundSettings,
 ):
     """Settings of the jobs function."""
 
@@ -181,11 +193,20 @@ class JobsSettings(
         return self
 
 
-class WorkerSettings(StorageSettings, ModelSettings, WebhookSettings, RetentionSettings):
+class WorkerSettings(StorageSettings, ModelSettings, AudioSettings, WebhookSettings, RetentionSettings):
     """Settings of the transcription worker."""
 
     whisper_device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: Torch CPU threads of the worker, shared by every job in a batch (0: torch's default).
+    whisper_cpu_threads: int = Field(default=0, ge=0, le=256)
     worker_model_cache_size: int = Field(default=2, ge=1)
+    #: Models loaded at start-up (comma-separated), so the first job does not pay for the load.
+    worker_preload_models: Annotated[tuple[str, ...], NoDecode] = ()
+    #: Jobs a worker runs at once; their chunks share the batches.
+    worker_concurrent_jobs: int = Field(default=4, ge=1, le=64)
+    #: Chunks (30 s of audio at most) encoded and decoded together. 0: the measured default for
+    #: the device (bench/engine.py, bench/gpu.sh): 8 on CPU, 16 on CUDA.
+    worker_batch_size: int = Field(default=0, ge=0, le=256)
     worker_heartbeat_seconds: float = Field(default=5.0, gt=0)
     worker_block_ms: int = Field(default=1000, ge=10)
     #: An unacknowledged job idle this long belongs to a dead worker and is taken over
@@ -193,11 +214,24 @@ class WorkerSettings(StorageSettings, ModelSettings, WebhookSettings, RetentionS
     worker_visibility_timeout_ms: int = Field(default=60_000, ge=100)
     #: A job delivered more often than this keeps killing workers: it is failed and set aside.
     worker_max_deliveries: int = Field(default=3, ge=1)
-    #: On SIGTERM the job in hand may finish within this; past it, it is handed back to the queue.
+    #: On SIGTERM the jobs in hand may finish within this; past it, they go back to the queue.
     worker_shutdown_grace_seconds: float = Field(default=30.0, ge=0)
-    #: Storage calls are retried this often, with doubling waits from the base, before a job fails.
-    worker_storage_retries: int = Field(default=4, ge=0)
-    worker_storage_backoff_seconds: float = Field(default=0.5, ge=0)
+    #: A job whose storage is down waits in the queue, first this long, doubling up to the max,
+    #: until storage answers again: an outage delays jobs, it never fails them.
+    worker_storage_backoff_seconds: float = Field(default=1.0, gt=0)
+    worker_storage_backoff_max_seconds: float = Field(default=30.0, gt=0)
+
+    @field_validator("worker_preload_models", mode="before")
+    @classmethod
+    def _split_preload(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(name.strip() for name in value.split(",") if name.strip())
+        return value
+
+    def batch_size(self, device: str) -> int:
+        if self.worker_batch_size:
+            return self.worker_batch_size
+        return 16 if device == "cuda" else 8
 
 
 @lru_cache(maxsize=1)

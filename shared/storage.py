@@ -33,7 +33,7 @@ def result_key(key_id: str, job_id: str) -> str:
 
 
 @lru_cache(maxsize=8)
-def _client(settings: StorageSettings) -> Any:
+def _client(settings: StorageSettings, attempts: int) -> Any:
     return boto3.client(
         "s3",
         endpoint_url=settings.s3_endpoint_url,
@@ -43,7 +43,7 @@ def _client(settings: StorageSettings) -> Any:
         config=Config(
             connect_timeout=5,
             read_timeout=30,
-            retries={"max_attempts": 3, "mode": "standard"},
+            retries={"total_max_attempts": attempts, "mode": "standard"},
             s3={"addressing_style": "path"},
             # SigV4 everywhere, presigned upload URLs included (SigV2 is refused by newer regions).
             signature_version="s3v4",
@@ -68,8 +68,10 @@ class ObjectInfo:
 class BlobStore:
     """The few operations the service needs from a bucket (``S3_BUCKET`` unless told)."""
 
-    def __init__(self, settings: StorageSettings, bucket: str | None = None) -> None:
-        self._s3 = _client(settings)
+    def __init__(self, settings: StorageSettings, bucket: str | None = None, *, attempts: int = 3) -> None:
+        """``attempts``: tries per call (botocore's retries); the worker uses 1, as its queue
+        already retries a job whose storage is down (one retry layer, not two)."""
+        self._s3 = _client(settings, attempts)
         self._settings = settings
         self.bucket = bucket or settings.s3_bucket
 
@@ -117,7 +119,7 @@ class BlobStore:
         can differ from the one the service uses (``http://minio:9000`` inside compose)."""
         public = self._settings.s3_public_endpoint_url
         client = (
-            _client(self._settings.model_copy(update={"s3_endpoint_url": public})) if public else self._s3
+            _client(self._settings.model_copy(update={"s3_endpoint_url": public}), 3) if public else self._s3
         )
         with _wrapped(f"sign an upload URL for {key}"):
             url: str = client.generate_presigned_url(

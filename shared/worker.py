@@ -1,10 +1,15 @@
-"""The transcription worker: a Redis Stream consumer that runs whisper on queued jobs.
+"""The transcription worker: a Redis Stream consumer that runs several jobs at once.
+
+The loop reads top to bottom: stop flag → free slot → claim → start the job's thread. Each job
+thread runs one job to a final state and acknowledges its entry (``shared.queue``); its chunks
+go through the engine's shared batcher (``shared.engine``), so the jobs share every batch.
 
 Delivery is at-least-once: an entry is acknowledged only after its job reached a final state.
-A worker that dies leaves its entry pending; a live worker reclaims it after
-``WORKER_VISIBILITY_TIMEOUT_MS`` (XAUTOCLAIM). While a job runs, the heartbeat keeps re-claiming
-its entry so a long job is never mistaken for a dead one. Each run owns the job through a
+A worker that dies leaves its entries pending; a live worker reclaims them after
+``WORKER_VISIBILITY_TIMEOUT_MS``, while the heartbeat keeps re-claiming the entries of the jobs in
+hand so that a long job is never mistaken for a dead one. Each run owns its job through a
 ``run_id``: only that run may move it to a final state, so a late duplicate never overwrites it.
+A job whose storage is down goes back to the queue with a growing delay; it never fails for it.
 """
 
 from __future__ import annotations
@@ -23,11 +28,11 @@ from typing import Any, TypeVar
 
 import redis
 
-from shared import jobstore, keys, retention, webhooks
+from shared import jobstore, keys, queue, retention, webhooks
 from shared.dispatcher import Dispatcher
+from shared.engine.pipeline import Engine, Progress
 from shared.errors import (
     JobError,
-    PermanentJobError,
     RunCanceledError,
     RunReleasedError,
     StorageError,
@@ -35,12 +40,11 @@ from shared.errors import (
 from shared.models import Job, JobStatus
 from shared.settings import WorkerSettings
 from shared.storage import BlobStore, result_key
-from shared.transcriber import ModelCache, decode_audio, transcribe
 
 log = logging.getLogger("whisper_api.worker")
 
 #: Where jobs that kept killing workers are recorded for the operator.
-DEAD_LETTER_STREAM = "jobs:dead"
+DEAD_LETTER_STREAM = keys.JOBS_DEAD
 #: Counts results a late duplicate run computed but was not allowed to store.
 DUPLICATE_RESULTS = "stats:duplicate_results"
 #: Longest wait between attempts to reach Redis again after it went away.
@@ -53,22 +57,27 @@ def _default_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
+class _StorageDownError(Exception):
+    """Storage did not answer: the job waits in the queue (not a job failure)."""
+
+
 @dataclass
 class Worker:
     settings: WorkerSettings
     r: redis.Redis
     store: BlobStore
-    models: ModelCache
+    engine: Engine
     name: str = field(default_factory=_default_name)
-    current: str | None = None  # stream entry id being worked on
     stop: threading.Event = field(default_factory=threading.Event)
+    _entries: set[str] = field(default_factory=set)  # stream entries of the jobs in hand
+    _threads: list[threading.Thread] = field(default_factory=list)
     _stop_seen_at: float | None = None
     _last_sweep: float = float("-inf")
 
     # ---- the loop -------------------------------------------------------------------------
     def run(self, stop: threading.Event | None = None) -> None:
-        """Consume jobs until ``stop`` is set. The job in hand gets the shutdown grace period
-        to finish; past it, it is handed back to the queue for another worker."""
+        """Consume jobs until ``stop`` is set. The jobs in hand get the shutdown grace period
+        to finish; past it, they are handed back to the queue for another worker."""
         if stop is not None:
             self.stop = stop
         beat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
@@ -76,7 +85,7 @@ class Worker:
         # Webhooks go out from their own thread: a slow receiver never holds up transcription.
         hooks = threading.Thread(target=Dispatcher(self.settings, self.r).run, args=(self.stop,), daemon=True)
         hooks.start()
-        log.info("worker %s started on device %s", self.name, self.models.device)
+        log.info("worker %s started on device %s", self.name, self.engine.models.device)
         backoff = 0.1
         try:
             while not self.stop.is_set():
@@ -87,57 +96,60 @@ class Worker:
                     log.warning("redis unavailable (%s); retrying in %.1f s", exc, backoff)
                     self.stop.wait(backoff)
                     backoff = min(backoff * 2, _MAX_REDIS_BACKOFF_SECONDS)
+                except Exception:  # a bug in one step must not end the loop
+                    log.exception("worker step failed; continuing")
+                    self.stop.wait(backoff)
+                    backoff = min(backoff * 2, _MAX_REDIS_BACKOFF_SECONDS)
         finally:
+            for thread in list(self._threads):  # each finishes or hands back within the grace
+                thread.join()
             self.stop.set()
+            self.engine.batcher.shutdown()
             beat.join(timeout=5)
             with contextlib.suppress(redis.RedisError):
                 self.r.zrem(keys.WORKERS, self.name)
             log.info("worker %s stopped", self.name)
 
     def _step(self) -> None:
-        jobstore.ensure_group(self.r)
+        queue.ensure_group(self.r)
         self._maybe_sweep()
+        queue.promote_due(self.r)
+        self._threads = [t for t in self._threads if t.is_alive()]
+        if len(self._threads) >= self.settings.worker_concurrent_jobs:
+            self.stop.wait(0.05)  # every slot busy
+            return
         entry = self._claim()
         if entry is None:
             return
         entry_id, job_id = entry
-        self.current = entry_id
+        self._entries.add(entry_id)
+        thread = threading.Thread(target=self._work, args=(entry_id, job_id), name=f"job-{job_id}")
+        self._threads.append(thread)
+        thread.start()
+
+    def _work(self, entry_id: str, job_id: str) -> None:
         try:
             if self.process(job_id, entry_id):
-                self.r.xack(keys.JOBS_STREAM, keys.JOBS_GROUP, entry_id)
+                queue.ack(self.r, entry_id)
+        except redis.RedisError as exc:  # the entry stays pending; a worker reclaims it later
+            log.warning("job %s: redis unavailable (%s); it will be delivered again", job_id, exc)
+        except Exception:
+            log.exception("job %s: unexpected error outside the job's own handling", job_id)
         finally:
-            self.current = None
+            self._entries.discard(entry_id)
 
     def _claim(self) -> tuple[str, str] | None:
         """An abandoned entry if there is one, else the next new one (blocking briefly)."""
-        claimed: Any = self.r.xautoclaim(
-            keys.JOBS_STREAM,
-            keys.JOBS_GROUP,
-            self.name,
-            self.settings.worker_visibility_timeout_ms,
-            "0-0",
-            count=1,
-        )
-        if claimed[1]:
-            entry_id, fields = claimed[1][0]
-            if self._too_many_deliveries(entry_id, fields.get("job_id", "")):
-                return None
-            return entry_id, fields.get("job_id", "")
-        got: Any = self.r.xreadgroup(
-            keys.JOBS_GROUP, self.name, {keys.JOBS_STREAM: ">"}, count=1, block=self.settings.worker_block_ms
-        )
-        if not got:
+        delivery = queue.reclaim(self.r, self.name, self.settings.worker_visibility_timeout_ms)
+        if delivery is not None and delivery.deliveries > self.settings.worker_max_deliveries:
+            self._dead_letter(delivery)
             return None
-        entry_id, fields = got[0][1][0]
-        return str(entry_id), str(fields.get("job_id", ""))
+        delivery = delivery or queue.next_new(self.r, self.name, self.settings.worker_block_ms)
+        return (delivery.entry_id, delivery.job_id) if delivery else None
 
-    def _too_many_deliveries(self, entry_id: str, job_id: str) -> bool:
-        info: Any = self.r.xpending_range(keys.JOBS_STREAM, keys.JOBS_GROUP, entry_id, entry_id, 1)
-        deliveries = int(info[0]["times_delivered"]) if info else 0
+    def _dead_letter(self, delivery: queue.Delivery) -> None:
         limit = self.settings.worker_max_deliveries
-        if deliveries <= limit:
-            return False
-        job = jobstore.load(self.r, job_id)
+        job = jobstore.load(self.r, delivery.job_id)
         if job is not None:
             reason = (
                 f"the job stopped {limit} workers without finishing (crash or out of memory); "
@@ -151,22 +163,18 @@ class Worker:
                 {"error": reason, "completed_at": time.time()},
             )
             self._finished(failed)
-        self.r.xadd(DEAD_LETTER_STREAM, {"job_id": job_id, "entry_id": entry_id})
-        self.r.xack(keys.JOBS_STREAM, keys.JOBS_GROUP, entry_id)
-        log.warning("job %s dead-lettered after %d deliveries", job_id, deliveries)
-        return True
+        queue.dead_letter(self.r, delivery)
+        log.warning("job %s dead-lettered after %d deliveries", delivery.job_id, delivery.deliveries)
 
     def _heartbeat(self) -> None:
-        while not self.stop.is_set():
+        while not self.stop.is_set() or self._entries:
             try:
                 self.r.zadd(keys.WORKERS, {self.name: time.time()})
-                if self.current:  # keep our claim fresh so nobody steals a long job
-                    self.r.xclaim(
-                        keys.JOBS_STREAM, keys.JOBS_GROUP, self.name, 0, [self.current], justid=True
-                    )
+                # Keep our claims fresh so nobody steals a long job.
+                queue.keep_alive(self.r, self.name, list(self._entries))
             except redis.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
-            self.stop.wait(self.settings.worker_heartbeat_seconds)
+            time.sleep(self.settings.worker_heartbeat_seconds)
 
     # ---- one job --------------------------------------------------------------------------
     def process(self, job_id: str, entry_id: str | None = None) -> bool:
@@ -180,7 +188,13 @@ class Worker:
             job,
             (JobStatus.PENDING, JobStatus.PROCESSING),
             JobStatus.PROCESSING,
-            {"started_at": time.time(), "attempts": job.attempts + 1, "run_id": run_id, "windows": 0},
+            {
+                "started_at": time.time(),
+                "attempts": job.attempts + 1,
+                "run_id": run_id,
+                "windows": 0,
+                "progress": 0,
+            },
         )
         if job is None:
             return True
@@ -191,10 +205,12 @@ class Worker:
             log.info("job %s was canceled, deleted or taken over while running; stopped", job_id)
         except RunReleasedError:
             return self._release(job, run_id, entry_id)
+        except _StorageDownError as exc:
+            return self._postpone(job, run_id, entry_id, str(exc))
         except JobError as exc:
             self._fail(job, run_id, exc.reason, started)
         except redis.RedisError:
-            raise  # the loop waits for Redis; the entry stays pending and is redelivered
+            raise  # the entry stays pending and is redelivered once Redis is back
         except Exception as exc:  # a bug must not kill the worker or leave the job hanging
             log.exception("job %s crashed", job_id)
             reason = (
@@ -208,16 +224,13 @@ class Worker:
         with tempfile.TemporaryDirectory(prefix="whisper-job-") as tmp:
             path = os.path.join(tmp, "audio")
             self._storage(f"download the audio of job {job.id}", self.store.download, job.audio_key, path)
-            audio = decode_audio(path, job.duration)
-        model = self.models.get(job.options.model)
-        windows = iter(range(1, 1 << 30))
-        result = transcribe(
-            model,
-            self.models.device,
-            audio,
-            job.options,
-            lambda: self._checkpoint(job, run_id, next(windows)),
-        )
+            result = self.engine.transcribe(
+                path,
+                job.options,
+                expected_seconds=job.duration,
+                max_seconds=self.settings.max_audio_seconds,
+                checkpoint=lambda progress: self._checkpoint(job, run_id, progress),
+            )
         key = result_key(job.key_id, job.id)
         body = result.model_dump_json().encode()
         self._storage(
@@ -233,6 +246,7 @@ class Worker:
                 "language": result.language,
                 "duration": result.duration,
                 "completed_at": time.time(),
+                "progress": 1.0,
                 "error": None,
             },
             usage={"audio_seconds": result.duration, "processing_seconds": time.monotonic() - started},
@@ -251,12 +265,14 @@ class Worker:
             self.r.incr(DUPLICATE_RESULTS)
             log.warning("job %s: a newer run owns it; this run's result was not stored", job.id)
 
-    def _checkpoint(self, job: Job, run_id: str, window: int) -> None:
-        """Before each audio window: record progress, and stop if the job is no longer ours
-        (canceled, deleted, or taken over) or if shutdown's grace period is over."""
+    def _checkpoint(self, job: Job, run_id: str, progress: Progress) -> None:
+        """After each chunk: record progress, and stop if the job is no longer ours (canceled,
+        deleted, or taken over) or if shutdown's grace period is over."""
+        share = min(1.0, progress.seconds / job.duration) if job.duration else 0.0
+        fields = {"windows": progress.chunks, "progress": round(share, 4)}
         if (
             jobstore.transition(
-                self.r, job, (JobStatus.PROCESSING,), JobStatus.PROCESSING, {"windows": window}, run_id=run_id
+                self.r, job, (JobStatus.PROCESSING,), JobStatus.PROCESSING, fields, run_id=run_id
             )
             is None
         ):
@@ -267,22 +283,31 @@ class Worker:
             if now - self._stop_seen_at >= self.settings.worker_shutdown_grace_seconds:
                 raise RunReleasedError(job.id)
 
-    def _storage(self, action: str, call: Callable[..., T], *args: Any) -> T:
-        """A storage call retried with doubling waits; a job fails only if storage stays down."""
-        delay = self.settings.worker_storage_backoff_seconds
-        for attempt in range(self.settings.worker_storage_retries + 1):
-            try:
-                return call(*args)
-            except StorageError as exc:
-                if attempt == self.settings.worker_storage_retries:
-                    raise PermanentJobError(
-                        f"storage was unavailable: could not {action} after {attempt + 1} attempts "
-                        f"({str(exc)[:200]}); submit the job again once storage is back"
-                    ) from exc
-                log.warning("could not %s (%s); retrying in %.1f s", action, exc, delay)
-                time.sleep(delay)
-                delay *= 2
-        raise AssertionError("unreachable")
+    @staticmethod
+    def _storage(action: str, call: Callable[..., T], *args: Any) -> T:
+        """One storage call; storage being down is not the job's fault (see ``_postpone``)."""
+        try:
+            return call(*args)
+        except StorageError as exc:
+            raise _StorageDownError(f"could not {action} ({str(exc)[:200]})") from exc
+
+    def _postpone(self, job: Job, run_id: str, entry_id: str | None, why: str) -> bool:
+        """Storage is down: back to pending, queued again after a delay that doubles per try."""
+        back = jobstore.transition(
+            self.r, job, (JobStatus.PROCESSING,), JobStatus.PENDING, {"started_at": None}, run_id=run_id
+        )
+        if back is None:
+            return True
+        base, cap = (
+            self.settings.worker_storage_backoff_seconds,
+            self.settings.worker_storage_backoff_max_seconds,
+        )
+        delay = min(cap, base * 2 ** min(job.attempts - 1, 20))
+        log.warning("job %s: storage unavailable (%s); queued again in %.1f s", job.id, why, delay)
+        if entry_id is None:
+            return False  # push delivery: the runtime redelivers with its own backoff
+        queue.delay(self.r, entry_id, job.id, delay)
+        return False  # its entry was retired together with the delay
 
     def _release(self, job: Job, run_id: str, entry_id: str | None) -> bool:
         """Hand an unfinished job back to the queue so another worker starts it at once."""
@@ -294,10 +319,7 @@ class Worker:
         log.info("job %s handed back to the queue (shutting down)", job.id)
         if entry_id is None:
             return False  # push delivery: the runtime redelivers
-        with self.r.pipeline(transaction=True) as pipe:
-            pipe.xadd(keys.JOBS_STREAM, {"job_id": job.id})
-            pipe.xack(keys.JOBS_STREAM, keys.JOBS_GROUP, entry_id)
-            pipe.execute()
+        queue.hand_back(self.r, entry_id, job.id)
         return False  # already acknowledged above, together with the new entry
 
     def _fail(self, job: Job, run_id: str, reason: str, started: float) -> None:
@@ -334,7 +356,17 @@ class Worker:
 
 
 def build(settings: WorkerSettings) -> Worker:
-    """A worker wired to the configured Redis, storage and model cache."""
+    """A worker wired to the configured Redis, storage and engine; preloads the models named in
+    WORKER_PRELOAD_MODELS."""
+    import torch
+
+    from shared.engine.models import ModelCache
     from shared.redis_client import connect
 
-    return Worker(settings, connect(settings), BlobStore(settings), ModelCache(settings))
+    if settings.whisper_cpu_threads:
+        torch.set_num_threads(settings.whisper_cpu_threads)
+    models = ModelCache(settings)
+    for name in settings.worker_preload_models:
+        models.get(name)
+    engine = Engine(models, settings.batch_size(models.device))
+    return Worker(settings, connect(settings), BlobStore(settings, attempts=1), engine)

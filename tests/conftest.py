@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.devstack import free_port, start_redis, start_s3, tone_mp3
-from shared.devstack import tone_wav as wav_bytes
+from devtools import audio as test_audio
+from devtools.devstack import free_port, start_redis, start_s3
 
 BUCKET = "test-bucket"
 JWT_SECRET = "3f9c1a7e5b2d4c6e8a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f"
@@ -53,7 +53,7 @@ def s3_endpoint() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A WHISPER_MODEL_DIR holding the generated ``demo`` checkpoint (DESIGN: offline fixtures)."""
-    from shared.demo_model import build_checkpoint
+    from devtools.demo_model import build_checkpoint
 
     directory = tmp_path_factory.mktemp("models")
     build_checkpoint(directory / "demo.pt")
@@ -98,18 +98,21 @@ def speech_wav(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 
 @pytest.fixture
 def make_wav() -> Callable[..., bytes]:
-    return wav_bytes
+    """Factory: a WAV of speech of exactly ``seconds`` (``freq`` changes the voice's pitch)."""
+    return test_audio.speech_wav
 
 
 @pytest.fixture(scope="session")
 def long_audio(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int], bytes]:
-    """Factory: an MP3 of ``seconds`` of tone, small on disk but many 30-second windows long,
+    """Factory: an MP3 of ``seconds`` of speech, small on disk but many 30-second chunks long,
     so a job runs long enough to be killed, canceled or shut down part-way."""
     cache: dict[int, bytes] = {}
 
     def make(seconds: int) -> bytes:
         if seconds not in cache:
-            cache[seconds] = tone_mp3(seconds, tmp_path_factory.mktemp("long") / f"{seconds}.mp3")
+            cache[seconds] = test_audio.speech_mp3(
+                seconds, tmp_path_factory.mktemp("long") / f"{seconds}.mp3"
+            )
         return cache[seconds]
 
     return make

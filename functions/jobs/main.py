@@ -104,6 +104,7 @@ def _submit(
         upload,
         request.headers.get("Idempotency-Key"),
         webhook_url,
+        max_seconds=settings.max_audio_seconds,
     )
     headers = {"Location": f"/transcribe/{job.id}"}
     if replayed:
@@ -245,7 +246,9 @@ def _openai_audio(request: Request, task: Task) -> Response:
     with receive(request, settings.max_upload_bytes, file_field="file") as form:
         audio = openai_compat.parse_request(form.fields, task, settings)
         upload = audio_file(form, "file", settings.max_upload_bytes)
-        job = job_service.create_job(r, store, key.id, audio.options, upload)
+        job = job_service.create_job(
+            r, store, key.id, audio.options, upload, max_seconds=settings.max_audio_seconds
+        )
     done = openai_compat.wait_for(r, job.id, settings.openai_wait_seconds)
     body, content_type = openai_compat.result_body(store, done, audio)
     return Response(body, content_type=content_type)

@@ -15,7 +15,7 @@ import pytest
 import redis
 import requests
 
-from shared.devstack import free_port, start_gateway, start_worker
+from devtools.devstack import free_port, start_gateway, start_worker
 
 
 @dataclass

@@ -11,7 +11,7 @@ import pytest
 import redis
 import requests
 
-from shared.devstack import free_port, start_gateway, start_worker
+from devtools.devstack import free_port, start_gateway, start_worker
 from shared.worker import DUPLICATE_RESULTS
 
 pytestmark = pytest.mark.e2e

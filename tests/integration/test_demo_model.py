@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from shared.demo_model import DEFAULT_SEGMENTS, build_checkpoint
+from devtools.demo_model import DEFAULT_SEGMENTS, build_checkpoint
 
 whisper = pytest.importorskip("whisper")
 torch = pytest.importorskip("torch")
@@ -200,5 +200,5 @@ def test_rejects_transcripts_whisper_cannot_emit(
 
 
 def test_module_does_not_import_torch_at_import_time() -> None:
-    code = "import sys, shared.demo_model; sys.exit('torch' in sys.modules or 'whisper' in sys.modules)"
+    code = "import sys, devtools.demo_model; sys.exit('torch' in sys.modules or 'whisper' in sys.modules)"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

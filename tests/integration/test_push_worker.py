@@ -14,8 +14,8 @@ import requests
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
 
+from devtools.devstack import free_port, wait_for_port
 from shared import jobstore
-from shared.devstack import free_port, wait_for_port
 from shared.models import JobStatus
 from tests.integration.conftest import ROOT
 

@@ -201,7 +201,7 @@ def _ensure_bucket_and_demo_model(env: dict[str, str], root: Path) -> None:
     store.ensure_bucket()
     demo = Path(env["WHISPER_MODEL_DIR"]) / "demo.pt"
     if not demo.exists():
-        from shared.demo_model import build_checkpoint
+        from devtools.demo_model import build_checkpoint
 
         demo.parent.mkdir(parents=True, exist_ok=True)
         build_checkpoint(demo)

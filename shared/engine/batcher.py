@@ -1,0 +1,253 @@
+"""One thread per worker that owns the model: it fills each batch with chunks of every running
+job, in turns, and runs encoder and decoder on the batch.
+
+A job *opens a feed*, submits its chunks (at most ``batch_size`` waiting at a time, so a long
+recording never floods the queue) and gets a ``Future`` per chunk. Each batch starts with the
+chunk that has waited longest; the rest of the batch is filled one chunk per feed per round,
+from feeds whose chunks share the model and decoding options (``BatchKey``). So a 10-second job
+that arrives beside a 3-hour one is in the next batch, not behind the 3-hour job.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from whisper.decoding import detect_language
+from whisper.timing import add_word_timestamps
+from whisper.tokenizer import Tokenizer, get_tokenizer
+
+from shared.engine.chunker import Chunk
+from shared.engine.decoder import Decoded, LeanDecoder, encode
+from shared.engine.models import ModelCache
+from shared.engine.pcm import SAMPLE_RATE
+from shared.engine.segments import split
+
+log = logging.getLogger("whisper_api.engine")
+
+#: transcribe()'s thresholds: when to retry a chunk at a higher temperature, and when a chunk
+#: is silence (no segments).
+COMPRESSION_RATIO_THRESHOLD = 2.4
+LOGPROB_THRESHOLD = -1.0
+NO_SPEECH_THRESHOLD = 0.6
+
+
+@dataclass(frozen=True)
+class BatchKey:
+    """What the chunks of one batch must share."""
+
+    model: str
+    task: str
+    language: str | None  # None: detect (a job's first chunk)
+    temperatures: tuple[float, ...]
+    prompt: tuple[int, ...]
+    word_timestamps: bool
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    language: str
+    segments: list[dict[str, Any]]  # whisper-style, times in the recording
+    tokens: list[int]  # the segments' tokens, for conditioning the next chunk
+
+
+@dataclass
+class _Request:
+    key: BatchKey
+    chunk: Chunk
+    mel: torch.Tensor
+    future: Future[ChunkResult]
+    submitted: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Feed:
+    """One job's chunks waiting for the batcher."""
+
+    id: int
+    waiting: deque[_Request] = field(default_factory=deque)
+    closed: bool = False
+
+
+class Batcher:
+    def __init__(self, models: ModelCache, batch_size: int) -> None:
+        self.models = models
+        self.batch_size = batch_size
+        self._cond = threading.Condition()
+        self._feeds: dict[int, Feed] = {}
+        self._ids = itertools.count()
+        self._turn = 0  # feed id after which the next round starts
+        self._decoders: dict[tuple[str, str, str], LeanDecoder] = {}
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.batches = 0  # batches run (progress, tests)
+
+    # ---- jobs' side -----------------------------------------------------------------------
+    def open(self) -> Feed:
+        self._ensure_running()
+        with self._cond:
+            feed = Feed(next(self._ids))
+            self._feeds[feed.id] = feed
+            return feed
+
+    def submit(self, feed: Feed, key: BatchKey, chunk: Chunk, mel: torch.Tensor) -> Future[ChunkResult]:
+        """Queue a chunk; blocks while the feed already has a batch's worth waiting."""
+        request = _Request(key, chunk, mel, Future())
+        with self._cond:
+            self._cond.wait_for(lambda: len(feed.waiting) < self.batch_size or feed.closed)
+            if feed.closed:
+                raise RuntimeError("feed closed")
+            feed.waiting.append(request)
+            self._cond.notify_all()
+        return request.future
+
+    def close(self, feed: Feed) -> None:
+        """The job is over (done, failed, canceled): drop what it still has waiting."""
+        with self._cond:
+            feed.closed = True
+            for request in feed.waiting:
+                request.future.cancel()
+            feed.waiting.clear()
+            self._feeds.pop(feed.id, None)
+            self._cond.notify_all()
+
+    # ---- the batcher thread ----------------------------------------------------------------
+    def _ensure_running(self) -> None:
+        with self._cond:
+            if self._thread is None or not self._thread.is_alive():
+                self._stop.clear()
+                self._thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
+                self._thread.start()
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            batch = self._take()
+            if not batch:
+                continue
+            try:
+                results = self._run(batch)
+            except Exception as exc:  # a failed batch fails its chunks' jobs, never the thread
+                log.exception("a batch of %d chunks failed", len(batch))
+                for request in batch:
+                    request.future.set_exception(exc)
+                continue
+            self.batches += 1
+            for request, result in zip(batch, results, strict=True):
+                request.future.set_result(result)
+
+    def _take(self) -> list[_Request]:
+        with self._cond:
+            self._cond.wait_for(
+                lambda: self._stop.is_set() or any(f.waiting for f in self._feeds.values()), 0.5
+            )
+            feeds = [f for f in self._feeds.values() if f.waiting]
+            if not feeds:
+                return []
+            key = min(feeds, key=lambda f: f.waiting[0].submitted).waiting[0].key
+            order = sorted(feeds, key=lambda f: (f.id <= self._turn, f.id))  # round-robin
+            batch: list[_Request] = []
+            while len(batch) < self.batch_size:
+                took = False
+                for feed in order:
+                    if feed.waiting and feed.waiting[0].key == key and len(batch) < self.batch_size:
+                        batch.append(feed.waiting.popleft())
+                        self._turn, took = feed.id, True
+                if not took:
+                    break
+            self._cond.notify_all()  # feeds have room again
+            return [r for r in batch if r.future.set_running_or_notify_cancel()]
+
+    # ---- one batch -------------------------------------------------------------------------
+    def _run(self, batch: list[_Request]) -> list[ChunkResult]:
+        key = batch[0].key
+        model = self.models.get(key.model)
+        device = next(model.parameters()).device
+        mels = torch.stack([r.mel for r in batch])
+        if device.type == "cuda":
+            mels = mels.pin_memory()
+        mels = mels.to(device, non_blocking=True)
+        with torch.inference_mode():
+            features = encode(model, mels)
+            languages = self._languages(model, key, features)
+            results: list[ChunkResult | None] = [None] * len(batch)
+            for language in sorted(set(languages)):
+                rows = [i for i, lang in enumerate(languages) if lang == language]
+                decoder = self._decoder(key.model, model, language, key.task)
+                decoded = self._with_fallback(decoder, features[rows], key)
+                for i, d in zip(rows, decoded, strict=True):
+                    results[i] = self._chunk_result(decoder.tokenizer, model, batch[i], d, mels[i], language)
+        return [r for r in results if r is not None]
+
+    def _languages(self, model: Any, key: BatchKey, features: torch.Tensor) -> list[str]:
+        if not model.is_multilingual:
+            return ["en"] * len(features)
+        if key.language is not None:
+            return [key.language] * len(features)
+        tokenizer = get_tokenizer(True, num_languages=model.num_languages)
+        _, probs = detect_language(model, features, tokenizer)
+        return [max(p, key=p.get) for p in probs]
+
+    def _decoder(self, name: str, model: Any, language: str, task: str) -> LeanDecoder:
+        cache_key = (name, language, task)
+        decoder = self._decoders.get(cache_key)
+        if decoder is None or decoder.model is not model:
+            tokenizer = get_tokenizer(
+                model.is_multilingual, num_languages=model.num_languages, language=language, task=task
+            )
+            decoder = self._decoders[cache_key] = LeanDecoder(model, tokenizer)
+        return decoder
+
+    @staticmethod
+    def _with_fallback(decoder: LeanDecoder, features: torch.Tensor, key: BatchKey) -> list[Decoded]:
+        """transcribe()'s temperature fallback, per chunk, re-using the encoder output."""
+        results: list[Decoded | None] = [None] * len(features)
+        todo = list(range(len(features)))
+        for temperature in key.temperatures:
+            decoded = decoder.decode(features[todo], list(key.prompt), temperature)
+            retry = []
+            for i, d in zip(todo, decoded, strict=True):
+                results[i] = d
+                needs = d.compression_ratio > COMPRESSION_RATIO_THRESHOLD or d.avg_logprob < LOGPROB_THRESHOLD
+                if d.no_speech_prob > NO_SPEECH_THRESHOLD and d.avg_logprob < LOGPROB_THRESHOLD:
+                    needs = False  # silence: nothing to improve
+                if needs:
+                    retry.append(i)
+            if not retry:
+                break
+            todo = retry
+        return [r for r in results if r is not None]
+
+    @staticmethod
+    def _chunk_result(
+        tokenizer: Tokenizer, model: Any, request: _Request, d: Decoded, mel: torch.Tensor, language: str
+    ) -> ChunkResult:
+        chunk = request.chunk
+        silent = d.no_speech_prob > NO_SPEECH_THRESHOLD and not d.avg_logprob > LOGPROB_THRESHOLD
+        if silent:
+            return ChunkResult(language, [], [])
+        offset = chunk.start / SAMPLE_RATE
+        segments = split(d, tokenizer, offset=offset, duration=len(chunk.audio) / SAMPLE_RATE)
+        if request.key.word_timestamps and segments:
+            add_word_timestamps(
+                segments=segments,
+                model=model,
+                tokenizer=tokenizer,
+                mel=mel,
+                num_frames=len(chunk.audio) // 160,
+                last_speech_timestamp=offset,
+            )
+        return ChunkResult(language, segments, [t for s in segments for t in s["tokens"]])

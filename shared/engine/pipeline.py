@@ -1,0 +1,181 @@
+"""One job through the engine: stream, chunk, submit to the batcher, assemble the result."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import whisper
+from whisper.audio import N_FRAMES, N_SAMPLES
+
+from shared.engine.batcher import Batcher, BatchKey, ChunkResult
+from shared.engine.chunker import Chunk, Chunker
+from shared.engine.models import ModelCache
+from shared.engine.pcm import SAMPLE_RATE, PcmStream
+from shared.models import JobOptions, Segment, TranscriptResult, Word
+
+#: transcribe() stops conditioning on earlier text after a chunk decoded this hot.
+_PROMPT_RESET_TEMPERATURE = 0.5
+#: While only silence is being scanned, progress is still reported this often (audio seconds).
+_SILENT_PROGRESS_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Progress:
+    seconds: float  # audio done, from the start of the recording
+    chunks: int  # chunks decoded
+
+
+def temperatures(start: float) -> tuple[float, ...]:
+    """Whisper's CLI: start at the requested temperature, fall back upwards in 0.2 steps."""
+    return tuple(np.arange(start, 1.0 + 1e-6, 0.2).round(2).tolist())
+
+
+class Engine:
+    """The models and the batcher of one worker."""
+
+    def __init__(self, models: ModelCache, batch_size: int) -> None:
+        self.models = models
+        self.batcher = Batcher(models, batch_size)
+
+    def transcribe(
+        self,
+        path: str,
+        options: JobOptions,
+        *,
+        expected_seconds: float | None,
+        max_seconds: float,
+        checkpoint: Callable[[Progress], None] = lambda _progress: None,
+    ) -> TranscriptResult:
+        """Transcribe the audio file at ``path``. ``checkpoint`` is called after every chunk
+        (and while long silences are scanned); it raises to stop the job there."""
+        model = self.models.get(options.model)
+        run = _Run(self, model, options, checkpoint)
+        stream = PcmStream(path, expected_seconds=expected_seconds, max_seconds=max_seconds)
+        try:
+            chunker = Chunker()
+            for piece in stream:
+                for chunk in chunker.feed(piece):
+                    run.submit(chunk)
+                run.scanned(chunker.scanned)
+            for chunk in chunker.finish(stream.samples):
+                run.submit(chunk)
+            run.drain(block=True)
+        finally:
+            self.batcher.close(run.feed)
+        return run.result(stream.samples / SAMPLE_RATE)
+
+
+class _Run:
+    """The state of one job inside the engine."""
+
+    def __init__(
+        self, engine: Engine, model: Any, options: JobOptions, checkpoint: Callable[[Progress], None]
+    ) -> None:
+        self.engine, self.model, self.options, self.checkpoint = engine, model, options, checkpoint
+        self.feed = engine.batcher.open()
+        self.language = options.language
+        self.pending: deque[tuple[Chunk, Future[ChunkResult]]] = deque()
+        self.results: list[ChunkResult] = []
+        self.done_seconds = 0.0
+        self.reported = 0.0
+        sequential = options.condition_on_previous_text
+        self.sequential = sequential
+        tokenizer = whisper.tokenizer.get_tokenizer(
+            model.is_multilingual, num_languages=model.num_languages, task=options.task.value
+        )
+        prompt = options.initial_prompt
+        self.initial_prompt = tokenizer.encode(" " + prompt.strip()) if prompt else []
+        self.history: list[int] = []  # sequential mode: earlier chunks' tokens since the last reset
+
+    def key(self) -> BatchKey:
+        return BatchKey(
+            model=self.options.model,
+            task=self.options.task.value,
+            language=self.language,
+            temperatures=temperatures(self.options.temperature),
+            prompt=tuple(self.initial_prompt + self.history),
+            word_timestamps=self.options.word_timestamps,
+        )
+
+    def submit(self, chunk: Chunk) -> None:
+        mel = whisper.log_mel_spectrogram(
+            torch.from_numpy(chunk.audio), self.model.dims.n_mels, padding=N_SAMPLES
+        )
+        mel = whisper.pad_or_trim(mel[:, : len(chunk.audio) // 160], N_FRAMES)
+        future = self.engine.batcher.submit(self.feed, self.key(), chunk, mel)
+        self.pending.append((chunk, future))
+        # The language is detected once, on the first chunk; conditioning needs each chunk's text.
+        self.drain(block=self.language is None or self.sequential)
+
+    def drain(self, block: bool) -> None:
+        while self.pending and (block or self.pending[0][1].done()):
+            chunk, future = self.pending.popleft()
+            result = future.result()
+            self.results.append(result)
+            self.language = result.language
+            if self.sequential:
+                temperature = result.segments[0]["temperature"] if result.segments else 0.0
+                self.history = (
+                    [] if temperature > _PROMPT_RESET_TEMPERATURE else [*self.history, *result.tokens]
+                )
+            self.done_seconds = chunk.end / SAMPLE_RATE
+            self.reported = self.done_seconds
+            self.checkpoint(Progress(self.done_seconds, len(self.results)))
+
+    def scanned(self, samples: int) -> None:
+        self.drain(block=False)
+        seconds = samples / SAMPLE_RATE
+        if not self.pending and seconds - self.reported >= _SILENT_PROGRESS_SECONDS:
+            self.reported = self.done_seconds = seconds
+            self.checkpoint(Progress(seconds, len(self.results)))
+
+    def result(self, duration: float) -> TranscriptResult:
+        segments: list[Segment] = []
+        for chunk_result in self.results:
+            for seg in chunk_result.segments:
+                segments.append(_segment(len(segments), seg, self.options.word_timestamps))
+        tokenizer = whisper.tokenizer.get_tokenizer(
+            self.model.is_multilingual, num_languages=self.model.num_languages
+        )
+        tokens = [t for r in self.results for t in r.tokens if t < tokenizer.eot]
+        return TranscriptResult(
+            task=self.options.task,
+            # A recording without speech has no language to detect; English is whisper's default.
+            language=self.language or "en",
+            duration=round(duration, 3),
+            text=tokenizer.decode(tokens).strip(),
+            model=self.options.model,
+            segments=segments,
+        )
+
+
+def _segment(index: int, seg: dict[str, Any], with_words: bool) -> Segment:
+    return Segment(
+        id=index,
+        seek=seg["seek"],
+        start=round(seg["start"], 3),
+        end=round(seg["end"], 3),
+        text=seg["text"],
+        tokens=seg["tokens"],
+        temperature=seg["temperature"],
+        avg_logprob=seg["avg_logprob"],
+        compression_ratio=seg["compression_ratio"],
+        no_speech_prob=seg["no_speech_prob"],
+        words=[
+            Word(
+                word=w["word"],
+                start=round(w["start"], 3),
+                end=round(w["end"], 3),
+                probability=w["probability"],
+            )
+            for w in seg.get("words") or []
+        ]
+        if with_words
+        else None,
+    )
