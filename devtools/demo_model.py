@@ -563,3 +563,61 @@ def _check_logits(tokenizer: Any, script: list[int], dims: Any, state: dict[str,
                 raise _RetryError
             if float(margin[0]) < _MIN_LOGIT_MARGIN:
                 raise _RetryError
+
+
+#: Dimensions of the official models (whisper/__init__.py), for benchmarks with generated weights.
+SIZES: dict[str, dict[str, int]] = {
+    "tiny": {"width": 384, "heads": 6, "layers": 4},
+    "base": {"width": 512, "heads": 8, "layers": 6},
+    "small": {"width": 768, "heads": 12, "layers": 12},
+    "medium": {"width": 1024, "heads": 16, "layers": 24},
+    "large-v3": {"width": 1280, "heads": 20, "layers": 32, "n_mels": 128},
+}
+
+
+def build_sized_checkpoint(
+    path: str | os.PathLike[str],
+    size: str,
+    segments: Sequence[tuple[float, float, str]] = DEFAULT_SEGMENTS,
+) -> None:
+    """A checkpoint with the dimensions of an official model (``SIZES``) that emits ``segments``
+    for any audio shorter than 30 s, for benchmarks: it costs what a real model of that size
+    costs per token (every matrix has the real shape), and every contender gets the same tokens.
+
+    The scripted 128-wide, one-layer model of :func:`build_checkpoint` sits in the first 128
+    dimensions and the first block; everything else is zero, so each extra block adds nothing to
+    the residual stream. A wider LayerNorm only rescales the logits (the scripted token still
+    wins, by a wider margin). Word timings are not designed for these sizes.
+    """
+    import tempfile
+
+    import torch
+    from whisper.model import ModelDimensions, Whisper
+
+    spec = SIZES[size]
+    n_mels = spec.get("n_mels", 80)
+    with tempfile.TemporaryDirectory() as tmp:
+        small_path = os.path.join(tmp, "small.pt")
+        build_checkpoint(small_path, segments, n_mels=n_mels)
+        small = torch.load(small_path, map_location="cpu", weights_only=False)
+    width, heads, layers = spec["width"], spec["heads"], spec["layers"]
+    # The scripted tokenizer is the 99-language one, so the vocabulary stays 51,865 (large-v3
+    # has one more token: a 0.002 % difference in the projection's cost).
+    dims = ModelDimensions(
+        n_mels=n_mels, n_audio_ctx=_AUDIO_CTX, n_audio_state=width, n_audio_head=heads, n_audio_layer=layers,
+        n_vocab=_N_VOCAB, n_text_ctx=_TEXT_CTX, n_text_state=width, n_text_head=heads, n_text_layer=layers,
+    )  # fmt: skip
+    model = Whisper(dims)
+    state = model.state_dict()
+    with torch.no_grad():
+        for name, value in state.items():
+            if name.endswith(("ln.weight", "ln_post.weight")):
+                value.fill_(1.0)
+            else:
+                value.zero_()
+        for name, small_value in small["model_state_dict"].items():
+            target = state[name]
+            region = tuple(slice(0, n) for n in small_value.shape)
+            target[region] = small_value.float()
+    half = {name: value.half() for name, value in state.items()}
+    torch.save({"dims": dataclasses.asdict(dims), "model_state_dict": half}, os.fspath(path))

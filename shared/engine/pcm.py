@@ -51,8 +51,12 @@ class PcmStream:
         expected_seconds: float | None,
         max_seconds: float,
         command: list[str] | None = None,
+        base_seconds: float = DECODE_BASE_SECONDS,
     ) -> None:
+        """``command`` replaces the ffmpeg command line and ``base_seconds`` the deadline's fixed
+        part (tests of a hung decoder)."""
         self.path = path
+        self.base_seconds = base_seconds
         self.expected = expected_seconds or 0.0
         self.max_seconds = max_seconds
         self.command = command or ffmpeg_command(path)
@@ -61,7 +65,7 @@ class PcmStream:
     def budget(self) -> float:
         """Seconds of waiting for ffmpeg allowed so far."""
         audio = max(self.expected, self.samples / SAMPLE_RATE)
-        return DECODE_BASE_SECONDS + DECODE_SECONDS_PER_AUDIO_SECOND * audio
+        return self.base_seconds + DECODE_SECONDS_PER_AUDIO_SECOND * audio
 
     def __iter__(self) -> Iterator[Samples]:
         with tempfile.TemporaryFile() as errors:

@@ -1,0 +1,188 @@
+"""The engine against openai-whisper's own loop, side by side in one run.
+
+    .venv/bin/python bench/engine.py                      # tiny and base sizes, 300 s of speech
+    .venv/bin/python bench/engine.py --sizes tiny --seconds 120 --runs 1 --rss-hours 0.5
+
+Same audio (espeak-ng speech), same generated checkpoints with the real dimensions of each size
+(``devtools.demo_model.build_sized_checkpoint``: every matrix has the real shape, so a token
+costs what it costs in the real model) and the same tokens per 30-second chunk or window for
+every contender; the token counts are printed to show it. Contenders:
+
+  (a) openai-whisper ``transcribe()`` (sequential, batch 1; ``condition_on_previous_text=False``
+      so every window decodes the same script)
+  (b) this engine, batch 1          (c) this engine, batched (--batch)
+  (d) N concurrent 30-second jobs through one engine vs the same jobs one at a time
+  (e) peak RSS of a worker process on a 1-minute and a long recording (--rss-hours)
+
+Prints x-real-time (audio seconds per wall second, median of --runs) and the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from devtools.audio import speech_mp3
+from devtools.demo_model import build_checkpoint, build_sized_checkpoint
+
+#: What every generated checkpoint says in each 30-second window: about 100 tokens, like speech.
+SCRIPT: tuple[tuple[float, float, str], ...] = (
+    (0.0, 3.0, " Good morning everyone, and welcome to the weekly meeting."),
+    (3.0, 6.0, " Today we will look at the numbers from the last quarter."),
+    (6.0, 9.0, " Sales went up in the north and stayed flat in the south."),
+    (9.0, 12.0, " The new office opens next month, a little later than planned."),
+    (12.0, 15.0, " We hired four engineers and two people for support."),
+    (15.0, 18.0, " Customers asked for better search and faster exports."),
+    (18.0, 21.0, " Both are on the plan for the next release."),
+    (21.0, 24.0, " Please send your questions before Friday."),
+    (24.0, 27.0, " Thank you all for the hard work this quarter."),
+)
+
+
+def _engine(model_dir: Path, batch: int) -> object:
+    from shared.engine.models import ModelCache
+    from shared.engine.pipeline import Engine
+    from shared.settings import WorkerSettings
+
+    settings = WorkerSettings(whisper_model_dir=model_dir, whisper_device="cpu", whisper_models=())
+    return Engine(ModelCache(settings), batch)
+
+
+def _run_engine(engine: object, path: Path, size: str) -> int:
+    from shared.models import JobOptions
+
+    result = engine.transcribe(str(path), JobOptions(model=size), expected_seconds=None, max_seconds=1e9)  # type: ignore[attr-defined]
+    return sum(len([t for t in s.tokens]) for s in result.segments)
+
+
+def _run_whisper(model: object, path: Path) -> int:
+    out = model.transcribe(  # type: ignore[attr-defined]
+        str(path), fp16=False, condition_on_previous_text=False, temperature=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    )
+    return sum(len(s["tokens"]) for s in out["segments"])
+
+
+def _timed(call: Callable[[], int]) -> tuple[float, int]:
+    started = time.perf_counter()
+    tokens = call()
+    return time.perf_counter() - started, tokens
+
+
+def speed(sizes: list[str], seconds: int, runs: int, batch: int, jobs: int, work: Path) -> None:
+    import whisper
+
+    audio = work / "speech.mp3"
+    speech_mp3(seconds, audio)
+    short = work / "short.mp3"
+    speech_mp3(30, short)
+    for size in sizes:
+        model_dir = work / size
+        model_dir.mkdir()
+        build_sized_checkpoint(model_dir / f"{size}.pt", size, SCRIPT)
+        model = whisper.load_model(str(model_dir / f"{size}.pt"), device="cpu")
+        one, many = _engine(model_dir, 1), _engine(model_dir, batch)
+        contenders: dict[str, Callable[[], int]] = {
+            "(a) openai-whisper transcribe()": lambda model=model: _run_whisper(model, audio),
+            "(b) engine, batch 1": lambda e=one, s=size: _run_engine(e, audio, s),
+            f"(c) engine, batch {batch}": lambda e=many, s=size: _run_engine(e, audio, s),
+        }
+        _run_engine(many, short, size)  # warm-up: model load, VAD session, allocator
+        times: dict[str, list[float]] = {name: [] for name in contenders}
+        tokens: dict[str, int] = {}
+        for _ in range(runs):
+            for name, call in contenders.items():
+                elapsed, tokens[name] = _timed(call)
+                times[name].append(elapsed)
+        base = statistics.median(times["(a) openai-whisper transcribe()"])
+        print(f"\n== {size} dimensions: {seconds} s of speech, median of {runs} run(s)")
+        print(f"{'contender':36} {'tokens':>7} {'seconds':>8} {'x real time':>12} {'vs (a)':>7}")
+        for name, values in times.items():
+            t = statistics.median(values)
+            print(f"{name:36} {tokens[name]:>7} {t:>8.2f} {seconds / t:>12.1f} {base / t:>6.2f}x")
+        concurrency(many, short, size, jobs)
+
+
+def concurrency(engine: object, audio: Path, size: str, jobs: int) -> None:
+    started = time.perf_counter()
+    for _ in range(jobs):
+        _run_engine(engine, audio, size)
+    serial = time.perf_counter() - started
+    threads = [threading.Thread(target=_run_engine, args=(engine, audio, size)) for _ in range(jobs)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    together = time.perf_counter() - started
+    print(
+        f"(d) {jobs} x 30 s jobs: one at a time {60 * jobs / serial:.1f} jobs/min, "
+        f"together {60 * jobs / together:.1f} jobs/min: {serial / together:.2f}x"
+    )
+
+
+def rss(hours: float, work: Path) -> None:
+    """Peak RSS of a fresh process transcribing 1 minute, then ``hours`` of speech."""
+    model_dir = work / "rss"
+    model_dir.mkdir()
+    build_checkpoint(model_dir / "demo.pt")
+    peaks = {}
+    for label, seconds in (("1 min", 60), (f"{hours:g} h", int(hours * 3600))):
+        audio = work / f"rss-{seconds}.mp3"
+        speech_mp3(seconds, audio)
+        started = time.perf_counter()
+        out = subprocess.run(
+            [sys.executable, __file__, "--rss-child", str(audio), str(model_dir)],
+            check=True, capture_output=True, text=True,
+        )  # fmt: skip
+        peaks[label] = int(out.stdout.split()[-1]) / 1024
+        took = time.perf_counter() - started
+        print(f"(e) {label:>6} of speech: peak RSS {peaks[label]:7.1f} MiB ({took:.0f} s)")
+    low, high = peaks.values()
+    print(f"(e) growth: {high - low:+.1f} MiB for {hours * 60:g}x the audio")
+
+
+def rss_child(audio: str, model_dir: str) -> None:
+    engine = _engine(Path(model_dir), 8)
+    _run_engine(engine, Path(audio), "demo")
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", default="tiny,base")
+    parser.add_argument("--seconds", type=int, default=300)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--jobs", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--rss-hours", type=float, default=3.0, help="0 skips the RSS comparison")
+    parser.add_argument("--rss-child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.rss_child:
+        rss_child(*args.rss_child)
+        return
+    print(f"torch {torch.__version__}, {args.threads} CPU threads")
+    with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
+        work = Path(tmp)
+        speed(args.sizes.split(","), args.seconds, args.runs, args.batch, args.jobs, work)
+        if args.rss_hours:
+            rss(args.rss_hours, work)
+
+
+if __name__ == "__main__":
+    main()
