@@ -1,0 +1,185 @@
+"""Jobs through the engine against real Redis, a real S3 server and the real whisper decoder:
+limits at intake and in the worker, silence, long recordings in chunks, several jobs at once."""
+
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from devtools.devstack import tone_wav
+from shared import jobstore
+from shared.models import JobStatus
+from shared.settings import worker_settings
+from shared.storage import result_key
+from shared.worker import build
+
+PHRASE = "Hello from whisper api. The quick brown fox."
+
+
+def _post(client, headers, audio: bytes, name: str = "a.wav", **fields):
+    data = {"audio": (io.BytesIO(audio), name), "model": "demo", **{k: str(v) for k, v in fields.items()}}
+    return client.post("/transcribe", data=data, headers=headers, content_type="multipart/form-data")
+
+
+def _objects(store) -> list[str]:
+    return [o["Key"] for o in store._s3.list_objects_v2(Bucket=store.bucket).get("Contents", [])]
+
+
+@pytest.fixture
+def playlist(tmp_path, make_wav) -> bytes:
+    """An HLS playlist naming a real media file on this machine's disk."""
+    wav, media = tmp_path / "secret.wav", tmp_path / "secret.mp3"
+    wav.write_bytes(make_wav(3.0))
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(wav), str(media)], check=True)
+    return f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:3.0,\n{media}\n#EXT-X-ENDLIST\n".encode()
+
+
+def test_a_recording_longer_than_the_limit_is_refused_at_intake(env, jobs_client, bearer, r, store, make_wav):
+    env(MAX_AUDIO_SECONDS="2")
+
+    resp = _post(jobs_client, bearer(), make_wav(3.0))
+
+    assert resp.status_code == 413 and resp.content_type == "application/problem+json"
+    assert resp.get_json()["detail"] == (
+        "the recording is 3 s long; this server transcribes at most 2 s per job (MAX_AUDIO_SECONDS); "
+        "split it and submit the parts"
+    )
+    assert r.keys("job:*") == [] and _objects(store) == []
+
+
+def test_a_playlist_is_refused_at_intake_with_415(jobs_client, bearer, r, store, playlist):
+    resp = _post(jobs_client, bearer(), playlist, name="talk.m3u8")
+
+    assert resp.status_code == 415
+    assert resp.get_json()["detail"].startswith("the file is not decodable audio")
+    assert r.keys("job:*") == [] and _objects(store) == []
+
+
+def test_a_playlist_that_reaches_the_worker_another_way_fails_the_job(
+    env, jobs_client, bearer, r, store, playlist, make_wav
+):
+    job_id = _post(jobs_client, bearer(), make_wav(3.0)).get_json()["id"]
+    job = jobstore.load(r, job_id)
+    store.put_bytes(job.audio_key, playlist, "application/vnd.apple.mpegurl")  # swapped behind intake's back
+
+    assert build(worker_settings()).process(job_id) is True
+
+    job = jobstore.load(r, job_id)
+    assert job.status is JobStatus.FAILED
+    assert re.fullmatch(r"the audio could not be decoded: .*: Invalid argument; re-encode it .*", job.error)
+
+
+def test_the_worker_stops_at_the_limit_whatever_the_header_claimed(env, jobs_client, bearer, r, make_wav):
+    job_id = _post(jobs_client, bearer(), make_wav(12.0)).get_json()["id"]
+    env(MAX_AUDIO_SECONDS="5")
+
+    assert build(worker_settings()).process(job_id) is True
+
+    job = jobstore.load(r, job_id)
+    assert job.status is JobStatus.FAILED
+    assert job.error == (
+        "the audio is longer than this server's limit of 5 s (MAX_AUDIO_SECONDS), whatever its header said; "
+        "split it and submit the parts"
+    )
+
+
+def test_silence_completes_without_decoding_anything(jobs_client, bearer, r, store):
+    job_id = _post(jobs_client, bearer(), tone_wav(20.0), output_format="srt").get_json()["id"]
+    worker = build(worker_settings())
+
+    assert worker.process(job_id) is True
+
+    job = jobstore.load(r, job_id)
+    assert (job.status, job.transcription, job.duration, job.progress) == (JobStatus.COMPLETED, "", 20.0, 1.0)
+    assert worker.engine.batcher.batches == 0
+    stored = store.get_bytes(result_key(job.key_id, job_id))
+    assert b'"segments":[]' in stored
+
+
+def test_a_long_recording_is_decoded_in_chunks_mapped_back_to_its_times(
+    jobs_client, bearer, r, store, long_audio
+):
+    headers = bearer()
+    job_id = _post(jobs_client, headers, long_audio(100), name="talk.mp3").get_json()["id"]
+
+    assert build(worker_settings()).process(job_id) is True
+
+    job = jobstore.load(r, job_id)
+    assert job.status is JobStatus.COMPLETED and job.windows == 4 and job.progress == 1.0
+    assert job.transcription == " ".join([PHRASE] * 4)
+    srt = jobs_client.get(f"/transcribe/{job_id}/result?format=srt", headers=headers).get_data(as_text=True)
+    starts = [0.0, 25.04, 50.46, 75.9]  # chunk starts: the speech's pauses just before 30 s
+    expected = ""
+    for i, start in enumerate(starts):
+        for j, (a, b, text) in enumerate(
+            ((0.0, 1.2, "Hello from whisper api."), (1.2, 2.4, "The quick brown fox."))
+        ):
+            expected += f"{2 * i + j + 1}\n{_srt_time(start + a)} --> {_srt_time(start + b)}\n{text}\n\n"
+    assert srt == expected
+
+
+def _srt_time(seconds: float) -> str:
+    ms = round(seconds * 1000)
+    return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
+
+
+def test_a_short_job_is_not_held_behind_a_long_one_and_progress_moves(
+    env, jobs_client, bearer, r, long_audio, make_wav
+):
+    env(WORKER_CONCURRENT_JOBS="2", WORKER_BATCH_SIZE="2")
+    headers = bearer()
+    long_id = _post(jobs_client, headers, long_audio(600), name="lecture.mp3").get_json()["id"]
+    worker = build(worker_settings())
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while jobstore.load(r, long_id).windows < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        short_id = _post(jobs_client, headers, make_wav(3.0)).get_json()["id"]
+        seen: list[float] = []
+        while time.monotonic() < deadline + 60:
+            long_job, short_job = jobstore.load(r, long_id), jobstore.load(r, short_id)
+            seen.append(long_job.progress)
+            if short_job.status is JobStatus.COMPLETED:
+                break
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+
+    assert short_job.status is JobStatus.COMPLETED and short_job.transcription == PHRASE
+    assert long_job.status is JobStatus.PROCESSING  # the short one finished while the long one ran
+    assert 0 < seen[0] <= seen[-1] < 1 and seen == sorted(seen)
+
+
+def test_sequential_decoding_conditions_each_chunk_on_the_text_before(
+    jobs_client, bearer, r, store, long_audio
+):
+    job_id = _post(
+        jobs_client, bearer(), long_audio(60), name="a.mp3", condition_on_previous_text="true"
+    ).get_json()["id"]
+    worker = build(worker_settings())
+
+    assert worker.process(job_id) is True
+
+    job = jobstore.load(r, job_id)
+    assert job.status is JobStatus.COMPLETED and job.options.condition_on_previous_text is True
+    assert worker.engine.batcher.batches == job.windows == 3  # one chunk per batch, in order
+    # The demo checkpoint's script is indexed by position: the previous text as prompt shifts it,
+    # so only the first chunk reads the phrase (the chunks after it emit what the shift leaves).
+    assert job.transcription.startswith(PHRASE) and job.transcription != " ".join([PHRASE] * 3)
+
+
+def test_model_path_is_read_from_the_catalogue(env, model_dir: Path):
+    from shared.catalog import model_path
+
+    assert model_path(worker_settings(), "demo") == model_dir / "demo.pt"
+    assert model_path(worker_settings(), "nope") is None
