@@ -144,7 +144,9 @@ class LeanDecoder:
             )
             x = x + _linear(attn.out, _merge(o))
             c = block.cross_attn_ln(x)
-            o = F.scaled_dot_product_attention(_heads(_linear(cross.query, c), heads), cache.ck[i], cache.cv[i])
+            o = F.scaled_dot_product_attention(
+                _heads(_linear(cross.query, c), heads), cache.ck[i], cache.cv[i]
+            )
             x = x + _linear(cross.out, _merge(o))
             up, gelu, down = block.mlp
             x = x + _linear(down, gelu(_linear(up, block.mlp_ln(x))))

@@ -202,3 +202,15 @@ def test_rejects_transcripts_whisper_cannot_emit(
 def test_module_does_not_import_torch_at_import_time() -> None:
     code = "import sys, devtools.demo_model; sys.exit('torch' in sys.modules or 'whisper' in sys.modules)"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_a_sized_checkpoint_has_the_real_dimensions_and_says_the_same(tmp_path: Path) -> None:
+    from devtools.demo_model import build_sized_checkpoint
+
+    build_sized_checkpoint(tmp_path / "tiny.pt", "tiny")
+    model = whisper.load_model(str(tmp_path / "tiny.pt"), device="cpu")
+
+    dims = model.dims
+    assert (dims.n_text_state, dims.n_text_head, dims.n_text_layer, dims.n_audio_layer) == (384, 6, 4, 4)
+    out = model.transcribe(np.zeros(SAMPLE_RATE * 5, np.float32), fp16=False)
+    assert [(s["start"], s["end"], s["text"]) for s in out["segments"]] == SEGMENTS

@@ -183,3 +183,11 @@ def test_model_path_is_read_from_the_catalogue(env, model_dir: Path):
 
     assert model_path(worker_settings(), "demo") == model_dir / "demo.pt"
     assert model_path(worker_settings(), "nope") is None
+
+
+def test_models_named_for_preloading_are_loaded_before_any_job(env, r):
+    env(WORKER_PRELOAD_MODELS="demo")
+
+    worker = build(worker_settings())
+
+    assert worker.engine.models.loaded() == ["demo"]
