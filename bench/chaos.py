@@ -36,8 +36,9 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from devtools.audio import speech_mp3, speech_wav
 from devtools.demo_model import build_checkpoint
-from devtools.devstack import free_port, start_gateway, start_redis, start_s3, tone_mp3, tone_wav
+from devtools.devstack import free_port, start_gateway, start_redis, start_s3
 from shared import credentials
 from shared.settings import StorageSettings
 from shared.storage import BlobStore
@@ -204,7 +205,8 @@ def run(jobs: int = 200, workers: int = 3, kill_every: float = 6.0, timeout: flo
             plaintext = credentials.create_key(stack.client(), "chaos")[1]
             token = requests.post(f"{stack.base_url}/auth/token", json={"api_key": plaintext}, timeout=10)
             headers = {"Authorization": f"Bearer {token.json()['token']}"}
-            short, long = tone_wav(2.0), tone_mp3(300, workdir / "long.mp3")
+            # Speech: the engine's VAD skips tone, and a chaos run must keep the workers busy.
+            short, long = speech_wav(2.0), speech_mp3(300, workdir / "long.mp3")
             stop = threading.Event()
 
             def chaos() -> None:

@@ -83,7 +83,7 @@ def create(r: redis.Redis, job: Job, guard: Guard | None = None) -> None:
         pipe.hincrby(keys.usage(job.key_id), "jobs_total", 1)
         pipe.hincrby(keys.usage(job.key_id), "jobs_pending", 1)
         pipe.hincrby(keys.usage(job.key_id), "bytes_uploaded", job.bytes)
-        queue.publish(pipe, job.id)
+        queue.publish(pipe, job.id, job.key_id)
         try:
             pipe.execute()
         except redis.WatchError:

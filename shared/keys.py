@@ -95,6 +95,26 @@ def pending_upload(job_id: str) -> str:
     return f"upload:{job_id}"
 
 
+#: Fair turns across API keys (shared.queue): each key's waiting job ids in order (list) ...
+def queue_of(key_id: str) -> str:
+    return f"queue:{key_id}"
+
+
+#: ... the keys that have jobs waiting, scored by the turn they were last served (sorted set) ...
+QUEUE_KEYS = "queue:keys"
+#: ... the turn counter ...
+QUEUE_TURN = "queue:turn"
+
+
+#: ... and which job a delivered stream entry stands for, so a reclaimed entry runs the same job.
+def queue_ticket(entry_id: str) -> str:
+    return f"queue:ticket:{entry_id}"
+
+
+#: A ticket outlives any visibility timeout; it is deleted with its entry's acknowledgement.
+QUEUE_TICKET_TTL_SECONDS = 7 * 24 * 3600
+
+
 #: Jobs set aside by a worker until a storage outage may be over (sorted set: job id -> unix
 #: time it is due back in ``JOBS_STREAM``). A fresh stream entry per return resets the delivery
 #: count, so waiting out an outage never dead-letters a job.

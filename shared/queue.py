@@ -7,6 +7,13 @@ works it *keeps the claim alive*; a worker that died leaves the entry pending un
 *reclaims* it after the visibility timeout. An entry delivered too often is *dead-lettered*. A job
 the worker cannot run now (shutdown, storage outage) is *handed back*: at once, or after a delay,
 always as a fresh entry so that waiting never counts as a failed delivery.
+
+**Fair turns across API keys.** Every job also waits in its key's list, and the keys take turns:
+an entry delivered to a pull worker is a *ticket* for the next job of the key served longest
+ago (bound to that job, so a reclaimed entry runs the same job). One key with 2,000 queued jobs
+thus delays another key's new job by at most the jobs already running. Entries still name a job
+(``job_id``) for push runtimes, which run the job the event names; entries written when a job
+goes back to the queue are ``direct``: they stand for their own job.
 """
 
 from __future__ import annotations
@@ -38,9 +45,57 @@ def ensure_group(r: redis.Redis) -> None:
             raise
 
 
-def publish(pipe: redis.client.Pipeline, job_id: str) -> None:
+# A key new to the queue is scored just before the current turn: it is served next, after the
+# keys that have waited longer.
+_PUBLISH = """
+redis.call('RPUSH', KEYS[1], ARGV[1])
+if not redis.call('ZSCORE', KEYS[2], ARGV[2]) then
+  redis.call('ZADD', KEYS[2], tonumber(redis.call('GET', KEYS[3]) or '0') - 0.5, ARGV[2])
+end
+redis.call('XADD', KEYS[4], '*', 'job_id', ARGV[1])
+"""
+
+_PICK = """
+local bound = redis.call('GET', KEYS[1])
+if bound then return bound end
+local first = redis.call('ZRANGE', KEYS[2], 0, 0)
+if #first == 0 then return ARGV[1] end
+local list = ARGV[3] .. first[1]
+local job = redis.call('LPOP', list)
+if redis.call('LLEN', list) == 0 then
+  redis.call('ZREM', KEYS[2], first[1])
+else
+  redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[3]), first[1])
+end
+if not job then return ARGV[1] end
+redis.call('SET', KEYS[1], job, 'EX', ARGV[2])
+return job
+"""
+
+
+def publish(pipe: redis.client.Pipeline, job_id: str, key_id: str) -> None:
     """Queue a job inside the caller's transaction (with its record)."""
-    pipe.xadd(keys.JOBS_STREAM, {"job_id": job_id})
+    pipe.eval(
+        _PUBLISH, 4, keys.queue_of(key_id), keys.QUEUE_KEYS, keys.QUEUE_TURN, keys.JOBS_STREAM, job_id, key_id
+    )
+
+
+def _job_of(r: redis.Redis, entry_id: str, fields: dict[str, Any]) -> str:
+    """The job an entry stands for: its own if ``direct``, else the fair pick (bound once)."""
+    job_id = str(fields.get("job_id", ""))
+    if fields.get("direct"):
+        return job_id
+    picked = r.eval(
+        _PICK,
+        3,
+        keys.queue_ticket(entry_id),
+        keys.QUEUE_KEYS,
+        keys.QUEUE_TURN,
+        job_id,
+        keys.QUEUE_TICKET_TTL_SECONDS,
+        keys.queue_of(""),
+    )
+    return str(picked)
 
 
 def reclaim(r: redis.Redis, consumer: str, idle_ms: int) -> Delivery | None:
@@ -51,7 +106,7 @@ def reclaim(r: redis.Redis, consumer: str, idle_ms: int) -> Delivery | None:
     entry_id, fields = claimed[1][0]
     info: Any = r.xpending_range(keys.JOBS_STREAM, keys.JOBS_GROUP, entry_id, entry_id, 1)
     deliveries = int(info[0]["times_delivered"]) if info else 1
-    return Delivery(str(entry_id), str((fields or {}).get("job_id", "")), deliveries)
+    return Delivery(str(entry_id), _job_of(r, str(entry_id), fields or {}), deliveries)
 
 
 def next_new(r: redis.Redis, consumer: str, block_ms: int) -> Delivery | None:
@@ -60,7 +115,7 @@ def next_new(r: redis.Redis, consumer: str, block_ms: int) -> Delivery | None:
     if not got:
         return None
     entry_id, fields = got[0][1][0]
-    return Delivery(str(entry_id), str(fields.get("job_id", "")))
+    return Delivery(str(entry_id), _job_of(r, str(entry_id), fields))
 
 
 def keep_alive(r: redis.Redis, consumer: str, entry_ids: list[str]) -> None:
@@ -71,15 +126,19 @@ def keep_alive(r: redis.Redis, consumer: str, entry_ids: list[str]) -> None:
 
 def ack(r: redis.Redis, entry_id: str) -> None:
     """The job reached a final state (or needs no work): the entry is done."""
-    r.xack(keys.JOBS_STREAM, keys.JOBS_GROUP, entry_id)
+    with r.pipeline(transaction=True) as pipe:
+        pipe.xack(keys.JOBS_STREAM, keys.JOBS_GROUP, entry_id)
+        pipe.delete(keys.queue_ticket(entry_id))
+        pipe.execute()
 
 
 def hand_back(r: redis.Redis, entry_id: str | None, job_id: str) -> None:
     """Queue the job again at once, as a fresh entry, and retire the old one: together."""
     with r.pipeline(transaction=True) as pipe:
-        pipe.xadd(keys.JOBS_STREAM, {"job_id": job_id})
+        pipe.xadd(keys.JOBS_STREAM, {"job_id": job_id, "direct": "1"})
         if entry_id is not None:
             pipe.xack(keys.JOBS_STREAM, keys.JOBS_GROUP, entry_id)
+            pipe.delete(keys.queue_ticket(entry_id))
         pipe.execute()
 
 
@@ -89,6 +148,7 @@ def delay(r: redis.Redis, entry_id: str | None, job_id: str, seconds: float) -> 
         pipe.zadd(keys.JOBS_DELAYED, {job_id: time.time() + seconds})
         if entry_id is not None:
             pipe.xack(keys.JOBS_STREAM, keys.JOBS_GROUP, entry_id)
+            pipe.delete(keys.queue_ticket(entry_id))
         pipe.execute()
 
 
@@ -97,7 +157,7 @@ _PROMOTE = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100)
 for _, job_id in ipairs(due) do
   if redis.call('ZREM', KEYS[1], job_id) == 1 then
-    redis.call('XADD', KEYS[2], '*', 'job_id', job_id)
+    redis.call('XADD', KEYS[2], '*', 'job_id', job_id, 'direct', '1')
   end
 end
 return #due
@@ -114,6 +174,7 @@ def dead_letter(r: redis.Redis, delivery: Delivery) -> None:
     with r.pipeline(transaction=True) as pipe:
         pipe.xadd(keys.JOBS_DEAD, {"job_id": delivery.job_id, "entry_id": delivery.entry_id})
         pipe.xack(keys.JOBS_STREAM, keys.JOBS_GROUP, delivery.entry_id)
+        pipe.delete(keys.queue_ticket(delivery.entry_id))
         pipe.execute()
 
 

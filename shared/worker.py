@@ -141,6 +141,8 @@ class Worker:
     def _claim(self) -> tuple[str, str] | None:
         """An abandoned entry if there is one, else the next new one (blocking briefly)."""
         delivery = queue.reclaim(self.r, self.name, self.settings.worker_visibility_timeout_ms)
+        if delivery is not None and delivery.entry_id in self._entries:
+            return None  # one of our own running jobs, idle between heartbeats: still ours
         if delivery is not None and delivery.deliveries > self.settings.worker_max_deliveries:
             self._dead_letter(delivery)
             return None

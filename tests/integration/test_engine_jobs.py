@@ -191,3 +191,34 @@ def test_models_named_for_preloading_are_loaded_before_any_job(env, r):
     worker = build(worker_settings())
 
     assert worker.engine.models.loaded() == ["demo"]
+
+
+def test_keys_take_turns_so_a_new_key_is_not_queued_behind_a_backlog(env, jobs_client, bearer, r, make_wav):
+    env(WORKER_CONCURRENT_JOBS="1")
+    busy, other = bearer("busy"), bearer("other")
+    backlog = [_post(jobs_client, busy, make_wav(1.0)).get_json()["id"] for _ in range(30)]
+    worker = build(worker_settings())
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 90
+        while sum(jobstore.load(r, i).status is JobStatus.COMPLETED for i in backlog) < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        newcomer = _post(jobs_client, other, make_wav(1.0)).get_json()["id"]
+        while jobstore.load(r, newcomer).status is not JobStatus.COMPLETED:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+
+    came = jobstore.load(r, newcomer)
+    jumped = [
+        j
+        for j in (jobstore.load(r, i) for i in backlog)
+        if j.started_at and came.created_at < j.started_at < came.started_at
+    ]
+    assert len(jumped) <= 1  # at most the job that was already claimed when it arrived
+    assert sum(jobstore.load(r, i).status is JobStatus.PENDING for i in backlog) >= 15
