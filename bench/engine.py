@@ -179,7 +179,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} CPU threads")
     with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
         work = Path(tmp)
-        speed(args.sizes.split(","), args.seconds, args.runs, args.batch, args.jobs, work)
+        if args.sizes:  # --sizes "" measures memory only
+            speed(args.sizes.split(","), args.seconds, args.runs, args.batch, args.jobs, work)
         if args.rss_hours:
             rss(args.rss_hours, work)
 

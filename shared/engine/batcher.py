@@ -135,19 +135,24 @@ class Batcher:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            batch = self._take()
-            if not batch:
-                continue
             try:
-                results = self._run(batch)
-            except Exception as exc:  # a failed batch fails its chunks' jobs, never the thread
-                log.exception("a batch of %d chunks failed", len(batch))
-                for request in batch:
-                    request.future.set_exception(exc)
-                continue
-            self.batches += 1
-            for request, result in zip(batch, results, strict=True):
-                request.future.set_result(result)
+                batch = self._take()
+                if batch:
+                    self._serve(batch)
+            except Exception:  # the thread must outlive any bug: every job depends on it
+                log.exception("batcher: unexpected error; continuing")
+
+    def _serve(self, batch: list[_Request]) -> None:
+        try:
+            results = self._run(batch)
+        except Exception as exc:  # a failed batch fails its chunks' jobs, never the thread
+            log.exception("a batch of %d chunks failed", len(batch))
+            for request in batch:
+                request.future.set_exception(exc)
+            return
+        self.batches += 1
+        for request, result in zip(batch, results, strict=True):
+            request.future.set_result(result)
 
     def _take(self) -> list[_Request]:
         with self._cond:

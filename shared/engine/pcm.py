@@ -12,7 +12,7 @@ import select
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any
 
 import numpy as np
@@ -67,7 +67,7 @@ class PcmStream:
         audio = max(self.expected, self.samples / SAMPLE_RATE)
         return self.base_seconds + DECODE_SECONDS_PER_AUDIO_SECOND * audio
 
-    def __iter__(self) -> Iterator[Samples]:
+    def __iter__(self) -> Generator[Samples, None, None]:
         with tempfile.TemporaryFile() as errors:
             proc = subprocess.Popen(
                 self.command, stdout=subprocess.PIPE, stderr=errors, stdin=subprocess.DEVNULL
@@ -83,7 +83,7 @@ class PcmStream:
                 proc.stdout.close()
             self._check_exit(proc.returncode, errors)
 
-    def _pieces(self, fd: int) -> Iterator[Samples]:
+    def _pieces(self, fd: int) -> Generator[Samples, None, None]:
         waited, pending = 0.0, b""
         limit = int(self.max_seconds * SAMPLE_RATE)
         while True:

@@ -57,9 +57,10 @@ class Engine:
         model = self.models.get(options.model)
         run = _Run(self, model, options, checkpoint)
         stream = PcmStream(path, expected_seconds=expected_seconds, max_seconds=max_seconds)
+        pieces = iter(stream)
         try:
             chunker = Chunker()
-            for piece in stream:
+            for piece in pieces:
                 for chunk in chunker.feed(piece):
                     run.submit(chunk)
                 run.scanned(chunker.scanned)
@@ -68,6 +69,7 @@ class Engine:
             run.drain(block=True)
         finally:
             self.batcher.close(run.feed)
+            pieces.close()  # stops ffmpeg at once when the job ends early (cancel, failure)
         return run.result(stream.samples / SAMPLE_RATE)
 
 
