@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared.languages import normalize_language
+from shared.subtitles import SubtitleOptions
 
 
 class JobStatus(str, Enum):
@@ -73,6 +74,8 @@ class JobOptions(BaseModel):
     threads: int | None = Field(default=None, ge=1, le=64)
     word_timestamps: bool = False
     initial_prompt: str | None = Field(default=None, max_length=1000)
+    #: How SRT and VTT results are cut into cues unless a download asks otherwise.
+    subtitles: SubtitleOptions = SubtitleOptions()
 
     @field_validator("model")
     @classmethod

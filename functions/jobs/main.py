@@ -26,6 +26,7 @@ from shared import (
     openai_compat,
     openapi,
     storage_events,
+    subtitles,
     usage,
     webhooks,
 )
@@ -177,8 +178,10 @@ def delete_job(request: Request, job_id: str) -> Response:
 def get_result(request: Request, job_id: str) -> Response:
     key = _caller(request)
     settings = jobs_settings()
+    args = query_args(request, "format", *subtitles.FIELDS)
+    cut = subtitles.parse(args.to_dict())
     body, content_type = job_service.result(
-        connect(settings), BlobStore(settings), key.id, job_id, query_args(request, "format").get("format")
+        connect(settings), BlobStore(settings), key.id, job_id, args.get("format"), cut
     )
     return Response(body, content_type=content_type)
 
