@@ -19,6 +19,7 @@ from werkzeug.routing import Map, Rule
 
 from shared import (
     credentials,
+    events,
     fetch,
     health,
     inbox,
@@ -186,6 +187,20 @@ def get_result(request: Request, job_id: str) -> Response:
     return Response(body, content_type=content_type)
 
 
+def job_events(request: Request, job_id: str) -> Response:
+    """Server-Sent Events of one job: replayed, then live, until it ends (``shared.events``)."""
+    key = _caller(request)
+    settings = jobs_settings()
+    r = connect(settings)
+    job = job_service.get_job(r, key.id, job_id)
+    last_event_id = events.check_event_id(request.headers.get("Last-Event-ID"))
+    # A blocked read must return well inside the Redis client's socket timeout.
+    block = min(events.KEEPALIVE_SECONDS, settings.redis_timeout_seconds / 2)
+    follow = events.follow(r, job, last_event_id, block_seconds=block, max_seconds=events.MAX_STREAM_SECONDS)
+    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    return Response(events.stream(follow), content_type="text/event-stream", headers=headers)
+
+
 def get_usage(request: Request) -> Response:
     key = _caller(request)
     return json_response(usage.read(connect(jobs_settings()), key.id))
@@ -268,6 +283,7 @@ _ROUTES = Map(
         Rule("/transcribe/<job_id>", methods=["DELETE"], endpoint=delete_job),
         Rule("/transcribe/<job_id>/result", methods=["GET"], endpoint=get_result),
         Rule("/transcribe/<job_id>/cancel", methods=["POST"], endpoint=cancel_job),
+        Rule("/transcribe/<job_id>/events", methods=["GET"], endpoint=job_events),
         Rule("/uploads", methods=["POST"], endpoint=start_upload),
         Rule("/uploads/<job_id>/complete", methods=["POST"], endpoint=complete_upload),
         Rule("/hooks/storage", methods=["POST"], endpoint=storage_hook),
