@@ -250,8 +250,13 @@ def result(
     key = result_key(key_id, job.id)
     if not store.exists(key):
         raise GoneError(f"the result of job {job_id} has expired under this server's retention policy")
-    stored = TranscriptResult.model_validate_json(store.get_bytes(key))
+    stored = stored_result(store, job)
     return render(stored, chosen, job.options.subtitles.merged(cut or subtitles.SubtitleOptions()))
+
+
+def stored_result(store: BlobStore, job: Job) -> TranscriptResult:
+    """The canonical result of a completed job, as the worker stored it."""
+    return TranscriptResult.model_validate_json(store.get_bytes(result_key(job.key_id, job.id)))
 
 
 def model_path(settings: ModelSettings, name: str) -> Path | None:

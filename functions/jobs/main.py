@@ -14,10 +14,12 @@ from typing import Any
 import functions_framework
 from flask import Request, Response, current_app, has_app_context
 from pydantic import BaseModel, ConfigDict
+from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, Rule
 
 from shared import (
+    asr_compat,
     credentials,
     events,
     fetch,
@@ -35,9 +37,9 @@ from shared.credentials import ApiKey
 from shared.errors import ValidationError
 from shared.http import guarded, json_response, query_args, to_response
 from shared.logs import configure_logging
-from shared.models import JobOptions, Task
+from shared.models import JobOptions, Task, TranscriptResult
 from shared.redis_client import connect
-from shared.settings import jobs_settings
+from shared.settings import JobsSettings, jobs_settings
 from shared.storage import BlobStore
 from shared.uploads import Upload, audio_file, receive
 
@@ -269,6 +271,37 @@ def _openai_audio(request: Request, task: Task) -> Response:
     return Response(body, content_type=content_type)
 
 
+def asr(request: Request) -> Response:
+    """whisper-asr-webservice's ``POST /asr``: a job, waited for, answered in ``output``."""
+    asked, result, filename = _asr_job(request, asr_compat.parse_asr, asr_compat.ASR_PARAMS)
+    body, headers = asr_compat.answer(result, asked, filename)
+    return Response(body, headers=headers)
+
+
+def detect_language(request: Request) -> Response:
+    """whisper-asr-webservice's ``POST /detect-language``: a job on the first 30 s."""
+    _, result, _ = _asr_job(
+        request, asr_compat.parse_detect, asr_compat.DETECT_PARAMS, asr_compat.DETECT_SECONDS
+    )
+    return json_response(asr_compat.detected(result))
+
+
+def _asr_job(
+    request: Request,
+    parse: Callable[[MultiDict[str, str], JobsSettings], asr_compat.AsrRequest],
+    params: tuple[str, ...],
+    first_seconds: int | None = None,
+) -> tuple[asr_compat.AsrRequest, TranscriptResult, str | None]:
+    settings = jobs_settings()
+    r, store = connect(settings), BlobStore(settings)
+    key = asr_compat.authenticate(settings, r, request.headers.get("Authorization"))
+    asked = parse(query_args(request, *params), settings)
+    with receive(request, settings.max_upload_bytes, file_field=asr_compat.FILE_FIELD) as form:
+        upload = audio_file(form, asr_compat.FILE_FIELD, settings.max_upload_bytes)
+        result = asr_compat.transcribe(r, store, settings, key.id, upload, asked, first_seconds=first_seconds)
+    return asked, result, upload.filename
+
+
 def openai_models(request: Request) -> Response:
     settings = jobs_settings()
     openai_compat.authenticate(settings, connect(settings), request.headers.get("Authorization"))
@@ -292,6 +325,8 @@ _ROUTES = Map(
         Rule("/webhook", methods=["PUT"], endpoint=put_webhook),
         Rule("/webhook/rotate", methods=["POST"], endpoint=rotate_webhook_secret),
         Rule("/health", methods=["GET"], endpoint=get_health),
+        Rule("/asr", methods=["POST"], endpoint=asr),
+        Rule("/detect-language", methods=["POST"], endpoint=detect_language),
         Rule("/openapi.json", methods=["GET"], endpoint=get_openapi),
         Rule("/docs", methods=["GET"], endpoint=get_docs),
         Rule("/docs/<name>", methods=["GET"], endpoint=get_docs_asset),

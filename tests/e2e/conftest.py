@@ -36,7 +36,9 @@ class Service:
         return done.stdout
 
     def token(self, name: str = "e2e") -> str:
-        key = self.cli("keys", "create", "--name", name).strip().splitlines()[-1]
+        return self.token_for(self.cli("keys", "create", "--name", name).strip().splitlines()[-1])
+
+    def token_for(self, key: str) -> str:
         resp = requests.post(f"{self.base_url}/auth/token", json={"api_key": key}, timeout=10)
         resp.raise_for_status()
         return str(resp.json()["token"])
