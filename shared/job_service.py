@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -252,6 +253,16 @@ def result(
         raise GoneError(f"the result of job {job_id} has expired under this server's retention policy")
     stored = stored_result(store, job)
     return render(stored, chosen, job.options.subtitles.merged(cut or subtitles.SubtitleOptions()))
+
+
+def audio(r: redis.Redis, store: BlobStore, key_id: str, job_id: str) -> tuple[Iterator[bytes], int, str]:
+    """The job's stored audio as uploaded (pieces, size, content type); 410 once it is removed
+    (finished jobs keep it for ``RETAIN_AUDIO_SECONDS``, canceled ones not at all)."""
+    job = jobstore.get_owned(r, key_id, job_id)
+    if not store.exists(job.audio_key):
+        raise GoneError(f"the audio of job {job_id} is no longer stored")
+    chunks, size, content_type = store.stream(job.audio_key)
+    return chunks, size, content_type or "application/octet-stream"
 
 
 def stored_result(store: BlobStore, job: Job) -> TranscriptResult:

@@ -32,6 +32,7 @@ from shared import (
     subtitles,
     usage,
     webhooks,
+    webpage,
 )
 from shared.credentials import ApiKey
 from shared.errors import ValidationError
@@ -237,6 +238,22 @@ def get_health(request: Request) -> Response:
     return json_response(report, 200 if healthy else 503)
 
 
+def get_page(request: Request) -> Response:
+    return Response(webpage.page(), content_type="text/html; charset=utf-8", headers=webpage.SECURITY_HEADERS)
+
+
+def get_page_asset(request: Request, name: str) -> Response:
+    body, content_type = webpage.asset(name)
+    return Response(body, content_type=content_type, headers={"Cache-Control": "no-cache"})
+
+
+def get_audio(request: Request, job_id: str) -> Response:
+    key = _caller(request)
+    settings = jobs_settings()
+    chunks, size, content_type = job_service.audio(connect(settings), BlobStore(settings), key.id, job_id)
+    return Response(chunks, content_type=content_type, headers={"Content-Length": str(size)})
+
+
 def get_openapi(request: Request) -> Response:
     return Response(openapi.document_json(), content_type="application/json")
 
@@ -317,6 +334,9 @@ _ROUTES = Map(
         Rule("/transcribe/<job_id>/result", methods=["GET"], endpoint=get_result),
         Rule("/transcribe/<job_id>/cancel", methods=["POST"], endpoint=cancel_job),
         Rule("/transcribe/<job_id>/events", methods=["GET"], endpoint=job_events),
+        Rule("/transcribe/<job_id>/audio", methods=["GET"], endpoint=get_audio),
+        Rule("/", methods=["GET"], endpoint=get_page),
+        Rule("/web/<name>", methods=["GET"], endpoint=get_page_asset),
         Rule("/uploads", methods=["POST"], endpoint=start_upload),
         Rule("/uploads/<job_id>/complete", methods=["POST"], endpoint=complete_upload),
         Rule("/hooks/storage", methods=["POST"], endpoint=storage_hook),

@@ -92,9 +92,11 @@ def test_the_document_protects_every_route_but_the_public_ones():
         ("GET", "/openapi.json"),
         ("GET", "/docs"),
         ("GET", "/docs/{name}"),
+        ("GET", "/"),
+        ("GET", "/web/{name}"),
     }
-    # 14 native (storage hook included), 3 under /v1, 2 of whisper-asr-webservice's
-    assert len(_protected_operations()) == 19
+    # 15 native (storage hook included), 3 under /v1, 2 of whisper-asr-webservice's
+    assert len(_protected_operations()) == 20
 
 
 @pytest.mark.parametrize(("method", "path"), _protected_operations())

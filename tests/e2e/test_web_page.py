@@ -1,0 +1,170 @@
+"""The web page at ``/`` in headless Chromium (Debian's ``chromium`` and ``chromium-driver``,
+driven by selenium), against the served functions and a real worker: sign in, upload, follow
+the job, read the transcript along the audio, download a result, and the error messages."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.e2e.test_service import SRT
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+#: Set to a path to keep the reading view's screenshot (docs/reading-view.png is made so).
+SCREENSHOT_ENV = "WHISPER_API_SCREENSHOT"
+#: A click seeks and plays: by the time the test reads the position, this much may have played.
+PLAYED = 0.3
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    os.environ.setdefault("SE_OFFLINE", "true")  # selenium must not look for drivers online
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service as DriverService
+
+    downloads = tmp_path_factory.mktemp("downloads")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--mute-audio",
+        "--autoplay-policy=no-user-gesture-required",
+        "--window-size=1280,900",
+    ):
+        options.add_argument(arg)
+    options.add_experimental_option(
+        "prefs", {"download.default_directory": str(downloads), "download.prompt_for_download": False}
+    )
+    driver = webdriver.Chrome(service=DriverService(CHROMEDRIVER), options=options)
+    driver.set_script_timeout(30)
+    driver.downloads = downloads  # type: ignore[attr-defined]
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _wait(driver, condition, budget: float = 60, what: str = "the page"):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, budget, poll_frequency=0.1).until(condition, f"{what} within {budget} s")
+
+
+def _position(driver) -> float:
+    return float(driver.execute_script("return document.getElementById('player').currentTime"))
+
+
+def _visible(driver, element_id: str) -> bool:
+    return bool(driver.execute_script(f"return !document.getElementById('{element_id}').hidden"))
+
+
+def _sign_in(driver, base_url: str, key: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.get(f"{base_url}/")
+    driver.execute_script("sessionStorage.clear()")
+    driver.get(f"{base_url}/")
+    field = driver.find_element(By.ID, "api-key")
+    field.send_keys(key)
+    field.submit()
+
+
+def test_sign_in_upload_read_along_and_download(service, browser, tmp_path, speech_wav):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select
+
+    driver = browser
+    key = service.cli("keys", "create", "--name", "web").strip().splitlines()[-1]
+    audio = tmp_path / "greeting.wav"
+    audio.write_bytes(speech_wav)
+
+    _sign_in(driver, service.base_url, key)
+    _wait(driver, lambda d: _visible(d, "app") and d.find_elements(By.CSS_SELECTOR, "#model option"))
+    assert driver.execute_script("return sessionStorage.length") == 1 and key not in driver.current_url
+    Select(driver.find_element(By.ID, "model")).select_by_value("demo")
+    driver.find_element(By.ID, "file").send_keys(str(audio))
+    assert driver.find_element(By.ID, "file-name").text.startswith("greeting.wav (")
+    driver.find_element(By.ID, "start").click()
+
+    # Completed: the reading view opens with the transcript beside the tab's own audio.
+    _wait(
+        driver, lambda d: _visible(d, "reader") and d.find_elements(By.CSS_SELECTOR, "#transcript .segment")
+    )
+    assert driver.find_element(By.ID, "job-text").text == "completed"
+    assert driver.find_element(By.ID, "upload-text").text == "uploaded"
+    segments = driver.find_elements(By.CSS_SELECTOR, "#transcript .segment")
+    assert [s.text for s in segments] == ["0:00.0 Hello from whisper api.", "0:01.2 The quick brown fox."]
+    _wait(driver, lambda d: d.execute_script("return document.getElementById('player').readyState >= 1"))
+
+    segments[1].click()
+    assert 1.2 <= _position(driver) < 1.2 + PLAYED
+    _wait(driver, lambda d: "playing" in segments[1].get_attribute("class"), what="the highlight")
+    # By keyboard: focus the first segment and press Enter.
+    segments[0].send_keys(Keys.ENTER)
+    assert 0.0 <= _position(driver) < PLAYED
+    segments[1].click()
+    driver.execute_script("document.getElementById('player').pause()")
+    shot = Path(os.environ.get(SCREENSHOT_ENV) or tmp_path / "reading-view.png")
+    driver.save_screenshot(str(shot))
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # The jobs list, newest first, and a download that is exactly the API's SRT.
+    rows = driver.find_elements(By.CSS_SELECTOR, "#job-rows tr")
+    assert [r.find_elements(By.TAG_NAME, "td")[1].text for r in rows] == ["completed"]
+    Select(rows[0].find_element(By.TAG_NAME, "select")).select_by_value("srt")
+    rows[0].find_element(By.XPATH, ".//button[text()='Download']").click()
+    target = driver.downloads / "greeting.srt"
+    _wait(driver, lambda _: target.exists() and target.stat().st_size > 0, what="the download")
+    token = {"Authorization": f"Bearer {service.token_for(key)}"}
+    job_id = rows[0].get_attribute("data-job")
+    api = requests.get(f"{service.base_url}/transcribe/{job_id}/result?format=srt", headers=token, timeout=10)
+    assert target.read_text() == api.text == SRT
+
+    # Readable at 360 px: nothing wider than the screen.
+    driver.set_window_size(360, 800)
+    time.sleep(0.3)
+    assert driver.execute_script("return document.documentElement.scrollWidth") <= 360
+    driver.set_window_size(1280, 900)
+
+
+def test_errors_are_explained(service, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    _sign_in(driver, service.base_url, "wapi_not_a_key")
+    _wait(driver, lambda d: _visible(d, "message"))
+    assert driver.find_element(By.ID, "message").text == "That API key was not accepted."
+
+    key = service.cli("keys", "create", "--name", "web-errors").strip().splitlines()[-1]
+    _sign_in(driver, service.base_url, key)
+    _wait(driver, lambda d: _visible(d, "app") and d.find_elements(By.CSS_SELECTOR, "#model option"))
+    text = tmp_path / "notes.wav"
+    text.write_text("not audio at all\n" * 10)
+    driver.find_element(By.ID, "file").send_keys(str(text))
+    driver.find_element(By.ID, "start").click()
+    _wait(driver, lambda d: _visible(d, "message"))
+    assert driver.find_element(By.ID, "message").text.startswith(
+        "That file is not audio this server can read. the file is not decodable audio"
+    )
+
+    driver.find_element(By.ID, "language").send_keys("klingon")
+    driver.find_element(By.ID, "start").click()
+    _wait(driver, lambda d: "Please check the form" in d.find_element(By.ID, "message").text)
+    assert "unknown language 'klingon'" in driver.find_element(By.ID, "message").text
+
+    # A token that stops working signs the page out with a message that says so.
+    driver.execute_script("sessionStorage.setItem('whisper-api.token', 'expired')")
+    driver.find_element(By.ID, "refresh").click()
+    _wait(driver, lambda d: _visible(d, "sign-in"))
+    assert driver.find_element(By.ID, "message").text.startswith("You are signed out")
