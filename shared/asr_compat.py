@@ -67,6 +67,9 @@ PCM_RATE, PCM_WIDTH = 16_000, 2
 DETECT_SECONDS = 30
 _FFMPEG_TIMEOUT_SECONDS = 120
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+#: ``initial_prompt`` travels in the URL here: 250 characters, even at 4 UTF-8 bytes each
+#: percent-encoded, stay inside the request-line limit of the HTTP server (4094 bytes).
+ASR_PROMPT_MAX_CHARS = 250
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,8 @@ def parse_asr(args: MultiDict[str, str], settings: ModelSettings) -> AsrRequest:
     if _flag(args, "diarize", False):
         raise ValidationError.for_field("diarize", "speaker diarization is not offered by this server")
     _flag(args, "vad_filter", False)  # accepted as that service accepts it; see the README
+    if len(args.get("initial_prompt", "")) > ASR_PROMPT_MAX_CHARS:
+        raise ValidationError.for_field("initial_prompt", f"at most {ASR_PROMPT_MAX_CHARS} characters")
     raw: dict[str, Any] = {
         "task": args.get("task") or "transcribe",
         "language": args.get("language"),

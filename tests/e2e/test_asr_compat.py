@@ -89,6 +89,7 @@ def test_detect_language_names_the_language_and_its_code(service, speech_wav):
         ({"encode": "maybe"}, "encode"),
         ({"language": "klingon"}, "language"),
         ({"model": "demo"}, "model"),
+        ({"initial_prompt": "x" * 251}, "initial_prompt"),
     ],
 )
 def test_asr_refuses_what_it_cannot_do_as_problem_json(service, auth_headers, make_wav, params, field):
