@@ -17,6 +17,7 @@ from tests.e2e.test_service import SRT
 pytestmark = pytest.mark.e2e
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+_BY_CSS = "css selector"  # selenium's By.CSS_SELECTOR, without importing selenium at collection
 #: Set to a path to keep the reading view's screenshot (docs/reading-view.png is made so).
 SCREENSHOT_ENV = "WHISPER_API_SCREENSHOT"
 #: A click seeks and plays: by the time the test reads the position, this much may have played.
@@ -64,6 +65,13 @@ def _position(driver) -> float:
     return float(driver.execute_script("return document.getElementById('player').currentTime"))
 
 
+def _word_at(driver, t: float) -> str:
+    for word in driver.find_elements(_BY_CSS, "#transcript .word"):
+        if float(word.get_attribute("data-start")) <= t < float(word.get_attribute("data-end")):
+            return str(word.text)
+    return ""
+
+
 def _visible(driver, element_id: str) -> bool:
     return bool(driver.execute_script(f"return !document.getElementById('{element_id}').hidden"))
 
@@ -93,6 +101,7 @@ def test_sign_in_upload_read_along_and_download(service, browser, tmp_path, spee
     _wait(driver, lambda d: _visible(d, "app") and d.find_elements(By.CSS_SELECTOR, "#model option"))
     assert driver.execute_script("return sessionStorage.length") == 1 and key not in driver.current_url
     Select(driver.find_element(By.ID, "model")).select_by_value("demo")
+    driver.find_element(By.ID, "words").send_keys(Keys.SPACE)  # word timings, by keyboard
     driver.find_element(By.ID, "file").send_keys(str(audio))
     assert driver.find_element(By.ID, "file-name").text.startswith("greeting.wav (")
     driver.find_element(By.ID, "start").click()
@@ -110,6 +119,11 @@ def test_sign_in_upload_read_along_and_download(service, browser, tmp_path, spee
     segments[1].click()
     assert 1.2 <= _position(driver) < 1.2 + PLAYED
     _wait(driver, lambda d: "playing" in segments[1].get_attribute("class"), what="the highlight")
+    driver.execute_script("document.getElementById('player').pause()")
+    # With word timings, the word being spoken is highlighted inside the segment being played.
+    spoken = driver.find_elements(By.CSS_SELECTOR, "#transcript .word.spoken")
+    assert [w.text for w in spoken] == [_word_at(driver, _position(driver))]
+    assert segments[1].find_elements(By.CSS_SELECTOR, ".word.spoken") == spoken
     # By keyboard: focus the first segment and press Enter.
     segments[0].send_keys(Keys.ENTER)
     assert 0.0 <= _position(driver) < PLAYED
@@ -129,7 +143,8 @@ def test_sign_in_upload_read_along_and_download(service, browser, tmp_path, spee
     token = {"Authorization": f"Bearer {service.token_for(key)}"}
     job_id = rows[0].get_attribute("data-job")
     api = requests.get(f"{service.base_url}/transcribe/{job_id}/result?format=srt", headers=token, timeout=10)
-    assert target.read_text() == api.text == SRT
+    # word timings end the last cue where the 1.68 s recording ends (the job without them: SRT)
+    assert target.read_text() == api.text == SRT.replace("00:00:02,400", "00:00:01,680")
 
     # Readable at 360 px: nothing wider than the screen.
     driver.set_window_size(360, 800)
