@@ -174,3 +174,16 @@ def test_ctrl_c_during_an_upload_leaves_nothing_on_the_server(service, client_en
     headers = _token(service, client_env)
     assert requests.get(f"{service.base_url}/transcribe", headers=headers, timeout=10).json()["jobs"] == []
     assert os.path.getsize(big) == 300 * 1024 * 1024
+
+
+def test_without_an_events_stream_the_job_is_polled(client_env, without_events, tmp_path, speech_wav):
+    source = tmp_path / "polled.wav"
+    source.write_bytes(speech_wav)
+
+    done = _run({**client_env, "WHISPER_API_URL": without_events}, "transcribe", str(source))
+
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "polled.srt").read_text() == SRT
+    assert any(
+        b.startswith("transcribe polled.wav [") and "100% completed" in b for b in done.stderr.splitlines()
+    )

@@ -183,3 +183,23 @@ def test_errors_are_explained(service, browser, tmp_path):
     driver.find_element(By.ID, "refresh").click()
     _wait(driver, lambda d: _visible(d, "sign-in"))
     assert driver.find_element(By.ID, "message").text.startswith("You are signed out")
+
+
+def test_without_an_events_stream_the_page_polls_the_job(
+    service, browser, without_events, tmp_path, make_wav
+):
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    key = service.cli("keys", "create", "--name", "web-poll").strip().splitlines()[-1]
+    audio = tmp_path / "polled.wav"
+    audio.write_bytes(make_wav(1.0))
+
+    _sign_in(driver, without_events, key)
+    _wait(driver, lambda d: _visible(d, "app") and d.find_elements(By.CSS_SELECTOR, "#model option"))
+    driver.find_element(By.ID, "file").send_keys(str(audio))
+    driver.find_element(By.ID, "start").click()
+
+    _wait(driver, lambda d: _visible(d, "reader") and d.find_elements(By.CSS_SELECTOR, "#transcript li"))
+    assert driver.find_element(By.ID, "job-text").text == "completed"
+    assert driver.find_element(By.ID, "reader-title").text == "polled.wav"
