@@ -203,3 +203,27 @@ def test_without_an_events_stream_the_page_polls_the_job(
     _wait(driver, lambda d: _visible(d, "reader") and d.find_elements(By.CSS_SELECTOR, "#transcript li"))
     assert driver.find_element(By.ID, "job-text").text == "completed"
     assert driver.find_element(By.ID, "reader-title").text == "polled.wav"
+
+
+def test_a_running_job_is_canceled_then_deleted_from_the_list(service, browser, tmp_path, long_audio):
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    key = service.cli("keys", "create", "--name", "web-cancel").strip().splitlines()[-1]
+    audio = tmp_path / "long.mp3"
+    audio.write_bytes(long_audio(600))
+    _sign_in(driver, service.base_url, key)
+    _wait(driver, lambda d: _visible(d, "app") and d.find_elements(By.CSS_SELECTOR, "#model option"))
+    driver.find_element(By.ID, "file").send_keys(str(audio))
+    driver.find_element(By.ID, "start").click()
+
+    cancel = "//tr[td[1]='long.mp3']//button[text()='Cancel']"
+    _wait(driver, lambda d: d.find_elements(By.XPATH, cancel), what="the job's Cancel button")
+    driver.find_element(By.XPATH, cancel).click()
+    _wait(driver, lambda d: d.find_elements(By.XPATH, "//tr[td[1]='long.mp3' and td[2]='canceled']"))
+    _wait(driver, lambda d: d.find_element(By.ID, "job-text").text == "canceled", what="the job bar")
+
+    driver.find_element(By.XPATH, "//tr[td[1]='long.mp3']//button[text()='Delete']").click()
+    _wait(driver, lambda d: not d.find_elements(By.CSS_SELECTOR, "#job-rows tr"), what="an empty list")
+    token = {"Authorization": f"Bearer {service.token_for(key)}"}
+    assert requests.get(f"{service.base_url}/transcribe", headers=token, timeout=10).json()["jobs"] == []
