@@ -7,6 +7,11 @@ whisper-api worker                    # run a transcription worker (it also send
 whisper-api webhooks                  # run a webhook dispatcher on its own
 whisper-api dev                       # the whole service locally (see devtools/devstack.py)
 whisper-api models demo PATH          # write the offline demo checkpoint
+
+Client commands (a server's URL and an API key; see shared/client_cli.py):
+
+whisper-api transcribe FILE... [--model M] [--language L] [--task T] [--format srt] [-o OUT]
+whisper-api jobs list|show|result|cancel|delete
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import argparse
 import sys
 from datetime import UTC, datetime
 
-from shared import credentials
+from shared import client_cli, credentials
 from shared.errors import WhisperApiError
 from shared.redis_client import connect
 from shared.settings import redis_settings
@@ -97,6 +102,8 @@ def parser() -> argparse.ArgumentParser:
     demo = model_actions.add_parser("demo", help="write the offline demo checkpoint")
     demo.add_argument("path")
     models.set_defaults(run=_models)
+
+    client_cli.add_commands(sub)
     return top
 
 

@@ -7,6 +7,11 @@ from collections.abc import Callable
 from typing import Any
 
 from shared.models import ResultFormat, TranscriptResult
+from shared.subtitles import SubtitleOptions, cues
+
+#: Formats that are cut into cues, and so take ``SubtitleOptions``.
+SUBTITLE_FORMATS = (ResultFormat.SRT, ResultFormat.VTT)
+_PER_SEGMENT = SubtitleOptions()
 
 CONTENT_TYPES: dict[ResultFormat, str] = {
     ResultFormat.JSON: "application/json",
@@ -27,28 +32,23 @@ def timestamp(seconds: float, decimal: str) -> str:
     return f"{hours:02d}:{minutes:02d}:{secs:02d}{decimal}{millis:03d}"
 
 
-def _cue_text(text: str) -> str:
-    # "-->" inside a cue would end it early in SRT and VTT parsers.
-    return text.strip().replace("-->", "->")
-
-
 def to_text(result: TranscriptResult) -> str:
     return "".join(f"{seg.text.strip()}\n" for seg in result.segments)
 
 
-def to_srt(result: TranscriptResult) -> str:
+def to_srt(result: TranscriptResult, options: SubtitleOptions = _PER_SEGMENT) -> str:
     return "".join(
-        f"{i}\n{timestamp(seg.start, ',')} --> {timestamp(seg.end, ',')}\n{_cue_text(seg.text)}\n\n"
-        for i, seg in enumerate(result.segments, start=1)
+        f"{i}\n{timestamp(cue.start, ',')} --> {timestamp(cue.end, ',')}\n{cue.text}\n\n"
+        for i, cue in enumerate(cues(result, options), start=1)
     )
 
 
-def to_vtt(result: TranscriptResult) -> str:
-    cues = "".join(
-        f"{timestamp(seg.start, '.')} --> {timestamp(seg.end, '.')}\n{_cue_text(seg.text)}\n\n"
-        for seg in result.segments
+def to_vtt(result: TranscriptResult, options: SubtitleOptions = _PER_SEGMENT) -> str:
+    body = "".join(
+        f"{timestamp(cue.start, '.')} --> {timestamp(cue.end, '.')}\n{cue.text}\n\n"
+        for cue in cues(result, options)
     )
-    return f"WEBVTT\n\n{cues}"
+    return f"WEBVTT\n\n{body}"
 
 
 def to_tsv(result: TranscriptResult) -> str:
@@ -79,16 +79,18 @@ def verbose(result: TranscriptResult) -> dict[str, Any]:
     return body
 
 
-_RENDERERS: dict[ResultFormat, Callable[[TranscriptResult], str]] = {
-    ResultFormat.JSON: to_json,
-    ResultFormat.VERBOSE_JSON: lambda result: json.dumps(verbose(result)),
-    ResultFormat.TEXT: to_text,
+_RENDERERS: dict[ResultFormat, Callable[[TranscriptResult, SubtitleOptions], str]] = {
+    ResultFormat.JSON: lambda result, _: to_json(result),
+    ResultFormat.VERBOSE_JSON: lambda result, _: json.dumps(verbose(result)),
+    ResultFormat.TEXT: lambda result, _: to_text(result),
     ResultFormat.SRT: to_srt,
     ResultFormat.VTT: to_vtt,
-    ResultFormat.TSV: to_tsv,
+    ResultFormat.TSV: lambda result, _: to_tsv(result),
 }
 
 
-def render(result: TranscriptResult, fmt: ResultFormat) -> tuple[str, str]:
-    """The body and content type of ``result`` in ``fmt``."""
-    return _RENDERERS[fmt](result), CONTENT_TYPES[fmt]
+def render(
+    result: TranscriptResult, fmt: ResultFormat, subtitles: SubtitleOptions = _PER_SEGMENT
+) -> tuple[str, str]:
+    """The body and content type of ``result`` in ``fmt``; ``subtitles`` cut SRT and VTT cues."""
+    return _RENDERERS[fmt](result, subtitles), CONTENT_TYPES[fmt]

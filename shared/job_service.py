@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,11 +12,11 @@ import pydantic
 import redis
 from pydantic import BaseModel, ConfigDict
 
-from shared import idempotency, jobstore, queue, retention, webhooks
+from shared import idempotency, jobstore, queue, retention, subtitles, webhooks
 from shared.audio import probe_duration
 from shared.catalog import allowed_models
 from shared.errors import ConflictError, GoneError, PayloadTooLargeError, ValidationError
-from shared.formats import render
+from shared.formats import SUBTITLE_FORMATS, render
 from shared.models import Job, JobOptions, JobStatus, TranscriptResult, WebhookState, parse_format
 from shared.settings import ModelSettings, OutboundSettings, RetentionSettings
 from shared.storage import BlobStore, audio_key, result_key
@@ -34,6 +35,7 @@ OPTION_FIELDS = (
     "word_timestamps",
     "initial_prompt",
     "condition_on_previous_text",
+    *subtitles.FIELDS,
 )
 
 
@@ -52,6 +54,10 @@ class _JsonFields(BaseModel):
     word_timestamps: bool | None = None
     initial_prompt: str | None = None
     condition_on_previous_text: bool | None = None
+    max_line_width: int | None = None
+    max_line_count: int | None = None
+    max_words_per_line: int | None = None
+    highlight_words: bool | None = None
     webhook_url: str | None = None
 
 
@@ -71,8 +77,10 @@ def parse_options(raw: dict[str, Any], settings: ModelSettings) -> JobOptions:
     unknown = sorted(set(raw) - set(OPTION_FIELDS))
     if unknown:
         raise ValidationError.for_field(unknown[0], "unknown field")
-    values = {k: v for k, v in raw.items() if v not in (None, "")}
+    cut = subtitles.parse(raw)
+    values = {k: v for k, v in raw.items() if v not in (None, "") and k not in subtitles.FIELDS}
     values.setdefault("model", settings.whisper_default_model)
+    values["subtitles"] = cut
     try:
         options = JobOptions.model_validate(values)
     except pydantic.ValidationError as exc:
@@ -83,6 +91,10 @@ def parse_options(raw: dict[str, Any], settings: ModelSettings) -> JobOptions:
     if options.model not in allowed_models(settings):
         raise ValidationError.for_field(
             "model", f"unknown model {options.model!r}; choose one of {', '.join(allowed_models(settings))}"
+        )
+    if cut.active and not options.word_timestamps:
+        raise ValidationError.for_field(
+            next(iter(cut.model_dump(exclude_defaults=True))), "subtitle options need word_timestamps=true"
         )
     return options
 
@@ -229,17 +241,42 @@ def get_job(r: redis.Redis, key_id: str, job_id: str) -> Job:
     return jobstore.get_owned(r, key_id, job_id)
 
 
-def result(r: redis.Redis, store: BlobStore, key_id: str, job_id: str, fmt: str | None) -> tuple[str, str]:
-    """The job's transcript rendered in ``fmt`` (default: the job's output_format)."""
+def result(
+    r: redis.Redis,
+    store: BlobStore,
+    key_id: str,
+    job_id: str,
+    fmt: str | None,
+    cut: subtitles.SubtitleOptions | None = None,
+) -> tuple[str, str]:
+    """The job's transcript rendered in ``fmt`` (default: the job's output_format); ``cut``
+    overrides the job's subtitle options for SRT and VTT."""
     job = jobstore.get_owned(r, key_id, job_id)
     try:
         chosen = parse_format(fmt) if fmt else job.options.output_format
     except ValueError as exc:
         raise ValidationError.for_field("format", str(exc)) from None
+    if cut is not None and cut.model_fields_set and chosen not in SUBTITLE_FORMATS:
+        raise ValidationError.for_field(sorted(cut.model_fields_set)[0], "applies to srt and vtt only")
     if job.status is not JobStatus.COMPLETED:
         raise ConflictError(f"job {job_id} is {job.status.value}; no result yet")
     key = result_key(key_id, job.id)
     if not store.exists(key):
         raise GoneError(f"the result of job {job_id} has expired under this server's retention policy")
-    stored = TranscriptResult.model_validate_json(store.get_bytes(key))
-    return render(stored, chosen)
+    stored = stored_result(store, job)
+    return render(stored, chosen, job.options.subtitles.merged(cut or subtitles.SubtitleOptions()))
+
+
+def audio(r: redis.Redis, store: BlobStore, key_id: str, job_id: str) -> tuple[Iterator[bytes], int, str]:
+    """The job's stored audio as uploaded (pieces, size, content type); 410 once it is removed
+    (finished jobs keep it for ``RETAIN_AUDIO_SECONDS``, canceled ones not at all)."""
+    job = jobstore.get_owned(r, key_id, job_id)
+    if not store.exists(job.audio_key):
+        raise GoneError(f"the audio of job {job_id} is no longer stored")
+    chunks, size, content_type = store.stream(job.audio_key)
+    return chunks, size, content_type or "application/octet-stream"
+
+
+def stored_result(store: BlobStore, job: Job) -> TranscriptResult:
+    """The canonical result of a completed job, as the worker stored it."""
+    return TranscriptResult.model_validate_json(store.get_bytes(result_key(job.key_id, job.id)))

@@ -4,7 +4,8 @@ A job's record and its usage counters change together in one atomic step: creati
 MULTI/EXEC transaction and every later state change goes through ``_TRANSITION`` (Lua), which
 refuses a change from a state it was not asked to leave. That is what stops a late or duplicate
 worker from overwriting a newer state. Each change is also published on the job's events
-channel (``keys.job_events``) for callers that wait on a job.
+channel (``keys.job_events``) for callers that wait on a job, and appended to the job's event
+log (``keys.job_event_log``, read by ``shared.events``) in the same step.
 """
 
 from __future__ import annotations
@@ -36,11 +37,15 @@ for k, v in pairs(cjson.decode(ARGV[3])) do job[k] = v end
 job['status'] = ARGV[2]
 local encoded = cjson.encode(job)
 redis.call('SET', KEYS[1], encoded, 'KEEPTTL')
+local kind = 'update'
 if from ~= ARGV[2] then
+  kind = 'status'
   redis.call('HINCRBY', KEYS[2], 'jobs_' .. from, -1)
   redis.call('HINCRBY', KEYS[2], 'jobs_' .. ARGV[2], 1)
   redis.call('PUBLISH', ARGV[6], ARGV[2])
 end
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[8], '*', 'kind', kind, 'job', encoded)
+redis.call('EXPIRE', KEYS[3], ARGV[7])
 for k, v in pairs(cjson.decode(ARGV[4])) do
   redis.call('HINCRBYFLOAT', KEYS[2], k, tostring(v))
 end
@@ -84,6 +89,9 @@ def create(r: redis.Redis, job: Job, guard: Guard | None = None) -> None:
         pipe.hincrby(keys.usage(job.key_id), "jobs_pending", 1)
         pipe.hincrby(keys.usage(job.key_id), "bytes_uploaded", job.bytes)
         queue.publish(pipe, job.id, job.key_id)
+        log = keys.job_event_log(job.id)
+        pipe.xadd(log, {"kind": "status", "job": json.dumps(record)}, maxlen=keys.JOB_EVENT_LOG_MAXLEN)
+        pipe.expire(log, keys.JOB_EVENT_LOG_TTL_SECONDS)
         try:
             pipe.execute()
         except redis.WatchError:
@@ -129,15 +137,18 @@ def transition(
     changes = {"updated_at": time.time(), **(fields or {})}
     result: Any = r.eval(
         _TRANSITION,
-        2,
+        3,
         keys.job(job.id),
         keys.usage(job.key_id),
+        keys.job_event_log(job.id),
         " ".join(s.value for s in allowed_from),
         to.value,
         json.dumps(changes),
         json.dumps(usage or {}),
         run_id,
         keys.job_events(job.id),
+        keys.JOB_EVENT_LOG_TTL_SECONDS,
+        keys.JOB_EVENT_LOG_MAXLEN,
     )
     if not result or int(result[0]) != 1:
         return None
@@ -158,6 +169,6 @@ def delete(r: redis.Redis, job: Job) -> None:
     if not job.status.terminal:
         cancel(r, job)
     with r.pipeline(transaction=True) as pipe:
-        pipe.delete(keys.job(job.id))
+        pipe.delete(keys.job(job.id), keys.job_event_log(job.id))
         pipe.zrem(keys.jobs_of(job.key_id), job.id)
         pipe.execute()

@@ -34,6 +34,19 @@ def job_events(job_id: str) -> str:
     return f"job-events:{job_id}"
 
 
+#: Redis Stream of one job's events (status changes, progress, decoded segments) in order, so
+#: ``GET /transcribe/{id}/events`` can replay them and resume after ``Last-Event-ID``.
+def job_event_log(job_id: str) -> str:
+    return f"job-log:{job_id}"
+
+
+#: A client resumes within minutes; a day also covers a page left open overnight. Refreshed
+#: by every event, so only a job quiet that long loses its log (its record still answers).
+JOB_EVENT_LOG_TTL_SECONDS = 24 * 3600
+#: Entries kept per job (approximate trim): a few hours of segments, progress and states.
+JOB_EVENT_LOG_MAXLEN = 10_000
+
+
 #: Job notifications for workers (Redis Stream) and the workers' consumer group.
 JOBS_STREAM = "jobs"
 JOBS_GROUP = "workers"

@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared.languages import normalize_language
+from shared.subtitles import SubtitleOptions
 
 
 class JobStatus(str, Enum):
@@ -76,6 +77,8 @@ class JobOptions(BaseModel):
     #: Decode chunk after chunk, each conditioned on the text before it (whisper's own loop),
     #: instead of batching the chunks: see the README for when that is worth its cost.
     condition_on_previous_text: bool = False
+    #: How SRT and VTT results are cut into cues unless a download asks otherwise.
+    subtitles: SubtitleOptions = SubtitleOptions()
 
     @field_validator("model")
     @classmethod

@@ -56,7 +56,10 @@ _OPTION_FIELDS = {
     "prompt": "initial_prompt",
     "temperature": "temperature",
 }
-_FORM_FIELDS = frozenset({*_OPTION_FIELDS, "response_format", GRANULARITIES_FIELD})
+#: OpenAI's ``stream``: "not supported for the whisper-1 model and will be ignored", so it is
+#: accepted (as a boolean) and the answer is the whole transcript, as OpenAI answers whisper-1.
+STREAM_FIELD = "stream"
+_FORM_FIELDS = frozenset({*_OPTION_FIELDS, "response_format", GRANULARITIES_FIELD, STREAM_FIELD})
 #: Native option names in validation errors, as the OpenAI caller named them.
 _CALLER_NAMES = {native: name for name, native in _OPTION_FIELDS.items()}
 _CALLER_NAMES["output_format"] = "response_format"
@@ -92,6 +95,8 @@ def parse_request(fields: MultiDict[str, str], task: Task, settings: ModelSettin
     response_format = fields.get("response_format") or "json"
     if response_format not in RESPONSE_FORMATS:
         raise ValidationError.for_field("response_format", f"must be one of {', '.join(RESPONSE_FORMATS)}")
+    if fields.get(STREAM_FIELD, "false").lower() not in ("true", "false"):
+        raise ValidationError.for_field(STREAM_FIELD, "must be true or false")
     granularities = _granularities(fields.getlist(GRANULARITIES_FIELD), response_format)
     raw: dict[str, Any] = {native: fields[name] for name, native in _OPTION_FIELDS.items() if name in fields}
     if raw["model"] == OPENAI_MODEL:

@@ -20,6 +20,8 @@ from shared.settings import StorageSettings
 
 #: Parts of 8 MiB keep a 1 GB upload at a few parts in memory at a time.
 _MULTIPART_CHUNK = 8 * 1024 * 1024
+#: Pieces an object is relayed to a client in (``BlobStore.stream``).
+_STREAM_CHUNK = 256 * 1024
 
 
 def audio_key(key_id: str, job_id: str) -> str:
@@ -92,6 +94,13 @@ class BlobStore:
         with _wrapped(f"read {key}"):
             body: bytes = self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
             return body
+
+    def stream(self, key: str) -> tuple[Iterator[bytes], int, str]:
+        """The object's bytes in pieces, its size and content type; None of it is held whole."""
+        with _wrapped(f"read {key}"):
+            got = self._s3.get_object(Bucket=self.bucket, Key=key)
+        body = got["Body"]
+        return body.iter_chunks(_STREAM_CHUNK), int(got["ContentLength"]), str(got.get("ContentType") or "")
 
     def download(self, key: str, path: str) -> None:
         with _wrapped(f"read {key}"):

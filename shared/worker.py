@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 import redis
 
-from shared import jobstore, keys, queue, retention, webhooks
+from shared import events, jobstore, keys, queue, retention, webhooks
 from shared.dispatcher import Dispatcher
 from shared.engine.pipeline import Engine, Progress
 from shared.errors import (
@@ -272,13 +272,13 @@ class Worker:
         deleted, or taken over) or if shutdown's grace period is over."""
         share = min(1.0, progress.seconds / job.duration) if job.duration else 0.0
         fields = {"windows": progress.chunks, "progress": round(share, 4)}
-        if (
-            jobstore.transition(
-                self.r, job, (JobStatus.PROCESSING,), JobStatus.PROCESSING, fields, run_id=run_id
-            )
-            is None
-        ):
+        ours = jobstore.transition(
+            self.r, job, (JobStatus.PROCESSING,), JobStatus.PROCESSING, fields, run_id=run_id
+        )
+        if ours is None:
             raise RunCanceledError(job.id)
+        for segment in progress.segments:  # live events (GET /transcribe/{id}/events)
+            events.publish_segment(self.r, job.id, segment)
         if self.stop.is_set():
             now = time.monotonic()
             self._stop_seen_at = self._stop_seen_at or now

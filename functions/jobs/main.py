@@ -14,11 +14,14 @@ from typing import Any
 import functions_framework
 from flask import Request, Response, current_app, has_app_context
 from pydantic import BaseModel, ConfigDict
+from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, Rule
 
 from shared import (
+    asr_compat,
     credentials,
+    events,
     fetch,
     health,
     inbox,
@@ -26,16 +29,18 @@ from shared import (
     openai_compat,
     openapi,
     storage_events,
+    subtitles,
     usage,
     webhooks,
+    webpage,
 )
 from shared.credentials import ApiKey
 from shared.errors import ValidationError
 from shared.http import guarded, json_response, query_args, to_response
 from shared.logs import configure_logging
-from shared.models import JobOptions, Task
+from shared.models import JobOptions, Task, TranscriptResult
 from shared.redis_client import connect
-from shared.settings import jobs_settings
+from shared.settings import JobsSettings, jobs_settings
 from shared.storage import BlobStore
 from shared.uploads import Upload, audio_file, receive
 
@@ -178,10 +183,26 @@ def delete_job(request: Request, job_id: str) -> Response:
 def get_result(request: Request, job_id: str) -> Response:
     key = _caller(request)
     settings = jobs_settings()
+    args = query_args(request, "format", *subtitles.FIELDS)
+    cut = subtitles.parse(args.to_dict())
     body, content_type = job_service.result(
-        connect(settings), BlobStore(settings), key.id, job_id, query_args(request, "format").get("format")
+        connect(settings), BlobStore(settings), key.id, job_id, args.get("format"), cut
     )
     return Response(body, content_type=content_type)
+
+
+def job_events(request: Request, job_id: str) -> Response:
+    """Server-Sent Events of one job: replayed, then live, until it ends (``shared.events``)."""
+    key = _caller(request)
+    settings = jobs_settings()
+    r = connect(settings)
+    job = job_service.get_job(r, key.id, job_id)
+    last_event_id = events.check_event_id(request.headers.get("Last-Event-ID"))
+    # A blocked read must return well inside the Redis client's socket timeout.
+    block = min(events.KEEPALIVE_SECONDS, settings.redis_timeout_seconds / 2)
+    follow = events.follow(r, job, last_event_id, block_seconds=block, max_seconds=events.MAX_STREAM_SECONDS)
+    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    return Response(events.stream(follow), content_type="text/event-stream", headers=headers)
 
 
 def get_usage(request: Request) -> Response:
@@ -216,6 +237,22 @@ def get_health(request: Request) -> Response:
     settings = jobs_settings()
     healthy, report = health.check(connect(settings), BlobStore(settings), settings.worker_heartbeat_seconds)
     return json_response(report, 200 if healthy else 503)
+
+
+def get_page(request: Request) -> Response:
+    return Response(webpage.page(), content_type="text/html; charset=utf-8", headers=webpage.SECURITY_HEADERS)
+
+
+def get_page_asset(request: Request, name: str) -> Response:
+    body, content_type = webpage.asset(name)
+    return Response(body, content_type=content_type, headers={"Cache-Control": "no-cache"})
+
+
+def get_audio(request: Request, job_id: str) -> Response:
+    key = _caller(request)
+    settings = jobs_settings()
+    chunks, size, content_type = job_service.audio(connect(settings), BlobStore(settings), key.id, job_id)
+    return Response(chunks, content_type=content_type, headers={"Content-Length": str(size)})
 
 
 def get_openapi(request: Request) -> Response:
@@ -254,6 +291,37 @@ def _openai_audio(request: Request, task: Task) -> Response:
     return Response(body, content_type=content_type)
 
 
+def asr(request: Request) -> Response:
+    """whisper-asr-webservice's ``POST /asr``: a job, waited for, answered in ``output``."""
+    asked, result, filename = _asr_job(request, asr_compat.parse_asr, asr_compat.ASR_PARAMS)
+    body, headers = asr_compat.answer(result, asked, filename)
+    return Response(body, headers=headers)
+
+
+def detect_language(request: Request) -> Response:
+    """whisper-asr-webservice's ``POST /detect-language``: a job on the first 30 s."""
+    _, result, _ = _asr_job(
+        request, asr_compat.parse_detect, asr_compat.DETECT_PARAMS, asr_compat.DETECT_SECONDS
+    )
+    return json_response(asr_compat.detected(result))
+
+
+def _asr_job(
+    request: Request,
+    parse: Callable[[MultiDict[str, str], JobsSettings], asr_compat.AsrRequest],
+    params: tuple[str, ...],
+    first_seconds: int | None = None,
+) -> tuple[asr_compat.AsrRequest, TranscriptResult, str | None]:
+    settings = jobs_settings()
+    r, store = connect(settings), BlobStore(settings)
+    key = asr_compat.authenticate(settings, r, request.headers.get("Authorization"))
+    asked = parse(query_args(request, *params), settings)
+    with receive(request, settings.max_upload_bytes, file_field=asr_compat.FILE_FIELD) as form:
+        upload = audio_file(form, asr_compat.FILE_FIELD, settings.max_upload_bytes)
+        result = asr_compat.transcribe(r, store, settings, key.id, upload, asked, first_seconds=first_seconds)
+    return asked, result, upload.filename
+
+
 def openai_models(request: Request) -> Response:
     settings = jobs_settings()
     openai_compat.authenticate(settings, connect(settings), request.headers.get("Authorization"))
@@ -268,6 +336,10 @@ _ROUTES = Map(
         Rule("/transcribe/<job_id>", methods=["DELETE"], endpoint=delete_job),
         Rule("/transcribe/<job_id>/result", methods=["GET"], endpoint=get_result),
         Rule("/transcribe/<job_id>/cancel", methods=["POST"], endpoint=cancel_job),
+        Rule("/transcribe/<job_id>/events", methods=["GET"], endpoint=job_events),
+        Rule("/transcribe/<job_id>/audio", methods=["GET"], endpoint=get_audio),
+        Rule("/", methods=["GET"], endpoint=get_page),
+        Rule("/web/<name>", methods=["GET"], endpoint=get_page_asset),
         Rule("/uploads", methods=["POST"], endpoint=start_upload),
         Rule("/uploads/<job_id>/complete", methods=["POST"], endpoint=complete_upload),
         Rule("/hooks/storage", methods=["POST"], endpoint=storage_hook),
@@ -276,6 +348,8 @@ _ROUTES = Map(
         Rule("/webhook", methods=["PUT"], endpoint=put_webhook),
         Rule("/webhook/rotate", methods=["POST"], endpoint=rotate_webhook_secret),
         Rule("/health", methods=["GET"], endpoint=get_health),
+        Rule("/asr", methods=["POST"], endpoint=asr),
+        Rule("/detect-language", methods=["POST"], endpoint=detect_language),
         Rule("/openapi.json", methods=["GET"], endpoint=get_openapi),
         Rule("/docs", methods=["GET"], endpoint=get_docs),
         Rule("/docs/<name>", methods=["GET"], endpoint=get_docs_asset),

@@ -29,6 +29,7 @@ _SILENT_PROGRESS_SECONDS = 60.0
 class Progress:
     seconds: float  # audio done, from the start of the recording
     chunks: int  # chunks decoded
+    segments: list[Segment]  # the segments final since the last report (times in the recording)
 
 
 def temperatures(start: float) -> tuple[float, ...]:
@@ -84,6 +85,7 @@ class _Run:
         self.language = options.language
         self.pending: deque[tuple[Chunk, Future[ChunkResult]]] = deque()
         self.results: list[ChunkResult] = []
+        self.segments: list[Segment] = []
         self.done_seconds = 0.0
         self.reported = 0.0
         sequential = options.condition_on_previous_text
@@ -126,22 +128,23 @@ class _Run:
                 self.history = (
                     [] if temperature > _PROMPT_RESET_TEMPERATURE else [*self.history, *result.tokens]
                 )
+            new = [
+                _segment(len(self.segments) + i, seg, self.options.word_timestamps)
+                for i, seg in enumerate(result.segments)
+            ]
+            self.segments += new
             self.done_seconds = chunk.end / SAMPLE_RATE
             self.reported = self.done_seconds
-            self.checkpoint(Progress(self.done_seconds, len(self.results)))
+            self.checkpoint(Progress(self.done_seconds, len(self.results), new))
 
     def scanned(self, samples: int) -> None:
         self.drain(block=False)
         seconds = samples / SAMPLE_RATE
         if not self.pending and seconds - self.reported >= _SILENT_PROGRESS_SECONDS:
             self.reported = self.done_seconds = seconds
-            self.checkpoint(Progress(seconds, len(self.results)))
+            self.checkpoint(Progress(seconds, len(self.results), []))
 
     def result(self, duration: float) -> TranscriptResult:
-        segments: list[Segment] = []
-        for chunk_result in self.results:
-            for seg in chunk_result.segments:
-                segments.append(_segment(len(segments), seg, self.options.word_timestamps))
         tokenizer = whisper.tokenizer.get_tokenizer(
             self.model.is_multilingual, num_languages=self.model.num_languages
         )
@@ -153,7 +156,7 @@ class _Run:
             duration=round(duration, 3),
             text=tokenizer.decode(tokens).strip(),
             model=self.options.model,
-            segments=segments,
+            segments=self.segments,
         )
 
 

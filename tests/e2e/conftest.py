@@ -6,9 +6,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -36,7 +38,9 @@ class Service:
         return done.stdout
 
     def token(self, name: str = "e2e") -> str:
-        key = self.cli("keys", "create", "--name", name).strip().splitlines()[-1]
+        return self.token_for(self.cli("keys", "create", "--name", name).strip().splitlines()[-1])
+
+    def token_for(self, key: str) -> str:
         resp = requests.post(f"{self.base_url}/auth/token", json={"api_key": key}, timeout=10)
         resp.raise_for_status()
         return str(resp.json()["token"])
@@ -75,3 +79,42 @@ def auth_headers(service: Service) -> Callable[[str], dict[str, str]]:
         return {"Authorization": f"Bearer {service.token(name)}"}
 
     return make
+
+
+@pytest.fixture
+def without_events(service: Service) -> Iterator[str]:
+    """A gateway in front of the service that answers 404 to every events stream (as an older
+    server would, or a proxy that cannot stream): the base URL of that gateway."""
+
+    class Proxy(BaseHTTPRequestHandler):
+        def _forward(self) -> None:
+            if self.path.endswith("/events"):
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+            resp = requests.request(
+                self.command, service.base_url + self.path, headers=headers, data=body, timeout=60
+            )
+            self.send_response(resp.status_code)
+            for name in ("Content-Type", "Location"):
+                if name in resp.headers:
+                    self.send_header(name, resp.headers[name])
+            self.send_header("Content-Length", str(len(resp.content)))
+            self.end_headers()
+            self.wfile.write(resp.content)
+
+        do_GET = do_POST = do_DELETE = _forward
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -31,6 +31,8 @@ _UPLOADS = [
     ("putWebhook", ["422"]),
     ("createTranscription", ["400", "415"]),
     ("createTranslation", ["400", "415"]),
+    ("asrWebservice", ["415", "422"]),
+    ("asrDetectLanguage", ["415", "422"]),
 ]
 CONFIG = SchemathesisConfig.from_dict(
     {
@@ -90,8 +92,11 @@ def test_the_document_protects_every_route_but_the_public_ones():
         ("GET", "/openapi.json"),
         ("GET", "/docs"),
         ("GET", "/docs/{name}"),
+        ("GET", "/"),
+        ("GET", "/web/{name}"),
     }
-    assert len(_protected_operations()) == 16  # 13 native (storage hook included), 3 under /v1
+    # 15 native (storage hook included), 3 under /v1, 2 of whisper-asr-webservice's
+    assert len(_protected_operations()) == 20
 
 
 @pytest.mark.parametrize(("method", "path"), _protected_operations())
@@ -99,7 +104,11 @@ def test_the_document_protects_every_route_but_the_public_ones():
 def test_every_protected_operation_refuses_a_caller_without_credentials(service, method, path, authorization):
     url = service.base_url + path.replace("{job_id}", "0190f3a1b2c3d4e5f6a7b8c9")
     headers = {"Authorization": authorization} if authorization else {}
-    files = {"file": ("a.wav", b"RIFF"), "audio": ("a.wav", b"RIFF")} if method == "POST" else None
+    files = (
+        {"file": ("a.wav", b"RIFF"), "audio": ("a.wav", b"RIFF"), "audio_file": ("a.wav", b"RIFF")}
+        if method == "POST"
+        else None
+    )
 
     resp = requests.request(method, url, headers=headers, files=files, timeout=30)
 

@@ -56,6 +56,12 @@ def test_create_answers_202_with_the_job_and_stores_audio_by_ids(jobs_client, be
         "word_timestamps": True,
         "initial_prompt": "Hi",
         "condition_on_previous_text": False,
+        "subtitles": {
+            "max_line_width": None,
+            "max_line_count": None,
+            "max_words_per_line": None,
+            "highlight_words": False,
+        },
     }
     assert (job["model"], job["output_format"], job["language"]) == ("demo", "srt", "de")
     assert job["duration"] == 2.0 and job["bytes"] == len(audio)

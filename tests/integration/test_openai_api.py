@@ -108,7 +108,7 @@ def test_unknown_paths_and_methods_under_v1_answer_in_openai_shape(jobs_client, 
         ({"model": "demo", "temperature": "2"}, "temperature"),
         ({"model": "demo", "language": "klingon"}, "language"),
         ({"model": "demo", "prompt": "x" * 1001}, "prompt"),
-        ({"model": "demo", "stream": "true"}, "stream"),
+        ({"model": "demo", "stream": "yes"}, "stream"),
         ({"model": "demo", "timestamp_granularities[]": "word"}, "timestamp_granularities[]"),
         (
             {"model": "demo", "response_format": "srt", "timestamp_granularities[]": "word"},

@@ -60,7 +60,7 @@ def test_every_operation_declares_its_security_and_protected_ones_a_401():
             assert named <= schemes
             if named:
                 assert "401" in operation["responses"], f"{method} {path}"
-    assert schemes == {"bearerToken", "openaiBearer", "storageHookToken"}
+    assert schemes == {"bearerToken", "openaiBearer", "storageHookToken", "apiKeyBasic"}
     v1 = {p for p in openapi.document()["paths"] if p.startswith("/v1/")}
     for path in v1:
         for operation in openapi.document()["paths"][path].values():

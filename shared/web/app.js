@@ -1,0 +1,442 @@
+// whisper-api's web page: plain JavaScript against the public API, no build step.
+// The token lives in sessionStorage (this tab only) and only ever travels in a header.
+"use strict";
+
+const TOKEN_KEY = "whisper-api.token";
+const FORMATS = [["srt", "srt"], ["vtt", "vtt"], ["text", "txt"], ["json", "json"], ["verbose_json", "json"], ["tsv", "tsv"]];
+const FINAL = new Set(["completed", "failed", "canceled"]);
+const $ = (id) => document.getElementById(id);
+const tabAudio = new Map(); // job id -> object URL of the file uploaded in this tab
+let nextCursor = null;
+
+class ApiError extends Error {
+  constructor(status, message, body) {
+    super(message);
+    this.status = status;
+    this.body = body || {};
+  }
+}
+
+// What each refusal means to a person; the API's own detail follows it.
+function explain(status, detail, retryAfter) {
+  const wait = retryAfter ? ` Try again in ${retryAfter} s.` : "";
+  switch (status) {
+    case 401: return "You are signed out: the key was refused or the session expired. Sign in again.";
+    case 413: return `The file is too large for this server. ${detail}`;
+    case 415: return `That file is not audio this server can read. ${detail}`;
+    case 422: return `Please check the form: ${detail}`;
+    case 429: return `Too many requests for this key right now.${wait} ${detail}`;
+    case 503: return `The service is unavailable at the moment.${wait || " Try again shortly."}`;
+    case 0: return `The server could not be reached. ${detail}`;
+    default: return `The request failed (HTTP ${status}): ${detail}`;
+  }
+}
+
+function toError(status, text, retryAfter) {
+  let body = {};
+  try { body = JSON.parse(text); } catch (_) { /* not JSON */ }
+  const detail = body.detail || (body.error && body.error.message) || text || "";
+  return new ApiError(status, explain(status, detail, retryAfter), body);
+}
+
+function showMessage(text, kind = "error") {
+  const box = $("message");
+  box.textContent = text;
+  box.className = kind;
+  box.hidden = !text;
+}
+
+function fail(err) {
+  showMessage(err.message || String(err));
+  if (err.status === 401) signOut(false);
+}
+
+async function api(path, options = {}) {
+  const headers = Object.assign({}, options.headers || {});
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (token && options.auth !== false) headers.Authorization = `Bearer ${token}`;
+  let resp;
+  try {
+    resp = await fetch(path, Object.assign({}, options, { headers }));
+  } catch (err) {
+    throw new ApiError(0, explain(0, String(err)));
+  }
+  if (!resp.ok) throw toError(resp.status, await resp.text(), resp.headers.get("Retry-After"));
+  return resp;
+}
+
+// ---- sign in -------------------------------------------------------------------------------
+
+async function signIn(event) {
+  event.preventDefault();
+  const key = $("api-key").value.trim();
+  try {
+    const resp = await api("/auth/token", {
+      method: "POST", auth: false,
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ api_key: key }),
+    });
+    sessionStorage.setItem(TOKEN_KEY, (await resp.json()).token);
+    $("api-key").value = "";
+    showMessage("");
+    await enter();
+  } catch (err) {
+    showMessage(err.status === 401 ? "That API key was not accepted." : err.message);
+  }
+}
+
+function signOut(clearMessage = true) {
+  sessionStorage.removeItem(TOKEN_KEY);
+  $("app").hidden = true;
+  $("session").hidden = true;
+  $("sign-in").hidden = false;
+  if (clearMessage) showMessage("");
+  $("api-key").focus();
+}
+
+async function enter() {
+  $("sign-in").hidden = true;
+  $("app").hidden = false;
+  $("session").hidden = false;
+  await Promise.all([loadModels(), loadJobs(true)]);
+}
+
+async function loadModels() {
+  const models = (await (await api("/v1/models")).json()).data.map((m) => m.id);
+  const select = $("model");
+  select.replaceChildren(...models.map((id, i) => {
+    const option = document.createElement("option");
+    option.value = id;
+    option.textContent = i === 0 && id === "whisper-1" ? "server default" : id;
+    return option;
+  }));
+}
+
+// ---- a new job -----------------------------------------------------------------------------
+
+function chosenFile() {
+  return $("file").files[0] || null;
+}
+
+function showFile() {
+  const file = chosenFile();
+  $("file-name").textContent = file ? `${file.name} (${(file.size / 1e6).toFixed(1)} MB)` : "No file chosen.";
+}
+
+function upload(form, onProgress) {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", "/transcribe");
+    xhr.setRequestHeader("Authorization", `Bearer ${sessionStorage.getItem(TOKEN_KEY)}`);
+    xhr.upload.onprogress = (e) => { if (e.lengthComputable) onProgress(e.loaded, e.total); };
+    xhr.onload = () => (xhr.status === 202
+      ? resolve(JSON.parse(xhr.responseText))
+      : reject(toError(xhr.status, xhr.responseText, xhr.getResponseHeader("Retry-After"))));
+    xhr.onerror = () => reject(new ApiError(0, explain(0, "the upload was interrupted")));
+    xhr.send(form);
+  });
+}
+
+async function startJob(event) {
+  event.preventDefault();
+  const file = chosenFile();
+  if (!file) { showMessage("Choose or drop a file first."); $("file").focus(); return; }
+  const form = new FormData();
+  form.append("model", $("model").value === "whisper-1" ? "" : $("model").value);
+  form.append("language", $("language").value.trim());
+  form.append("task", $("task").value);
+  form.append("word_timestamps", $("words").checked ? "true" : "false");
+  form.append("audio", file, file.name);
+  showMessage("");
+  $("start").disabled = true;
+  $("progress").hidden = false;
+  $("live").replaceChildren();
+  setBar("job", 0, "");
+  try {
+    const job = await upload(form, (sent, total) => setBar("upload", sent / total,
+      `${(sent / 1e6).toFixed(1)} of ${(total / 1e6).toFixed(1)} MB`));
+    setBar("upload", 1, "uploaded");
+    tabAudio.set(job.id, URL.createObjectURL(file));
+    loadJobs(true);
+    const final = await follow(job.id, onJobEvent);
+    if (final.status === "failed") showMessage(`The job failed: ${final.error}`);
+    await loadJobs(true);
+    if (final.status === "completed") await openReader(final.id);
+  } catch (err) {
+    fail(err);
+  } finally {
+    $("start").disabled = false;
+  }
+}
+
+function setBar(name, fraction, text) {
+  $(`${name}-bar`).value = fraction;
+  $(`${name}-text`).textContent = text;
+}
+
+function onJobEvent(event) {
+  if (event.event === "segment") {
+    const item = document.createElement("li");
+    item.textContent = `${clock(event.data.start)} ${event.data.text.trim()}`;
+    $("live").append(item);
+    return;
+  }
+  const data = event.data;
+  const pct = Math.round((data.progress || 0) * 100);
+  setBar("job", data.progress || 0, data.status === "processing" ? `processing, ${pct}%` : data.status);
+}
+
+// Server-Sent Events read with fetch (EventSource cannot send the Authorization header),
+// resumed with Last-Event-ID when the server closes a long stream; polling if it is missing.
+async function follow(jobId, onEvent) {
+  let last = null;
+  for (;;) {
+    let resp;
+    try {
+      const headers = { Accept: "text/event-stream" };
+      if (last) headers["Last-Event-ID"] = last;
+      resp = await api(`/transcribe/${jobId}/events`, { headers });
+    } catch (err) {
+      if (err.status === 401) throw err;
+      return poll(jobId, onEvent);
+    }
+    const reader = resp.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true });
+      let cut;
+      while ((cut = buffer.indexOf("\n\n")) >= 0) {
+        const event = parseEvent(buffer.slice(0, cut));
+        buffer = buffer.slice(cut + 2);
+        if (!event) continue;
+        if (event.id) last = event.id;
+        onEvent(event);
+        if (event.event === "end") return event.data;
+      }
+    }
+  }
+}
+
+function parseEvent(block) {
+  const event = { event: "message", data: "", id: null };
+  for (const line of block.split("\n")) {
+    if (!line || line.startsWith(":")) continue;
+    const at = line.indexOf(":");
+    const key = at < 0 ? line : line.slice(0, at);
+    const value = at < 0 ? "" : line.slice(at + 1).replace(/^ /, "");
+    if (key === "event") event.event = value;
+    else if (key === "data") event.data += value;
+    else if (key === "id") event.id = value;
+  }
+  if (!event.data) return null;
+  event.data = JSON.parse(event.data);
+  return event;
+}
+
+async function poll(jobId, onEvent) {
+  for (;;) {
+    const job = await (await api(`/transcribe/${jobId}`)).json();
+    if (FINAL.has(job.status)) { onEvent({ event: "end", data: job }); return job; }
+    onEvent({ event: "status", data: job });
+    await new Promise((done) => setTimeout(done, 1000));
+  }
+}
+
+// ---- the caller's jobs ---------------------------------------------------------------------
+
+function clock(seconds) {
+  const s = Math.max(0, seconds || 0);
+  const m = Math.floor(s / 60);
+  return `${m}:${(s - m * 60).toFixed(1).padStart(4, "0")}`;
+}
+
+function button(text, label, onClick) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.textContent = text;
+  b.setAttribute("aria-label", label);
+  b.addEventListener("click", () => onClick().catch(fail));
+  return b;
+}
+
+function stemOf(job) {
+  return (job.filename || job.id).replace(/\.[^.]+$/, "");
+}
+
+function jobRow(job) {
+  const row = document.createElement("tr");
+  row.dataset.job = job.id;
+  const name = job.filename || job.id;
+  const cells = [name, job.status, job.duration == null ? "–" : clock(job.duration),
+    new Date(job.created_at * 1000).toLocaleString()];
+  for (const text of cells) {
+    const cell = document.createElement("td");
+    cell.textContent = text;
+    row.append(cell);
+  }
+  row.children[1].className = `status ${job.status}`;
+  const actions = document.createElement("td");
+  actions.className = "actions";
+  if (job.status === "completed") {
+    actions.append(button("Open", `Open the transcript of ${name}`, () => openReader(job.id)));
+    const select = document.createElement("select");
+    select.setAttribute("aria-label", `Download format for ${name}`);
+    select.replaceChildren(...FORMATS.map(([fmt]) => new Option(fmt, fmt)));
+    actions.append(select, button("Download", `Download the transcript of ${name}`,
+      () => download(job, select.value)));
+  }
+  if (!FINAL.has(job.status)) {
+    actions.append(button("Cancel", `Cancel the job for ${name}`, async () => {
+      await api(`/transcribe/${job.id}/cancel`, { method: "POST" });
+      await loadJobs(true);
+    }));
+  }
+  actions.append(button("Delete", `Delete the job for ${name}`, async () => {
+    await api(`/transcribe/${job.id}`, { method: "DELETE" });
+    if ($("reader").dataset.job === job.id) closeReader();
+    await loadJobs(true);
+  }));
+  row.append(actions);
+  return row;
+}
+
+async function loadJobs(fromStart) {
+  const query = fromStart || !nextCursor ? "" : `&cursor=${encodeURIComponent(nextCursor)}`;
+  const page = await (await api(`/transcribe?limit=20${query}`)).json();
+  const rows = page.jobs.map(jobRow);
+  if (fromStart) $("job-rows").replaceChildren(...rows); else $("job-rows").append(...rows);
+  nextCursor = page.next_cursor;
+  $("more").hidden = !nextCursor;
+}
+
+async function download(job, fmt) {
+  const resp = await api(`/transcribe/${job.id}/result?format=${fmt}`);
+  const url = URL.createObjectURL(await resp.blob());
+  const link = document.createElement("a");
+  link.href = url;
+  link.download = `${stemOf(job)}.${FORMATS.find(([f]) => f === fmt)[1]}`;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+}
+
+// ---- reading view --------------------------------------------------------------------------
+
+async function audioUrl(jobId) {
+  if (tabAudio.has(jobId)) return tabAudio.get(jobId);
+  try {
+    const url = URL.createObjectURL(await (await api(`/transcribe/${jobId}/audio`)).blob());
+    tabAudio.set(jobId, url);
+    return url;
+  } catch (err) {
+    if (err.status === 410) return null;
+    throw err;
+  }
+}
+
+function segmentItem(segment) {
+  const item = document.createElement("li");
+  const seg = document.createElement("button");
+  seg.type = "button";
+  seg.className = "segment";
+  seg.dataset.start = segment.start;
+  seg.dataset.end = segment.end;
+  const time = document.createElement("span");
+  time.className = "time";
+  time.textContent = clock(segment.start);
+  const text = document.createElement("span");
+  text.className = "text";
+  if (segment.words && segment.words.length) {
+    for (const w of segment.words) {
+      const word = document.createElement("span");
+      word.className = "word";
+      word.dataset.start = w.start;
+      word.dataset.end = w.end;
+      word.textContent = w.word;
+      text.append(word);
+    }
+  } else {
+    text.textContent = segment.text.trim();
+  }
+  seg.append(time, " ", text);
+  seg.addEventListener("click", () => {
+    const player = $("player");
+    player.currentTime = segment.start;
+    if (player.src) player.play().catch(() => { /* no audio output: the position still moved */ });
+    highlight(segment.start);
+  });
+  item.append(seg);
+  return item;
+}
+
+async function openReader(jobId) {
+  const [job, result] = await Promise.all([
+    api(`/transcribe/${jobId}`).then((r) => r.json()),
+    api(`/transcribe/${jobId}/result?format=json`).then((r) => r.json()),
+  ]);
+  const reader = $("reader");
+  reader.dataset.job = jobId;
+  $("reader-title").textContent = job.filename || job.id;
+  $("transcript").replaceChildren(...result.segments.map(segmentItem));
+  const url = await audioUrl(jobId);
+  const player = $("player");
+  if (url) player.src = url; else player.removeAttribute("src");
+  player.hidden = !url;
+  $("no-audio").hidden = Boolean(url);
+  reader.hidden = false;
+  reader.scrollIntoView({ block: "start" });
+  const first = $("transcript").querySelector(".segment");
+  if (first) first.focus({ preventScroll: true });
+}
+
+function closeReader() {
+  const reader = $("reader");
+  $("player").pause();
+  reader.hidden = true;
+  delete reader.dataset.job;
+}
+
+// The segment (and word) being played is highlighted and kept in view.
+function highlight(t) {
+  let current = null;
+  for (const seg of document.querySelectorAll("#transcript .segment")) {
+    const on = t >= Number(seg.dataset.start) && t < Number(seg.dataset.end);
+    seg.classList.toggle("playing", on);
+    if (on) { seg.setAttribute("aria-current", "true"); current = seg; } else seg.removeAttribute("aria-current");
+  }
+  for (const word of document.querySelectorAll("#transcript .word")) {
+    word.classList.toggle("spoken", t >= Number(word.dataset.start) && t < Number(word.dataset.end));
+  }
+  if (current) current.scrollIntoView({ block: "nearest" });
+}
+
+// ---- wiring --------------------------------------------------------------------------------
+
+function wireDrop() {
+  const drop = $("drop");
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    drop.classList.remove("over");
+    if (e.dataTransfer.files.length) { $("file").files = e.dataTransfer.files; showFile(); }
+  });
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("sign-in-form").addEventListener("submit", signIn);
+  $("sign-out").addEventListener("click", () => signOut());
+  $("job-form").addEventListener("submit", startJob);
+  $("file").addEventListener("change", showFile);
+  $("refresh").addEventListener("click", () => loadJobs(true).catch(fail));
+  $("more").addEventListener("click", () => loadJobs(false).catch(fail));
+  $("close-reader").addEventListener("click", closeReader);
+  $("player").addEventListener("timeupdate", () => highlight($("player").currentTime));
+  $("player").addEventListener("seeked", () => highlight($("player").currentTime));
+  wireDrop();
+  if (sessionStorage.getItem(TOKEN_KEY)) enter().catch(fail); else $("api-key").focus();
+});

@@ -1,0 +1,120 @@
+"""whisper-asr-webservice's routes (POST /asr, POST /detect-language) and OpenAI's ``stream``
+field, over HTTP against the served functions and a real worker: the requests Bazarr and
+similar tools send, unchanged."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+
+import pytest
+import requests
+
+from tests.e2e.test_service import SRT, TEXT
+
+pytestmark = pytest.mark.e2e
+
+
+def _pcm(wav: bytes) -> bytes:
+    """What Bazarr sends with encode=false: 16 kHz mono s16le, no header."""
+    done = subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-i", "-", "-f", "s16le", "-ac", "1", "-ar", "16000", "-"],
+        input=wav,
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    return done.stdout
+
+
+def _basic(key: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"bazarr:{key}".encode()).decode()}
+
+
+def _asr(service, headers, audio: bytes, path: str = "/asr", **params: str) -> requests.Response:
+    return requests.post(
+        f"{service.base_url}{path}",
+        params=params,
+        files={"audio_file": ("Episode 1.mkv", audio, "application/octet-stream")},
+        headers=headers,
+        timeout=90,
+    )
+
+
+def test_asr_answers_srt_for_an_encoded_file_with_a_token(service, auth_headers, speech_wav):
+    resp = _asr(service, auth_headers("asr"), speech_wav, task="transcribe", language="en", output="srt")
+
+    assert resp.status_code == 200, resp.text
+    assert resp.text == SRT
+    assert resp.headers["Asr-Engine"] == "openai_whisper"
+    assert resp.headers["Content-Disposition"] == 'attachment; filename="Episode 1.srt"'
+
+
+def test_asr_takes_raw_pcm_and_an_api_key_as_bazarr_sends_them(service, speech_wav):
+    key = service.cli("keys", "create", "--name", "bazarr").strip().splitlines()[-1]
+    pcm = _pcm(speech_wav)
+
+    as_basic = _asr(service, _basic(key), pcm, encode="false", output="json", word_timestamps="true")
+    as_bearer = _asr(service, {"Authorization": f"Bearer {key}"}, pcm, encode="false", output="txt")
+
+    assert as_basic.status_code == 200, as_basic.text
+    body = as_basic.json()
+    assert body["text"] == TEXT and body["language"] == "en"
+    # word timings end the last segment where the 1.68 s recording ends
+    assert [(s["start"], s["end"]) for s in body["segments"]] == [(0.0, 1.2), (1.2, 1.68)]
+    assert all(s["words"] for s in body["segments"])
+    assert as_bearer.text == "Hello from whisper api.\nThe quick brown fox.\n"
+    assert as_bearer.headers["Content-Type"] == "text/plain; charset=utf-8"
+    # Each call was a normal job of that key, with the PCM given a WAV header (2 bytes a sample).
+    token = {"Authorization": f"Bearer {service.token_for(key)}"}
+    jobs = requests.get(f"{service.base_url}/transcribe", headers=token, timeout=10).json()["jobs"]
+    assert [(j["filename"], j["status"]) for j in jobs] == [("Episode 1.wav", "completed")] * 2
+    assert jobs[0]["bytes"] == len(pcm) + 44 and jobs[0]["duration"] == round(len(pcm) / 32000, 3)
+
+
+def test_detect_language_names_the_language_and_its_code(service, speech_wav):
+    key = service.cli("keys", "create", "--name", "detect").strip().splitlines()[-1]
+
+    resp = _asr(service, _basic(key), _pcm(speech_wav), path="/detect-language", encode="false")
+
+    assert resp.status_code == 200, resp.text
+    assert resp.json() == {"detected_language": "english", "language_code": "en"}
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"output": "docx"}, "output"),
+        ({"diarize": "true"}, "diarize"),
+        ({"encode": "maybe"}, "encode"),
+        ({"language": "klingon"}, "language"),
+        ({"model": "demo"}, "model"),
+        ({"initial_prompt": "x" * 251}, "initial_prompt"),
+    ],
+)
+def test_asr_refuses_what_it_cannot_do_as_problem_json(service, auth_headers, make_wav, params, field):
+    resp = _asr(service, auth_headers(), make_wav(0.5), **params)
+
+    assert resp.status_code == 422
+    assert resp.headers["Content-Type"] == "application/problem+json"
+    assert resp.json()["errors"][0]["field"] == field
+
+
+def test_asr_refuses_odd_length_pcm_and_missing_credentials(service, auth_headers):
+    odd = _asr(service, auth_headers(), b"\x00\x01\x02", encode="false")
+    assert odd.status_code == 415 and "16-bit PCM" in odd.json()["detail"]
+    assert _asr(service, {}, b"\x00\x01").status_code == 401
+    assert _asr(service, _basic("wapi_nope"), b"\x00\x01").status_code == 401
+
+
+def test_openai_stream_is_accepted_and_ignored_as_for_whisper_1(service, speech_wav):
+    key = service.cli("keys", "create", "--name", "stream").strip().splitlines()[-1]
+    resp = requests.post(
+        f"{service.base_url}/v1/audio/transcriptions",
+        headers={"Authorization": f"Bearer {key}"},
+        files={"file": ("speech.wav", speech_wav, "audio/wav")},
+        data={"model": "whisper-1", "stream": "true"},
+        timeout=90,
+    )
+    assert resp.status_code == 200, resp.text
+    assert resp.json() == {"text": TEXT}

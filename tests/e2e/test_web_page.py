@@ -1,0 +1,229 @@
+"""The web page at ``/`` in headless Chromium (Debian's ``chromium`` and ``chromium-driver``,
+driven by selenium), against the served functions and a real worker: sign in, upload, follow
+the job, read the transcript along the audio, download a result, and the error messages."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.e2e.test_service import SRT
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+_BY_CSS = "css selector"  # selenium's By.CSS_SELECTOR, without importing selenium at collection
+#: Set to a path to keep the reading view's screenshot (docs/reading-view.png is made so).
+SCREENSHOT_ENV = "WHISPER_API_SCREENSHOT"
+#: A click seeks and plays: by the time the test reads the position, this much may have played.
+PLAYED = 0.3
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    os.environ.setdefault("SE_OFFLINE", "true")  # selenium must not look for drivers online
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service as DriverService
+
+    downloads = tmp_path_factory.mktemp("downloads")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--mute-audio",
+        "--autoplay-policy=no-user-gesture-required",
+        "--window-size=1280,900",
+    ):
+        options.add_argument(arg)
+    options.add_experimental_option(
+        "prefs", {"download.default_directory": str(downloads), "download.prompt_for_download": False}
+    )
+    driver = webdriver.Chrome(service=DriverService(CHROMEDRIVER), options=options)
+    driver.set_script_timeout(30)
+    driver.downloads = downloads  # type: ignore[attr-defined]
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _wait(driver, condition, budget: float = 60, what: str = "the page"):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, budget, poll_frequency=0.1).until(condition, f"{what} within {budget} s")
+
+
+def _position(driver) -> float:
+    return float(driver.execute_script("return document.getElementById('player').currentTime"))
+
+
+def _word_at(driver, t: float) -> str:
+    for word in driver.find_elements(_BY_CSS, "#transcript .word"):
+        if float(word.get_attribute("data-start")) <= t < float(word.get_attribute("data-end")):
+            return str(word.text)
+    return ""
+
+
+def _visible(driver, element_id: str) -> bool:
+    return bool(driver.execute_script(f"return !document.getElementById('{element_id}').hidden"))
+
+
+def _sign_in(driver, base_url: str, key: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.get(f"{base_url}/")
+    driver.execute_script("sessionStorage.clear()")
+    driver.get(f"{base_url}/")
+    field = driver.find_element(By.ID, "api-key")
+    field.send_keys(key)
+    field.submit()
+
+
+def test_sign_in_upload_read_along_and_download(service, browser, tmp_path, speech_wav):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select
+
+    driver = browser
+    key = service.cli("keys", "create", "--name", "web").strip().splitlines()[-1]
+    audio = tmp_path / "greeting.wav"
+    audio.write_bytes(speech_wav)
+
+    _sign_in(driver, service.base_url, key)
+    _wait(driver, lambda d: _visible(d, "app") and d.find_elements(By.CSS_SELECTOR, "#model option"))
+    assert driver.execute_script("return sessionStorage.length") == 1 and key not in driver.current_url
+    Select(driver.find_element(By.ID, "model")).select_by_value("demo")
+    driver.find_element(By.ID, "words").send_keys(Keys.SPACE)  # word timings, by keyboard
+    driver.find_element(By.ID, "file").send_keys(str(audio))
+    assert driver.find_element(By.ID, "file-name").text.startswith("greeting.wav (")
+    driver.find_element(By.ID, "start").click()
+
+    # Completed: the reading view opens with the transcript beside the tab's own audio.
+    _wait(
+        driver, lambda d: _visible(d, "reader") and d.find_elements(By.CSS_SELECTOR, "#transcript .segment")
+    )
+    assert driver.find_element(By.ID, "job-text").text == "completed"
+    assert driver.find_element(By.ID, "upload-text").text == "uploaded"
+    segments = driver.find_elements(By.CSS_SELECTOR, "#transcript .segment")
+    assert [s.text for s in segments] == ["0:00.0 Hello from whisper api.", "0:01.2 The quick brown fox."]
+    _wait(driver, lambda d: d.execute_script("return document.getElementById('player').readyState >= 1"))
+
+    segments[1].click()
+    assert 1.2 <= _position(driver) < 1.2 + PLAYED
+    _wait(driver, lambda d: "playing" in segments[1].get_attribute("class"), what="the highlight")
+    driver.execute_script("document.getElementById('player').pause()")
+    # With word timings, the word being spoken is highlighted inside the segment being played.
+    spoken = driver.find_elements(By.CSS_SELECTOR, "#transcript .word.spoken")
+    assert [w.text for w in spoken] == [_word_at(driver, _position(driver))]
+    assert segments[1].find_elements(By.CSS_SELECTOR, ".word.spoken") == spoken
+    # By keyboard: focus the first segment and press Enter.
+    segments[0].send_keys(Keys.ENTER)
+    assert 0.0 <= _position(driver) < PLAYED
+    segments[1].click()
+    driver.execute_script("document.getElementById('player').pause()")
+    shot = Path(os.environ.get(SCREENSHOT_ENV) or tmp_path / "reading-view.png")
+    driver.save_screenshot(str(shot))
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # The jobs list, newest first, and a download that is exactly the API's SRT.
+    rows = driver.find_elements(By.CSS_SELECTOR, "#job-rows tr")
+    assert [r.find_elements(By.TAG_NAME, "td")[1].text for r in rows] == ["completed"]
+    Select(rows[0].find_element(By.TAG_NAME, "select")).select_by_value("srt")
+    rows[0].find_element(By.XPATH, ".//button[text()='Download']").click()
+    target = driver.downloads / "greeting.srt"
+    _wait(driver, lambda _: target.exists() and target.stat().st_size > 0, what="the download")
+    token = {"Authorization": f"Bearer {service.token_for(key)}"}
+    job_id = rows[0].get_attribute("data-job")
+    api = requests.get(f"{service.base_url}/transcribe/{job_id}/result?format=srt", headers=token, timeout=10)
+    # word timings end the last cue where the 1.68 s recording ends (the job without them: SRT)
+    assert target.read_text() == api.text == SRT.replace("00:00:02,400", "00:00:01,680")
+
+    # Readable at 360 px: nothing wider than the screen.
+    driver.set_window_size(360, 800)
+    time.sleep(0.3)
+    assert driver.execute_script("return document.documentElement.scrollWidth") <= 360
+    driver.set_window_size(1280, 900)
+
+
+def test_errors_are_explained(service, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    _sign_in(driver, service.base_url, "wapi_not_a_key")
+    _wait(driver, lambda d: _visible(d, "message"))
+    assert driver.find_element(By.ID, "message").text == "That API key was not accepted."
+
+    key = service.cli("keys", "create", "--name", "web-errors").strip().splitlines()[-1]
+    _sign_in(driver, service.base_url, key)
+    _wait(driver, lambda d: _visible(d, "app") and d.find_elements(By.CSS_SELECTOR, "#model option"))
+    text = tmp_path / "notes.wav"
+    text.write_text("not audio at all\n" * 10)
+    driver.find_element(By.ID, "file").send_keys(str(text))
+    driver.find_element(By.ID, "start").click()
+    _wait(driver, lambda d: _visible(d, "message"))
+    assert driver.find_element(By.ID, "message").text.startswith(
+        "That file is not audio this server can read. the file is not decodable audio"
+    )
+
+    driver.find_element(By.ID, "language").send_keys("klingon")
+    driver.find_element(By.ID, "start").click()
+    _wait(driver, lambda d: "Please check the form" in d.find_element(By.ID, "message").text)
+    assert "unknown language 'klingon'" in driver.find_element(By.ID, "message").text
+
+    # A token that stops working signs the page out with a message that says so.
+    driver.execute_script("sessionStorage.setItem('whisper-api.token', 'expired')")
+    driver.find_element(By.ID, "refresh").click()
+    _wait(driver, lambda d: _visible(d, "sign-in"))
+    assert driver.find_element(By.ID, "message").text.startswith("You are signed out")
+
+
+def test_without_an_events_stream_the_page_polls_the_job(
+    service, browser, without_events, tmp_path, make_wav
+):
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    key = service.cli("keys", "create", "--name", "web-poll").strip().splitlines()[-1]
+    audio = tmp_path / "polled.wav"
+    audio.write_bytes(make_wav(1.0))
+
+    _sign_in(driver, without_events, key)
+    _wait(driver, lambda d: _visible(d, "app") and d.find_elements(By.CSS_SELECTOR, "#model option"))
+    driver.find_element(By.ID, "file").send_keys(str(audio))
+    driver.find_element(By.ID, "start").click()
+
+    _wait(driver, lambda d: _visible(d, "reader") and d.find_elements(By.CSS_SELECTOR, "#transcript li"))
+    assert driver.find_element(By.ID, "job-text").text == "completed"
+    assert driver.find_element(By.ID, "reader-title").text == "polled.wav"
+
+
+def test_a_running_job_is_canceled_then_deleted_from_the_list(service, browser, tmp_path, long_audio):
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    key = service.cli("keys", "create", "--name", "web-cancel").strip().splitlines()[-1]
+    audio = tmp_path / "long.mp3"
+    audio.write_bytes(long_audio(600))
+    _sign_in(driver, service.base_url, key)
+    _wait(driver, lambda d: _visible(d, "app") and d.find_elements(By.CSS_SELECTOR, "#model option"))
+    driver.find_element(By.ID, "file").send_keys(str(audio))
+    driver.find_element(By.ID, "start").click()
+
+    cancel = "//tr[td[1]='long.mp3']//button[text()='Cancel']"
+    _wait(driver, lambda d: d.find_elements(By.XPATH, cancel), what="the job's Cancel button")
+    driver.find_element(By.XPATH, cancel).click()
+    _wait(driver, lambda d: d.find_elements(By.XPATH, "//tr[td[1]='long.mp3' and td[2]='canceled']"))
+    _wait(driver, lambda d: d.find_element(By.ID, "job-text").text == "canceled", what="the job bar")
+
+    driver.find_element(By.XPATH, "//tr[td[1]='long.mp3']//button[text()='Delete']").click()
+    _wait(driver, lambda d: not d.find_elements(By.CSS_SELECTOR, "#job-rows tr"), what="an empty list")
+    token = {"Authorization": f"Bearer {service.token_for(key)}"}
+    assert requests.get(f"{service.base_url}/transcribe", headers=token, timeout=10).json()["jobs"] == []
