@@ -152,6 +152,9 @@ def rss(hours: float, work: Path) -> None:
 
 
 def rss_child(audio: str, model_dir: str) -> None:
+    from shared.engine.memory import bound_heap
+
+    bound_heap()  # as the worker does at start-up (shared.worker.build)
     engine = _engine(Path(model_dir), 8)
     _run_engine(engine, Path(audio), "demo")
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux

@@ -362,9 +362,11 @@ def build(settings: WorkerSettings) -> Worker:
     WORKER_PRELOAD_MODELS."""
     import torch
 
+    from shared.engine.memory import bound_heap
     from shared.engine.models import ModelCache
     from shared.redis_client import connect
 
+    bound_heap()
     if settings.whisper_cpu_threads:
         torch.set_num_threads(settings.whisper_cpu_threads)
     models = ModelCache(settings)

@@ -31,10 +31,12 @@ def _new_job(client, headers, wav: bytes) -> str:
 
 
 def _run_job(r, job_id: str) -> None:
-    """What a worker does: start, finish two windows, decode two segments, complete."""
+    """What a worker does: start, finish two chunks (30 of 40 s done), decode two segments, complete."""
     job = jobstore.load(r, job_id)
     job = jobstore.transition(r, job, (JobStatus.PENDING,), JobStatus.PROCESSING, {"windows": 1})
-    job = jobstore.transition(r, job, (JobStatus.PROCESSING,), JobStatus.PROCESSING, {"windows": 2})
+    job = jobstore.transition(
+        r, job, (JobStatus.PROCESSING,), JobStatus.PROCESSING, {"windows": 2, "progress": 0.75}
+    )
     events.publish_segment(r, job_id, Segment(id=0, start=0.0, end=1.5, text=" Hello", tokens=[5]))
     words = [Word(word=" there", start=1.5, end=2.0, probability=0.5)]
     events.publish_segment(r, job_id, Segment(id=1, start=1.5, end=2.0, text=" there", words=words))
