@@ -25,6 +25,13 @@ OFFICIAL_MODELS: tuple[str, ...] = (
 _PLACEHOLDER_MARKERS = ("change-me", "changeme", "placeholder", "secret", "example", "xxxx")
 
 
+def _names(value: object) -> object:
+    """A comma-separated list from the environment as a tuple of its non-empty names."""
+    if isinstance(value, str):
+        return tuple(name.strip() for name in value.split(",") if name.strip())
+    return value
+
+
 class _Base(BaseSettings):
     model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True)
 
@@ -81,9 +88,7 @@ class ModelSettings(_Base):
     @field_validator("whisper_models", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
-        if isinstance(value, str):
-            return tuple(name.strip() for name in value.split(",") if name.strip())
-        return value
+        return _names(value)
 
     @field_validator("whisper_model_dir", mode="before")
     @classmethod
@@ -224,9 +229,7 @@ class WorkerSettings(StorageSettings, ModelSettings, AudioSettings, WebhookSetti
     @field_validator("worker_preload_models", mode="before")
     @classmethod
     def _split_preload(cls, value: object) -> object:
-        if isinstance(value, str):
-            return tuple(name.strip() for name in value.split(",") if name.strip())
-        return value
+        return _names(value)
 
     def batch_size(self, device: str) -> int:
         if self.worker_batch_size:

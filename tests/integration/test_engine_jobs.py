@@ -3,11 +3,13 @@ limits at intake and in the worker, silence, long recordings in chunks, several 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,20 @@ PHRASE = "Hello from whisper api. The quick brown fox."
 def _post(client, headers, audio: bytes, name: str = "a.wav", **fields):
     data = {"audio": (io.BytesIO(audio), name), "model": "demo", **{k: str(v) for k, v in fields.items()}}
     return client.post("/transcribe", data=data, headers=headers, content_type="multipart/form-data")
+
+
+@contextlib.contextmanager
+def running_worker() -> Iterator[None]:
+    """A worker loop in a thread for the length of the block."""
+    worker = build(worker_settings())
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,))
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=60)
 
 
 def _objects(store) -> list[str]:
@@ -135,11 +151,7 @@ def test_a_short_job_is_not_held_behind_a_long_one_and_progress_moves(
     env(WORKER_CONCURRENT_JOBS="2", WORKER_BATCH_SIZE="2")
     headers = bearer()
     long_id = _post(jobs_client, headers, long_audio(600), name="lecture.mp3").get_json()["id"]
-    worker = build(worker_settings())
-    stop = threading.Event()
-    thread = threading.Thread(target=worker.run, args=(stop,))
-    thread.start()
-    try:
+    with running_worker():
         deadline = time.monotonic() + 60
         while jobstore.load(r, long_id).windows < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -151,9 +163,6 @@ def test_a_short_job_is_not_held_behind_a_long_one_and_progress_moves(
             if short_job.status is JobStatus.COMPLETED:
                 break
             time.sleep(0.05)
-    finally:
-        stop.set()
-        thread.join(timeout=60)
 
     assert short_job.status is JobStatus.COMPLETED and short_job.transcription == PHRASE
     assert long_job.status is JobStatus.PROCESSING  # the short one finished while the long one ran
@@ -197,11 +206,7 @@ def test_keys_take_turns_so_a_new_key_is_not_queued_behind_a_backlog(env, jobs_c
     env(WORKER_CONCURRENT_JOBS="1")
     busy, other = bearer("busy"), bearer("other")
     backlog = [_post(jobs_client, busy, make_wav(1.0)).get_json()["id"] for _ in range(30)]
-    worker = build(worker_settings())
-    stop = threading.Event()
-    thread = threading.Thread(target=worker.run, args=(stop,))
-    thread.start()
-    try:
+    with running_worker():
         deadline = time.monotonic() + 90
         while sum(jobstore.load(r, i).status is JobStatus.COMPLETED for i in backlog) < 3:
             assert time.monotonic() < deadline
@@ -210,9 +215,6 @@ def test_keys_take_turns_so_a_new_key_is_not_queued_behind_a_backlog(env, jobs_c
         while jobstore.load(r, newcomer).status is not JobStatus.COMPLETED:
             assert time.monotonic() < deadline
             time.sleep(0.05)
-    finally:
-        stop.set()
-        thread.join(timeout=60)
 
     came = jobstore.load(r, newcomer)
     jumped = [
