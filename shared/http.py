@@ -14,6 +14,7 @@ from flask import Request, Response
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from shared import edge
 from shared.errors import ClientError, FieldError, PayloadTooLargeError, UnavailableError, ValidationError
 
 log = logging.getLogger("whisper_api.http")
@@ -110,6 +111,10 @@ def guarded(
             return handler(request)
         except Exception as exc:
             return translate(exc)
+        finally:
+            # The answer is known: whatever of the body the handler did not read stays unread
+            # (functions-framework would otherwise read it all before answering).
+            edge.seal(request.environ)
 
     run.__name__ = handler.__name__
     run.__doc__ = handler.__doc__

@@ -152,12 +152,29 @@ class WebhookSettings(RedisSettings, OutboundSettings):
         return value
 
 
-class AuthSettings(RedisSettings, JwtSettings):
+class EdgeSettings(_Base):
+    """Request bodies at the edge (shared.edge): how large, and how fast they must arrive."""
+
+    #: Largest body of every route but the uploads (JSON bodies, forms, notifications).
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    #: A body must have arrived this many seconds after the request started, plus its size at
+    #: ``BODY_MIN_BYTES_PER_SECOND``: a client trickling its body holds a thread no longer.
+    body_timeout_seconds: float = Field(default=10.0, gt=0)
+    body_min_bytes_per_second: int = Field(default=256 * 1024, ge=1)
+
+
+class AuthSettings(RedisSettings, JwtSettings, EdgeSettings):
     """Settings of the auth function."""
 
 
 class JobsSettings(
-    RedisSettings, StorageSettings, JwtSettings, ModelSettings, RetentionSettings, OutboundSettings
+    RedisSettings,
+    StorageSettings,
+    JwtSettings,
+    ModelSettings,
+    RetentionSettings,
+    OutboundSettings,
+    EdgeSettings,
 ):
     """Settings of the jobs function."""
 

@@ -18,10 +18,8 @@ from flask import Request
 from werkzeug.datastructures import FileStorage, MultiDict
 from werkzeug.formparser import FormDataParser
 
+from shared.edge import FORM_OVERHEAD_BYTES
 from shared.errors import PayloadTooLargeError, UnsupportedMediaError, ValidationError
-
-#: Room for the multipart boundaries and the small text fields around the file.
-FORM_OVERHEAD_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)

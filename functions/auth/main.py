@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import functions_framework
-from flask import Request, Response
+from flask import Request, Response, current_app, has_app_context
 from pydantic import BaseModel, ConfigDict
 from werkzeug.exceptions import MethodNotAllowed
 
-from shared import credentials, usage
+from shared import credentials, edge, usage
 from shared.errors import NotFoundError, UnauthorizedError
-from shared.http import guarded, json_response
+from shared.http import guarded, json_response, to_response
 from shared.logs import configure_logging
 from shared.redis_client import connect
 from shared.settings import auth_settings
 
 configure_logging(auth_settings().log_level)  # building settings fails start-up on a bad JWT_SECRET
+if has_app_context():  # inside functions-framework's create_app (see functions/jobs/main.py)
+    edge.install(current_app, edge.policies(auth_settings()), lambda _path, exc: to_response(exc))
 
 
 class TokenRequest(BaseModel):

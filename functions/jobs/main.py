@@ -19,6 +19,7 @@ from werkzeug.routing import Map, Rule
 
 from shared import (
     credentials,
+    edge,
     fetch,
     health,
     inbox,
@@ -40,11 +41,21 @@ from shared.storage import BlobStore
 from shared.uploads import Upload, audio_file, receive
 
 configure_logging(jobs_settings().log_level)  # building settings fails start-up on a bad JWT_SECRET
+
+
+def _refuse(path: str, exc: Exception) -> Response:
+    """An error answered before the app runs (shared.edge), in the route's error shape."""
+    if path == "/v1" or path.startswith("/v1/"):
+        return openai_compat.error_response(exc)
+    return to_response(exc)
+
+
 # functions-framework answers /robots.txt and /favicon.ico itself with Flask's HTML 404 page;
 # this makes those problem+json too. create_app runs this module inside the new app's context;
 # a plain import (tests, tools) has no app to configure.
 if has_app_context():
     current_app.register_error_handler(HTTPException, to_response)
+    edge.install(current_app, edge.policies(jobs_settings(), jobs_settings().max_upload_bytes), _refuse)
 
 Handler = Callable[..., Response]
 
