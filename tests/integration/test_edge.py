@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ import pytest
 import redis
 
 from shared import credentials
-from shared.devstack import free_port, start_gateway
+from shared.devstack import free_port, start_gateway, wait_for_port
 
 
 @dataclass
@@ -265,3 +266,73 @@ def _read_answer_keepalive(sock: socket.socket, started: float) -> int:
     while len(rest) < length:
         rest += sock.recv(65536)
     return int(lines[0].split()[1])
+
+
+# ---- the deployed shape: the same functions behind the compose gateway's nginx.conf ----------
+
+
+@pytest.fixture(scope="module")
+def nginx(gateway: Gateway, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """``infra/gateway/nginx.conf`` as compose runs it, its upstreams pointed at ``gateway``."""
+    conf = (Path(__file__).resolve().parents[2] / "infra" / "gateway" / "nginx.conf").read_text()
+    work = tmp_path_factory.mktemp("nginx")
+    port = free_port()
+    upstream = f"http://127.0.0.1:{gateway.port}"
+    for old, new in {
+        "resolver 127.0.0.11 valid=10s ipv6=off;": "",
+        "worker_processes auto;": "worker_processes 1;",
+        "pid /tmp/nginx.pid;": f"pid {work}/nginx.pid;",
+        "/var/log/nginx/access.log": f"{work}/access.log",
+        "/var/log/nginx/error.log": f"{work}/error.log",
+        "listen 8080;": f"listen 127.0.0.1:{port};",
+        "http://auth:8080": upstream,
+        "http://jobs:8080": upstream,
+    }.items():
+        assert old in conf, old
+        conf = conf.replace(old, new)
+    # Temporary files of buffered bodies go to the test's directory, not /var/lib/nginx.
+    conf = conf.replace(
+        "http {", f"http {{\n    client_body_temp_path {work}/body;\n    proxy_temp_path {work}/proxy;", 1
+    )
+    (work / "nginx.conf").write_text(conf)
+    proc = subprocess.Popen(["nginx", "-c", str(work / "nginx.conf"), "-g", "daemon off;"])
+    try:
+        wait_for_port(port, proc)
+        yield Gateway(port, gateway.pid, gateway.redis_url)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_behind_nginx_small_bodies_are_limited_and_stalled_clients_leave_health_answering(nginx):
+    # A declared body over the small routes' limit is refused by nginx itself, as problem+json
+    sock = _connect(nginx)
+    sock.sendall(_head("POST", "/auth/token", {**JSON, "Content-Length": "700000000"}))
+    answer = _read_answer(sock, time.monotonic())
+    assert (answer.status, answer.headers["content-type"]) == (413, "application/problem+json")
+    sock.close()
+    # 16 trickled small bodies (nginx holds them) and 16 stalled uploads (401 from the function)
+    stalled = []
+    for index in range(32):
+        sock = _connect(nginx)
+        if index % 2:
+            head = _head("POST", "/auth/token", {**JSON, "Content-Length": "60000"})
+        else:
+            head = _head("POST", "/transcribe", {"Content-Type": "multipart/form-data; boundary=b",
+                                                 "Content-Length": "1000000"})  # fmt: skip
+        sock.sendall(head + b"{}")
+        stalled.append(sock)
+    try:
+        started = time.monotonic()
+        probe = _connect(nginx)
+        probe.sendall(_head("GET", "/health", {"Connection": "close"}))
+        answer = _read_answer(probe, started)
+        probe.close()
+        assert answer.status in (200, 503)
+        assert json.loads(answer.body)["redis"] == {"status": "up"}
+        assert answer.seconds < 2.0
+        for sock in stalled[::2]:
+            assert _read_answer(sock, time.monotonic()).status == 401
+    finally:
+        for sock in stalled:
+            sock.close()
