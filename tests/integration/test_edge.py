@@ -336,3 +336,54 @@ def test_behind_nginx_small_bodies_are_limited_and_stalled_clients_leave_health_
     finally:
         for sock in stalled:
             sock.close()
+
+
+# ---- multipart caps (point 3), in-process through functions-framework's app ------------------
+
+
+def _multipart(parts: list[tuple[str, bytes, str | None]]) -> tuple[bytes, str]:
+    body = b""
+    for name, value, filename in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        body += f"--b\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + value + b"\r\n"
+    return body + b"--b--\r\n", "multipart/form-data; boundary=b"
+
+
+FORM_LIMITS = "a form text field may hold at most 16384 bytes, and a form at most 64 parts"
+
+
+def test_a_huge_text_field_is_refused_with_413(jobs_client, bearer, make_wav):
+    body, content_type = _multipart(
+        [("initial_prompt", b"x" * 300_000, None), ("audio", make_wav(), "a.wav")]
+    )
+    resp = jobs_client.post("/transcribe", data=body, content_type=content_type, headers=bearer())
+    assert (resp.status_code, resp.json["detail"]) == (413, FORM_LIMITS)
+
+
+def test_a_form_of_many_parts_is_refused_with_413(jobs_client, bearer, make_wav):
+    parts = [("language", b"en", None)] * 200 + [("audio", make_wav(), "a.wav")]
+    body, content_type = _multipart(parts)
+    resp = jobs_client.post("/transcribe", data=body, content_type=content_type, headers=bearer())
+    assert (resp.status_code, resp.json["detail"]) == (413, FORM_LIMITS)
+
+
+def test_a_huge_text_field_is_refused_in_openai_shape(jobs_client, bearer, make_wav):
+    body, content_type = _multipart([("prompt", b"x" * 300_000, None), ("file", make_wav(), "a.wav")])
+    resp = jobs_client.post(
+        "/v1/audio/transcriptions", data=body, content_type=content_type, headers=bearer()
+    )
+    assert resp.status_code == 413
+    assert resp.json["error"]["message"] == FORM_LIMITS
+    assert resp.json["error"]["code"] == "file_too_large"
+
+
+def test_a_json_body_over_the_small_limit_is_refused_before_it_is_read(jobs_client, bearer):
+    resp = jobs_client.put("/webhook", data=b"{" + b" " * 70_000 + b"}", content_type="application/json",
+                           headers=bearer())  # fmt: skip
+    assert (resp.status_code, resp.json["detail"]) == (
+        413,
+        "the request body is larger than the limit of 65536 bytes",
+    )
+    resp = jobs_client.get("/v1/models", data=b"x" * 70_000, headers=bearer())
+    assert resp.status_code == 413
+    assert resp.json["error"]["message"] == "the request body is larger than the limit of 65536 bytes"
