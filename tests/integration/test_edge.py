@@ -349,7 +349,7 @@ def _multipart(parts: list[tuple[str, bytes, str | None]]) -> tuple[bytes, str]:
     return body + b"--b--\r\n", "multipart/form-data; boundary=b"
 
 
-FORM_LIMITS = "a form text field may hold at most 16384 bytes, and a form at most 64 parts"
+FORM_LIMITS = "a form text field may hold at most 131072 bytes, and a form at most 64 parts"
 
 
 def test_a_huge_text_field_is_refused_with_413(jobs_client, bearer, make_wav):
