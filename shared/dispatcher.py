@@ -115,6 +115,9 @@ class Dispatcher:
             except redis.RedisError as exc:
                 log.warning("webhook dispatcher: Redis unavailable (%s)", exc)
                 sent = 0
+            except Exception:  # a bug must not end deliveries for every tenant: log, go on
+                log.exception("webhook dispatcher: unexpected error; carrying on")
+                sent = 0
             if not sent:
                 stop.wait(POLL_SECONDS)
         log.info("webhook dispatcher %s stopped", self.name)
@@ -126,9 +129,17 @@ class Dispatcher:
         sent = 0
         for msg in due:
             token = self.claim(msg, now)
-            if token is not None:
+            if token is None:
+                continue
+            try:
                 self.send(msg, token)
-                sent += 1
+            except redis.RedisError:
+                raise
+            except Exception:
+                # One broken message must not stop the others; its lease runs out and it is
+                # tried again later (and logged again) like any failed attempt.
+                log.exception("webhook %s: sending failed unexpectedly", msg)
+            sent += 1
         return sent
 
     def claim(self, msg: str, now: float) -> str | None:

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pydantic
 import redis
 from pydantic import BaseModel, ConfigDict
 
@@ -17,6 +16,7 @@ from shared.audio import probe_duration
 from shared.errors import ConflictError, GoneError, ValidationError
 from shared.formats import render
 from shared.models import Job, JobOptions, JobStatus, TranscriptResult, WebhookState, parse_format
+from shared.parsing import validate
 from shared.settings import ModelSettings, OutboundSettings, RetentionSettings
 from shared.storage import BlobStore, audio_key, result_key
 from shared.uploads import Upload
@@ -63,13 +63,7 @@ class _JsonFields(BaseModel):
 
 def check_json_types(raw: dict[str, Any]) -> None:
     """422 naming the field when a JSON body gives an option the wrong JSON type."""
-    try:
-        _JsonFields.model_validate(raw)
-    except pydantic.ValidationError as exc:
-        from shared.http import field_errors
-
-        errors = field_errors(exc)
-        raise ValidationError("; ".join(f"{e.field}: {e.message}" for e in errors), errors) from exc
+    validate(_JsonFields, raw)
 
 
 def parse_options(raw: dict[str, Any], settings: ModelSettings) -> JobOptions:
@@ -79,13 +73,7 @@ def parse_options(raw: dict[str, Any], settings: ModelSettings) -> JobOptions:
         raise ValidationError.for_field(unknown[0], "unknown field")
     values = {k: v for k, v in raw.items() if v not in (None, "")}
     values.setdefault("model", settings.whisper_default_model)
-    try:
-        options = JobOptions.model_validate(values)
-    except pydantic.ValidationError as exc:
-        from shared.http import field_errors
-
-        errors = field_errors(exc)
-        raise ValidationError("; ".join(f"{e.field}: {e.message}" for e in errors), errors) from exc
+    options = validate(JobOptions, values)
     if options.model not in allowed_models(settings):
         raise ValidationError.for_field(
             "model", f"unknown model {options.model!r}; choose one of {', '.join(allowed_models(settings))}"

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import functions_framework
 from flask import Request, Response, current_app, has_app_context
 from pydantic import BaseModel, ConfigDict
 from werkzeug.exceptions import MethodNotAllowed
 
-from shared import credentials, edge, usage
-from shared.errors import NotFoundError, UnauthorizedError
+from shared import credentials, edge, parsing, usage
+from shared.errors import NotFoundError, UnauthorizedError, ValidationError
 from shared.http import guarded, json_response, to_response
 from shared.logs import configure_logging
 from shared.redis_client import connect
@@ -24,6 +26,19 @@ class TokenRequest(BaseModel):
     api_key: str
 
 
+def _token_request_body(request: Request) -> Any:
+    # JSON whatever the Content-Type says (`curl -d '{...}'` without -H labels it a form, and
+    # old clients of the Go service may send it so), else a form field. Malformed JSON labelled
+    # as JSON is a 422 (shared.parsing).
+    if request.is_json:
+        return parsing.json_body(request)
+    try:
+        body = parsing.json_body(request)
+    except ValidationError:
+        body = None
+    return request.form.to_dict() if body is None else body
+
+
 @functions_framework.http
 @guarded
 def auth(request: Request) -> Response:
@@ -32,11 +47,7 @@ def auth(request: Request) -> Response:
         raise NotFoundError(f"no route {request.path}")
     if request.method != "POST":
         raise MethodNotAllowed(["POST"])
-    # JSON whatever the Content-Type says (`curl -d '{...}'` without -H labels it a form, and
-    # old clients of the Go service may send it so), else a form field.
-    body = request.get_json(force=True, silent=True)
-    if body is None:
-        body = request.form.to_dict()
+    body = _token_request_body(request)
     if not isinstance(body, dict) or not isinstance(body.get("api_key"), str):
         raise UnauthorizedError('send {"api_key": "wapi_..."} as JSON')
     payload = TokenRequest.model_validate({"api_key": body["api_key"]})

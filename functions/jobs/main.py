@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any
 
 import functions_framework
 from flask import Request, Response, current_app, has_app_context
@@ -26,6 +25,7 @@ from shared import (
     job_service,
     openai_compat,
     openapi,
+    parsing,
     storage_events,
     usage,
     webhooks,
@@ -68,13 +68,6 @@ def _caller(request: Request) -> ApiKey:
     return key
 
 
-def _json_object(request: Request) -> dict[str, Any]:
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise ValidationError.for_field("body", "send a JSON object")
-    return body
-
-
 def create_job(request: Request) -> Response:
     if request.is_json:
         return create_job_from_url(request)
@@ -91,7 +84,7 @@ def create_job(request: Request) -> Response:
 def create_job_from_url(request: Request) -> Response:
     key = _caller(request)
     settings = jobs_settings()
-    fields = _json_object(request)
+    fields = parsing.json_object(request)
     job_service.check_json_types(fields)
     audio_url = fields.pop("audio_url", None)
     if not isinstance(audio_url, str) or not audio_url:
@@ -125,7 +118,7 @@ def _submit(
 def start_upload(request: Request) -> Response:
     key = _caller(request)
     settings = jobs_settings()
-    fields = _json_object(request) if request.content_length else {}
+    fields = parsing.json_object(request) if request.content_length else {}
     job_service.check_json_types(fields)
     webhook_url = job_service.parse_webhook_url(fields, settings)
     options = job_service.parse_options(fields, settings)
@@ -212,7 +205,7 @@ def get_webhook(request: Request) -> Response:
 def put_webhook(request: Request) -> Response:
     key = _caller(request)
     settings = jobs_settings()
-    body = WebhookEndpoint.model_validate(request.get_json(silent=True) or {})
+    body = parsing.validate(WebhookEndpoint, parsing.json_body(request) or {})
     url = webhooks.checked_url("url", body.url, settings.outbound_allow_cidrs) if body.url else None
     return json_response(webhooks.set_url(connect(settings), key.id, url).public())
 

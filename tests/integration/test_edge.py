@@ -387,3 +387,18 @@ def test_a_json_body_over_the_small_limit_is_refused_before_it_is_read(jobs_clie
     resp = jobs_client.get("/v1/models", data=b"x" * 70_000, headers=bearer())
     assert resp.status_code == 413
     assert resp.json["error"]["message"] == "the request body is larger than the limit of 65536 bytes"
+
+
+def test_behind_nginx_an_overlong_uri_or_header_is_a_problem_not_an_html_page(nginx):
+    sock = _connect(nginx)
+    sock.sendall(_head("GET", "/transcribe/" + "a" * 10_000, {}))
+    answer = _read_answer(sock, time.monotonic())
+    assert (answer.status, answer.headers["content-type"]) == (414, "application/problem+json")
+    assert json.loads(answer.body)["title"] == "URI Too Long"
+    sock.close()
+    sock = _connect(nginx)
+    sock.sendall(_head("GET", "/health", {"X-Filler": "a" * 20_000}))
+    answer = _read_answer(sock, time.monotonic())
+    assert (answer.status, answer.headers["content-type"]) == (431, "application/problem+json")
+    assert json.loads(answer.body)["title"] == "Request Header Fields Too Large"
+    sock.close()
