@@ -74,6 +74,10 @@ def parse_options(raw: dict[str, Any], settings: ModelSettings) -> JobOptions:
     values = {k: v for k, v in raw.items() if v not in (None, "")}
     values.setdefault("model", settings.whisper_default_model)
     options = validate(JobOptions, values)
+    if options.threads is not None and options.threads > settings.max_job_threads:
+        raise ValidationError.for_field(
+            "threads", f"at most {settings.max_job_threads} (MAX_JOB_THREADS: what a worker has)"
+        )
     if options.model not in allowed_models(settings):
         raise ValidationError.for_field(
             "model", f"unknown model {options.model!r}; choose one of {', '.join(allowed_models(settings))}"

@@ -7,9 +7,12 @@ so a missing one fails at start-up with pydantic's message naming the variable.
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -23,6 +26,35 @@ OFFICIAL_MODELS: tuple[str, ...] = (
 
 #: Secrets that appear in examples and must never reach a real deployment.
 _PLACEHOLDER_MARKERS = ("change-me", "changeme", "placeholder", "secret", "example", "xxxx")
+#: What marks a credential as one of ``.env.example``'s (narrower than the list above: a real
+#: password may well contain "secret").
+_EXAMPLE_CREDENTIAL_MARKERS = ("change-me", "changeme", "placeholder")
+#: Estimated entropy a JWT_SECRET must carry (a 32-character ``openssl rand -hex 16`` has
+#: about 115 by this estimate, ``"a" * 32`` none).
+MIN_SECRET_BITS = 96
+
+
+def estimated_bits(secret: str) -> float:
+    """Shannon entropy of the secret's characters times its length, counted over one period
+    of a repeating secret only: repeated or low-variety strings score low, random ones close
+    to their real entropy."""
+    unique = secret[: _period(secret)]
+    counts = Counter(unique)
+    total = len(unique)
+    return max(0.0, -total * sum(n / total * math.log2(n / total) for n in counts.values())) if total else 0.0
+
+
+def _period(text: str) -> int:
+    """The length of the shortest piece that ``text`` repeats (its own length if none)."""
+    for period in range(1, len(text) // 2 + 1):
+        if all(text[i] == text[i - period] for i in range(period, len(text))):
+            return period
+    return len(text)
+
+
+def _example_credential(value: str | None) -> bool:
+    lowered = (value or "").lower()
+    return any(marker in lowered for marker in _EXAMPLE_CREDENTIAL_MARKERS)
 
 
 class _Base(BaseSettings):
@@ -36,6 +68,13 @@ class RedisSettings(_Base):
     redis_url: str = "redis://127.0.0.1:6379/0"
     #: Bounded so an outage turns into a quick 503 rather than a hung request.
     redis_timeout_seconds: float = 5.0
+
+    @model_validator(mode="after")
+    def _real_redis_password(self) -> RedisSettings:
+        password = urlsplit(self.redis_url).password
+        if self.environment != "development" and _example_credential(password):
+            raise ValueError("REDIS_URL carries the example password of .env.example; set a real one")
+        return self
 
 
 class StorageSettings(_Base):
@@ -54,6 +93,15 @@ class StorageSettings(_Base):
     def _empty_is_aws(cls, value: object) -> object:  # also: no public endpoint of its own
         return None if value == "" else value
 
+    @model_validator(mode="after")
+    def _real_storage_credentials(self) -> StorageSettings:
+        if self.environment == "development":
+            return self
+        for name in ("aws_access_key_id", "aws_secret_access_key"):
+            if _example_credential(getattr(self, name)):
+                raise ValueError(f"{name.upper()} is the example value of .env.example; set a real one")
+        return self
+
 
 class JwtSettings(_Base):
     jwt_secret: str = Field(min_length=1)
@@ -69,6 +117,11 @@ class JwtSettings(_Base):
         lowered = value.lower()
         if any(marker in lowered for marker in _PLACEHOLDER_MARKERS):
             raise ValueError("JWT_SECRET looks like a placeholder; set a random value")
+        if estimated_bits(value) < MIN_SECRET_BITS:
+            raise ValueError(
+                "JWT_SECRET is too predictable (repeated or too few different characters); "
+                "set a random value (try: openssl rand -hex 32)"
+            )
         return value
 
 
@@ -77,6 +130,8 @@ class ModelSettings(_Base):
     whisper_models: Annotated[tuple[str, ...], NoDecode] = OFFICIAL_MODELS
     whisper_model_dir: Path | None = None
     whisper_default_model: str = "base"
+    #: Most CPU threads a job may ask for (``threads``): what a CPU worker has to give.
+    max_job_threads: int = Field(default=8, ge=1, le=64)
 
     @field_validator("whisper_models", mode="before")
     @classmethod
