@@ -8,7 +8,8 @@ import re
 import secrets
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import cast
 
 import jwt
@@ -26,12 +27,18 @@ _ALGORITHM = "HS256"
 _REQUIRED_CLAIMS = ["sub", "iat", "exp", "iss", "aud", "jti"]
 
 
+#: A key's own fair-use limits, stored in its record (see shared.fairuse); absent: the default.
+LIMIT_FIELDS = ("rate_limit_per_minute", "max_pending_jobs", "max_sync_waits", "quota_audio_seconds_per_day")
+
+
 @dataclass(frozen=True)
 class ApiKey:
     id: str
     name: str
     created_at: float
     revoked_at: float | None
+    #: The key's own values of ``LIMIT_FIELDS`` (as stored: strings of integers).
+    limits: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def active(self) -> bool:
@@ -68,8 +75,29 @@ def _load(r: redis.Redis, key_id: str) -> tuple[ApiKey, str] | None:
     if not record:
         return None
     revoked = record.get("revoked_at")
-    key = ApiKey(key_id, record["name"], float(record["created_at"]), float(revoked) if revoked else None)
+    own = {name: record[name] for name in LIMIT_FIELDS if name in record}
+    key = ApiKey(
+        key_id, record["name"], float(record["created_at"]), float(revoked) if revoked else None, own
+    )
     return key, record["hash"]
+
+
+def set_limits(r: redis.Redis, key_id: str, values: Mapping[str, int | None]) -> ApiKey:
+    """Set a key's own limits (``LIMIT_FIELDS``); None returns one to the operator's default."""
+    if not r.exists(keys.api_key(key_id)):
+        raise NotFoundError(f"no API key with id {key_id!r}")
+    with r.pipeline(transaction=True) as pipe:
+        for name, value in values.items():
+            if name not in LIMIT_FIELDS:
+                raise ValueError(f"unknown limit {name!r}")
+            if value is None:
+                pipe.hdel(keys.api_key(key_id), name)
+            else:
+                pipe.hset(keys.api_key(key_id), name, str(int(value)))
+        pipe.execute()
+    loaded = _load(r, key_id)
+    assert loaded is not None
+    return loaded[0]
 
 
 def find_key(r: redis.Redis, key_id: str) -> ApiKey | None:

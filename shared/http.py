@@ -76,7 +76,7 @@ def _too_large(detail: str) -> Response:
 def to_response(exc: Exception) -> Response:
     """Translate any exception into a problem response; unexpected ones are logged, not shown."""
     if isinstance(exc, ClientError) and not isinstance(exc, PayloadTooLargeError):
-        return problem(exc.status, exc.title, exc.detail, exc.errors)
+        return problem(exc.status, exc.title, exc.detail, exc.errors, getattr(exc, "headers", None))
     if isinstance(exc, pydantic.ValidationError):
         return to_response(validation_error(exc))
     if isinstance(exc, RequestEntityTooLarge | PayloadTooLargeError):

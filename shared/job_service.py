@@ -11,7 +11,7 @@ from typing import Any
 import redis
 from pydantic import BaseModel, ConfigDict
 
-from shared import idempotency, jobstore, retention, webhooks
+from shared import fairuse, idempotency, jobstore, retention, webhooks
 from shared.audio import probe_duration
 from shared.errors import ConflictError, GoneError, ValidationError
 from shared.formats import render
@@ -104,12 +104,16 @@ def create_job(
     webhook_url: str | None = None,
     job_id: str | None = None,
     guard: jobstore.Guard | None = None,
+    limits: fairuse.Limits | None = None,
 ) -> Job:
     """Probe the upload, store it, record and queue the job. Nothing is left half-created.
 
     ``webhook_url`` (already checked) receives the final state; ``job_id`` is given when the
-    id was handed out before the audio arrived (presigned uploads)."""
+    id was handed out before the audio arrived (presigned uploads); ``limits`` (the key's fair
+    use) refuse the job with 429 past its pending jobs or its day's audio."""
     duration = probe_duration(upload.path)
+    if limits is not None:
+        fairuse.admit_job(r, key_id, limits, duration)
     now = time.time()
     job_id = job_id or jobstore.new_job_id()
     job = Job(
@@ -144,11 +148,12 @@ def submit(
     upload: Upload,
     idempotency_key: str | None,
     webhook_url: str | None = None,
+    limits: fairuse.Limits | None = None,
 ) -> tuple[Job, bool]:
     """Create a job, honouring an ``Idempotency-Key``: (job, True) when an identical earlier
     request already created it."""
     if idempotency_key is None:
-        return create_job(r, store, key_id, options, upload, webhook_url), False
+        return create_job(r, store, key_id, options, upload, webhook_url, limits=limits), False
     request_fingerprint = idempotency.fingerprint(options, upload.path, webhook_url)
     claimed = idempotency.claim(r, key_id, idempotency.check_key(idempotency_key), request_fingerprint)
     if claimed.existing_job_id is not None:
@@ -156,7 +161,7 @@ def submit(
     job_id = jobstore.new_job_id()
     try:
         return create_job(
-            r, store, key_id, options, upload, webhook_url, job_id, claimed.guard(job_id)
+            r, store, key_id, options, upload, webhook_url, job_id, claimed.guard(job_id), limits
         ), False
     except ConflictError:
         # Our lease ran out and an identical retry stored its job first: that job is the answer.

@@ -49,6 +49,17 @@ def json_body(request: Request) -> Any:
     return loads(data) if data.strip() else None
 
 
+def client_address(request: Request, proxy_hops: int) -> str:
+    """The client's address: the peer, or with ``proxy_hops`` trusted proxies in front, the
+    address the outermost of them saw (``X-Forwarded-For`` counted from the right)."""
+    if proxy_hops > 0:
+        forwarded = [part.strip() for part in request.headers.get("X-Forwarded-For", "").split(",")]
+        forwarded = [part for part in forwarded if part]
+        if len(forwarded) >= proxy_hops:
+            return forwarded[-proxy_hops]
+    return request.remote_addr or "unknown"
+
+
 def json_object(request: Request) -> dict[str, Any]:
     """The request's body, which must be a JSON object."""
     body = json_body(request)

@@ -218,7 +218,25 @@ class EdgeSettings(_Base):
     body_min_bytes_per_second: int = Field(default=256 * 1024, ge=1)
 
 
-class AuthSettings(RedisSettings, JwtSettings, EdgeSettings):
+class FairUseSettings(_Base):
+    """Per-key limits (shared.fairuse); 0 turns one off. Keys may carry their own values."""
+
+    #: Requests per key and minute.
+    rate_limit_per_minute: int = Field(default=600, ge=0)
+    #: Failed authentications per minute from one client address, and for one key id.
+    auth_failures_per_minute: int = Field(default=20, ge=0)
+    #: Jobs one key may have queued or running at once.
+    max_pending_jobs_per_key: int = Field(default=100, ge=0)
+    #: Synchronous ``/v1/audio/*`` calls one key may have waiting at once.
+    max_sync_waits_per_key: int = Field(default=4, ge=0)
+    #: Audio seconds one key may submit per UTC day (0: unlimited).
+    quota_audio_seconds_per_day: int = Field(default=0, ge=0)
+    #: Proxies in front of the functions whose ``X-Forwarded-For`` is trusted for the client
+    #: address (the compose gateway: 1). 0: the peer address itself.
+    proxy_hops: int = Field(default=0, ge=0, le=8)
+
+
+class AuthSettings(RedisSettings, JwtSettings, EdgeSettings, FairUseSettings):
     """Settings of the auth function."""
 
 
@@ -230,6 +248,7 @@ class JobsSettings(
     RetentionSettings,
     OutboundSettings,
     EdgeSettings,
+    FairUseSettings,
 ):
     """Settings of the jobs function."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import functions_framework
@@ -9,7 +10,7 @@ from flask import Request, Response, current_app, has_app_context
 from pydantic import BaseModel, ConfigDict
 from werkzeug.exceptions import MethodNotAllowed
 
-from shared import credentials, edge, parsing, usage
+from shared import credentials, edge, fairuse, parsing
 from shared.errors import NotFoundError, UnauthorizedError, ValidationError
 from shared.http import guarded, json_response, to_response
 from shared.logs import configure_logging
@@ -50,11 +51,11 @@ def auth(request: Request) -> Response:
     body = _token_request_body(request)
     if not isinstance(body, dict) or not isinstance(body.get("api_key"), str):
         raise UnauthorizedError('send {"api_key": "wapi_..."} as JSON')
-    payload = TokenRequest.model_validate({"api_key": body["api_key"]})
+    payload = parsing.validate(TokenRequest, {"api_key": body["api_key"]})
     settings = auth_settings()
     r = connect(settings)
-    key = credentials.verify_key(r, payload.api_key)
-    usage.touch(r, key.id)
+    client = parsing.client_address(request, settings.proxy_hops)
+    key = fairuse.admit(r, settings, client, payload.api_key, functools.partial(credentials.verify_key, r))
     issued = credentials.issue_token(settings, key)
     return json_response(
         {"token": issued.token, "token_type": "bearer", "expires_in": issued.expires_in},

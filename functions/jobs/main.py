@@ -7,6 +7,7 @@ problem+json, except under ``/v1`` where they take OpenAI's shape.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 
@@ -19,6 +20,7 @@ from werkzeug.routing import Map, Rule
 from shared import (
     credentials,
     edge,
+    fairuse,
     fetch,
     health,
     inbox,
@@ -63,9 +65,13 @@ Handler = Callable[..., Response]
 def _caller(request: Request) -> ApiKey:
     settings = jobs_settings()
     r = connect(settings)
-    key = credentials.verify_token(settings, r, credentials.bearer(request.headers.get("Authorization")))
-    usage.touch(r, key.id)
-    return key
+    return fairuse.admit(
+        r,
+        settings,
+        parsing.client_address(request, settings.proxy_hops),
+        credentials.bearer(request.headers.get("Authorization")),
+        functools.partial(credentials.verify_token, settings, r),
+    )
 
 
 def create_job(request: Request) -> Response:
@@ -108,6 +114,7 @@ def _submit(
         upload,
         request.headers.get("Idempotency-Key"),
         webhook_url,
+        fairuse.limits(settings, key.limits),
     )
     headers = {"Location": f"/transcribe/{job.id}"}
     if replayed:
@@ -189,7 +196,10 @@ def get_result(request: Request, job_id: str) -> Response:
 
 def get_usage(request: Request) -> Response:
     key = _caller(request)
-    return json_response(usage.read(connect(jobs_settings()), key.id))
+    settings = jobs_settings()
+    r = connect(settings)
+    limits = fairuse.quota_report(r, key.id, fairuse.limits(settings, key.limits))
+    return json_response({**usage.read(r, key.id), "limits": limits})
 
 
 class WebhookEndpoint(BaseModel):
@@ -245,19 +255,22 @@ def openai_translations(request: Request) -> Response:
 def _openai_audio(request: Request, task: Task) -> Response:
     settings = jobs_settings()
     r, store = connect(settings), BlobStore(settings)
-    key = openai_compat.authenticate(settings, r, request.headers.get("Authorization"))
-    with receive(request, settings.max_upload_bytes, file_field="file") as form:
-        audio = openai_compat.parse_request(form.fields, task, settings)
-        upload = audio_file(form, "file", settings.max_upload_bytes)
-        job = job_service.create_job(r, store, key.id, audio.options, upload)
-    done = openai_compat.wait_for(r, job.id, settings.openai_wait_seconds)
+    key = openai_compat.authenticate(settings, r, request)
+    limits = fairuse.limits(settings, key.limits)
+    # The slot is taken before the upload is read: a key's extra calls cost nothing.
+    with fairuse.sync_wait(r, key.id, limits, settings.openai_wait_seconds):
+        with receive(request, settings.max_upload_bytes, file_field="file") as form:
+            audio = openai_compat.parse_request(form.fields, task, settings)
+            upload = audio_file(form, "file", settings.max_upload_bytes)
+            job = job_service.create_job(r, store, key.id, audio.options, upload, limits=limits)
+        done = openai_compat.wait_for(r, job.id, settings.openai_wait_seconds)
     body, content_type = openai_compat.result_body(store, done, audio)
     return Response(body, content_type=content_type)
 
 
 def openai_models(request: Request) -> Response:
     settings = jobs_settings()
-    openai_compat.authenticate(settings, connect(settings), request.headers.get("Authorization"))
+    openai_compat.authenticate(settings, connect(settings), request)
     return json_response(openai_compat.model_list(settings))
 
 
