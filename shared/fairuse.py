@@ -228,9 +228,8 @@ def sync_wait(r: redis.Redis, key_id: str, limit: Limits, longest_seconds: float
     if limit.max_sync_waits <= 0:
         yield
         return
-    name, member, now = keys.sync_waits(key_id), secrets.token_hex(8), time.time()
-    taken = r.eval(_LEASE, 1, name, repr(now), limit.max_sync_waits, repr(now + longest_seconds + 60), member)
-    if not taken:
+    name, member = keys.sync_waits(key_id), secrets.token_hex(8)
+    if not _take_lease(r, name, member, limit.max_sync_waits, longest_seconds + 60):
         raise _refuse(
             f"this key already has {limit.max_sync_waits} synchronous calls waiting; "
             "wait for one to end, or submit to /transcribe and poll",
@@ -243,6 +242,30 @@ def sync_wait(r: redis.Redis, key_id: str, limit: Limits, longest_seconds: float
         yield
     finally:
         r.zrem(name, member)
+
+
+def _take_lease(r: redis.Redis, name: str, member: str, limit: int, seconds: float) -> bool:
+    now = time.time()
+    return bool(r.eval(_LEASE, 1, name, repr(now), limit, repr(now + seconds), member))
+
+
+def open_upload(r: redis.Redis, settings: FairUseSettings, key_id: str, job_id: str, seconds: float) -> None:
+    """Count a presigned upload as open for ``seconds`` (until its job exists or it expires);
+    429 when the key already has ``MAX_OPEN_UPLOADS_PER_KEY`` open."""
+    limit = settings.max_open_uploads_per_key
+    if limit > 0 and not _take_lease(r, keys.open_uploads(key_id), job_id, limit, seconds):
+        raise _refuse(
+            f"this key already has {limit} presigned uploads open; complete or let some expire",
+            "open-uploads",
+            limit,
+            0,
+            60,
+        )
+
+
+def close_upload(r: redis.Redis, key_id: str, job_id: str) -> None:
+    """The upload became a job (or was refused): it no longer counts as open."""
+    r.zrem(keys.open_uploads(key_id), job_id)
 
 
 def quota_report(r: redis.Redis, key_id: str, limit: Limits) -> dict[str, Any]:

@@ -44,6 +44,11 @@ def sync_waits(key_id: str) -> str:
     return f"syncwaits:{key_id}"
 
 
+#: Sorted set of one key's open presigned uploads (job id -> when its URL expires).
+def open_uploads(key_id: str) -> str:
+    return f"uploads:{key_id}"
+
+
 #: Audio seconds one key submitted on one UTC day (YYYYMMDD); kept two days, then gone.
 def audio_day(key_id: str, day: str) -> str:
     return f"audioday:{key_id}:{day}"

@@ -229,6 +229,8 @@ class FairUseSettings(_Base):
     max_pending_jobs_per_key: int = Field(default=100, ge=0)
     #: Synchronous ``/v1/audio/*`` calls one key may have waiting at once.
     max_sync_waits_per_key: int = Field(default=4, ge=0)
+    #: Presigned uploads one key may have open (handed out, not yet turned into jobs).
+    max_open_uploads_per_key: int = Field(default=20, ge=0)
     #: Audio seconds one key may submit per UTC day (0: unlimited).
     quota_audio_seconds_per_day: int = Field(default=0, ge=0)
     #: Proxies in front of the functions whose ``X-Forwarded-For`` is trusted for the client

@@ -130,7 +130,7 @@ def start_upload(request: Request) -> Response:
     webhook_url = job_service.parse_webhook_url(fields, settings)
     options = job_service.parse_options(fields, settings)
     store = BlobStore(settings, settings.s3_inbox_bucket)
-    body = inbox.start_upload(connect(settings), store, key.id, options, webhook_url)
+    body = inbox.start_upload(connect(settings), store, settings, key.id, options, webhook_url)
     return json_response(body, 201)
 
 
