@@ -162,6 +162,8 @@ class OutboundSettings(_Base):
     #: Comma-separated CIDRs admitted even though they are private, loopback, ... (e.g. a
     #: receiver on the operator's own network). Empty: public addresses only.
     outbound_allow_cidrs: Annotated[tuple[str, ...], NoDecode] = ()
+    #: An ``audio_url`` download must be complete within this, however the server paces it.
+    audio_url_timeout_seconds: float = Field(default=120.0, gt=0)
 
     @field_validator("outbound_allow_cidrs", mode="before")
     @classmethod
@@ -189,8 +191,13 @@ class WebhookSettings(RedisSettings, OutboundSettings):
     #: Seconds to wait before each retry after the first attempt; jittered by +/-20 %.
     #: The default is close to Standard Webhooks' schedule: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h.
     webhook_retry_schedule: Annotated[tuple[float, ...], NoDecode] = (5, 300, 1800, 7200, 18000, 36000)
-    #: Connect and read timeout of one delivery attempt; a slower receiver counts as failed.
+    #: Time limit of one delivery attempt, connect to answer, however the receiver paces it; a
+    #: slower receiver counts as failed.
     webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    #: Deliveries in flight at once per dispatcher, and to any one target (host) at once: a
+    #: slow receiver holds its own slots, never another tenant's.
+    webhook_concurrency: int = Field(default=8, ge=1, le=64)
+    webhook_per_target: int = Field(default=2, ge=1, le=64)
 
     @field_validator("webhook_retry_schedule", mode="before")
     @classmethod

@@ -97,7 +97,12 @@ def create_job_from_url(request: Request) -> Response:
         raise ValidationError.for_field("audio_url", "give the URL of the audio (or upload it as multipart)")
     webhook_url = job_service.parse_webhook_url(fields, settings)
     options = job_service.parse_options(fields, settings)
-    with fetch.download(audio_url, settings.outbound_allow_cidrs, settings.max_upload_bytes) as upload:
+    with fetch.download(
+        audio_url,
+        settings.outbound_allow_cidrs,
+        settings.max_upload_bytes,
+        settings.audio_url_timeout_seconds,
+    ) as upload:
         return _submit(request, key, options, upload, webhook_url)
 
 
