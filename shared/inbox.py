@@ -25,7 +25,7 @@ from typing import Any, cast
 
 import redis
 
-from shared import credentials, fairuse, job_service, jobstore, keys
+from shared import credentials, fairuse, job_service, jobstore, keys, parsing
 from shared.errors import ClientError, ConflictError, NotFoundError, PayloadTooLargeError
 from shared.models import Job, JobOptions
 from shared.settings import FairUseSettings, JobsSettings
@@ -204,7 +204,7 @@ def _upload_settings(
     raw = r.get(keys.pending_upload(match.group(2))) if match else None
     record = json.loads(cast(str, raw)) if raw else None
     if match is None or record is None or record["key_id"] != owner:
-        return job_service.parse_options({}, settings), None, None
+        return parsing.parse_options({}, settings), None, None
     return JobOptions.model_validate(record["options"]), record["webhook_url"], match.group(2)
 
 

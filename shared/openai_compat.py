@@ -21,7 +21,7 @@ from flask import Request, Response
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from shared import credentials, fairuse, http, job_service, jobstore, keys, parsing
+from shared import credentials, fairuse, http, jobstore, keys, parsing
 from shared.credentials import ApiKey
 from shared.errors import (
     FieldError,
@@ -104,7 +104,7 @@ def parse_request(fields: MultiDict[str, str], task: Task, settings: ModelSettin
         raw["model"] = settings.whisper_default_model
     raw |= {"task": task.value, "output_format": response_format, "word_timestamps": "word" in granularities}
     try:
-        options = job_service.parse_options(raw, settings)
+        options = parsing.parse_options(raw, settings)
     except ValidationError as exc:
         raise _in_caller_names(exc) from None
     return AudioRequest(options, response_format, granularities)
@@ -192,7 +192,7 @@ def model_list(settings: ModelSettings) -> dict[str, Any]:
         "data": [
             # OpenAI's "created" is a release time; none is known for a checkpoint, hence 0.
             {"id": name, "object": "model", "created": 0, "owned_by": "whisper-api"}
-            for name in [OPENAI_MODEL, *job_service.allowed_models(settings)]
+            for name in [OPENAI_MODEL, *parsing.allowed_models(settings)]
         ],
     }
 

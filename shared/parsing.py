@@ -1,5 +1,6 @@
-"""Reading what a request sent: JSON bodies and pydantic models, with one error for each way
-they can be wrong (a 422 naming the field, never a 500)."""
+"""Reading what a request sent: JSON bodies, pydantic models, job options, the client's address;
+with one error for each way they can be wrong (a 422 naming the field, never a 500). The use
+cases (``shared.job_service``) get values already checked."""
 
 from __future__ import annotations
 
@@ -8,8 +9,12 @@ from typing import Any, TypeVar
 
 import pydantic
 from flask import Request
+from pydantic import BaseModel, ConfigDict
 
+from shared import webhooks
 from shared.errors import FieldError, ValidationError
+from shared.models import JobOptions
+from shared.settings import ModelSettings, OutboundSettings
 
 Model = TypeVar("Model", bound=pydantic.BaseModel)
 
@@ -66,3 +71,75 @@ def json_object(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ValidationError.for_field("body", "send a JSON object")
     return body
+
+
+#: Form fields a job accepts, besides the audio file itself.
+OPTION_FIELDS = (
+    "model",
+    "language",
+    "output_format",
+    "task",
+    "temperature",
+    "threads",
+    "word_timestamps",
+    "initial_prompt",
+)
+
+
+def allowed_models(settings: ModelSettings) -> list[str]:
+    """The operator's list plus the checkpoints present in WHISPER_MODEL_DIR."""
+    names = set(settings.whisper_models)
+    if settings.whisper_model_dir and settings.whisper_model_dir.is_dir():
+        names.update(p.stem for p in settings.whisper_model_dir.glob("*.pt"))
+    return sorted(names)
+
+
+class _JsonFields(BaseModel):
+    """The types a JSON body must use: there, ``0`` is not a boolean and ``"2"`` not a number
+    (form fields are all strings, so only multipart gets pydantic's lenient conversion)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    model: str | None = None
+    language: str | None = None
+    output_format: str | None = None
+    task: str | None = None
+    temperature: float | None = None
+    threads: int | None = None
+    word_timestamps: bool | None = None
+    initial_prompt: str | None = None
+    webhook_url: str | None = None
+
+
+def check_json_types(raw: dict[str, Any]) -> None:
+    """422 naming the field when a JSON body gives an option the wrong JSON type."""
+    validate(_JsonFields, raw)
+
+
+def parse_options(raw: dict[str, Any], settings: ModelSettings) -> JobOptions:
+    """Validated job options from request fields; ValidationError names the bad field."""
+    unknown = sorted(set(raw) - set(OPTION_FIELDS))
+    if unknown:
+        raise ValidationError.for_field(unknown[0], "unknown field")
+    values = {k: v for k, v in raw.items() if v not in (None, "")}
+    values.setdefault("model", settings.whisper_default_model)
+    options = validate(JobOptions, values)
+    if options.threads is not None and options.threads > settings.max_job_threads:
+        raise ValidationError.for_field(
+            "threads", f"at most {settings.max_job_threads} (MAX_JOB_THREADS: what a worker has)"
+        )
+    if options.model not in allowed_models(settings):
+        raise ValidationError.for_field(
+            "model", f"unknown model {options.model!r}; choose one of {', '.join(allowed_models(settings))}"
+        )
+    return options
+
+
+def parse_webhook_url(raw: dict[str, Any], settings: OutboundSettings) -> str | None:
+    """Take ``webhook_url`` out of the request fields and check it with the outbound guard."""
+    url = raw.pop("webhook_url", None)
+    if url in (None, ""):
+        return None
+    if not isinstance(url, str):
+        raise ValidationError.for_field("webhook_url", "must be a URL string")
+    return webhooks.checked_url("webhook_url", url, settings.outbound_allow_cidrs)

@@ -81,8 +81,8 @@ def create_job(request: Request) -> Response:
     settings = jobs_settings()
     with receive(request, settings.max_upload_bytes) as form:
         fields = form.fields.to_dict()
-        webhook_url = job_service.parse_webhook_url(fields, settings)
-        options = job_service.parse_options(fields, settings)
+        webhook_url = parsing.parse_webhook_url(fields, settings)
+        options = parsing.parse_options(fields, settings)
         upload = audio_file(form, "audio", settings.max_upload_bytes)
         return _submit(request, key, options, upload, webhook_url)
 
@@ -91,12 +91,12 @@ def create_job_from_url(request: Request) -> Response:
     key = _caller(request)
     settings = jobs_settings()
     fields = parsing.json_object(request)
-    job_service.check_json_types(fields)
+    parsing.check_json_types(fields)
     audio_url = fields.pop("audio_url", None)
     if not isinstance(audio_url, str) or not audio_url:
         raise ValidationError.for_field("audio_url", "give the URL of the audio (or upload it as multipart)")
-    webhook_url = job_service.parse_webhook_url(fields, settings)
-    options = job_service.parse_options(fields, settings)
+    webhook_url = parsing.parse_webhook_url(fields, settings)
+    options = parsing.parse_options(fields, settings)
     with fetch.download(
         audio_url,
         settings.outbound_allow_cidrs,
@@ -131,9 +131,9 @@ def start_upload(request: Request) -> Response:
     key = _caller(request)
     settings = jobs_settings()
     fields = parsing.json_object(request) if request.content_length else {}
-    job_service.check_json_types(fields)
-    webhook_url = job_service.parse_webhook_url(fields, settings)
-    options = job_service.parse_options(fields, settings)
+    parsing.check_json_types(fields)
+    webhook_url = parsing.parse_webhook_url(fields, settings)
+    options = parsing.parse_options(fields, settings)
     store = BlobStore(settings, settings.s3_inbox_bucket)
     body = inbox.start_upload(connect(settings), store, settings, key.id, options, webhook_url)
     return json_response(body, 201)

@@ -8,7 +8,7 @@ import secrets
 import pydantic
 import pytest
 
-from shared import job_service
+from shared import parsing
 from shared.errors import ValidationError
 from shared.settings import AuthSettings, JobsSettings, ModelSettings, RedisSettings, StorageSettings
 
@@ -61,7 +61,7 @@ def test_real_credentials_pass(monkeypatch):
 
 def test_threads_are_capped_at_what_a_worker_has():
     settings = ModelSettings(whisper_models=("base",), max_job_threads=4)
-    assert job_service.parse_options({"threads": "4"}, settings).threads == 4
+    assert parsing.parse_options({"threads": "4"}, settings).threads == 4
     with pytest.raises(ValidationError) as info:
-        job_service.parse_options({"threads": "64"}, settings)
+        parsing.parse_options({"threads": "64"}, settings)
     assert info.value.detail == "threads: at most 4 (MAX_JOB_THREADS: what a worker has)"
