@@ -26,6 +26,7 @@ from typing import Any, cast
 import redis
 
 from shared import credentials, fairuse, job_service, jobstore, keys, parsing
+from shared.clients import Clients
 from shared.errors import ClientError, ConflictError, NotFoundError, PayloadTooLargeError
 from shared.models import Job, JobOptions
 from shared.settings import FairUseSettings, JobsSettings
@@ -91,10 +92,9 @@ def start_upload(
     }
 
 
-def complete_upload(
-    r: redis.Redis, inbox: BlobStore, store: BlobStore, settings: JobsSettings, key_id: str, job_id: str
-) -> Job:
+def complete_upload(clients: Clients, key_id: str, job_id: str) -> Job:
     """The client says its PUT finished: make the job (or return it if an event already did)."""
+    r, inbox = clients.redis, clients.inbox
     existing = jobstore.load(r, job_id) if len(job_id) <= 64 else None
     if existing is not None and existing.key_id == key_id:
         return existing
@@ -107,22 +107,15 @@ def complete_upload(
         raise ConflictError(f"upload {job_id}: {refused}")
     if info is None:
         raise ConflictError(f"nothing has been uploaded for {job_id} yet; PUT the audio to upload_url first")
-    outcome = ingest(r, inbox, store, settings, upload_key(key_id, job_id), info.etag, info.size)
+    outcome = ingest(clients, upload_key(key_id, job_id), info.etag, info.size)
     if outcome.job is None:
         raise ConflictError(f"upload {job_id}: {outcome.reason}")
     return outcome.job
 
 
-def ingest(
-    r: redis.Redis,
-    inbox: BlobStore,
-    store: BlobStore,
-    settings: JobsSettings,
-    object_key: str,
-    etag: str,
-    size: int | None,
-) -> Outcome:
+def ingest(clients: Clients, object_key: str, etag: str, size: int | None) -> Outcome:
     """Turn one inbox object version into one job; safe to call again for the same object."""
+    r, inbox = clients.redis, clients.inbox
     owner = _owner(r, object_key)
     if owner is None:
         return Outcome(object_key, reason="the key does not start with an active API key id")
@@ -130,7 +123,7 @@ def ingest(
     if not r.set(marker, _IN_PROGRESS, nx=True, ex=keys.INBOX_MARKER_TTL_SECONDS):
         return _earlier(r, cast(str | None, r.get(marker)), object_key)
     try:
-        job = _make_job(r, inbox, store, settings, owner, object_key, size)
+        job = _make_job(clients, owner, object_key, size)
     except ClientError as exc:  # bad audio stays bad: remember the refusal, do not retry
         r.set(marker, _REFUSED + exc.detail, ex=keys.INBOX_MARKER_TTL_SECONDS)
         inbox.delete(object_key)  # a refused object (too large, not audio) is not kept
@@ -171,15 +164,8 @@ def _earlier(r: redis.Redis, value: str | None, object_key: str) -> Outcome:
     return Outcome(object_key, job) if job else Outcome(object_key, reason=f"its job {value} was deleted")
 
 
-def _make_job(
-    r: redis.Redis,
-    inbox: BlobStore,
-    store: BlobStore,
-    settings: JobsSettings,
-    owner: str,
-    object_key: str,
-    size: int | None,
-) -> Job:
+def _make_job(clients: Clients, owner: str, object_key: str, size: int | None) -> Job:
+    r, settings = clients.redis, clients.settings
     if size is not None and size > settings.max_upload_bytes:
         raise PayloadTooLargeError(
             f"the object is larger than the limit of {settings.max_upload_bytes} bytes"
@@ -187,13 +173,15 @@ def _make_job(
     options, webhook_url, job_id = _upload_settings(r, owner, object_key, settings)
     with tempfile.TemporaryDirectory(prefix="whisper-inbox-") as tmp:
         path = os.path.join(tmp, "audio")
-        inbox.download(object_key, path)
+        clients.inbox.download(object_key, path)
         upload = Upload(
             path, os.path.getsize(path), os.path.basename(object_key)[:255], "application/octet-stream"
         )
         key = credentials.find_key(r, owner)
         limits = fairuse.limits(settings, key.limits if key else None)
-        return job_service.create_job(r, store, owner, options, upload, webhook_url, job_id, limits=limits)
+        return job_service.create_job(
+            r, clients.store, owner, options, upload, webhook_url, job_id, limits=limits
+        )
 
 
 def _upload_settings(
@@ -208,10 +196,9 @@ def _upload_settings(
     return JobOptions.model_validate(record["options"]), record["webhook_url"], match.group(2)
 
 
-def handle_notification(
-    r: redis.Redis, inbox: BlobStore, store: BlobStore, settings: JobsSettings, objects: list[CreatedObject]
-) -> list[Outcome]:
+def handle_notification(clients: Clients, objects: list[CreatedObject]) -> list[Outcome]:
     """One outcome per created object a storage notification announced."""
+    inbox = clients.inbox
     outcomes = []
     for obj in objects:
         if obj.bucket != inbox.bucket:
@@ -224,5 +211,5 @@ def handle_notification(
                 outcomes.append(Outcome(obj.key, reason="the object no longer exists"))
                 continue
             etag, size = info.etag, info.size
-        outcomes.append(ingest(r, inbox, store, settings, obj.key, etag, size))
+        outcomes.append(ingest(clients, obj.key, etag, size))
     return outcomes

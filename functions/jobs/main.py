@@ -32,14 +32,13 @@ from shared import (
     usage,
     webhooks,
 )
+from shared.clients import jobs_clients
 from shared.credentials import ApiKey
 from shared.errors import ValidationError
 from shared.http import guarded, json_response, query_args, to_response
 from shared.logs import configure_logging
 from shared.models import JobOptions, Task
-from shared.redis_client import connect
 from shared.settings import jobs_settings
-from shared.storage import BlobStore
 from shared.uploads import Upload, audio_file, receive
 
 configure_logging(jobs_settings().log_level)  # building settings fails start-up on a bad JWT_SECRET
@@ -63,14 +62,13 @@ Handler = Callable[..., Response]
 
 
 def _caller(request: Request) -> ApiKey:
-    settings = jobs_settings()
-    r = connect(settings)
+    c = jobs_clients()
     return fairuse.admit(
-        r,
-        settings,
-        parsing.client_address(request, settings.proxy_hops),
+        c.redis,
+        c.settings,
+        parsing.client_address(request, c.settings.proxy_hops),
         credentials.bearer(request.headers.get("Authorization")),
-        functools.partial(credentials.verify_token, settings, r),
+        functools.partial(credentials.verify_token, c.settings, c.redis),
     )
 
 
@@ -110,16 +108,16 @@ def _submit(
     request: Request, key: ApiKey, options: JobOptions, upload: Upload, webhook_url: str | None
 ) -> Response:
     """Create the job (or replay it, for a repeated Idempotency-Key) and answer 202."""
-    settings = jobs_settings()
+    c = jobs_clients()
     job, replayed = job_service.submit(
-        connect(settings),
-        BlobStore(settings),
+        c.redis,
+        c.store,
         key.id,
         options,
         upload,
         request.headers.get("Idempotency-Key"),
         webhook_url,
-        fairuse.limits(settings, key.limits),
+        fairuse.limits(c.settings, key.limits),
     )
     headers = {"Location": f"/transcribe/{job.id}"}
     if replayed:
@@ -134,28 +132,23 @@ def start_upload(request: Request) -> Response:
     parsing.check_json_types(fields)
     webhook_url = parsing.parse_webhook_url(fields, settings)
     options = parsing.parse_options(fields, settings)
-    store = BlobStore(settings, settings.s3_inbox_bucket)
-    body = inbox.start_upload(connect(settings), store, settings, key.id, options, webhook_url)
+    c = jobs_clients()
+    body = inbox.start_upload(c.redis, c.inbox, settings, key.id, options, webhook_url)
     return json_response(body, 201)
 
 
 def complete_upload(request: Request, job_id: str) -> Response:
     key = _caller(request)
-    settings = jobs_settings()
-    inbox_store = BlobStore(settings, settings.s3_inbox_bucket)
-    job = inbox.complete_upload(connect(settings), inbox_store, BlobStore(settings), settings, key.id, job_id)
+    job = inbox.complete_upload(jobs_clients(), key.id, job_id)
     return json_response(job.public(), 202, headers={"Location": f"/transcribe/{job.id}"})
 
 
 def storage_hook(request: Request) -> Response:
-    settings = jobs_settings()
-    credentials.check_hook_token(settings.storage_hook_token, request.headers.get("Authorization"))
+    c = jobs_clients()
+    credentials.check_hook_token(c.settings.storage_hook_token, request.headers.get("Authorization"))
     headers = {name.lower(): value for name, value in request.headers.items()}
     objects = storage_events.parse(headers, request.get_data())
-    inbox_store = BlobStore(settings, settings.s3_inbox_bucket)
-    outcomes = inbox.handle_notification(
-        connect(settings), inbox_store, BlobStore(settings), settings, objects
-    )
+    outcomes = inbox.handle_notification(c, objects)
     return json_response({"objects": [outcome.public() for outcome in outcomes]})
 
 
@@ -167,44 +160,43 @@ def list_jobs(request: Request) -> Response:
     # ASCII digits only: str.isdigit() also passes "²", which int() then refuses (a 500).
     if not re.fullmatch(r"[0-9]{1,6}", raw_limit) or not 1 <= int(raw_limit) <= settings.jobs_page_max:
         raise ValidationError.for_field("limit", f"must be an integer from 1 to {settings.jobs_page_max}")
-    page = job_service.list_jobs(connect(settings), key.id, int(raw_limit), args.get("cursor"))
+    page = job_service.list_jobs(jobs_clients().redis, key.id, int(raw_limit), args.get("cursor"))
     return json_response({"jobs": [job.public() for job in page.jobs], "next_cursor": page.next_cursor})
 
 
 def get_job(request: Request, job_id: str) -> Response:
     key = _caller(request)
-    return json_response(job_service.get_job(connect(jobs_settings()), key.id, job_id).public())
+    return json_response(job_service.get_job(jobs_clients().redis, key.id, job_id).public())
 
 
 def cancel_job(request: Request, job_id: str) -> Response:
     key = _caller(request)
-    settings = jobs_settings()
-    job = job_service.cancel_job(connect(settings), BlobStore(settings), settings, key.id, job_id)
+    c = jobs_clients()
+    job = job_service.cancel_job(c.redis, c.store, c.settings, key.id, job_id)
     return json_response(job.public())
 
 
 def delete_job(request: Request, job_id: str) -> Response:
     key = _caller(request)
-    settings = jobs_settings()
-    job_service.delete_job(connect(settings), BlobStore(settings), key.id, job_id)
+    c = jobs_clients()
+    job_service.delete_job(c.redis, c.store, key.id, job_id)
     return Response(status=204)
 
 
 def get_result(request: Request, job_id: str) -> Response:
     key = _caller(request)
-    settings = jobs_settings()
+    c = jobs_clients()
     body, content_type = job_service.result(
-        connect(settings), BlobStore(settings), key.id, job_id, query_args(request, "format").get("format")
+        c.redis, c.store, key.id, job_id, query_args(request, "format").get("format")
     )
     return Response(body, content_type=content_type)
 
 
 def get_usage(request: Request) -> Response:
     key = _caller(request)
-    settings = jobs_settings()
-    r = connect(settings)
-    limits = fairuse.quota_report(r, key.id, fairuse.limits(settings, key.limits))
-    return json_response({**usage.read(r, key.id), "limits": limits})
+    c = jobs_clients()
+    limits = fairuse.quota_report(c.redis, key.id, fairuse.limits(c.settings, key.limits))
+    return json_response({**usage.read(c.redis, key.id), "limits": limits})
 
 
 class WebhookEndpoint(BaseModel):
@@ -214,7 +206,7 @@ class WebhookEndpoint(BaseModel):
 
 def get_webhook(request: Request) -> Response:
     key = _caller(request)
-    return json_response(webhooks.endpoint(connect(jobs_settings()), key.id).public())
+    return json_response(webhooks.endpoint(jobs_clients().redis, key.id).public())
 
 
 def put_webhook(request: Request) -> Response:
@@ -222,17 +214,17 @@ def put_webhook(request: Request) -> Response:
     settings = jobs_settings()
     body = parsing.validate(WebhookEndpoint, parsing.json_body(request) or {})
     url = webhooks.checked_url("url", body.url, settings.outbound_allow_cidrs) if body.url else None
-    return json_response(webhooks.set_url(connect(settings), key.id, url).public())
+    return json_response(webhooks.set_url(jobs_clients().redis, key.id, url).public())
 
 
 def rotate_webhook_secret(request: Request) -> Response:
     key = _caller(request)
-    return json_response(webhooks.rotate(connect(jobs_settings()), key.id).public())
+    return json_response(webhooks.rotate(jobs_clients().redis, key.id).public())
 
 
 def get_health(request: Request) -> Response:
-    settings = jobs_settings()
-    healthy, report = health.check(connect(settings), BlobStore(settings), settings.worker_heartbeat_seconds)
+    c = jobs_clients()
+    healthy, report = health.check(c.redis, c.store, c.settings.worker_heartbeat_seconds)
     return json_response(report, 200 if healthy else 503)
 
 
@@ -258,8 +250,8 @@ def openai_translations(request: Request) -> Response:
 
 
 def _openai_audio(request: Request, task: Task) -> Response:
-    settings = jobs_settings()
-    r, store = connect(settings), BlobStore(settings)
+    c = jobs_clients()
+    settings, r, store = c.settings, c.redis, c.store
     key = openai_compat.authenticate(settings, r, request)
     limits = fairuse.limits(settings, key.limits)
     # The slot is taken before the upload is read: a key's extra calls cost nothing.
@@ -274,9 +266,9 @@ def _openai_audio(request: Request, task: Task) -> Response:
 
 
 def openai_models(request: Request) -> Response:
-    settings = jobs_settings()
-    openai_compat.authenticate(settings, connect(settings), request)
-    return json_response(openai_compat.model_list(settings))
+    c = jobs_clients()
+    openai_compat.authenticate(c.settings, c.redis, request)
+    return json_response(openai_compat.model_list(c.settings))
 
 
 _ROUTES = Map(
