@@ -74,12 +74,7 @@ def _load(r: redis.Redis, key_id: str) -> tuple[ApiKey, str] | None:
     record: dict[str, str] = r.hgetall(keys.api_key(key_id))  # type: ignore[assignment]
     if not record:
         return None
-    revoked = record.get("revoked_at")
-    own = {name: record[name] for name in LIMIT_FIELDS if name in record}
-    key = ApiKey(
-        key_id, record["name"], float(record["created_at"]), float(revoked) if revoked else None, own
-    )
-    return key, record["hash"]
+    return key_from_record(key_id, record), record["hash"]
 
 
 def set_limits(r: redis.Redis, key_id: str, values: Mapping[str, int | None]) -> ApiKey:
@@ -152,6 +147,19 @@ def issue_token(settings: JwtSettings, key: ApiKey) -> IssuedToken:
 
 def verify_token(settings: JwtSettings, r: redis.Redis, token: str) -> ApiKey:
     """The key a bearer token speaks for, checked against the key's current state."""
+    loaded = _load(r, token_subject(settings, token))
+    if loaded is None or not loaded[0].active:
+        raise UnauthorizedError(REVOKED)
+    return loaded[0]
+
+
+#: Why a well-signed token is refused: its key is gone or revoked.
+REVOKED = "the API key behind this token has been revoked"
+
+
+def token_subject(settings: JwtSettings, token: str) -> str:
+    """The key id a bearer token was issued for, once its signature and claims check out
+    (no Redis: the key's current state is the caller's to check)."""
     try:
         claims = jwt.decode(
             token,
@@ -165,10 +173,15 @@ def verify_token(settings: JwtSettings, r: redis.Redis, token: str) -> ApiKey:
         raise UnauthorizedError("token has expired; request a new one at /auth/token") from None
     except jwt.InvalidTokenError as exc:
         raise UnauthorizedError(f"invalid token: {exc}") from None
-    loaded = _load(r, str(claims["sub"]))
-    if loaded is None or not loaded[0].active:
-        raise UnauthorizedError("the API key behind this token has been revoked")
-    return loaded[0]
+    return str(claims["sub"])
+
+
+def key_from_record(key_id: str, record: Mapping[str, str]) -> ApiKey:
+    """An ``ApiKey`` from its stored record (a hash of ``keys.api_key``)."""
+    revoked = record.get("revoked_at")
+    own = {name: record[name] for name in LIMIT_FIELDS if name in record}
+    revoked_at = float(revoked) if revoked else None
+    return ApiKey(key_id, record["name"], float(record["created_at"]), revoked_at, own)
 
 
 def verify_key_or_token(settings: JwtSettings, r: redis.Redis, credential: str) -> ApiKey:

@@ -27,10 +27,10 @@ from typing import Any, cast
 
 import redis
 
-from shared import keys, usage
+from shared import credentials, keys, usage
 from shared.credentials import LIMIT_FIELDS, ApiKey
 from shared.errors import TooManyRequestsError, UnauthorizedError
-from shared.settings import FairUseSettings
+from shared.settings import FairUseSettings, JwtSettings
 
 #: Names of the per-key overrides, as stored in the key's record and given to the CLI.
 OVERRIDES = LIMIT_FIELDS
@@ -68,6 +68,31 @@ end
 redis.call('INCRBYFLOAT', KEYS[2], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 return {0, tostring(used + tonumber(ARGV[3]))}
+"""
+
+
+# A request with a well-signed token, in one round trip: the client address is not blocked for
+# failed authentications, the key exists and is not revoked, the request fits its rate limit
+# (the key's own or ARGV[2]); then it is counted in the window and in the key's usage.
+# Returns {verdict, milliseconds to wait, rate limit, the key's record as a flat list}.
+_ADMISSION = """
+local fails = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > 0 and fails >= tonumber(ARGV[1]) then
+  return {'blocked', redis.call('PTTL', KEYS[1]), 0, {}}
+end
+local record = redis.call('HGETALL', KEYS[2])
+local fields = {}
+for i = 1, #record, 2 do fields[record[i]] = record[i + 1] end
+if #record == 0 or fields['revoked_at'] then return {'revoked', 0, 0, {}} end
+local limit = tonumber(fields['rate_limit_per_minute'] or ARGV[2])
+if limit > 0 then
+  local count = tonumber(redis.call('GET', KEYS[3]) or '0')
+  if count >= limit then return {'limited', redis.call('PTTL', KEYS[3]), limit, {}} end
+  if redis.call('INCR', KEYS[3]) == 1 then redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[3]) * 1000) end
+end
+redis.call('HINCRBY', KEYS[4], 'requests', 1)
+redis.call('HSET', KEYS[4], 'last_used_at', ARGV[4])
+return {'ok', 0, limit, record}
 """
 
 
@@ -114,13 +139,7 @@ def check_rate(r: redis.Redis, key_id: str, limit: Limits) -> None:
     quota = limit.rate_limit_per_minute
     refused, ttl_ms = cast(list[int], r.eval(_COUNT, 1, keys.rate(key_id), quota, _WINDOW_SECONDS))
     if refused:
-        raise _refuse(
-            f"more than {quota} requests a minute from this key; slow down",
-            "requests",
-            quota,
-            _WINDOW_SECONDS,
-            max(ttl_ms, 0) / 1000,
-        )
+        raise _rate_refusal(quota, ttl_ms)
 
 
 @contextmanager
@@ -134,22 +153,11 @@ def guard_authentication(
     if limit > 0:
         for name, count in zip(names, cast(list[str | None], r.mget(names)), strict=True):
             if int(count or 0) >= limit:
-                ttl = int(r.pttl(name))
-                raise _refuse(
-                    "too many failed authentication attempts; wait before trying again",
-                    "auth-failures",
-                    limit,
-                    _WINDOW_SECONDS,
-                    (ttl if ttl > 0 else _WINDOW_SECONDS * 1000) / 1000,
-                )
+                raise _auth_refusal(limit, int(r.pttl(name)))
     try:
         yield
     except UnauthorizedError:
-        with r.pipeline(transaction=False) as pipe:
-            for name in names:
-                pipe.incr(name)
-                pipe.expire(name, _WINDOW_SECONDS, nx=True)
-            pipe.execute()
+        _count_failure(r, settings, names)
         raise
 
 
@@ -163,6 +171,72 @@ def admit(
     check_rate(r, key.id, limits(settings, key.limits))
     usage.touch(r, key.id)
     return key
+
+
+def admit_token(
+    r: redis.Redis, settings: FairUseSettings, jwt: JwtSettings, client: str, token: str
+) -> ApiKey:
+    """``admit`` for a bearer token, in one Redis round trip once the token's signature checks
+    out (the hot path of every native route): the same checks, the same counts."""
+    try:
+        key_id = credentials.token_subject(jwt, token)
+    except UnauthorizedError:
+        _count_failure(r, settings, [keys.auth_failures("addr", client)])
+        raise
+    names = [keys.auth_failures("addr", client), keys.api_key(key_id), keys.rate(key_id), keys.usage(key_id)]
+    limits = [settings.auth_failures_per_minute, settings.rate_limit_per_minute, _WINDOW_SECONDS]
+    verdict, wait_ms, limit, flat = cast(list[Any], _run(r, _ADMISSION, names, [*limits, repr(time.time())]))
+    if verdict == "blocked":
+        raise _auth_refusal(settings.auth_failures_per_minute, int(wait_ms))
+    if verdict == "revoked":
+        _count_failure(r, settings, [keys.auth_failures("addr", client)])
+        raise UnauthorizedError(credentials.REVOKED)
+    if verdict == "limited":
+        raise _rate_refusal(int(limit), int(wait_ms))
+    record = dict(zip(flat[::2], flat[1::2], strict=True))
+    return credentials.key_from_record(key_id, record)
+
+
+def _count_failure(r: redis.Redis, settings: FairUseSettings, names: list[str]) -> None:
+    """Count one failed authentication; 429 instead of the 401 once past the limit."""
+    with r.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.incr(name)
+            pipe.expire(name, _WINDOW_SECONDS, nx=True)
+        counts = pipe.execute()[::2]
+    limit = settings.auth_failures_per_minute
+    if limit > 0 and max(counts) > limit:
+        raise _auth_refusal(limit, _WINDOW_SECONDS * 1000)
+
+
+def _auth_refusal(limit: int, wait_ms: int) -> TooManyRequestsError:
+    return _refuse(
+        "too many failed authentication attempts; wait before trying again",
+        "auth-failures",
+        limit,
+        _WINDOW_SECONDS,
+        (wait_ms if wait_ms > 0 else _WINDOW_SECONDS * 1000) / 1000,
+    )
+
+
+def _rate_refusal(quota: int, wait_ms: int) -> TooManyRequestsError:
+    return _refuse(
+        f"more than {quota} requests a minute from this key; slow down",
+        "requests",
+        quota,
+        _WINDOW_SECONDS,
+        max(wait_ms, 0) / 1000,
+    )
+
+
+_SCRIPTS: dict[str, Any] = {}
+
+
+def _run(r: redis.Redis, source: str, names: list[str], args: list[Any]) -> Any:
+    """Run a Lua script by its digest (EVALSHA; loaded on first use on each server)."""
+    if source not in _SCRIPTS:
+        _SCRIPTS[source] = r.register_script(source)
+    return _SCRIPTS[source](keys=names, args=args, client=r)
 
 
 def key_id_hint(credential: str) -> str | None:

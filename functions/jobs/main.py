@@ -7,7 +7,6 @@ problem+json, except under ``/v1`` where they take OpenAI's shape.
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Callable
 
@@ -63,13 +62,9 @@ Handler = Callable[..., Response]
 
 def _caller(request: Request) -> ApiKey:
     c = jobs_clients()
-    return fairuse.admit(
-        c.redis,
-        c.settings,
-        parsing.client_address(request, c.settings.proxy_hops),
-        credentials.bearer(request.headers.get("Authorization")),
-        functools.partial(credentials.verify_token, c.settings, c.redis),
-    )
+    client = parsing.client_address(request, c.settings.proxy_hops)
+    token = credentials.bearer(request.headers.get("Authorization"))
+    return fairuse.admit_token(c.redis, c.settings, c.settings, client, token)
 
 
 def create_job(request: Request) -> Response:
