@@ -30,6 +30,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.procs import tree_rss_bytes
 from shared import credentials, keys
 from shared.devstack import free_port, start_gateway, start_redis, start_s3, tone_wav
 from shared.dispatcher import Dispatcher
@@ -57,16 +58,7 @@ class Stack:
     env: dict[str, str]
 
     def rss(self) -> int:
-        pids = [
-            self.gateway_pid,
-            *Path(f"/proc/{self.gateway_pid}/task/{self.gateway_pid}/children").read_text().split(),
-        ]
-        total = 0
-        for pid in pids:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-        return total
+        return tree_rss_bytes(self.gateway_pid)
 
     def key(self, name: str) -> tuple[str, str]:
         key, plaintext = credentials.create_key(self.r, name)

@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 import redis  # noqa: E402
 import requests  # noqa: E402
 
+from bench.procs import tree_rss_bytes  # noqa: E402
 from shared import credentials, jobstore  # noqa: E402
 from shared.devstack import free_port, start_redis, start_s3, wait_for_port  # noqa: E402
 from shared.models import Job, JobOptions, JobStatus  # noqa: E402
@@ -108,13 +109,7 @@ def _cpu_per_request(target: str, source: str, path: str, headers: dict[str, str
 
 
 def _rss_mb(pid: int) -> float:
-    pids = [pid, *Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    total = 0
-    for each in pids:
-        for line in Path(f"/proc/{each}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                total += int(line.split()[1]) * 1024
-    return total / (1 << 20)
+    return tree_rss_bytes(pid) / (1 << 20)
 
 
 @contextmanager

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from bench.procs import tree_rss_bytes
 from shared import credentials
 from shared.devstack import free_port, start_gateway, wait_for_port
 
@@ -29,13 +30,7 @@ class Gateway:
 
     def rss_bytes(self) -> int:
         """Resident memory of the gunicorn master and its workers together."""
-        pids = [self.pid, *Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()]
-        total = 0
-        for pid in pids:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-        return total
+        return tree_rss_bytes(self.pid)
 
 
 @pytest.fixture(scope="module")
