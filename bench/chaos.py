@@ -109,6 +109,8 @@ class Stack:
             "WORKER_MAX_DELIVERIES": "5",
             "REDIS_TIMEOUT_SECONDS": "2",
             "LOG_LEVEL": "ERROR",
+            # The client polls every job twice a second: far past any fair-use rate limit.
+            "RATE_LIMIT_PER_MINUTE": "0",
         }
         self.redis = start_redis(self.redis_port, workdir / "redis")
         self.s3 = start_s3(s3_port)

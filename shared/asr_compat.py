@@ -26,7 +26,7 @@ from typing import Any
 import redis
 from werkzeug.datastructures import MultiDict
 
-from shared import credentials, job_service, openai_compat, usage
+from shared import credentials, job_service, openai_compat, parsing, usage
 from shared.credentials import ApiKey
 from shared.errors import UnauthorizedError, UnsupportedMediaError, ValidationError
 from shared.formats import render
@@ -120,12 +120,12 @@ def parse_asr(args: MultiDict[str, str], settings: ModelSettings) -> AsrRequest:
         "word_timestamps": _flag(args, "word_timestamps", False),
         "output_format": OUTPUTS[output].value,
     }
-    return AsrRequest(job_service.parse_options(raw, settings), output, _flag(args, "encode", True))
+    return AsrRequest(parsing.parse_options(raw, settings), output, _flag(args, "encode", True))
 
 
 def parse_detect(args: MultiDict[str, str], settings: ModelSettings) -> AsrRequest:
     """A ``/detect-language`` query: a transcription job with the language left to detect."""
-    options = job_service.parse_options({}, settings)
+    options = parsing.parse_options({}, settings)
     return AsrRequest(options, "json", _flag(args, "encode", True))
 
 

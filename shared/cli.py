@@ -1,8 +1,12 @@
 """The ``whisper-api`` console command.
 
-whisper-api keys create --name NAME   # prints the new key as the last line
+whisper-api keys create --name NAME [LIMITS]   # prints the new key as the last line
+whisper-api keys update KEY_ID LIMITS          # a key's own fair-use limits
 whisper-api keys list
 whisper-api keys revoke KEY_ID
+
+LIMITS: --rate-limit-per-minute N --max-pending-jobs N --max-sync-waits N
+        --quota-audio-seconds-per-day N (0: unlimited; "default": the operator's setting)
 whisper-api worker                    # run a transcription worker (it also sends webhooks)
 whisper-api webhooks                  # run a webhook dispatcher on its own
 whisper-api dev                       # the whole service locally (see devtools/devstack.py)
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import sys
 from datetime import UTC, datetime
+from typing import Any
 
 from shared import client_cli, credentials
 from shared.errors import WhisperApiError
@@ -34,8 +39,14 @@ def _keys(args: argparse.Namespace) -> int:
     r = connect(redis_settings())
     if args.action == "create":
         key, plaintext = credentials.create_key(r, args.name)
+        if _limit_values(args):
+            credentials.set_limits(r, key.id, _limit_values(args))
         print(f"Created API key {key.id} ({key.name}). It is shown only once; store it now:")
         print(plaintext)
+    elif args.action == "update":
+        key = credentials.set_limits(r, args.key_id, _limit_values(args))
+        own = ", ".join(f"{name}={value}" for name, value in key.limits.items()) or "none"
+        print(f"Updated API key {key.id} ({key.name}); its own limits: {own}")
     elif args.action == "list":
         print(f"{'ID':<14}{'NAME':<24}{'CREATED (UTC)':<21}REVOKED (UTC)")
         for key in credentials.list_keys(r):
@@ -44,6 +55,28 @@ def _keys(args: argparse.Namespace) -> int:
         key = credentials.revoke_key(r, args.key_id)
         print(f"Revoked API key {key.id} ({key.name}); its tokens are refused from now on.")
     return 0
+
+
+def _limit(raw: str) -> int | None:
+    if raw == "default":
+        return None
+    if not raw.isdigit():
+        raise argparse.ArgumentTypeError("a whole number >= 0, or 'default'")
+    return int(raw)
+
+
+def _limit_values(args: argparse.Namespace) -> dict[str, int | None]:
+    """The limits given on the command line (absent flags leave a limit as it is)."""
+    given = {name: getattr(args, name, _UNSET) for name in credentials.LIMIT_FIELDS}
+    return {name: value for name, value in given.items() if value is not _UNSET}
+
+
+_UNSET: Any = object()
+
+
+def _add_limit_flags(command: argparse.ArgumentParser) -> None:
+    for name in credentials.LIMIT_FIELDS:
+        command.add_argument(f"--{name.replace('_', '-')}", dest=name, type=_limit, default=_UNSET)
 
 
 def _worker(_: argparse.Namespace) -> int:
@@ -84,6 +117,10 @@ def parser() -> argparse.ArgumentParser:
     key_actions = keys.add_subparsers(dest="action", required=True)
     create = key_actions.add_parser("create", help="create a key and print it once")
     create.add_argument("--name", required=True)
+    _add_limit_flags(create)
+    update = key_actions.add_parser("update", help="set a key's own fair-use limits")
+    update.add_argument("key_id")
+    _add_limit_flags(update)
     key_actions.add_parser("list", help="list keys (never their secrets)")
     revoke = key_actions.add_parser("revoke", help="revoke a key and its tokens")
     revoke.add_argument("key_id")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
 import secrets
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import cast
 
 import jwt
@@ -26,12 +28,18 @@ _ALGORITHM = "HS256"
 _REQUIRED_CLAIMS = ["sub", "iat", "exp", "iss", "aud", "jti"]
 
 
+#: A key's own fair-use limits, stored in its record (see shared.fairuse); absent: the default.
+LIMIT_FIELDS = ("rate_limit_per_minute", "max_pending_jobs", "max_sync_waits", "quota_audio_seconds_per_day")
+
+
 @dataclass(frozen=True)
 class ApiKey:
     id: str
     name: str
     created_at: float
     revoked_at: float | None
+    #: The key's own values of ``LIMIT_FIELDS`` (as stored: strings of integers).
+    limits: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def active(self) -> bool:
@@ -67,9 +75,25 @@ def _load(r: redis.Redis, key_id: str) -> tuple[ApiKey, str] | None:
     record: dict[str, str] = r.hgetall(keys.api_key(key_id))  # type: ignore[assignment]
     if not record:
         return None
-    revoked = record.get("revoked_at")
-    key = ApiKey(key_id, record["name"], float(record["created_at"]), float(revoked) if revoked else None)
-    return key, record["hash"]
+    return key_from_record(key_id, record), record["hash"]
+
+
+def set_limits(r: redis.Redis, key_id: str, values: Mapping[str, int | None]) -> ApiKey:
+    """Set a key's own limits (``LIMIT_FIELDS``); None returns one to the operator's default."""
+    if not r.exists(keys.api_key(key_id)):
+        raise NotFoundError(f"no API key with id {key_id!r}")
+    with r.pipeline(transaction=True) as pipe:
+        for name, value in values.items():
+            if name not in LIMIT_FIELDS:
+                raise ValueError(f"unknown limit {name!r}")
+            if value is None:
+                pipe.hdel(keys.api_key(key_id), name)
+            else:
+                pipe.hset(keys.api_key(key_id), name, str(int(value)))
+        pipe.execute()
+    loaded = _load(r, key_id)
+    assert loaded is not None
+    return loaded[0]
 
 
 def find_key(r: redis.Redis, key_id: str) -> ApiKey | None:
@@ -124,23 +148,60 @@ def issue_token(settings: JwtSettings, key: ApiKey) -> IssuedToken:
 
 def verify_token(settings: JwtSettings, r: redis.Redis, token: str) -> ApiKey:
     """The key a bearer token speaks for, checked against the key's current state."""
+    loaded = _load(r, token_subject(settings, token))
+    if loaded is None or not loaded[0].active:
+        raise UnauthorizedError(REVOKED)
+    return loaded[0]
+
+
+#: Why a well-signed token is refused: its key is gone or revoked.
+REVOKED = "the API key behind this token has been revoked"
+
+
+def token_subject(settings: JwtSettings, token: str) -> str:
+    """The key id a bearer token was issued for, once its signature and claims check out
+    (no Redis: the key's current state is the caller's to check)."""
+    if len(token) > _MAX_TOKEN_LENGTH:
+        raise UnauthorizedError("invalid token: too long")
     try:
-        claims = jwt.decode(
-            token,
-            settings.jwt_secret,
-            algorithms=[_ALGORITHM],  # pinned: never trust the token's own "alg"
-            audience=settings.jwt_audience,
-            issuer=settings.jwt_issuer,
-            options={"require": _REQUIRED_CLAIMS},
-        )
+        subject, expires = _verified(token, settings.jwt_secret, settings.jwt_audience, settings.jwt_issuer)
     except jwt.ExpiredSignatureError:
-        raise UnauthorizedError("token has expired; request a new one at /auth/token") from None
+        raise UnauthorizedError(_EXPIRED) from None
     except jwt.InvalidTokenError as exc:
         raise UnauthorizedError(f"invalid token: {exc}") from None
-    loaded = _load(r, str(claims["sub"]))
-    if loaded is None or not loaded[0].active:
-        raise UnauthorizedError("the API key behind this token has been revoked")
-    return loaded[0]
+    if expires <= time.time():  # a verified token taken from the cache can expire since
+        raise UnauthorizedError(_EXPIRED)
+    return subject
+
+
+_EXPIRED = "token has expired; request a new one at /auth/token"
+#: Far above what ``issue_token`` makes (about 250 characters); longer is not ours.
+_MAX_TOKEN_LENGTH = 2048
+
+
+@functools.lru_cache(maxsize=4096)
+def _verified(token: str, secret: str, audience: str, issuer: str) -> tuple[str, float]:
+    """(subject, expiry) of a token whose signature and claims check out. Cached: verifying
+    costs more CPU than the rest of a request (PyJWT checks base64 a character at a time), and
+    the same token string under the same secret always verifies the same way. Failures raise
+    and are not cached; expiry is checked again on every use, revocation in Redis."""
+    claims = jwt.decode(
+        token,
+        secret,
+        algorithms=[_ALGORITHM],  # pinned: never trust the token's own "alg"
+        audience=audience,
+        issuer=issuer,
+        options={"require": _REQUIRED_CLAIMS},
+    )
+    return str(claims["sub"]), float(claims["exp"])
+
+
+def key_from_record(key_id: str, record: Mapping[str, str]) -> ApiKey:
+    """An ``ApiKey`` from its stored record (a hash of ``keys.api_key``)."""
+    revoked = record.get("revoked_at")
+    own = {name: record[name] for name in LIMIT_FIELDS if name in record}
+    revoked_at = float(revoked) if revoked else None
+    return ApiKey(key_id, record["name"], float(record["created_at"]), revoked_at, own)
 
 
 def verify_key_or_token(settings: JwtSettings, r: redis.Redis, credential: str) -> ApiKey:

@@ -7,6 +7,12 @@ if the token still matches (a dispatcher that overran its lease cannot overwrite
 claim). A dispatcher that dies mid-send recorded nothing: once the lease runs out the message
 is due again and is sent again with the same ``webhook-id``, so receivers can de-duplicate.
 
+Deliveries run concurrently (``WEBHOOK_CONCURRENCY`` at once) with at most
+``WEBHOOK_PER_TARGET`` to any one host, and every attempt has a total deadline
+(``WEBHOOK_TIMEOUT_SECONDS``, enforced by ``netguard.Deadline`` however the receiver paces its
+answer) that ends well inside its lease: one slow receiver delays no other tenant's delivery,
+and a lease never lets two dispatchers hold the same attempt.
+
 Outcomes: 2xx delivered; 410 Gone stops retrying; anything else (3xx included: redirects are
 not followed), a timeout or a refused address is retried per ``WEBHOOK_RETRY_SCHEDULE`` with
 +/-20 % jitter, then given up.
@@ -20,9 +26,12 @@ import secrets
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 import redis
 import urllib3
@@ -35,8 +44,9 @@ log = logging.getLogger("whisper_api.webhooks")
 
 #: How long an idle dispatcher sleeps between looks at the due set.
 POLL_SECONDS = 0.2
-#: Messages claimed per look; each is sent in turn.
-BATCH = 10
+#: Due messages looked at per look (more than can be sent at once: some may wait for their
+#: target's slots).
+BATCH = 50
 #: Jitter spreads retries of many messages that failed together (a receiver outage).
 JITTER = 0.2
 #: Bytes of a receiver's answer read at most (the status is what matters).
@@ -101,9 +111,13 @@ class Dispatcher:
     name: str = field(default_factory=lambda: f"dispatcher-{secrets.token_hex(3)}")
     clock: Callable[[], float] = time.time
 
+    _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
+    _in_flight: Counter[str] = field(default_factory=Counter, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
     @property
     def lease_seconds(self) -> float:
-        """Longer than any one send can take (connect + read timeouts), with room to record."""
+        """Longer than any one send can take (its total deadline), with room to record."""
         return 2 * self.settings.webhook_timeout_seconds + 5
 
     def run(self, stop: threading.Event) -> None:
@@ -111,25 +125,73 @@ class Dispatcher:
         log.info("webhook dispatcher %s started", self.name)
         while not stop.is_set():
             try:
-                sent = self.run_once()
+                sent = self.run_once(wait=False)
             except redis.RedisError as exc:
                 log.warning("webhook dispatcher: Redis unavailable (%s)", exc)
                 sent = 0
+            except Exception:  # a bug must not end deliveries for every tenant: log, go on
+                log.exception("webhook dispatcher: unexpected error; carrying on")
+                sent = 0
             if not sent:
                 stop.wait(POLL_SECONDS)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
         log.info("webhook dispatcher %s stopped", self.name)
 
-    def run_once(self) -> int:
-        """Claim the messages due now and send each once; how many were sent."""
+    def run_once(self, wait: bool = True) -> int:
+        """Claim the messages due now that have a free slot (overall and for their target) and
+        send each once, concurrently; how many were started. ``wait``: until they are done."""
         now = self.clock()
         due = cast(list[str], self.r.zrangebyscore(keys.WEBHOOKS_DUE, "-inf", now, start=0, num=BATCH))
-        sent = 0
+        started = []
         for msg in due:
+            target = self._target(msg)
+            if not self._take_slot(target):
+                continue
             token = self.claim(msg, now)
-            if token is not None:
-                self.send(msg, token)
-                sent += 1
-        return sent
+            if token is None:
+                self._free_slot(target)
+                continue
+            started.append(self._executor().submit(self._send_in_slot, msg, token, target))
+        if wait:
+            for future in started:
+                future.result()
+        return len(started)
+
+    def _target(self, msg: str) -> str:
+        url = cast(str | None, self.r.hget(keys.webhook_delivery(msg), "url")) or ""
+        return urlsplit(url).netloc.lower()
+
+    def _take_slot(self, target: str) -> bool:
+        with self._lock:
+            busy = sum(self._in_flight.values())
+            if busy >= self.settings.webhook_concurrency:
+                return False
+            if self._in_flight[target] >= self.settings.webhook_per_target:
+                return False
+            self._in_flight[target] += 1
+            return True
+
+    def _free_slot(self, target: str) -> None:
+        with self._lock:
+            self._in_flight[target] -= 1
+            if self._in_flight[target] <= 0:
+                del self._in_flight[target]
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.settings.webhook_concurrency, thread_name_prefix=self.name)
+        return self._pool
+
+    def _send_in_slot(self, msg: str, token: str, target: str) -> None:
+        try:
+            self.send(msg, token)
+        except Exception:
+            # One broken message must not stop the others; its lease runs out and it is
+            # tried again later (and logged again) like any failed attempt.
+            log.exception("webhook %s: sending failed unexpectedly", msg)
+        finally:
+            self._free_slot(target)
 
     def claim(self, msg: str, now: float) -> str | None:
         """Lease ``msg`` to this dispatcher if it is still due; the lease token, or None."""
@@ -157,26 +219,27 @@ class Dispatcher:
 
     def _post(self, url: str, headers: dict[str, str], body: bytes) -> Attempt:
         allow = netguard.parse_cidrs(self.settings.outbound_allow_cidrs)
-        try:
-            target = netguard.check_url(url, allow, self.resolver)
-            response = netguard.request(
-                target,
-                "POST",
-                body=body,
-                headers=headers,
-                timeout=self.settings.webhook_timeout_seconds,
-                stream=True,
-            )
-        except BlockedTargetError as exc:
-            return Attempt(None, exc.detail)
-        except urllib3.exceptions.HTTPError as exc:
-            return Attempt(None, f"{type(exc).__name__}: {exc}"[:300])
-        try:
-            response.read(MAX_RESPONSE_BYTES)  # a receiver's body is not ours to keep
-        except urllib3.exceptions.HTTPError:
-            pass  # the status already arrived; a body cut short changes nothing
-        finally:
-            response.release_conn()
+        limit = self.settings.webhook_timeout_seconds
+        with netguard.Deadline(limit) as deadline:
+            try:
+                target = netguard.check_url(url, allow, self.resolver)
+                response = netguard.request(
+                    target, "POST", body=body, headers=headers, timeout=limit, stream=True, deadline=deadline
+                )
+            except BlockedTargetError as exc:
+                return Attempt(None, exc.detail)
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                if deadline.expired:
+                    return Attempt(None, f"timed out: the receiver took longer than {limit:g} s")
+                return Attempt(None, f"{type(exc).__name__}: {exc}"[:300])
+            try:
+                response.read(MAX_RESPONSE_BYTES)  # a receiver's body is not ours to keep
+            except (urllib3.exceptions.HTTPError, OSError):
+                pass  # the status already arrived; a body cut short changes nothing
+            finally:
+                response.release_conn()
+        if deadline.expired:  # an answer cut off mid-headers can parse as complete: it is not
+            return Attempt(None, f"timed out: the receiver took longer than {limit:g} s")
         error = None if 200 <= response.status < 300 else f"the receiver answered HTTP {response.status}"
         return Attempt(response.status, error)
 

@@ -11,6 +11,8 @@
     │   ├── GoneError                 410 (a result removed by the retention policy)
     │   ├── BlockedTargetError        422, a URL the service must not contact (shared.netguard)
     │   ├── PayloadTooLargeError      413
+    │   ├── RequestTimeoutError       408, a body that did not arrive in time (shared.edge)
+    │   ├── TooManyRequestsError      429, a per-key limit (shared.fairuse), with its headers
     │   ├── UnsupportedMediaError     415
     │   └── JobOutcomeError           a synchronous (/v1) call's job gave no transcript; names the job
     │       ├── JobFailedError          400, with the job's reason
@@ -97,6 +99,24 @@ class BlockedTargetError(ClientError):
 class PayloadTooLargeError(ClientError):
     status = 413
     title = "Content Too Large"
+
+
+class TooManyRequestsError(ClientError):
+    """A per-key limit (shared.fairuse); ``headers`` say when to retry and which limit."""
+
+    status = 429
+    title = "Too Many Requests"
+
+    def __init__(self, detail: str, headers: dict[str, str]) -> None:
+        super().__init__(detail)
+        self.headers = headers
+
+
+class RequestTimeoutError(ClientError):
+    """The request body did not arrive within its deadline (shared.edge)."""
+
+    status = 408
+    title = "Request Timeout"
 
 
 class UnsupportedMediaError(ClientError):

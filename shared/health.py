@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -10,6 +11,8 @@ import redis
 from shared import keys
 from shared.errors import StorageError
 from shared.storage import BlobStore
+
+log = logging.getLogger("whisper_api.health")
 
 
 def live_workers(r: redis.Redis, max_age_seconds: float) -> list[str]:
@@ -37,12 +40,15 @@ def check(r: redis.Redis, store: BlobStore, heartbeat_seconds: float) -> tuple[b
         r.ping()
         report["redis"] = {"status": "up"}
     except redis.RedisError as exc:
-        report["redis"] = {"status": "down", "detail": type(exc).__name__}
+        log.warning("health: redis is down: %s", exc)
+        report["redis"] = {"status": "down"}
+    # The report is public: it names no endpoint, bucket or error text (those go to the log).
     try:
         store.check()
-        report["storage"] = {"status": "up", "bucket": store.bucket}
+        report["storage"] = {"status": "up"}
     except StorageError as exc:
-        report["storage"] = {"status": "down", "detail": str(exc)[:200]}
+        log.warning("health: storage is down: %s", exc)
+        report["storage"] = {"status": "down"}
     if report["redis"]["status"] == "up":
         # Three missed heartbeats and a worker is presumed gone.
         workers = live_workers(r, heartbeat_seconds * 3)

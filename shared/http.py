@@ -14,7 +14,16 @@ from flask import Request, Response
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from shared.errors import ClientError, FieldError, PayloadTooLargeError, UnavailableError, ValidationError
+from shared import edge
+from shared.errors import (
+    ClientError,
+    FieldError,
+    PayloadTooLargeError,
+    StorageError,
+    UnavailableError,
+    ValidationError,
+)
+from shared.parsing import validation_error
 
 log = logging.getLogger("whisper_api.http")
 
@@ -54,16 +63,6 @@ def query_args(request: Request, *allowed: str) -> MultiDict[str, str]:
     return request.args
 
 
-def field_errors(exc: pydantic.ValidationError) -> list[FieldError]:
-    """pydantic's errors as (field, message) pairs, messages without pydantic's prefixes."""
-    out = []
-    for err in exc.errors():
-        name = ".".join(str(part) for part in err["loc"]) or "body"
-        message = str(err["msg"]).removeprefix("Value error, ")
-        out.append(FieldError(name, message))
-    return out
-
-
 def _too_large(detail: str) -> Response:
     # Streamed on purpose: functions-framework drains the request body after every non-streamed
     # response, which for an oversized (possibly endless, chunked) upload is what we refuse to do.
@@ -77,11 +76,9 @@ def _too_large(detail: str) -> Response:
 def to_response(exc: Exception) -> Response:
     """Translate any exception into a problem response; unexpected ones are logged, not shown."""
     if isinstance(exc, ClientError) and not isinstance(exc, PayloadTooLargeError):
-        return problem(exc.status, exc.title, exc.detail, exc.errors)
+        return problem(exc.status, exc.title, exc.detail, exc.errors, getattr(exc, "headers", None))
     if isinstance(exc, pydantic.ValidationError):
-        errors = field_errors(exc)
-        detail = "; ".join(f"{e.field}: {e.message}" for e in errors)
-        return problem(422, "Unprocessable Content", detail, errors)
+        return to_response(validation_error(exc))
     if isinstance(exc, RequestEntityTooLarge | PayloadTooLargeError):
         return _too_large(str(getattr(exc, "detail", "")) or "the upload is larger than this server accepts")
     if isinstance(exc, HTTPException):
@@ -91,7 +88,10 @@ def to_response(exc: Exception) -> Response:
         return problem(code, exc.name, exc.description or exc.name, headers=allow or None)
     retry = {"Retry-After": str(UnavailableError.retry_after_seconds)}
     if isinstance(exc, UnavailableError):
-        return problem(503, "Service Unavailable", str(exc), headers=retry)
+        # The cause (endpoint URLs, buckets, object keys) is the operator's, in the log.
+        log.warning("unavailable: %s", exc)
+        what = "storage" if isinstance(exc, StorageError) else "a backing service"
+        return problem(503, "Service Unavailable", f"{what} is unavailable; retry later", headers=retry)
     if isinstance(exc, redis.RedisError):
         log.warning("redis unavailable: %s", exc)
         return problem(503, "Service Unavailable", "the job store (Redis) is unavailable", headers=retry)
@@ -110,6 +110,10 @@ def guarded(
             return handler(request)
         except Exception as exc:
             return translate(exc)
+        finally:
+            # The answer is known: whatever of the body the handler did not read stays unread
+            # (functions-framework would otherwise read it all before answering).
+            edge.seal(request.environ)
 
     run.__name__ = handler.__name__
     run.__doc__ = handler.__doc__

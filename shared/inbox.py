@@ -25,10 +25,11 @@ from typing import Any, cast
 
 import redis
 
-from shared import credentials, job_service, jobstore, keys
+from shared import credentials, fairuse, job_service, jobstore, keys, parsing
+from shared.clients import Clients
 from shared.errors import ClientError, ConflictError, NotFoundError, PayloadTooLargeError
 from shared.models import Job, JobOptions
-from shared.settings import JobsSettings
+from shared.settings import FairUseSettings, JobsSettings
 from shared.storage import BlobStore
 from shared.storage_events import CreatedObject
 from shared.uploads import Upload
@@ -38,6 +39,8 @@ log = logging.getLogger("whisper_api.inbox")
 #: How long a presigned upload URL stays valid.
 UPLOAD_URL_TTL_SECONDS = 3600
 _OWNER = re.compile(r"^([0-9a-f]{12})/")
+#: A presigned upload's object key: the owner's key id and the job id handed out for it.
+_UPLOAD = re.compile(r"^([0-9a-f]{12})/uploads/([0-9a-f]{1,64})$")
 _UPLOAD_KEY = re.compile(r"^([0-9a-f]{12})/uploads/([0-9a-f]{28})$")
 #: Marker value while the job is being made (any other value is the job id, or a refusal).
 _IN_PROGRESS = "in-progress"
@@ -65,10 +68,17 @@ def upload_key(key_id: str, job_id: str) -> str:
 
 
 def start_upload(
-    r: redis.Redis, inbox: BlobStore, key_id: str, options: JobOptions, webhook_url: str | None
+    r: redis.Redis,
+    inbox: BlobStore,
+    settings: FairUseSettings,
+    key_id: str,
+    options: JobOptions,
+    webhook_url: str | None,
 ) -> dict[str, Any]:
-    """Hand out a job id and a presigned PUT URL; the job starts once the object lands."""
+    """Hand out a job id and a presigned PUT URL; the job starts once the object lands.
+    429 when the key has ``MAX_OPEN_UPLOADS_PER_KEY`` uploads open already."""
     job_id = jobstore.new_job_id()
+    fairuse.open_upload(r, settings, key_id, job_id, UPLOAD_URL_TTL_SECONDS + 60)
     record = {"key_id": key_id, "options": options.model_dump(mode="json"), "webhook_url": webhook_url}
     url = inbox.presigned_put(upload_key(key_id, job_id), UPLOAD_URL_TTL_SECONDS)
     # Kept a day past the URL's expiry so a PUT that started just in time can still finish.
@@ -82,10 +92,9 @@ def start_upload(
     }
 
 
-def complete_upload(
-    r: redis.Redis, inbox: BlobStore, store: BlobStore, settings: JobsSettings, key_id: str, job_id: str
-) -> Job:
+def complete_upload(clients: Clients, key_id: str, job_id: str) -> Job:
     """The client says its PUT finished: make the job (or return it if an event already did)."""
+    r, inbox = clients.redis, clients.inbox
     existing = jobstore.load(r, job_id) if len(job_id) <= 64 else None
     if existing is not None and existing.key_id == key_id:
         return existing
@@ -93,24 +102,20 @@ def complete_upload(
     if raw is None or json.loads(cast(str, raw))["key_id"] != key_id:
         raise NotFoundError(f"no upload {job_id!r}")
     info = inbox.head(upload_key(key_id, job_id))
+    refused = json.loads(cast(str, raw)).get("refused")
+    if info is None and refused:
+        raise ConflictError(f"upload {job_id}: {refused}")
     if info is None:
         raise ConflictError(f"nothing has been uploaded for {job_id} yet; PUT the audio to upload_url first")
-    outcome = ingest(r, inbox, store, settings, upload_key(key_id, job_id), info.etag, info.size)
+    outcome = ingest(clients, upload_key(key_id, job_id), info.etag, info.size)
     if outcome.job is None:
         raise ConflictError(f"upload {job_id}: {outcome.reason}")
     return outcome.job
 
 
-def ingest(
-    r: redis.Redis,
-    inbox: BlobStore,
-    store: BlobStore,
-    settings: JobsSettings,
-    object_key: str,
-    etag: str,
-    size: int | None,
-) -> Outcome:
+def ingest(clients: Clients, object_key: str, etag: str, size: int | None) -> Outcome:
     """Turn one inbox object version into one job; safe to call again for the same object."""
+    r, inbox = clients.redis, clients.inbox
     owner = _owner(r, object_key)
     if owner is None:
         return Outcome(object_key, reason="the key does not start with an active API key id")
@@ -118,17 +123,30 @@ def ingest(
     if not r.set(marker, _IN_PROGRESS, nx=True, ex=keys.INBOX_MARKER_TTL_SECONDS):
         return _earlier(r, cast(str | None, r.get(marker)), object_key)
     try:
-        job = _make_job(r, inbox, store, settings, owner, object_key, size)
+        job = _make_job(clients, owner, object_key, size)
     except ClientError as exc:  # bad audio stays bad: remember the refusal, do not retry
         r.set(marker, _REFUSED + exc.detail, ex=keys.INBOX_MARKER_TTL_SECONDS)
+        inbox.delete(object_key)  # a refused object (too large, not audio) is not kept
+        _remember_refusal(r, object_key, exc.detail)
         return Outcome(object_key, reason=exc.detail)
     except Exception:
         r.delete(marker)  # storage or Redis trouble: let the notification's redelivery retry
         raise
     r.set(marker, job.id, ex=keys.INBOX_MARKER_TTL_SECONDS)
     r.delete(keys.pending_upload(job.id))
+    fairuse.close_upload(r, owner, job.id)
     inbox.delete(object_key)
     return Outcome(object_key, job, created=True)
+
+
+def _remember_refusal(r: redis.Redis, object_key: str, reason: str) -> None:
+    """A refused presigned upload's object is gone; its record keeps why, for ``complete``."""
+    match = _UPLOAD.match(object_key)
+    raw = r.get(keys.pending_upload(match.group(2))) if match else None
+    if match and raw:
+        record = {**json.loads(cast(str, raw)), "refused": reason}
+        r.set(keys.pending_upload(match.group(2)), json.dumps(record), keepttl=True)
+        fairuse.close_upload(r, match.group(1), match.group(2))
 
 
 def _owner(r: redis.Redis, object_key: str) -> str | None:
@@ -146,15 +164,8 @@ def _earlier(r: redis.Redis, value: str | None, object_key: str) -> Outcome:
     return Outcome(object_key, job) if job else Outcome(object_key, reason=f"its job {value} was deleted")
 
 
-def _make_job(
-    r: redis.Redis,
-    inbox: BlobStore,
-    store: BlobStore,
-    settings: JobsSettings,
-    owner: str,
-    object_key: str,
-    size: int | None,
-) -> Job:
+def _make_job(clients: Clients, owner: str, object_key: str, size: int | None) -> Job:
+    r, settings = clients.redis, clients.settings
     if size is not None and size > settings.max_upload_bytes:
         raise PayloadTooLargeError(
             f"the object is larger than the limit of {settings.max_upload_bytes} bytes"
@@ -162,12 +173,22 @@ def _make_job(
     options, webhook_url, job_id = _upload_settings(r, owner, object_key, settings)
     with tempfile.TemporaryDirectory(prefix="whisper-inbox-") as tmp:
         path = os.path.join(tmp, "audio")
-        inbox.download(object_key, path)
+        clients.inbox.download(object_key, path)
         upload = Upload(
             path, os.path.getsize(path), os.path.basename(object_key)[:255], "application/octet-stream"
         )
+        key = credentials.find_key(r, owner)
+        limits = fairuse.limits(settings, key.limits if key else None)
         return job_service.create_job(
-            r, store, owner, options, upload, webhook_url, job_id, max_seconds=settings.max_audio_seconds
+            r,
+            clients.store,
+            owner,
+            options,
+            upload,
+            webhook_url,
+            job_id,
+            limits=limits,
+            max_seconds=settings.max_audio_seconds,
         )
 
 
@@ -179,14 +200,13 @@ def _upload_settings(
     raw = r.get(keys.pending_upload(match.group(2))) if match else None
     record = json.loads(cast(str, raw)) if raw else None
     if match is None or record is None or record["key_id"] != owner:
-        return job_service.parse_options({}, settings), None, None
+        return parsing.parse_options({}, settings), None, None
     return JobOptions.model_validate(record["options"]), record["webhook_url"], match.group(2)
 
 
-def handle_notification(
-    r: redis.Redis, inbox: BlobStore, store: BlobStore, settings: JobsSettings, objects: list[CreatedObject]
-) -> list[Outcome]:
+def handle_notification(clients: Clients, objects: list[CreatedObject]) -> list[Outcome]:
     """One outcome per created object a storage notification announced."""
+    inbox = clients.inbox
     outcomes = []
     for obj in objects:
         if obj.bucket != inbox.bucket:
@@ -199,5 +219,5 @@ def handle_notification(
                 outcomes.append(Outcome(obj.key, reason="the object no longer exists"))
                 continue
             etag, size = info.etag, info.size
-        outcomes.append(ingest(r, inbox, store, settings, obj.key, etag, size))
+        outcomes.append(ingest(clients, obj.key, etag, size))
     return outcomes

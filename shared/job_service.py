@@ -6,107 +6,19 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
-import pydantic
 import redis
-from pydantic import BaseModel, ConfigDict
 
-from shared import idempotency, jobstore, queue, retention, subtitles, webhooks
+from shared import fairuse, idempotency, jobstore, queue, retention, subtitles
 from shared.audio import probe_duration
-from shared.catalog import allowed_models
 from shared.errors import ConflictError, GoneError, PayloadTooLargeError, ValidationError
 from shared.formats import SUBTITLE_FORMATS, render
 from shared.models import Job, JobOptions, JobStatus, TranscriptResult, WebhookState, parse_format
-from shared.settings import ModelSettings, OutboundSettings, RetentionSettings
+from shared.settings import RetentionSettings
 from shared.storage import BlobStore, audio_key, result_key
 from shared.uploads import Upload
 
 log = logging.getLogger("whisper_api.jobs")
-
-#: Form fields a job accepts, besides the audio file itself.
-OPTION_FIELDS = (
-    "model",
-    "language",
-    "output_format",
-    "task",
-    "temperature",
-    "threads",
-    "word_timestamps",
-    "initial_prompt",
-    "condition_on_previous_text",
-    *subtitles.FIELDS,
-)
-
-
-class _JsonFields(BaseModel):
-    """The types a JSON body must use: there, ``0`` is not a boolean and ``"2"`` not a number
-    (form fields are all strings, so only multipart gets pydantic's lenient conversion)."""
-
-    model_config = ConfigDict(extra="allow", strict=True)
-
-    model: str | None = None
-    language: str | None = None
-    output_format: str | None = None
-    task: str | None = None
-    temperature: float | None = None
-    threads: int | None = None
-    word_timestamps: bool | None = None
-    initial_prompt: str | None = None
-    condition_on_previous_text: bool | None = None
-    max_line_width: int | None = None
-    max_line_count: int | None = None
-    max_words_per_line: int | None = None
-    highlight_words: bool | None = None
-    webhook_url: str | None = None
-
-
-def check_json_types(raw: dict[str, Any]) -> None:
-    """422 naming the field when a JSON body gives an option the wrong JSON type."""
-    try:
-        _JsonFields.model_validate(raw)
-    except pydantic.ValidationError as exc:
-        from shared.http import field_errors
-
-        errors = field_errors(exc)
-        raise ValidationError("; ".join(f"{e.field}: {e.message}" for e in errors), errors) from exc
-
-
-def parse_options(raw: dict[str, Any], settings: ModelSettings) -> JobOptions:
-    """Validated job options from request fields; ValidationError names the bad field."""
-    unknown = sorted(set(raw) - set(OPTION_FIELDS))
-    if unknown:
-        raise ValidationError.for_field(unknown[0], "unknown field")
-    cut = subtitles.parse(raw)
-    values = {k: v for k, v in raw.items() if v not in (None, "") and k not in subtitles.FIELDS}
-    values.setdefault("model", settings.whisper_default_model)
-    values["subtitles"] = cut
-    try:
-        options = JobOptions.model_validate(values)
-    except pydantic.ValidationError as exc:
-        from shared.http import field_errors
-
-        errors = field_errors(exc)
-        raise ValidationError("; ".join(f"{e.field}: {e.message}" for e in errors), errors) from exc
-    if options.model not in allowed_models(settings):
-        raise ValidationError.for_field(
-            "model", f"unknown model {options.model!r}; choose one of {', '.join(allowed_models(settings))}"
-        )
-    if cut.active and not options.word_timestamps:
-        raise ValidationError.for_field(
-            next(iter(cut.model_dump(exclude_defaults=True))), "subtitle options need word_timestamps=true"
-        )
-    return options
-
-
-def parse_webhook_url(raw: dict[str, Any], settings: OutboundSettings) -> str | None:
-    """Take ``webhook_url`` out of the request fields and check it with the outbound guard."""
-    url = raw.pop("webhook_url", None)
-    if url in (None, ""):
-        return None
-    if not isinstance(url, str):
-        raise ValidationError.for_field("webhook_url", "must be a URL string")
-    return webhooks.checked_url("webhook_url", url, settings.outbound_allow_cidrs)
 
 
 def create_job(
@@ -118,6 +30,7 @@ def create_job(
     webhook_url: str | None = None,
     job_id: str | None = None,
     guard: jobstore.Guard | None = None,
+    limits: fairuse.Limits | None = None,
     *,
     max_seconds: float,
 ) -> Job:
@@ -125,13 +38,17 @@ def create_job(
 
     ``webhook_url`` (already checked) receives the final state; ``job_id`` is given when the
     id was handed out before the audio arrived (presigned uploads). A recording longer than
-    ``max_seconds`` (MAX_AUDIO_SECONDS) is refused with 413 before anything is stored."""
+    ``max_seconds`` (MAX_AUDIO_SECONDS) is refused with 413 before anything is stored;
+    ``limits`` (the key's fair use) refuse the job with 429 past its pending jobs or its day's
+    audio."""
     duration = probe_duration(upload.path)
     if duration > max_seconds:
         raise PayloadTooLargeError(
             f"the recording is {duration:.0f} s long; this server transcribes at most "
             f"{max_seconds:.0f} s per job (MAX_AUDIO_SECONDS); split it and submit the parts"
         )
+    if limits is not None:
+        fairuse.admit_job(r, key_id, limits, duration)
     now = time.time()
     job_id = job_id or jobstore.new_job_id()
     job = Job(
@@ -166,13 +83,16 @@ def submit(
     upload: Upload,
     idempotency_key: str | None,
     webhook_url: str | None = None,
+    limits: fairuse.Limits | None = None,
     *,
     max_seconds: float,
 ) -> tuple[Job, bool]:
     """Create a job, honouring an ``Idempotency-Key``: (job, True) when an identical earlier
     request already created it."""
     if idempotency_key is None:
-        return create_job(r, store, key_id, options, upload, webhook_url, max_seconds=max_seconds), False
+        return create_job(
+            r, store, key_id, options, upload, webhook_url, limits=limits, max_seconds=max_seconds
+        ), False
     request_fingerprint = idempotency.fingerprint(options, upload.path, webhook_url)
     claimed = idempotency.claim(r, key_id, idempotency.check_key(idempotency_key), request_fingerprint)
     if claimed.existing_job_id is not None:
@@ -188,6 +108,7 @@ def submit(
             webhook_url,
             job_id,
             claimed.guard(job_id),
+            limits,
             max_seconds=max_seconds,
         ), False
     except ConflictError:

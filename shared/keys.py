@@ -28,6 +28,32 @@ def usage(key_id: str) -> str:
     return f"usage:{key_id}"
 
 
+#: Requests of one key in the current minute (shared.fairuse); expires with the minute.
+def rate(key_id: str) -> str:
+    return f"rate:{key_id}"
+
+
+#: Failed authentications this minute of one client address or claimed key id ("addr"/"key").
+def auth_failures(kind: str, value: str) -> str:
+    return f"authfail:{kind}:{value}"
+
+
+#: Sorted set of one key's synchronous /v1 calls (member -> lease expiry): a crashed process's
+#: slot frees itself when its lease runs out.
+def sync_waits(key_id: str) -> str:
+    return f"syncwaits:{key_id}"
+
+
+#: Sorted set of one key's open presigned uploads (job id -> when its URL expires).
+def open_uploads(key_id: str) -> str:
+    return f"uploads:{key_id}"
+
+
+#: Audio seconds one key submitted on one UTC day (YYYYMMDD); kept two days, then gone.
+def audio_day(key_id: str, day: str) -> str:
+    return f"audioday:{key_id}:{day}"
+
+
 #: Pub/sub channel told each state change of one job, so a synchronous ``/v1`` call blocks
 #: until its job ends instead of polling the record.
 def job_events(job_id: str) -> str:

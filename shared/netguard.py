@@ -17,10 +17,13 @@ The resolver is injectable so unit tests need no DNS.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
 import urllib3
@@ -142,6 +145,49 @@ def _split(url: str) -> SplitResult:
     return parts
 
 
+class Deadline:
+    """A total time limit for one outbound exchange, connect to last body byte.
+
+    Per-read timeouts alone let a peer that sends one byte a second hold a thread for ever;
+    when the deadline passes, the exchange's socket is shut down, which ends whatever read or
+    write is blocked on it (headers included). Use as a context manager around the request
+    and the reading of its body; ``expired`` tells a failure caused by it apart."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._timer.cancel()
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            expired = self.expired
+        if expired:
+            _shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            sockets = list(self._sockets)
+        for sock in sockets:
+            _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
 def request(
     target: Target,
     method: str,
@@ -150,13 +196,17 @@ def request(
     headers: Mapping[str, str] | None = None,
     timeout: float = 10.0,
     stream: bool = False,
+    deadline: Deadline | None = None,
 ) -> urllib3.BaseHTTPResponse:
     """Send one request to ``target.address`` (the checked IP), no redirects, no retries.
 
     With ``stream`` the body is left unread for the caller (who must ``release_conn``).
-    Network failures raise ``urllib3.exceptions.HTTPError``.
+    ``timeout`` bounds each connect and read; ``deadline`` the whole exchange. Network
+    failures raise ``urllib3.exceptions.HTTPError``.
     """
     pool = _pool(target, timeout)
+    if deadline is not None:
+        pool.ConnectionCls = _watched(pool.ConnectionCls, deadline)
     return pool.urlopen(
         method,
         target.path,
@@ -167,6 +217,17 @@ def request(
         preload_content=not stream,
         assert_same_host=False,
     )
+
+
+def _watched(base: Any, deadline: Deadline) -> Any:
+    """``base`` (urllib3's connection class) handing each new socket to ``deadline``."""
+
+    class Watched(base):  # type: ignore[misc]
+        def connect(self) -> None:
+            super().connect()
+            deadline.watch(self.sock)
+
+    return Watched
 
 
 def _pool(target: Target, timeout: float) -> urllib3.HTTPConnectionPool:

@@ -9,6 +9,7 @@ the same statuses) as the native routes' problem+json.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from flask import Request, Response
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from shared import credentials, http, job_service, jobstore, keys, usage
+from shared import credentials, fairuse, http, jobstore, keys, parsing
 from shared.catalog import allowed_models
 from shared.credentials import ApiKey
 from shared.errors import (
@@ -30,6 +31,7 @@ from shared.errors import (
     JobOutcomeError,
     JobTimeoutError,
     PayloadTooLargeError,
+    TooManyRequestsError,
     UnauthorizedError,
     UnsupportedMediaError,
     ValidationError,
@@ -78,11 +80,16 @@ class AudioRequest:
     granularities: frozenset[str]
 
 
-def authenticate(settings: JobsSettings, r: redis.Redis, authorization: str | None) -> ApiKey:
-    """The caller's key from ``Authorization: Bearer <API key or token>``, counted in usage."""
-    key = credentials.verify_key_or_token(settings, r, credentials.bearer(authorization))
-    usage.touch(r, key.id)
-    return key
+def authenticate(settings: JobsSettings, r: redis.Redis, request: Request) -> ApiKey:
+    """The caller's key from ``Authorization: Bearer <API key or token>``, counted in usage
+    and against its rate limit (shared.fairuse)."""
+    return fairuse.admit(
+        r,
+        settings,
+        parsing.client_address(request, settings.proxy_hops),
+        credentials.bearer(request.headers.get("Authorization")),
+        functools.partial(credentials.verify_key_or_token, settings, r),
+    )
 
 
 def parse_request(fields: MultiDict[str, str], task: Task, settings: ModelSettings) -> AudioRequest:
@@ -103,7 +110,7 @@ def parse_request(fields: MultiDict[str, str], task: Task, settings: ModelSettin
         raw["model"] = settings.whisper_default_model
     raw |= {"task": task.value, "output_format": response_format, "word_timestamps": "word" in granularities}
     try:
-        options = job_service.parse_options(raw, settings)
+        options = parsing.parse_options(raw, settings)
     except ValidationError as exc:
         raise _in_caller_names(exc) from None
     return AudioRequest(options, response_format, granularities)
@@ -203,6 +210,7 @@ def _code(exc: Exception) -> str | None:
         (JobFailedError, "job_failed"),
         (JobCanceledError, "job_canceled"),
         (PayloadTooLargeError, "file_too_large"),
+        (TooManyRequestsError, "rate_limit_exceeded"),
         (UnsupportedMediaError, "invalid_file_format"),
         (NotFound, "unknown_url"),
         (MethodNotAllowed, "method_not_allowed"),
@@ -211,7 +219,7 @@ def _code(exc: Exception) -> str | None:
 
 
 #: Headers of the problem response that still apply once it is reshaped.
-_KEPT_HEADERS = ("Retry-After", "Allow", "Connection")
+_KEPT_HEADERS = ("Retry-After", "Allow", "Connection", "RateLimit-Policy", "RateLimit")
 
 
 def error_response(exc: Exception) -> Response:

@@ -7,9 +7,12 @@ so a missing one fails at start-up with pydantic's message naming the variable.
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -23,6 +26,35 @@ OFFICIAL_MODELS: tuple[str, ...] = (
 
 #: Secrets that appear in examples and must never reach a real deployment.
 _PLACEHOLDER_MARKERS = ("change-me", "changeme", "placeholder", "secret", "example", "xxxx")
+#: What marks a credential as one of ``.env.example``'s (narrower than the list above: a real
+#: password may well contain "secret").
+_EXAMPLE_CREDENTIAL_MARKERS = ("change-me", "changeme", "placeholder")
+#: Estimated entropy a JWT_SECRET must carry (a 32-character ``openssl rand -hex 16`` has
+#: about 115 by this estimate, ``"a" * 32`` none).
+MIN_SECRET_BITS = 96
+
+
+def estimated_bits(secret: str) -> float:
+    """Shannon entropy of the secret's characters times its length, counted over one period
+    of a repeating secret only: repeated or low-variety strings score low, random ones close
+    to their real entropy."""
+    unique = secret[: _period(secret)]
+    counts = Counter(unique)
+    total = len(unique)
+    return max(0.0, -total * sum(n / total * math.log2(n / total) for n in counts.values())) if total else 0.0
+
+
+def _period(text: str) -> int:
+    """The length of the shortest piece that ``text`` repeats (its own length if none)."""
+    for period in range(1, len(text) // 2 + 1):
+        if all(text[i] == text[i - period] for i in range(period, len(text))):
+            return period
+    return len(text)
+
+
+def _example_credential(value: str | None) -> bool:
+    lowered = (value or "").lower()
+    return any(marker in lowered for marker in _EXAMPLE_CREDENTIAL_MARKERS)
 
 
 def _names(value: object) -> object:
@@ -44,6 +76,13 @@ class RedisSettings(_Base):
     #: Bounded so an outage turns into a quick 503 rather than a hung request.
     redis_timeout_seconds: float = 5.0
 
+    @model_validator(mode="after")
+    def _real_redis_password(self) -> RedisSettings:
+        password = urlsplit(self.redis_url).password
+        if self.environment != "development" and _example_credential(password):
+            raise ValueError("REDIS_URL carries the example password of .env.example; set a real one")
+        return self
+
 
 class StorageSettings(_Base):
     s3_endpoint_url: str | None = None
@@ -61,6 +100,15 @@ class StorageSettings(_Base):
     def _empty_is_aws(cls, value: object) -> object:  # also: no public endpoint of its own
         return None if value == "" else value
 
+    @model_validator(mode="after")
+    def _real_storage_credentials(self) -> StorageSettings:
+        if self.environment == "development":
+            return self
+        for name in ("aws_access_key_id", "aws_secret_access_key"):
+            if _example_credential(getattr(self, name)):
+                raise ValueError(f"{name.upper()} is the example value of .env.example; set a real one")
+        return self
+
 
 class JwtSettings(_Base):
     jwt_secret: str = Field(min_length=1)
@@ -76,6 +124,11 @@ class JwtSettings(_Base):
         lowered = value.lower()
         if any(marker in lowered for marker in _PLACEHOLDER_MARKERS):
             raise ValueError("JWT_SECRET looks like a placeholder; set a random value")
+        if estimated_bits(value) < MIN_SECRET_BITS:
+            raise ValueError(
+                "JWT_SECRET is too predictable (repeated or too few different characters); "
+                "set a random value (try: openssl rand -hex 32)"
+            )
         return value
 
 
@@ -84,6 +137,8 @@ class ModelSettings(_Base):
     whisper_models: Annotated[tuple[str, ...], NoDecode] = OFFICIAL_MODELS
     whisper_model_dir: Path | None = None
     whisper_default_model: str = "base"
+    #: Most CPU threads a job may ask for (``threads``): what a CPU worker has to give.
+    max_job_threads: int = Field(default=8, ge=1, le=64)
 
     @field_validator("whisper_models", mode="before")
     @classmethod
@@ -118,6 +173,8 @@ class OutboundSettings(_Base):
     #: Comma-separated CIDRs admitted even though they are private, loopback, ... (e.g. a
     #: receiver on the operator's own network). Empty: public addresses only.
     outbound_allow_cidrs: Annotated[tuple[str, ...], NoDecode] = ()
+    #: An ``audio_url`` download must be complete within this, however the server paces it.
+    audio_url_timeout_seconds: float = Field(default=120.0, gt=0)
 
     @field_validator("outbound_allow_cidrs", mode="before")
     @classmethod
@@ -145,8 +202,13 @@ class WebhookSettings(RedisSettings, OutboundSettings):
     #: Seconds to wait before each retry after the first attempt; jittered by +/-20 %.
     #: The default is close to Standard Webhooks' schedule: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h.
     webhook_retry_schedule: Annotated[tuple[float, ...], NoDecode] = (5, 300, 1800, 7200, 18000, 36000)
-    #: Connect and read timeout of one delivery attempt; a slower receiver counts as failed.
+    #: Time limit of one delivery attempt, connect to answer, however the receiver paces it; a
+    #: slower receiver counts as failed.
     webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    #: Deliveries in flight at once per dispatcher, and to any one target (host) at once: a
+    #: slow receiver holds its own slots, never another tenant's.
+    webhook_concurrency: int = Field(default=8, ge=1, le=64)
+    webhook_per_target: int = Field(default=2, ge=1, le=64)
 
     @field_validator("webhook_retry_schedule", mode="before")
     @classmethod
@@ -163,7 +225,38 @@ class WebhookSettings(RedisSettings, OutboundSettings):
         return value
 
 
-class AuthSettings(RedisSettings, JwtSettings):
+class EdgeSettings(_Base):
+    """Request bodies at the edge (shared.edge): how large, and how fast they must arrive."""
+
+    #: Largest body of every route but the uploads (JSON bodies, forms, notifications).
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    #: A body must have arrived this many seconds after the request started, plus its size at
+    #: ``BODY_MIN_BYTES_PER_SECOND``: a client trickling its body holds a thread no longer.
+    body_timeout_seconds: float = Field(default=10.0, gt=0)
+    body_min_bytes_per_second: int = Field(default=256 * 1024, ge=1)
+
+
+class FairUseSettings(_Base):
+    """Per-key limits (shared.fairuse); 0 turns one off. Keys may carry their own values."""
+
+    #: Requests per key and minute.
+    rate_limit_per_minute: int = Field(default=600, ge=0)
+    #: Failed authentications per minute from one client address, and for one key id.
+    auth_failures_per_minute: int = Field(default=20, ge=0)
+    #: Jobs one key may have queued or running at once.
+    max_pending_jobs_per_key: int = Field(default=100, ge=0)
+    #: Synchronous ``/v1/audio/*`` calls one key may have waiting at once.
+    max_sync_waits_per_key: int = Field(default=4, ge=0)
+    #: Presigned uploads one key may have open (handed out, not yet turned into jobs).
+    max_open_uploads_per_key: int = Field(default=20, ge=0)
+    #: Audio seconds one key may submit per UTC day (0: unlimited).
+    quota_audio_seconds_per_day: int = Field(default=0, ge=0)
+    #: Proxies in front of the functions whose ``X-Forwarded-For`` is trusted for the client
+    #: address (the compose gateway: 1). 0: the peer address itself.
+    proxy_hops: int = Field(default=0, ge=0, le=8)
+
+
+class AuthSettings(RedisSettings, JwtSettings, EdgeSettings, FairUseSettings):
     """Settings of the auth function."""
 
 
@@ -175,6 +268,8 @@ class JobsSettings(
     AudioSettings,
     RetentionSettings,
     OutboundSettings,
+    EdgeSettings,
+    FairUseSettings,
 ):
     """Settings of the jobs function."""
 

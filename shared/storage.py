@@ -80,7 +80,10 @@ class BlobStore:
     def upload(self, key: str, fileobj: IO[bytes], content_type: str) -> None:
         from boto3.s3.transfer import TransferConfig
 
-        config = TransferConfig(multipart_chunksize=_MULTIPART_CHUNK, max_concurrency=2)
+        # One part in memory at a time, sent from the request's own thread: s3transfer's default
+        # reads up to 10 parts ahead (80 MiB) on a fresh thread pool per upload, and malloc
+        # kept that memory in each new thread's arena (+95 MiB per 250 MB upload, ratcheting).
+        config = TransferConfig(multipart_chunksize=_MULTIPART_CHUNK, use_threads=False)
         with _wrapped(f"store {key}"):
             self._s3.upload_fileobj(
                 fileobj, self.bucket, key, Config=config, ExtraArgs={"ContentType": content_type}

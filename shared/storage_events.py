@@ -13,7 +13,6 @@ Accepted shapes (all JSON):
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +21,7 @@ from urllib.parse import unquote_plus
 from cloudevents.exceptions import GenericException
 from cloudevents.http import from_http
 
+from shared import parsing
 from shared.errors import ValidationError
 
 _CREATED_WORDS = ("objectcreated", "object created", "finalize", "object.create")
@@ -58,10 +58,7 @@ def parse(headers: Mapping[str, str], body: bytes) -> list[CreatedObject]:
 
 
 def _json(raw: bytes | str) -> Any:
-    try:
-        return json.loads(raw)
-    except ValueError:
-        raise ValidationError.for_field("body", "not JSON") from None
+    return parsing.loads(raw)
 
 
 def _is_creation(event_type: str) -> bool:

@@ -14,7 +14,6 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.errors import ValidationError
@@ -136,11 +135,6 @@ def _highlighted(subtitle: list[Word]) -> Iterator[Cue]:
 
 def parse(raw: Mapping[str, object]) -> SubtitleOptions:
     """Subtitle options from request fields (form strings or JSON values); 422 names the field."""
-    from shared.http import field_errors  # shared.http imports flask; only requests need it
+    from shared.parsing import validate  # shared.parsing imports flask; only requests need it
 
-    values = {name: raw[name] for name in FIELDS if raw.get(name) not in (None, "")}
-    try:
-        return SubtitleOptions.model_validate(values)
-    except pydantic.ValidationError as exc:
-        errors = field_errors(exc)
-        raise ValidationError("; ".join(f"{e.field}: {e.message}" for e in errors), errors) from exc
+    return validate(SubtitleOptions, {name: raw[name] for name in FIELDS if raw.get(name) not in (None, "")})

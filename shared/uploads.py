@@ -1,7 +1,8 @@
 """Receiving a multipart upload without holding it in memory.
 
-Each file part is written straight to a temporary file as it arrives; werkzeug stops reading
-(413) as soon as the body passes the limit, so an oversized upload is refused while it streams.
+Each file part is written straight to a temporary file as it arrives; the edge (shared.edge)
+stops reading (413) as soon as the body passes the limit, so an oversized upload is refused
+while it streams. Text fields are held in memory, so their size and number are capped.
 """
 
 from __future__ import annotations
@@ -16,12 +17,17 @@ from typing import IO, Any
 
 from flask import Request
 from werkzeug.datastructures import FileStorage, MultiDict
+from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.formparser import FormDataParser
 
+from shared.edge import FORM_OVERHEAD_BYTES
 from shared.errors import PayloadTooLargeError, UnsupportedMediaError, ValidationError
 
-#: Room for the multipart boundaries and the small text fields around the file.
-FORM_OVERHEAD_BYTES = 64 * 1024
+#: Largest text field of a form (options, prompts): held in memory, so kept small. werkzeug
+#: applies it to its 64 KiB read buffer as well, so it cannot go much lower.
+MAX_FORM_FIELD_BYTES = 128 * 1024
+#: Most parts a form may have: the file and a dozen options, with room to spare.
+MAX_FORM_PARTS = 64
 
 
 @dataclass(frozen=True)
@@ -50,12 +56,11 @@ def receive(request: Request, max_bytes: int, file_field: str = "audio") -> Iter
         def to_disk(*_args: Any, **_kwargs: Any) -> IO[bytes]:
             return open(os.path.join(tmp, secrets.token_hex(8)), "w+b")
 
-        # Setting the limit before touching the stream makes werkzeug cut off a chunked body
-        # (no Content-Length) with 413 as soon as it passes the limit.
-        request.max_content_length = max_bytes + FORM_OVERHEAD_BYTES
+        # The body's size (chunked too) is bounded while it streams by shared.edge.
         parser = FormDataParser(
             stream_factory=to_disk,
-            max_content_length=request.max_content_length,
+            max_form_memory_size=MAX_FORM_FIELD_BYTES,
+            max_form_parts=MAX_FORM_PARTS,
             silent=False,
         )
         try:
@@ -64,6 +69,12 @@ def receive(request: Request, max_bytes: int, file_field: str = "audio") -> Iter
             )
         except ValueError as exc:  # werkzeug's word for a malformed multipart body
             raise ValidationError.for_field("body", f"malformed multipart/form-data: {exc}") from None
+        except RequestEntityTooLarge:
+            # The body's own size is the edge's to refuse (shared.edge); here it is the form.
+            raise PayloadTooLargeError(
+                f"a form text field may hold at most {MAX_FORM_FIELD_BYTES} bytes, "
+                f"and a form at most {MAX_FORM_PARTS} parts"
+            ) from None
         try:
             yield ReceivedForm(form, files)
         finally:

@@ -85,6 +85,10 @@ def service_env(redis_url: str, s3_endpoint: str, model_dir: Path) -> dict[str, 
         "OUTBOUND_ALLOW_CIDRS": "127.0.0.0/8",
         "WEBHOOK_RETRY_SCHEDULE": "0.2,0.2",
         "WEBHOOK_TIMEOUT_SECONDS": "2",
+        # Tests poll jobs far faster than a client should, and the fuzzer sends bad credentials
+        # by the hundred from one address; the fair-use tests set their own limits.
+        "RATE_LIMIT_PER_MINUTE": "0",
+        "AUTH_FAILURES_PER_MINUTE": "0",
     }
 
 

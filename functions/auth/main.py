@@ -2,24 +2,42 @@
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import functions_framework
-from flask import Request, Response
+from flask import Request, Response, current_app, has_app_context
 from pydantic import BaseModel, ConfigDict
 from werkzeug.exceptions import MethodNotAllowed
 
-from shared import credentials, usage
-from shared.errors import NotFoundError, UnauthorizedError
-from shared.http import guarded, json_response
+from shared import credentials, edge, fairuse, parsing
+from shared.errors import NotFoundError, UnauthorizedError, ValidationError
+from shared.http import guarded, json_response, to_response
 from shared.logs import configure_logging
 from shared.redis_client import connect
 from shared.settings import auth_settings
 
 configure_logging(auth_settings().log_level)  # building settings fails start-up on a bad JWT_SECRET
+if has_app_context():  # inside functions-framework's create_app (see functions/jobs/main.py)
+    edge.install(current_app, edge.policies(auth_settings()), lambda _path, exc: to_response(exc))
 
 
 class TokenRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     api_key: str
+
+
+def _token_request_body(request: Request) -> Any:
+    # JSON whatever the Content-Type says (`curl -d '{...}'` without -H labels it a form, and
+    # old clients of the Go service may send it so), else a form field. Malformed JSON labelled
+    # as JSON is a 422 (shared.parsing).
+    if request.is_json:
+        return parsing.json_body(request)
+    try:
+        body = parsing.json_body(request)
+    except ValidationError:
+        body = None
+    return request.form.to_dict() if body is None else body
 
 
 @functions_framework.http
@@ -30,18 +48,14 @@ def auth(request: Request) -> Response:
         raise NotFoundError(f"no route {request.path}")
     if request.method != "POST":
         raise MethodNotAllowed(["POST"])
-    # JSON whatever the Content-Type says (`curl -d '{...}'` without -H labels it a form, and
-    # old clients of the Go service may send it so), else a form field.
-    body = request.get_json(force=True, silent=True)
-    if body is None:
-        body = request.form.to_dict()
+    body = _token_request_body(request)
     if not isinstance(body, dict) or not isinstance(body.get("api_key"), str):
         raise UnauthorizedError('send {"api_key": "wapi_..."} as JSON')
-    payload = TokenRequest.model_validate({"api_key": body["api_key"]})
+    payload = parsing.validate(TokenRequest, {"api_key": body["api_key"]})
     settings = auth_settings()
     r = connect(settings)
-    key = credentials.verify_key(r, payload.api_key)
-    usage.touch(r, key.id)
+    client = parsing.client_address(request, settings.proxy_hops)
+    key = fairuse.admit(r, settings, client, payload.api_key, functools.partial(credentials.verify_key, r))
     issued = credentials.issue_token(settings, key)
     return json_response(
         {"token": issued.token, "token_type": "bearer", "expires_in": issued.expires_in},

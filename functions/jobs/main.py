@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any
 
 import functions_framework
 from flask import Request, Response, current_app, has_app_context
@@ -21,19 +20,23 @@ from werkzeug.routing import Map, Rule
 from shared import (
     asr_compat,
     credentials,
+    edge,
     events,
+    fairuse,
     fetch,
     health,
     inbox,
     job_service,
     openai_compat,
     openapi,
+    parsing,
     storage_events,
     subtitles,
     usage,
     webhooks,
     webpage,
 )
+from shared.clients import jobs_clients
 from shared.credentials import ApiKey
 from shared.errors import ValidationError
 from shared.http import guarded, json_response, query_args, to_response
@@ -45,28 +48,30 @@ from shared.storage import BlobStore
 from shared.uploads import Upload, audio_file, receive
 
 configure_logging(jobs_settings().log_level)  # building settings fails start-up on a bad JWT_SECRET
+
+
+def _refuse(path: str, exc: Exception) -> Response:
+    """An error answered before the app runs (shared.edge), in the route's error shape."""
+    if path == "/v1" or path.startswith("/v1/"):
+        return openai_compat.error_response(exc)
+    return to_response(exc)
+
+
 # functions-framework answers /robots.txt and /favicon.ico itself with Flask's HTML 404 page;
 # this makes those problem+json too. create_app runs this module inside the new app's context;
 # a plain import (tests, tools) has no app to configure.
 if has_app_context():
     current_app.register_error_handler(HTTPException, to_response)
+    edge.install(current_app, edge.policies(jobs_settings(), jobs_settings().max_upload_bytes), _refuse)
 
 Handler = Callable[..., Response]
 
 
 def _caller(request: Request) -> ApiKey:
-    settings = jobs_settings()
-    r = connect(settings)
-    key = credentials.verify_token(settings, r, credentials.bearer(request.headers.get("Authorization")))
-    usage.touch(r, key.id)
-    return key
-
-
-def _json_object(request: Request) -> dict[str, Any]:
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise ValidationError.for_field("body", "send a JSON object")
-    return body
+    c = jobs_clients()
+    client = parsing.client_address(request, c.settings.proxy_hops)
+    token = credentials.bearer(request.headers.get("Authorization"))
+    return fairuse.admit_token(c.redis, c.settings, c.settings, client, token)
 
 
 def create_job(request: Request) -> Response:
@@ -76,8 +81,8 @@ def create_job(request: Request) -> Response:
     settings = jobs_settings()
     with receive(request, settings.max_upload_bytes) as form:
         fields = form.fields.to_dict()
-        webhook_url = job_service.parse_webhook_url(fields, settings)
-        options = job_service.parse_options(fields, settings)
+        webhook_url = parsing.parse_webhook_url(fields, settings)
+        options = parsing.parse_options(fields, settings)
         upload = audio_file(form, "audio", settings.max_upload_bytes)
         return _submit(request, key, options, upload, webhook_url)
 
@@ -85,14 +90,19 @@ def create_job(request: Request) -> Response:
 def create_job_from_url(request: Request) -> Response:
     key = _caller(request)
     settings = jobs_settings()
-    fields = _json_object(request)
-    job_service.check_json_types(fields)
+    fields = parsing.json_object(request)
+    parsing.check_json_types(fields)
     audio_url = fields.pop("audio_url", None)
     if not isinstance(audio_url, str) or not audio_url:
         raise ValidationError.for_field("audio_url", "give the URL of the audio (or upload it as multipart)")
-    webhook_url = job_service.parse_webhook_url(fields, settings)
-    options = job_service.parse_options(fields, settings)
-    with fetch.download(audio_url, settings.outbound_allow_cidrs, settings.max_upload_bytes) as upload:
+    webhook_url = parsing.parse_webhook_url(fields, settings)
+    options = parsing.parse_options(fields, settings)
+    with fetch.download(
+        audio_url,
+        settings.outbound_allow_cidrs,
+        settings.max_upload_bytes,
+        settings.audio_url_timeout_seconds,
+    ) as upload:
         return _submit(request, key, options, upload, webhook_url)
 
 
@@ -100,16 +110,17 @@ def _submit(
     request: Request, key: ApiKey, options: JobOptions, upload: Upload, webhook_url: str | None
 ) -> Response:
     """Create the job (or replay it, for a repeated Idempotency-Key) and answer 202."""
-    settings = jobs_settings()
+    c = jobs_clients()
     job, replayed = job_service.submit(
-        connect(settings),
-        BlobStore(settings),
+        c.redis,
+        c.store,
         key.id,
         options,
         upload,
         request.headers.get("Idempotency-Key"),
         webhook_url,
-        max_seconds=settings.max_audio_seconds,
+        fairuse.limits(c.settings, key.limits),
+        max_seconds=c.settings.max_audio_seconds,
     )
     headers = {"Location": f"/transcribe/{job.id}"}
     if replayed:
@@ -120,32 +131,27 @@ def _submit(
 def start_upload(request: Request) -> Response:
     key = _caller(request)
     settings = jobs_settings()
-    fields = _json_object(request) if request.content_length else {}
-    job_service.check_json_types(fields)
-    webhook_url = job_service.parse_webhook_url(fields, settings)
-    options = job_service.parse_options(fields, settings)
-    store = BlobStore(settings, settings.s3_inbox_bucket)
-    body = inbox.start_upload(connect(settings), store, key.id, options, webhook_url)
+    fields = parsing.json_object(request) if request.content_length else {}
+    parsing.check_json_types(fields)
+    webhook_url = parsing.parse_webhook_url(fields, settings)
+    options = parsing.parse_options(fields, settings)
+    c = jobs_clients()
+    body = inbox.start_upload(c.redis, c.inbox, settings, key.id, options, webhook_url)
     return json_response(body, 201)
 
 
 def complete_upload(request: Request, job_id: str) -> Response:
     key = _caller(request)
-    settings = jobs_settings()
-    inbox_store = BlobStore(settings, settings.s3_inbox_bucket)
-    job = inbox.complete_upload(connect(settings), inbox_store, BlobStore(settings), settings, key.id, job_id)
+    job = inbox.complete_upload(jobs_clients(), key.id, job_id)
     return json_response(job.public(), 202, headers={"Location": f"/transcribe/{job.id}"})
 
 
 def storage_hook(request: Request) -> Response:
-    settings = jobs_settings()
-    credentials.check_hook_token(settings.storage_hook_token, request.headers.get("Authorization"))
+    c = jobs_clients()
+    credentials.check_hook_token(c.settings.storage_hook_token, request.headers.get("Authorization"))
     headers = {name.lower(): value for name, value in request.headers.items()}
     objects = storage_events.parse(headers, request.get_data())
-    inbox_store = BlobStore(settings, settings.s3_inbox_bucket)
-    outcomes = inbox.handle_notification(
-        connect(settings), inbox_store, BlobStore(settings), settings, objects
-    )
+    outcomes = inbox.handle_notification(c, objects)
     return json_response({"objects": [outcome.public() for outcome in outcomes]})
 
 
@@ -157,37 +163,35 @@ def list_jobs(request: Request) -> Response:
     # ASCII digits only: str.isdigit() also passes "²", which int() then refuses (a 500).
     if not re.fullmatch(r"[0-9]{1,6}", raw_limit) or not 1 <= int(raw_limit) <= settings.jobs_page_max:
         raise ValidationError.for_field("limit", f"must be an integer from 1 to {settings.jobs_page_max}")
-    page = job_service.list_jobs(connect(settings), key.id, int(raw_limit), args.get("cursor"))
+    page = job_service.list_jobs(jobs_clients().redis, key.id, int(raw_limit), args.get("cursor"))
     return json_response({"jobs": [job.public() for job in page.jobs], "next_cursor": page.next_cursor})
 
 
 def get_job(request: Request, job_id: str) -> Response:
     key = _caller(request)
-    return json_response(job_service.get_job(connect(jobs_settings()), key.id, job_id).public())
+    return json_response(job_service.get_job(jobs_clients().redis, key.id, job_id).public())
 
 
 def cancel_job(request: Request, job_id: str) -> Response:
     key = _caller(request)
-    settings = jobs_settings()
-    job = job_service.cancel_job(connect(settings), BlobStore(settings), settings, key.id, job_id)
+    c = jobs_clients()
+    job = job_service.cancel_job(c.redis, c.store, c.settings, key.id, job_id)
     return json_response(job.public())
 
 
 def delete_job(request: Request, job_id: str) -> Response:
     key = _caller(request)
-    settings = jobs_settings()
-    job_service.delete_job(connect(settings), BlobStore(settings), key.id, job_id)
+    c = jobs_clients()
+    job_service.delete_job(c.redis, c.store, key.id, job_id)
     return Response(status=204)
 
 
 def get_result(request: Request, job_id: str) -> Response:
     key = _caller(request)
-    settings = jobs_settings()
+    c = jobs_clients()
     args = query_args(request, "format", *subtitles.FIELDS)
     cut = subtitles.parse(args.to_dict())
-    body, content_type = job_service.result(
-        connect(settings), BlobStore(settings), key.id, job_id, args.get("format"), cut
-    )
+    body, content_type = job_service.result(c.redis, c.store, key.id, job_id, args.get("format"), cut)
     return Response(body, content_type=content_type)
 
 
@@ -207,7 +211,9 @@ def job_events(request: Request, job_id: str) -> Response:
 
 def get_usage(request: Request) -> Response:
     key = _caller(request)
-    return json_response(usage.read(connect(jobs_settings()), key.id))
+    c = jobs_clients()
+    limits = fairuse.quota_report(c.redis, key.id, fairuse.limits(c.settings, key.limits))
+    return json_response({**usage.read(c.redis, key.id), "limits": limits})
 
 
 class WebhookEndpoint(BaseModel):
@@ -217,25 +223,25 @@ class WebhookEndpoint(BaseModel):
 
 def get_webhook(request: Request) -> Response:
     key = _caller(request)
-    return json_response(webhooks.endpoint(connect(jobs_settings()), key.id).public())
+    return json_response(webhooks.endpoint(jobs_clients().redis, key.id).public())
 
 
 def put_webhook(request: Request) -> Response:
     key = _caller(request)
     settings = jobs_settings()
-    body = WebhookEndpoint.model_validate(request.get_json(silent=True) or {})
+    body = parsing.validate(WebhookEndpoint, parsing.json_body(request) or {})
     url = webhooks.checked_url("url", body.url, settings.outbound_allow_cidrs) if body.url else None
-    return json_response(webhooks.set_url(connect(settings), key.id, url).public())
+    return json_response(webhooks.set_url(jobs_clients().redis, key.id, url).public())
 
 
 def rotate_webhook_secret(request: Request) -> Response:
     key = _caller(request)
-    return json_response(webhooks.rotate(connect(jobs_settings()), key.id).public())
+    return json_response(webhooks.rotate(jobs_clients().redis, key.id).public())
 
 
 def get_health(request: Request) -> Response:
-    settings = jobs_settings()
-    healthy, report = health.check(connect(settings), BlobStore(settings), settings.worker_heartbeat_seconds)
+    c = jobs_clients()
+    healthy, report = health.check(c.redis, c.store, c.settings.worker_heartbeat_seconds)
     return json_response(report, 200 if healthy else 503)
 
 
@@ -277,16 +283,19 @@ def openai_translations(request: Request) -> Response:
 
 
 def _openai_audio(request: Request, task: Task) -> Response:
-    settings = jobs_settings()
-    r, store = connect(settings), BlobStore(settings)
-    key = openai_compat.authenticate(settings, r, request.headers.get("Authorization"))
-    with receive(request, settings.max_upload_bytes, file_field="file") as form:
-        audio = openai_compat.parse_request(form.fields, task, settings)
-        upload = audio_file(form, "file", settings.max_upload_bytes)
-        job = job_service.create_job(
-            r, store, key.id, audio.options, upload, max_seconds=settings.max_audio_seconds
-        )
-    done = openai_compat.wait_for(r, job.id, settings.openai_wait_seconds)
+    c = jobs_clients()
+    settings, r, store = c.settings, c.redis, c.store
+    key = openai_compat.authenticate(settings, r, request)
+    limits = fairuse.limits(settings, key.limits)
+    # The slot is taken before the upload is read: a key's extra calls cost nothing.
+    with fairuse.sync_wait(r, key.id, limits, settings.openai_wait_seconds):
+        with receive(request, settings.max_upload_bytes, file_field="file") as form:
+            audio = openai_compat.parse_request(form.fields, task, settings)
+            upload = audio_file(form, "file", settings.max_upload_bytes)
+            job = job_service.create_job(
+                r, store, key.id, audio.options, upload, limits=limits, max_seconds=settings.max_audio_seconds
+            )
+        done = openai_compat.wait_for(r, job.id, settings.openai_wait_seconds)
     body, content_type = openai_compat.result_body(store, done, audio)
     return Response(body, content_type=content_type)
 
@@ -323,9 +332,9 @@ def _asr_job(
 
 
 def openai_models(request: Request) -> Response:
-    settings = jobs_settings()
-    openai_compat.authenticate(settings, connect(settings), request.headers.get("Authorization"))
-    return json_response(openai_compat.model_list(settings))
+    c = jobs_clients()
+    openai_compat.authenticate(c.settings, c.redis, request)
+    return json_response(openai_compat.model_list(c.settings))
 
 
 _ROUTES = Map(

@@ -1,0 +1,522 @@
+"""Abuse run: every attack of issue #11 against a local stack, one line each.
+
+    .venv/bin/python bench/abuse.py
+
+It starts its own stack on free loopback ports (redis-server, a moto S3 server, the functions
+behind gunicorn exactly as ``whisper-api dev`` serves them, 2 workers x 8 threads; no transcription
+worker, so jobs stay queued) with small limits, runs each attack, and prints a
+table: attack, answer, time, memory growth of the functions, and whether another tenant's
+request was still served (and how fast) right after or during the attack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from shared.devstack import free_port, start_gateway, start_redis, start_s3, tone_wav
+
+from bench.procs import tree_rss_bytes
+from shared import credentials, keys
+from shared.dispatcher import Dispatcher
+from shared.settings import StorageSettings, WebhookSettings
+from shared.storage import BlobStore
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Row:
+    attack: str
+    answer: str
+    seconds: float
+    grew_mb: float
+    others: str
+
+
+@dataclass
+class Stack:
+    base: str
+    port: int
+    gateway_pid: int
+    r: redis.Redis
+    env: dict[str, str]
+
+    def rss(self) -> int:
+        return tree_rss_bytes(self.gateway_pid)
+
+    def key(self, name: str) -> tuple[str, str]:
+        key, plaintext = credentials.create_key(self.r, name)
+        return key.id, plaintext
+
+    def token(self, plaintext: str) -> dict[str, str]:
+        resp = requests.post(f"{self.base}/auth/token", json={"api_key": plaintext}, timeout=10)
+        return {"Authorization": f"Bearer {resp.json()['token']}"}
+
+
+# ---- raw HTTP over a socket (the attacks need what requests will not send) -------------------
+
+
+def _head(method: str, path: str, headers: dict[str, str]) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Host: bench", *(f"{k}: {v}" for k, v in headers.items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def _status(sock: socket.socket, budget: float = 30) -> int:
+    sock.settimeout(budget)
+    data = b""
+    while b"\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            return 0
+        data += chunk
+    return int(data.split(b" ", 2)[1])
+
+
+def _flood(sock: socket.socket, total: int) -> None:
+    def send() -> None:
+        block = b"x" * 65536
+        try:
+            for _ in range(total // len(block)):
+                sock.sendall(block)
+        except OSError:
+            pass
+
+    threading.Thread(target=send, daemon=True).start()
+
+
+# ---- the other tenant ----------------------------------------------------------------------
+
+
+class Bystander:
+    """Another tenant polling ``GET /usage`` in the background; reports its slowest answer."""
+
+    def __init__(self, stack: Stack, headers: dict[str, str]) -> None:
+        self.stack, self.headers = stack, headers
+        self.worst, self.failures, self.count = 0.0, 0, 0
+        self._stop = threading.Event()
+
+    @contextmanager
+    def watching(self) -> Iterator[Bystander]:
+        self.worst, self.failures, self.count = 0.0, 0, 0
+        self._stop = threading.Event()
+        thread = threading.Thread(target=self._poll, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            thread.join(timeout=30)
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                ok = (
+                    requests.get(f"{self.stack.base}/usage", headers=self.headers, timeout=10).status_code
+                    == 200
+                )
+            except requests.RequestException:
+                ok = False
+            self.worst = max(self.worst, time.monotonic() - started)
+            self.count += 1
+            self.failures += not ok
+            self._stop.wait(0.1)
+
+    def verdict(self) -> str:
+        if not self.count:
+            return "not measured"
+        served = "yes" if not self.failures else f"NO ({self.failures}/{self.count} failed)"
+        return f"{served}, slowest {self.worst * 1000:.0f} ms"
+
+
+def run_attack(stack: Stack, bystander: Bystander, name: str, attack: Callable[[], str]) -> Row:
+    before = stack.rss()
+    started = time.monotonic()
+    with bystander.watching():
+        answer = attack()
+    seconds = time.monotonic() - started
+    return Row(name, answer, seconds, (stack.rss() - before) / 1e6, bystander.verdict())
+
+
+# ---- the attacks ---------------------------------------------------------------------------
+
+
+def huge_token_request(stack: Stack) -> str:
+    sock = socket.create_connection(("127.0.0.1", stack.port))
+    sock.sendall(
+        _head("POST", "/auth/token", {"Content-Type": "application/json", "Content-Length": "700000000"})
+    )
+    _flood(sock, 64 << 20)
+    status = _status(sock)
+    sock.close()
+    return f"{status} (700 MB declared, 64 MB sent)"
+
+
+def huge_unauthenticated_upload(stack: Stack) -> str:
+    sock = socket.create_connection(("127.0.0.1", stack.port))
+    headers = {"Content-Type": "multipart/form-data; boundary=b", "Content-Length": "300000000"}
+    sock.sendall(_head("POST", "/transcribe", headers))
+    _flood(sock, 64 << 20)
+    status = _status(sock)
+    sock.close()
+    return f"{status} (300 MB declared, 64 MB sent)"
+
+
+def stalled_bodies(stack: Stack) -> str:
+    socks = []
+    for index in range(16):
+        sock = socket.create_connection(("127.0.0.1", stack.port))
+        path = "/transcribe" if index % 2 else "/auth/token"
+        sock.sendall(
+            _head("POST", path, {"Content-Type": "application/json", "Content-Length": "1000000"}) + b"{}"
+        )
+        socks.append(sock)
+    started = time.monotonic()
+    health = requests.get(f"{stack.base}/health", timeout=30).status_code
+    took = time.monotonic() - started
+    statuses = Counter(_status(sock) for sock in socks)
+    for sock in socks:
+        sock.close()
+    return f"16 stalled -> {dict(statuses)}; /health {health} in {took * 1000:.0f} ms"
+
+
+def trickled_body(stack: Stack) -> str:
+    sock = socket.create_connection(("127.0.0.1", stack.port))
+    sock.sendall(
+        _head("POST", "/auth/token", {"Content-Type": "application/json", "Content-Length": "100"}) + b"{}"
+    )
+    status = _status(sock)
+    sock.close()
+    return f"{status} at the body deadline"
+
+
+def huge_text_field(stack: Stack, headers: dict[str, str]) -> str:
+    sock = socket.create_connection(("127.0.0.1", stack.port))
+    head = {**headers, "Content-Type": "multipart/form-data; boundary=b", "Content-Length": str(5 << 20)}
+    field = b'--b\r\nContent-Disposition: form-data; name="initial_prompt"\r\n\r\n'
+    sock.sendall(_head("POST", "/transcribe", head) + field)
+    _flood(sock, (5 << 20) - 65536)
+    status = _status(sock)
+    sock.close()
+    return f"{status} (a 5 MB text field, within the body limit)"
+
+
+def many_parts(stack: Stack, headers: dict[str, str]) -> str:
+    part = b'--b\r\nContent-Disposition: form-data; name="language"\r\n\r\nen\r\n'
+    body = part * 20_000 + b"--b--\r\n"
+    resp = requests.post(
+        f"{stack.base}/transcribe",
+        data=body,
+        headers={**headers, "Content-Type": "multipart/form-data; boundary=b"},
+        timeout=60,
+    )
+    return f"{resp.status_code} (20,000 parts)"
+
+
+def nested_json(stack: Stack) -> str:
+    resp = requests.post(
+        f"{stack.base}/auth/token",
+        data=b"[" * 60_000,
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
+    return f"{resp.status_code} {resp.json()['detail']}"
+
+
+def request_flood(stack: Stack, headers: dict[str, str]) -> str:
+    session = requests.Session()
+    statuses = Counter(
+        session.get(f"{stack.base}/usage", headers=headers, timeout=10).status_code for _ in range(500)
+    )
+    return f"500 requests: {dict(statuses)}"
+
+
+def key_guessing(stack: Stack, key_id: str) -> str:
+    session = requests.Session()
+    statuses: Counter[int] = Counter()
+    guesser = {"X-Forwarded-For": "203.0.113.66"}  # its own address (PROXY_HOPS=1 here)
+    for _ in range(500):
+        guess = {"api_key": f"wapi_{key_id}_{secrets.token_urlsafe(32)[:43]}"}
+        resp = session.post(f"{stack.base}/auth/token", json=guess, headers=guesser, timeout=10)
+        statuses[resp.status_code] += 1
+    return f"500 guesses: {dict(statuses)}"
+
+
+def job_flood(stack: Stack, headers: dict[str, str]) -> str:
+    audio = tone_wav(1.0)
+    statuses: Counter[int] = Counter()
+    for _ in range(40):
+        resp = requests.post(
+            f"{stack.base}/transcribe",
+            files={"audio": ("a.wav", audio, "audio/wav")},
+            data={"model": "demo"},
+            headers=headers,
+            timeout=30,
+        )
+        statuses[resp.status_code] += 1
+    return f"40 jobs (limit 20): {dict(statuses)}"
+
+
+def sync_flood(stack: Stack, plaintext: str) -> str:
+    audio = tone_wav(1.0)
+    results: list[tuple[int, float]] = []
+
+    def call() -> None:
+        started = time.monotonic()
+        resp = requests.post(
+            f"{stack.base}/v1/audio/transcriptions",
+            files={"file": ("a.wav", audio, "audio/wav")},
+            data={"model": "whisper-1"},
+            headers={"Authorization": f"Bearer {plaintext}"},
+            timeout=60,
+        )
+        results.append((resp.status_code, time.monotonic() - started))
+
+    threads = [threading.Thread(target=call) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.05)
+    for thread in threads:
+        thread.join()
+    refused = max((t for status, t in results if status == 429), default=0)
+    statuses = dict(Counter(s for s, _ in results))
+    return f"6 sync calls (limit 4): {statuses}, the 429s within {refused * 1000:.0f} ms"
+
+
+def dripping_audio_url(stack: Stack, headers: dict[str, str]) -> str:
+    with _dripper() as port:
+        resp = requests.post(
+            f"{stack.base}/transcribe",
+            json={"audio_url": f"http://127.0.0.1:{port}/a.wav", "model": "demo"},
+            headers=headers,
+            timeout=60,
+        )
+    return f"{resp.status_code} {resp.json()['detail']}"
+
+
+def slow_webhook_receiver(stack: Stack) -> str:
+    received: list[float] = []
+    fast_port = free_port()
+    fast = socket.create_server(("127.0.0.1", fast_port))
+
+    def answer_fast() -> None:
+        conn, _ = fast.accept()
+        with conn:
+            conn.recv(65536)
+            received.append(time.monotonic())
+            conn.sendall(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+
+    threading.Thread(target=answer_fast, daemon=True).start()
+    settings = WebhookSettings(
+        redis_url=stack.env["REDIS_URL"], outbound_allow_cidrs=("127.0.0.0/8",), webhook_timeout_seconds=3
+    )
+    with _dripper() as slow_port:
+        now = time.time()
+        for index in range(4):
+            _queue(stack.r, f"msg_slow{index}", f"http://127.0.0.1:{slow_port}/hook", now - 10 + index)
+        _queue(stack.r, "msg_other", f"http://127.0.0.1:{fast_port}/hook", now - 1)
+        stop = threading.Event()
+        started = time.monotonic()
+        loop = threading.Thread(target=Dispatcher(settings, stack.r).run, args=(stop,), daemon=True)
+        loop.start()
+        deadline = time.monotonic() + 20
+        while (
+            stack.r.hget(keys.webhook_delivery("msg_slow0"), "attempts") != "1"
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.05)
+        slow_ended = time.monotonic() - started
+        stop.set()
+        loop.join(timeout=20)
+    fast.close()
+    other = f"{(received[0] - started) * 1000:.0f} ms" if received else "never"
+    return f"other tenant's webhook after {other}; slow attempt ended at {slow_ended:.1f} s (deadline 3 s)"
+
+
+def oversized_presigned_upload(stack: Stack, headers: dict[str, str]) -> str:
+    upload = requests.post(
+        f"{stack.base}/uploads", json={"model": "demo"}, headers=headers, timeout=10
+    ).json()
+    requests.put(upload["upload_url"], data=b"\0" * (15 << 20), timeout=60)
+    resp = requests.post(f"{stack.base}/uploads/{upload['id']}/complete", headers=headers, timeout=60)
+    inbox = BlobStore(_storage(stack.env), stack.env["S3_INBOX_BUCKET"])
+    left = inbox.head(upload["upload_url"].split("?")[0].split(f"/{inbox.bucket}/", 1)[1])
+    return f"{resp.status_code}; object {'kept' if left else 'deleted'} (15 MB, limit 5 MB)"
+
+
+def open_uploads(stack: Stack, headers: dict[str, str]) -> str:
+    statuses = Counter(
+        requests.post(
+            f"{stack.base}/uploads", json={"model": "demo"}, headers=headers, timeout=10
+        ).status_code
+        for _ in range(30)
+    )
+    return f"30 uploads opened (limit 20): {dict(statuses)}"
+
+
+def health_leak(stack: Stack) -> str:
+    body = requests.get(f"{stack.base}/health", timeout=10).text
+    leaked = [word for word in ("127.0.0.1", stack.env["S3_BUCKET"], "http://") if word in body]
+    return "no endpoint or bucket in /health" if not leaked else f"LEAKS {leaked}"
+
+
+# ---- helpers -------------------------------------------------------------------------------
+
+
+def _queue(r: redis.Redis, msg: str, url: str, due: float) -> None:
+    fields = {"job_id": f"job-{msg}", "key_id": f"key-{msg}", "body": "{}", "url": url, "attempts": 0}
+    r.hset(keys.webhook_delivery(msg), mapping=fields)
+    r.zadd(keys.WEBHOOKS_DUE, {msg: due})
+
+
+@contextmanager
+def _dripper() -> Iterator[int]:
+    """An HTTP server answering one byte a second (headers first)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def drip(conn: socket.socket) -> None:
+        with conn:
+            conn.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n" + b"\0" * 1000:
+                if stop.is_set():
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return
+                stop.wait(1.0)
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=drip, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        listener.close()
+
+
+def _storage(env: dict[str, str]) -> StorageSettings:
+    return StorageSettings(
+        s3_endpoint_url=env["S3_ENDPOINT_URL"],
+        s3_bucket=env["S3_BUCKET"],
+        aws_access_key_id="bench",
+        aws_secret_access_key="bench",
+    )
+
+
+@contextmanager
+def local_stack(work: Path) -> Iterator[Stack]:
+    redis_port, s3_port, port = free_port(), free_port(), free_port()
+    (work / "redis").mkdir()
+    procs = [start_redis(redis_port, work / "redis"), start_s3(s3_port)]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "ENVIRONMENT": "development",
+        "LOG_LEVEL": "ERROR",
+        "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "S3_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}",
+        "S3_BUCKET": "bench",
+        "S3_INBOX_BUCKET": "bench-inbox",
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+        "JWT_SECRET": secrets.token_hex(32),
+        "WHISPER_MODELS": "demo",
+        "WHISPER_DEFAULT_MODEL": "demo",
+        "OUTBOUND_ALLOW_CIDRS": "127.0.0.0/8",
+        "BODY_TIMEOUT_SECONDS": "3",
+        "AUDIO_URL_TIMEOUT_SECONDS": "3",
+        "OPENAI_WAIT_SECONDS": "3",
+        "MAX_UPLOAD_BYTES": str(5 << 20),
+        "RATE_LIMIT_PER_MINUTE": "300",
+        "AUTH_FAILURES_PER_MINUTE": "20",
+        "MAX_PENDING_JOBS_PER_KEY": "20",
+        "MAX_SYNC_WAITS_PER_KEY": "4",
+        "MAX_OPEN_UPLOADS_PER_KEY": "20",
+        # Clients name their address in X-Forwarded-For, as behind the gateway: the guesser's
+        # own address is throttled, not everyone on loopback.
+        "PROXY_HOPS": "1",
+    }
+    for bucket in ("bench", "bench-inbox"):
+        BlobStore(_storage(env), bucket).ensure_bucket()
+    procs.append(start_gateway(port, env, workers=2))
+    r = redis.Redis.from_url(env["REDIS_URL"], decode_responses=True)
+    try:
+        for _ in range(10):  # both workers booted and warm
+            requests.get(f"http://127.0.0.1:{port}/health", timeout=30)
+        yield Stack(f"http://127.0.0.1:{port}", port, procs[-1].pid, r, env)
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="whisper-abuse-") as tmp, local_stack(Path(tmp)) as stack:
+        other_id, other_key = stack.key("bystander")
+        credentials.set_limits(stack.r, other_id, {"rate_limit_per_minute": 0})
+        bystander = Bystander(stack, stack.token(other_key))
+        _, attacker_key = stack.key("attacker")
+        attacker = stack.token(attacker_key)
+        _, flood_key = stack.key("flooder")
+        flooder = stack.token(flood_key)
+        _, jobs_key = stack.key("jobs")
+        _, sync_key = stack.key("sync")
+        _, uploads_key = stack.key("uploads")
+        victim_id, _ = stack.key("victim")
+        attacks: list[tuple[str, Callable[[], str]]] = [
+            ("700 MB unauthenticated POST /auth/token", lambda: huge_token_request(stack)),
+            ("300 MB unauthenticated POST /transcribe", lambda: huge_unauthenticated_upload(stack)),
+            ("16 stalled bodies (1 MB declared, 2 B sent)", lambda: stalled_bodies(stack)),
+            ("a trickled small body", lambda: trickled_body(stack)),
+            ("huge multipart text field", lambda: huge_text_field(stack, attacker)),
+            ("20,000 multipart parts", lambda: many_parts(stack, attacker)),
+            ("deeply nested JSON on /auth/token", lambda: nested_json(stack)),
+            ("500 requests from one key (limit 300/min)", lambda: request_flood(stack, flooder)),
+            ("500 wrong-key guesses at one key id", lambda: key_guessing(stack, victim_id)),
+            ("40 jobs from one key", lambda: job_flood(stack, stack.token(jobs_key))),
+            ("6 concurrent synchronous /v1 calls", lambda: sync_flood(stack, sync_key)),
+            ("audio_url dripping 1 byte/s", lambda: dripping_audio_url(stack, attacker)),
+            ("webhook receiver dripping 1 byte/s", lambda: slow_webhook_receiver(stack)),
+            ("15 MB presigned upload (limit 5 MB)", lambda: oversized_presigned_upload(stack, attacker)),
+            ("30 open presigned uploads", lambda: open_uploads(stack, stack.token(uploads_key))),
+            ("GET /health (unauthenticated)", lambda: health_leak(stack)),
+        ]
+        rows = [run_attack(stack, bystander, name, attack) for name, attack in attacks]
+    print("| attack | answer | time | memory growth | other tenant served |\n|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row.attack} | {row.answer} | {row.seconds:.2f} s | {row.grew_mb:+.1f} MB | {row.others} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

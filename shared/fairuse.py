@@ -1,0 +1,359 @@
+"""Per-key fair use, enforced in Redis so every replica counts the same numbers.
+
+- requests per minute per key (a fixed one-minute window);
+- failed authentication attempts per client address and per key id (a one-minute window);
+- pending jobs per key (queued + running: the usage counters ``jobs_pending`` and
+  ``jobs_processing`` that ``shared.jobstore`` keeps with every state change);
+- concurrent synchronous ``/v1`` calls per key (a sorted set of leases that expire, so a
+  crashed process cannot leak a slot);
+- audio seconds per key and UTC day (0 = unlimited), reported by ``GET /usage``.
+
+Every refusal is ``TooManyRequestsError`` (429) with ``Retry-After`` and the IETF
+``RateLimit-Policy`` / ``RateLimit`` headers (draft-ietf-httpapi-ratelimit-headers).
+Operator defaults come from settings; a key's own overrides live in its record
+(``whisper-api keys create/update``).
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+import redis
+
+from shared import credentials, keys, usage
+from shared.credentials import LIMIT_FIELDS, ApiKey
+from shared.errors import TooManyRequestsError, UnauthorizedError
+from shared.settings import FairUseSettings, JwtSettings
+
+#: Names of the per-key overrides, as stored in the key's record and given to the CLI.
+OVERRIDES = LIMIT_FIELDS
+_WINDOW_SECONDS = 60
+_DAY_SECONDS = 86400
+
+# Count one request in the current window, or refuse it (uncounted) past the limit.
+# Returns {refused (0/1), milliseconds until the window ends}.
+_COUNT = """
+local count = tonumber(redis.call('GET', KEYS[1]) or '0')
+if count >= tonumber(ARGV[1]) then return {1, redis.call('PTTL', KEYS[1])} end
+if redis.call('INCR', KEYS[1]) == 1 then redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 1000) end
+return {0, 0}
+"""
+
+# Take a lease in a set of expiring leases, if fewer than the limit are live.
+_LEASE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
+redis.call('PEXPIREAT', KEYS[1], math.floor(tonumber(ARGV[3]) * 1000) + 1000)
+return 1
+"""
+
+# Admit a job of ARGV[3] audio seconds: pending (queued + running) under ARGV[1] and the day's
+# audio under ARGV[2] (0: no limit); the day's audio is counted in the same step.
+_ADMIT = """
+local pending = tonumber(redis.call('HGET', KEYS[1], 'jobs_pending') or '0')
+  + tonumber(redis.call('HGET', KEYS[1], 'jobs_processing') or '0')
+if tonumber(ARGV[1]) > 0 and pending >= tonumber(ARGV[1]) then return {1, tostring(pending)} end
+local used = tonumber(redis.call('GET', KEYS[2]) or '0')
+if tonumber(ARGV[2]) > 0 and used + tonumber(ARGV[3]) > tonumber(ARGV[2]) then
+  return {2, tostring(used)}
+end
+redis.call('INCRBYFLOAT', KEYS[2], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+return {0, tostring(used + tonumber(ARGV[3]))}
+"""
+
+
+# A request with a well-signed token, in one round trip: the client address is not blocked for
+# failed authentications, the key exists and is not revoked, the request fits its rate limit
+# (the key's own or ARGV[2]); then it is counted in the window and in the key's usage.
+# Returns {verdict, milliseconds to wait, rate limit, the key's record as a flat list}.
+_ADMISSION = """
+local fails = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > 0 and fails >= tonumber(ARGV[1]) then
+  return {'blocked', redis.call('PTTL', KEYS[1]), 0, {}}
+end
+local record = redis.call('HGETALL', KEYS[2])
+local fields = {}
+for i = 1, #record, 2 do fields[record[i]] = record[i + 1] end
+if #record == 0 or fields['revoked_at'] then return {'revoked', 0, 0, {}} end
+local limit = tonumber(fields['rate_limit_per_minute'] or ARGV[2])
+if limit > 0 then
+  local count = tonumber(redis.call('GET', KEYS[3]) or '0')
+  if count >= limit then return {'limited', redis.call('PTTL', KEYS[3]), limit, {}} end
+  if redis.call('INCR', KEYS[3]) == 1 then redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[3]) * 1000) end
+end
+redis.call('HINCRBY', KEYS[4], 'requests', 1)
+redis.call('HSET', KEYS[4], 'last_used_at', ARGV[4])
+return {'ok', 0, limit, record}
+"""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """One key's limits (0 = unlimited), the operator's defaults overridden by the key's own."""
+
+    rate_limit_per_minute: int
+    max_pending_jobs: int
+    max_sync_waits: int
+    quota_audio_seconds_per_day: int
+    auth_failures_per_minute: int
+
+
+def limits(settings: FairUseSettings, overrides: Mapping[str, str] | None = None) -> Limits:
+    """The limits of a key with these stored ``overrides`` (see ``OVERRIDES``)."""
+    base = Limits(
+        settings.rate_limit_per_minute,
+        settings.max_pending_jobs_per_key,
+        settings.max_sync_waits_per_key,
+        settings.quota_audio_seconds_per_day,
+        settings.auth_failures_per_minute,
+    )
+    own = {name: int(value) for name, value in (overrides or {}).items() if name in OVERRIDES}
+    return replace(base, **own)
+
+
+def _refuse(detail: str, policy: str, quota: int, window: int, retry_after: float) -> TooManyRequestsError:
+    wait = max(1, math.ceil(retry_after))
+    return TooManyRequestsError(
+        detail,
+        headers={
+            "Retry-After": str(wait),
+            "RateLimit-Policy": f'"{policy}";q={quota}' + (f";w={window}" if window else ""),
+            "RateLimit": f'"{policy}";r=0;t={wait}',
+        },
+    )
+
+
+def check_rate(r: redis.Redis, key_id: str, limit: Limits) -> None:
+    """Count one request of ``key_id``; 429 past ``RATE_LIMIT_PER_MINUTE``."""
+    if limit.rate_limit_per_minute <= 0:
+        return
+    quota = limit.rate_limit_per_minute
+    refused, ttl_ms = cast(list[int], r.eval(_COUNT, 1, keys.rate(key_id), quota, _WINDOW_SECONDS))
+    if refused:
+        raise _rate_refusal(quota, ttl_ms)
+
+
+@contextmanager
+def guard_authentication(
+    r: redis.Redis, settings: FairUseSettings, client: str, key_id: str | None
+) -> Iterator[None]:
+    """Refuse (429) a client address or key id that failed authentication too often this
+    minute; count a failure (UnauthorizedError) of the block it wraps."""
+    limit = settings.auth_failures_per_minute
+    names = [keys.auth_failures("addr", client)] + ([keys.auth_failures("key", key_id)] if key_id else [])
+    if limit > 0:
+        for name, count in zip(names, cast(list[str | None], r.mget(names)), strict=True):
+            if int(count or 0) >= limit:
+                raise _auth_refusal(limit, int(r.pttl(name)))
+    try:
+        yield
+    except UnauthorizedError:
+        _count_failure(r, settings, names)
+        raise
+
+
+def admit(
+    r: redis.Redis, settings: FairUseSettings, client: str, credential: str, verify: Callable[[str], ApiKey]
+) -> ApiKey:
+    """The key behind ``credential`` (checked by ``verify``), with failed attempts throttled and
+    the request counted against the key's rate limit and in its usage."""
+    with guard_authentication(r, settings, client, key_id_hint(credential)):
+        key = verify(credential)
+    check_rate(r, key.id, limits(settings, key.limits))
+    usage.touch(r, key.id)
+    return key
+
+
+def admit_token(
+    r: redis.Redis, settings: FairUseSettings, jwt: JwtSettings, client: str, token: str
+) -> ApiKey:
+    """``admit`` for a bearer token, in one Redis round trip once the token's signature checks
+    out (the hot path of every native route): the same checks, the same counts."""
+    try:
+        key_id = credentials.token_subject(jwt, token)
+    except UnauthorizedError:
+        _count_failure(r, settings, [keys.auth_failures("addr", client)])
+        raise
+    names = [keys.auth_failures("addr", client), keys.api_key(key_id), keys.rate(key_id), keys.usage(key_id)]
+    limits = [settings.auth_failures_per_minute, settings.rate_limit_per_minute, _WINDOW_SECONDS]
+    verdict, wait_ms, limit, flat = cast(list[Any], _run(r, _ADMISSION, names, [*limits, repr(time.time())]))
+    if verdict == "blocked":
+        raise _auth_refusal(settings.auth_failures_per_minute, int(wait_ms))
+    if verdict == "revoked":
+        _count_failure(r, settings, [keys.auth_failures("addr", client)])
+        raise UnauthorizedError(credentials.REVOKED)
+    if verdict == "limited":
+        raise _rate_refusal(int(limit), int(wait_ms))
+    record = dict(zip(flat[::2], flat[1::2], strict=True))
+    return credentials.key_from_record(key_id, record)
+
+
+def _count_failure(r: redis.Redis, settings: FairUseSettings, names: list[str]) -> None:
+    """Count one failed authentication; 429 instead of the 401 once past the limit."""
+    with r.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.incr(name)
+            pipe.expire(name, _WINDOW_SECONDS, nx=True)
+        counts = pipe.execute()[::2]
+    limit = settings.auth_failures_per_minute
+    if limit > 0 and max(counts) > limit:
+        raise _auth_refusal(limit, _WINDOW_SECONDS * 1000)
+
+
+def _auth_refusal(limit: int, wait_ms: int) -> TooManyRequestsError:
+    return _refuse(
+        "too many failed authentication attempts; wait before trying again",
+        "auth-failures",
+        limit,
+        _WINDOW_SECONDS,
+        (wait_ms if wait_ms > 0 else _WINDOW_SECONDS * 1000) / 1000,
+    )
+
+
+def _rate_refusal(quota: int, wait_ms: int) -> TooManyRequestsError:
+    return _refuse(
+        f"more than {quota} requests a minute from this key; slow down",
+        "requests",
+        quota,
+        _WINDOW_SECONDS,
+        max(wait_ms, 0) / 1000,
+    )
+
+
+_SCRIPTS: dict[str, Any] = {}
+
+
+def _run(r: redis.Redis, source: str, names: list[str], args: list[Any]) -> Any:
+    """Run a Lua script by its digest (EVALSHA; loaded on first use on each server)."""
+    if source not in _SCRIPTS:
+        _SCRIPTS[source] = r.register_script(source)
+    return _SCRIPTS[source](keys=names, args=args, client=r)
+
+
+def key_id_hint(credential: str) -> str | None:
+    """The key id a credential claims (``wapi_<id>_...``), unverified: for counting failures."""
+    parts = credential.split("_")
+    return parts[1] if credential.startswith("wapi_") and len(parts) >= 3 and len(parts[1]) == 12 else None
+
+
+def pending_jobs(r: redis.Redis, key_id: str) -> int:
+    """The key's queued + running jobs (for the queue's fair turns, and the limit below)."""
+    raw = cast(list[str | None], r.hmget(keys.usage(key_id), ["jobs_pending", "jobs_processing"]))
+    return sum(int(value or 0) for value in raw)
+
+
+def _day(now: float) -> tuple[str, float]:
+    """The UTC day of ``now`` and when it ends (unix time)."""
+    start = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return start.strftime("%Y%m%d"), (start + timedelta(days=1)).timestamp()
+
+
+def admit_job(r: redis.Redis, key_id: str, limit: Limits, audio_seconds: float) -> None:
+    """Let a new job of ``audio_seconds`` in, counting its audio against today's quota; 429 past
+    ``MAX_PENDING_JOBS_PER_KEY`` or ``QUOTA_AUDIO_SECONDS_PER_DAY``."""
+    now = time.time()
+    day, resets_at = _day(now)
+    verdict, value = cast(
+        list[Any],
+        r.eval(
+            _ADMIT,
+            2,
+            keys.usage(key_id),
+            keys.audio_day(key_id, day),
+            limit.max_pending_jobs,
+            limit.quota_audio_seconds_per_day,
+            repr(audio_seconds),
+            2 * _DAY_SECONDS,
+        ),
+    )
+    if int(verdict) == 1:
+        raise _refuse(
+            f"this key already has {value} jobs queued or running (at most {limit.max_pending_jobs}); "
+            "wait for some to finish",
+            "pending-jobs",
+            limit.max_pending_jobs,
+            0,
+            5,
+        )
+    if int(verdict) == 2:
+        raise _refuse(
+            f"this job's {audio_seconds:g} s of audio would pass today's quota of "
+            f"{limit.quota_audio_seconds_per_day} s ({float(value):g} s used); it resets at 00:00 UTC",
+            "audio-seconds",
+            limit.quota_audio_seconds_per_day,
+            _DAY_SECONDS,
+            resets_at - now,
+        )
+
+
+@contextmanager
+def sync_wait(r: redis.Redis, key_id: str, limit: Limits, longest_seconds: float) -> Iterator[None]:
+    """Hold one of the key's ``MAX_SYNC_WAITS_PER_KEY`` slots for a synchronous call; 429 if
+    none is free. A slot outlives a crashed process by at most ``longest_seconds``."""
+    if limit.max_sync_waits <= 0:
+        yield
+        return
+    name, member = keys.sync_waits(key_id), secrets.token_hex(8)
+    if not _take_lease(r, name, member, limit.max_sync_waits, longest_seconds + 60):
+        raise _refuse(
+            f"this key already has {limit.max_sync_waits} synchronous calls waiting; "
+            "wait for one to end, or submit to /transcribe and poll",
+            "sync-waits",
+            limit.max_sync_waits,
+            0,
+            5,
+        )
+    try:
+        yield
+    finally:
+        r.zrem(name, member)
+
+
+def _take_lease(r: redis.Redis, name: str, member: str, limit: int, seconds: float) -> bool:
+    now = time.time()
+    return bool(r.eval(_LEASE, 1, name, repr(now), limit, repr(now + seconds), member))
+
+
+def open_upload(r: redis.Redis, settings: FairUseSettings, key_id: str, job_id: str, seconds: float) -> None:
+    """Count a presigned upload as open for ``seconds`` (until its job exists or it expires);
+    429 when the key already has ``MAX_OPEN_UPLOADS_PER_KEY`` open."""
+    limit = settings.max_open_uploads_per_key
+    if limit > 0 and not _take_lease(r, keys.open_uploads(key_id), job_id, limit, seconds):
+        raise _refuse(
+            f"this key already has {limit} presigned uploads open; complete or let some expire",
+            "open-uploads",
+            limit,
+            0,
+            60,
+        )
+
+
+def close_upload(r: redis.Redis, key_id: str, job_id: str) -> None:
+    """The upload became a job (or was refused): it no longer counts as open."""
+    r.zrem(keys.open_uploads(key_id), job_id)
+
+
+def quota_report(r: redis.Redis, key_id: str, limit: Limits) -> dict[str, Any]:
+    """Today's audio quota as ``GET /usage`` shows it."""
+    now = time.time()
+    day, resets_at = _day(now)
+    used = float(cast(str | None, r.get(keys.audio_day(key_id, day))) or 0)
+    quota = limit.quota_audio_seconds_per_day
+    return {
+        "audio_seconds_per_day": quota,
+        "audio_seconds_today": round(used, 3),
+        "audio_seconds_left": max(0.0, round(quota - used, 3)) if quota > 0 else None,
+        "resets_at": resets_at,
+        "rate_limit_per_minute": limit.rate_limit_per_minute,
+        "max_pending_jobs": limit.max_pending_jobs,
+        "max_sync_waits": limit.max_sync_waits,
+    }

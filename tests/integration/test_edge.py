@@ -1,0 +1,399 @@
+"""The edge holds (issue #11, points 1 and 2): body limits per route, nothing read after the
+answer, and slow clients bounded — against the functions served by gunicorn exactly as the dev
+stack serves them (``functions.gateway`` behind gunicorn, 2 workers x 8 threads)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+from shared.devstack import free_port, start_gateway, wait_for_port
+
+from bench.procs import tree_rss_bytes
+from shared import credentials
+
+
+@dataclass
+class Gateway:
+    port: int
+    pid: int
+    redis_url: str
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the gunicorn master and its workers together."""
+        return tree_rss_bytes(self.pid)
+
+
+@pytest.fixture(scope="module")
+def gateway(service_env: dict[str, str]) -> Iterator[Gateway]:
+    redis_url = service_env["REDIS_URL"].rsplit("/", 1)[0] + "/2"
+    env = {**os.environ, **service_env, "REDIS_URL": redis_url, "BODY_TIMEOUT_SECONDS": "1.5"}
+    port = free_port()
+    proc = start_gateway(port, env, workers=2)
+    served = Gateway(port, proc.pid, redis_url)
+    try:
+        _warm_up(served)
+        yield served
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _warm_up(gateway: Gateway) -> None:
+    """Both workers booted and past their first requests, so memory is measured steady."""
+    deadline = time.monotonic() + 60
+    while len(Path(f"/proc/{gateway.pid}/task/{gateway.pid}/children").read_text().split()) < 2:
+        assert time.monotonic() < deadline, "gunicorn workers did not start"
+        time.sleep(0.1)
+    for _ in range(20):
+        sock = _connect(gateway)
+        sock.sendall(_head("GET", "/health", {"Connection": "close"}))
+        _read_answer(sock, time.monotonic(), budget=30)
+        sock.close()
+
+
+def _connect(gateway: Gateway) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+JSON = {"Content-Type": "application/json"}
+
+
+def _head(method: str, path: str, headers: dict[str, str]) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", *(f"{k}: {v}" for k, v in headers.items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    seconds: float
+    closed: bool
+
+
+def _read_answer(sock: socket.socket, started: float, budget: float = 10) -> Answer:
+    """One HTTP/1.1 response (Content-Length or chunked), then whether the server closed."""
+    sock.settimeout(budget)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed before an answer: {data!r}"
+        data += chunk
+    seconds = time.monotonic() - started
+    head, _, rest = data.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode().split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
+    if "content-length" in headers:
+        while len(rest) < int(headers["content-length"]):
+            rest += sock.recv(65536)
+        body = rest[: int(headers["content-length"])]
+    else:  # chunked
+        while not rest.endswith(b"0\r\n\r\n"):
+            rest += sock.recv(65536)
+        body, pos = b"", 0
+        while True:
+            size_line, _, after = rest[pos:].partition(b"\r\n")
+            size = int(size_line, 16)
+            if size == 0:
+                break
+            body += after[:size]
+            pos += len(size_line) + 2 + size + 2
+    closed = _closed(sock)
+    return Answer(int(status_line.split()[1]), headers, body, seconds, closed)
+
+
+def _closed(sock: socket.socket, budget: float = 5) -> bool:
+    """Whether the server closes the connection (EOF or reset) within ``budget``."""
+    sock.settimeout(budget)
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+    return True
+
+
+def _flood(sock: socket.socket, total: int) -> threading.Thread:
+    """Keep sending body bytes (until ``total`` or the server stops taking them)."""
+
+    def send() -> None:
+        block = b"x" * 65536
+        sent = 0
+        try:
+            while sent < total:
+                sock.sendall(block)
+                sent += len(block)
+        except OSError:
+            pass  # the server closed the connection: what we want
+
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_700_mb_unauthenticated_token_request_is_refused_at_once_without_reading_it(gateway):
+    # Given a client that declares 700 MB for POST /auth/token and starts sending them
+    before = gateway.rss_bytes()
+    sock = _connect(gateway)
+    started = time.monotonic()
+    sock.sendall(_head("POST", "/auth/token", {**JSON, "Content-Length": "700000000"}))
+    _flood(sock, 64 * 1024 * 1024)
+    # Then the answer is a 413 problem within 1 s, and the connection is closed
+    answer = _read_answer(sock, started)
+    assert answer.status == 413
+    assert answer.seconds < 1.0
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert json.loads(answer.body)["detail"] == "the request body is larger than the limit of 65536 bytes"
+    assert answer.closed
+    sock.close()
+    # And the functions grew by less than 20 MB
+    assert gateway.rss_bytes() - before < 20 * 1024 * 1024
+
+
+def test_an_unauthenticated_upload_gets_its_401_without_the_body_being_read(gateway):
+    before = gateway.rss_bytes()
+    sock = _connect(gateway)
+    started = time.monotonic()
+    headers = {"Content-Type": "multipart/form-data; boundary=b", "Content-Length": "300000000"}
+    sock.sendall(_head("POST", "/transcribe", headers))
+    _flood(sock, 32 * 1024 * 1024)
+    answer = _read_answer(sock, started)
+    assert (answer.status, answer.headers["content-type"]) == (401, "application/problem+json")
+    assert answer.seconds < 1.0
+    assert answer.closed
+    sock.close()
+    assert gateway.rss_bytes() - before < 20 * 1024 * 1024
+
+
+def test_a_chunked_body_past_the_small_limit_is_cut_off_with_413(gateway):
+    sock = _connect(gateway)
+    started = time.monotonic()
+    sock.sendall(_head("POST", "/auth/token", {**JSON, "Transfer-Encoding": "chunked"}))
+    block = b"x" * 16384
+    chunk = f"{len(block):x}\r\n".encode() + block + b"\r\n"
+    sock.sendall(chunk * 8)  # 128 KiB, twice the limit, and no end
+    answer = _read_answer(sock, started)
+    assert answer.status == 413
+    assert json.loads(answer.body)["detail"] == "the request body is larger than the limit of 65536 bytes"
+    assert answer.closed
+    sock.close()
+
+
+def test_a_trickled_body_is_answered_408_at_its_deadline(gateway):
+    # Given a body of 100 bytes of which 2 ever arrive (BODY_TIMEOUT_SECONDS=1.5 here)
+    sock = _connect(gateway)
+    started = time.monotonic()
+    sock.sendall(_head("POST", "/auth/token", {**JSON, "Content-Length": "100"}) + b"{}")
+    answer = _read_answer(sock, started)
+    # Then the request is answered 408 once the deadline passes, not held open
+    assert answer.status == 408
+    assert json.loads(answer.body)["detail"] == "the request body did not arrive in time"
+    assert 1.4 < answer.seconds < 5
+    assert answer.closed
+    sock.close()
+
+
+def test_sixteen_stalled_uploads_leave_health_answering(gateway):
+    # Given 16 connections (as many as the gateway has threads) that declared 1 MB and sent 2 bytes
+    stalled = []
+    for _ in range(16):
+        sock = _connect(gateway)
+        headers = {"Content-Type": "multipart/form-data; boundary=b", "Content-Length": "1000000"}
+        sock.sendall(_head("POST", "/transcribe", headers) + b"--")
+        stalled.append(sock)
+    try:
+        # When another client asks for /health
+        started = time.monotonic()
+        probe = _connect(gateway)
+        probe.sendall(_head("GET", "/health", {"Connection": "close"}))
+        answer = _read_answer(probe, started)
+        probe.close()
+        # Then it is answered within 2 s (503: no worker runs in this test)
+        assert answer.status in (200, 503)
+        assert json.loads(answer.body)["redis"] == {"status": "up"}
+        assert answer.seconds < 2.0
+        # And every stalled client got its 401 and a closed connection, not a held thread
+        for sock in stalled:
+            assert _read_answer(sock, time.monotonic()).status == 401
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
+def test_a_small_route_keeps_its_connection_alive_when_the_body_was_read(gateway):
+    r = redis.Redis.from_url(gateway.redis_url, decode_responses=True)
+    _, plaintext = credentials.create_key(r, "edge")
+    body = json.dumps({"api_key": plaintext}).encode()
+    sock = _connect(gateway)
+    for _ in range(2):  # the same connection serves both
+        started = time.monotonic()
+        sock.sendall(_head("POST", "/auth/token", {**JSON, "Content-Length": str(len(body))}) + body)
+        sock.settimeout(10)
+        answer = _read_answer_keepalive(sock, started)
+        assert answer == 200
+    sock.close()
+
+
+def _read_answer_keepalive(sock: socket.socket, started: float) -> int:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    length = next(
+        int(v) for k, _, v in (h.partition(":") for h in lines[1:]) if k.lower() == "content-length"
+    )
+    while len(rest) < length:
+        rest += sock.recv(65536)
+    return int(lines[0].split()[1])
+
+
+# ---- the deployed shape: the same functions behind the compose gateway's nginx.conf ----------
+
+
+@pytest.fixture(scope="module")
+def nginx(gateway: Gateway, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """``infra/gateway/nginx.conf`` as compose runs it, its upstreams pointed at ``gateway``."""
+    conf = (Path(__file__).resolve().parents[2] / "infra" / "gateway" / "nginx.conf").read_text()
+    work = tmp_path_factory.mktemp("nginx")
+    port = free_port()
+    upstream = f"http://127.0.0.1:{gateway.port}"
+    for old, new in {
+        "resolver 127.0.0.11 valid=10s ipv6=off;": "",
+        "worker_processes auto;": "worker_processes 1;",
+        "pid /tmp/nginx.pid;": f"pid {work}/nginx.pid;",
+        "/var/log/nginx/access.log": f"{work}/access.log",
+        "/var/log/nginx/error.log": f"{work}/error.log",
+        "listen 8080;": f"listen 127.0.0.1:{port};",
+        "http://auth:8080": upstream,
+        "http://jobs:8080": upstream,
+    }.items():
+        assert old in conf, old
+        conf = conf.replace(old, new)
+    # Temporary files of buffered bodies go to the test's directory, not /var/lib/nginx.
+    conf = conf.replace(
+        "http {", f"http {{\n    client_body_temp_path {work}/body;\n    proxy_temp_path {work}/proxy;", 1
+    )
+    (work / "nginx.conf").write_text(conf)
+    proc = subprocess.Popen(["nginx", "-c", str(work / "nginx.conf"), "-g", "daemon off;"])
+    try:
+        wait_for_port(port, proc)
+        yield Gateway(port, gateway.pid, gateway.redis_url)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_behind_nginx_small_bodies_are_limited_and_stalled_clients_leave_health_answering(nginx):
+    # A declared body over the small routes' limit is refused by nginx itself, as problem+json
+    sock = _connect(nginx)
+    sock.sendall(_head("POST", "/auth/token", {**JSON, "Content-Length": "700000000"}))
+    answer = _read_answer(sock, time.monotonic())
+    assert (answer.status, answer.headers["content-type"]) == (413, "application/problem+json")
+    sock.close()
+    # 16 trickled small bodies (nginx holds them) and 16 stalled uploads (401 from the function)
+    stalled = []
+    for index in range(32):
+        sock = _connect(nginx)
+        if index % 2:
+            head = _head("POST", "/auth/token", {**JSON, "Content-Length": "60000"})
+        else:
+            head = _head("POST", "/transcribe", {"Content-Type": "multipart/form-data; boundary=b",
+                                                 "Content-Length": "1000000"})  # fmt: skip
+        sock.sendall(head + b"{}")
+        stalled.append(sock)
+    try:
+        started = time.monotonic()
+        probe = _connect(nginx)
+        probe.sendall(_head("GET", "/health", {"Connection": "close"}))
+        answer = _read_answer(probe, started)
+        probe.close()
+        assert answer.status in (200, 503)
+        assert json.loads(answer.body)["redis"] == {"status": "up"}
+        assert answer.seconds < 2.0
+        for sock in stalled[::2]:
+            assert _read_answer(sock, time.monotonic()).status == 401
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
+# ---- multipart caps (point 3), in-process through functions-framework's app ------------------
+
+
+def _multipart(parts: list[tuple[str, bytes, str | None]]) -> tuple[bytes, str]:
+    body = b""
+    for name, value, filename in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        body += f"--b\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + value + b"\r\n"
+    return body + b"--b--\r\n", "multipart/form-data; boundary=b"
+
+
+FORM_LIMITS = "a form text field may hold at most 131072 bytes, and a form at most 64 parts"
+
+
+def test_a_huge_text_field_is_refused_with_413(jobs_client, bearer, make_wav):
+    body, content_type = _multipart(
+        [("initial_prompt", b"x" * 300_000, None), ("audio", make_wav(), "a.wav")]
+    )
+    resp = jobs_client.post("/transcribe", data=body, content_type=content_type, headers=bearer())
+    assert (resp.status_code, resp.json["detail"]) == (413, FORM_LIMITS)
+
+
+def test_a_form_of_many_parts_is_refused_with_413(jobs_client, bearer, make_wav):
+    parts = [("language", b"en", None)] * 200 + [("audio", make_wav(), "a.wav")]
+    body, content_type = _multipart(parts)
+    resp = jobs_client.post("/transcribe", data=body, content_type=content_type, headers=bearer())
+    assert (resp.status_code, resp.json["detail"]) == (413, FORM_LIMITS)
+
+
+def test_a_huge_text_field_is_refused_in_openai_shape(jobs_client, bearer, make_wav):
+    body, content_type = _multipart([("prompt", b"x" * 300_000, None), ("file", make_wav(), "a.wav")])
+    resp = jobs_client.post(
+        "/v1/audio/transcriptions", data=body, content_type=content_type, headers=bearer()
+    )
+    assert resp.status_code == 413
+    assert resp.json["error"]["message"] == FORM_LIMITS
+    assert resp.json["error"]["code"] == "file_too_large"
+
+
+def test_a_json_body_over_the_small_limit_is_refused_before_it_is_read(jobs_client, bearer):
+    resp = jobs_client.put("/webhook", data=b"{" + b" " * 70_000 + b"}", content_type="application/json",
+                           headers=bearer())  # fmt: skip
+    assert (resp.status_code, resp.json["detail"]) == (
+        413,
+        "the request body is larger than the limit of 65536 bytes",
+    )
+    resp = jobs_client.get("/v1/models", data=b"x" * 70_000, headers=bearer())
+    assert resp.status_code == 413
+    assert resp.json["error"]["message"] == "the request body is larger than the limit of 65536 bytes"
+
+
+def test_behind_nginx_an_overlong_uri_or_header_is_a_problem_not_an_html_page(nginx):
+    sock = _connect(nginx)
+    sock.sendall(_head("GET", "/transcribe/" + "a" * 10_000, {}))
+    answer = _read_answer(sock, time.monotonic())
+    assert (answer.status, answer.headers["content-type"]) == (414, "application/problem+json")
+    assert json.loads(answer.body)["title"] == "URI Too Long"
+    sock.close()
+    sock = _connect(nginx)
+    sock.sendall(_head("GET", "/health", {"X-Filler": "a" * 20_000}))
+    answer = _read_answer(sock, time.monotonic())
+    assert (answer.status, answer.headers["content-type"]) == (431, "application/problem+json")
+    assert json.loads(answer.body)["title"] == "Request Header Fields Too Large"
+    sock.close()

@@ -1,0 +1,180 @@
+"""Per-key fair use (issue #11, point 5), enforced in the real Redis: each refusal is a 429
+with ``Retry-After`` and the IETF ``RateLimit-Policy``/``RateLimit`` headers, and other keys
+are still served."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import pytest
+
+from shared import credentials, fairuse, jobstore
+from shared.cli import main as cli
+from shared.settings import jobs_settings
+
+
+def _upload(jobs_client, headers, make_wav, seconds: float = 1.0):
+    data = {"audio": (io.BytesIO(make_wav(seconds)), "a.wav"), "model": "demo"}
+    return jobs_client.post("/transcribe", data=data, headers=headers, content_type="multipart/form-data")
+
+
+def _assert_refused(resp, policy: str, quota: int, window: int | None) -> int:
+    assert resp.status_code == 429
+    assert resp.content_type == "application/problem+json"
+    wait = int(resp.headers["Retry-After"])
+    assert wait >= 1
+    expected_policy = f'"{policy}";q={quota}' + (f";w={window}" if window else "")
+    assert resp.headers["RateLimit-Policy"] == expected_policy
+    assert resp.headers["RateLimit"] == f'"{policy}";r=0;t={wait}'
+    return wait
+
+
+def test_requests_per_minute_are_limited_per_key(env, jobs_client, bearer):
+    env(RATE_LIMIT_PER_MINUTE="5")
+    greedy, other = bearer("greedy"), bearer("other")
+    assert [jobs_client.get("/usage", headers=greedy).status_code for _ in range(5)] == [200] * 5
+    refused = jobs_client.get("/usage", headers=greedy)
+    assert _assert_refused(refused, "requests", 5, 60) <= 60
+    assert refused.get_json()["detail"] == "more than 5 requests a minute from this key; slow down"
+    # Another key is still served
+    assert jobs_client.get("/usage", headers=other).status_code == 200
+
+
+def test_a_keys_own_limit_is_set_with_the_cli(env, jobs_client, api_key, r, capsys):
+    key_id, plaintext = api_key("vip")
+    assert cli(["keys", "update", key_id, "--rate-limit-per-minute", "2"]) == 0
+    assert capsys.readouterr().out.strip().endswith("its own limits: rate_limit_per_minute=2")
+    headers = {"Authorization": f"Bearer {plaintext}"}
+    assert [jobs_client.get("/v1/models", headers=headers).status_code for _ in range(2)] == [200, 200]
+    refused = jobs_client.get("/v1/models", headers=headers)
+    assert refused.status_code == 429
+    assert refused.headers["RateLimit-Policy"] == '"requests";q=2;w=60'
+    assert refused.get_json()["error"]["code"] == "rate_limit_exceeded"
+    # "default" hands the limit back to the operator's setting
+    assert cli(["keys", "update", key_id, "--rate-limit-per-minute", "default"]) == 0
+    assert credentials.find_key(r, key_id).limits == {}
+
+
+def test_keys_create_takes_limits_too(r, env, capsys):
+    assert (
+        cli(
+            [
+                "keys",
+                "create",
+                "--name",
+                "batch",
+                "--max-pending-jobs",
+                "7",
+                "--quota-audio-seconds-per-day",
+                "0",
+            ]
+        )
+        == 0
+    )
+    key = credentials.verify_key(r, capsys.readouterr().out.strip().splitlines()[-1])
+    assert key.limits == {"max_pending_jobs": "7", "quota_audio_seconds_per_day": "0"}
+
+
+def test_failed_authentication_is_throttled_per_key_id(env, auth_client, api_key):
+    env(AUTH_FAILURES_PER_MINUTE="3")
+    key_id, plaintext = api_key("target")
+    wrong = f"wapi_{key_id}_" + "x" * 43
+    for index in range(3):  # each guess from its own address: only the key id is common
+        resp = auth_client.post(
+            "/auth/token", json={"api_key": wrong}, environ_base={"REMOTE_ADDR": f"10.0.0.{index}"}
+        )
+        assert resp.status_code == 401
+    refused = auth_client.post(
+        "/auth/token", json={"api_key": plaintext}, environ_base={"REMOTE_ADDR": "10.0.1.1"}
+    )
+    _assert_refused(refused, "auth-failures", 3, 60)
+    assert refused.get_json()["detail"] == "too many failed authentication attempts; wait before trying again"
+
+
+def test_failed_authentication_is_throttled_per_client_address(env, jobs_client, bearer):
+    env(AUTH_FAILURES_PER_MINUTE="3")
+    guesser = {"REMOTE_ADDR": "192.0.2.7"}
+    for _ in range(3):
+        resp = jobs_client.get(
+            "/usage", headers={"Authorization": "Bearer not-a-token"}, environ_base=guesser
+        )
+        assert resp.status_code == 401
+    _assert_refused(jobs_client.get("/usage", headers=bearer(), environ_base=guesser), "auth-failures", 3, 60)
+    # Another client, with a good token, is served
+    assert (
+        jobs_client.get("/usage", headers=bearer(), environ_base={"REMOTE_ADDR": "192.0.2.8"}).status_code
+        == 200
+    )
+
+
+def test_behind_a_trusted_proxy_the_forwarded_address_is_the_client(env, jobs_client):
+    env(AUTH_FAILURES_PER_MINUTE="2", PROXY_HOPS="1")
+    bad = {"Authorization": "Bearer nope"}
+    for _ in range(2):
+        headers = {**bad, "X-Forwarded-For": "spoofed, 198.51.100.1"}
+        assert jobs_client.get("/usage", headers=headers).status_code == 401
+    assert jobs_client.get("/usage", headers={**bad, "X-Forwarded-For": "198.51.100.1"}).status_code == 429
+    assert jobs_client.get("/usage", headers={**bad, "X-Forwarded-For": "198.51.100.2"}).status_code == 401
+
+
+def test_pending_jobs_per_key_are_capped(env, jobs_client, bearer, make_wav, r):
+    env(MAX_PENDING_JOBS_PER_KEY="2")
+    greedy, other = bearer("greedy"), bearer("other")
+    assert [_upload(jobs_client, greedy, make_wav).status_code for _ in range(2)] == [202, 202]
+    refused = _upload(jobs_client, greedy, make_wav)
+    _assert_refused(refused, "pending-jobs", 2, None)
+    assert refused.get_json()["detail"] == (
+        "this key already has 2 jobs queued or running (at most 2); wait for some to finish"
+    )
+    assert _upload(jobs_client, other, make_wav).status_code == 202
+    # A finished job frees its place
+    key_id = jobs_client.get("/usage", headers=greedy).get_json()["key_id"]
+    assert fairuse.pending_jobs(r, key_id) == 2
+    job = jobstore.list_owned(r, key_id, 1, None)[0]
+    assert jobstore.cancel(r, job) is not None
+    assert _upload(jobs_client, greedy, make_wav).status_code == 202
+
+
+def test_concurrent_synchronous_calls_per_key_are_capped(env, jobs_client, api_key, make_wav, r):
+    env(MAX_SYNC_WAITS_PER_KEY="1")
+    key_id, plaintext = api_key("sync")
+    limits = fairuse.limits(jobs_settings())
+    data = {"file": (io.BytesIO(make_wav(1.0)), "a.wav"), "model": "whisper-1"}
+    headers = {"Authorization": f"Bearer {plaintext}"}
+    with fairuse.sync_wait(r, key_id, limits, 60):  # one call of this key is waiting
+        refused = jobs_client.post(
+            "/v1/audio/transcriptions", data=data, headers=headers, content_type="multipart/form-data"
+        )
+    assert refused.status_code == 429
+    assert refused.headers["RateLimit-Policy"] == '"sync-waits";q=1'
+    assert refused.get_json()["error"]["message"] == (
+        "this key already has 1 synchronous calls waiting; "
+        "wait for one to end, or submit to /transcribe and poll"
+    )
+    assert jobstore.list_owned(r, key_id, 10, None) == []  # refused before any job existed
+
+
+def test_a_crashed_callers_sync_slot_frees_itself(env, r):
+    limits = fairuse.limits(jobs_settings().model_copy(update={"max_sync_waits_per_key": 1}))
+    r.zadd("syncwaits:k1", {"crashed": time.time() - 1})  # a lease that ran out
+    with fairuse.sync_wait(r, "k1", limits, 60):
+        assert r.zcard("syncwaits:k1") == 1
+    assert r.zcard("syncwaits:k1") == 0
+
+
+def test_the_daily_audio_quota_is_enforced_and_shown_in_usage(env, jobs_client, bearer, make_wav):
+    env(QUOTA_AUDIO_SECONDS_PER_DAY="3")
+    headers = bearer()
+    assert _upload(jobs_client, headers, make_wav, 2.0).status_code == 202
+    refused = _upload(jobs_client, headers, make_wav, 2.0)
+    wait = _assert_refused(refused, "audio-seconds", 3, 86400)
+    assert wait <= 86400
+    assert refused.get_json()["detail"] == (
+        "this job's 2 s of audio would pass today's quota of 3 s (2 s used); it resets at 00:00 UTC"
+    )
+    limits = jobs_client.get("/usage", headers=headers).get_json()["limits"]
+    assert limits["audio_seconds_per_day"] == 3
+    assert limits["audio_seconds_today"] == pytest.approx(2.0, abs=0.05)
+    assert limits["audio_seconds_left"] == pytest.approx(1.0, abs=0.05)
+    assert limits["resets_at"] % 86400 == 0 and 0 < limits["resets_at"] - time.time() <= 86400
