@@ -161,7 +161,7 @@ def _submit(stack: Stack, headers: dict[str, str], audio: bytes, deadline: float
                 headers={**headers, **idem},
                 files={"audio": ("a", audio)},
                 data={"model": "demo"},
-                timeout=30,
+                timeout=max(1.0, min(30.0, deadline - time.monotonic())),
             )
         except requests.RequestException:
             time.sleep(0.5)
@@ -194,9 +194,24 @@ def _final_states(stack: Stack, ids: list[str], headers: dict[str, str], timeout
     return states
 
 
-def run(jobs: int = 200, workers: int = 3, kill_every: float = 6.0, timeout: float = 600) -> Report:
-    """The whole chaos run; returns its figures."""
+def run(
+    jobs: int = 200,
+    workers: int = 3,
+    kill_every: float = 6.0,
+    timeout: float = 600,
+    long_seconds: int = 300,
+) -> Report:
+    """The whole chaos run; returns its figures.
+
+    ``timeout`` bounds the whole run (start-up, submitting, waiting), not each phase, so a caller
+    with its own time limit (a test) can give it a budget that fits inside; jobs still unfinished
+    then count as lost. The chaos thread is stopped on every way out, so nothing keeps killing
+    processes after the run returns or raises.
+    """
     report = Report()
+    deadline = time.monotonic() + timeout
+    stop = threading.Event()
+    agent: threading.Thread | None = None
     with tempfile.TemporaryDirectory(prefix="whisper-chaos-") as tmp:
         workdir = Path(tmp)
         stack = Stack(workdir, workers)
@@ -204,8 +219,7 @@ def run(jobs: int = 200, workers: int = 3, kill_every: float = 6.0, timeout: flo
             plaintext = credentials.create_key(stack.client(), "chaos")[1]
             token = requests.post(f"{stack.base_url}/auth/token", json={"api_key": plaintext}, timeout=10)
             headers = {"Authorization": f"Bearer {token.json()['token']}"}
-            short, long = tone_wav(2.0), tone_mp3(300, workdir / "long.mp3")
-            stop = threading.Event()
+            short, long = tone_wav(2.0), tone_mp3(long_seconds, workdir / "long.mp3")
 
             def chaos() -> None:
                 crashed = False
@@ -219,10 +233,9 @@ def run(jobs: int = 200, workers: int = 3, kill_every: float = 6.0, timeout: flo
 
             agent = threading.Thread(target=chaos, daemon=True)
             agent.start()
-            submit_deadline = time.monotonic() + timeout
             with ThreadPoolExecutor(max_workers=4) as pool:
                 audio = [long if i % 10 == 0 else short for i in range(jobs)]
-                futures = [pool.submit(_submit, stack, headers, a, submit_deadline) for a in audio]
+                futures = [pool.submit(_submit, stack, headers, a, deadline) for a in audio]
                 ids = []
                 for future in futures:
                     job_id = future.result()
@@ -231,7 +244,7 @@ def run(jobs: int = 200, workers: int = 3, kill_every: float = 6.0, timeout: flo
                         report.submitted += 1
                         if report.submitted % 10 == 0:
                             print(f"... {report.submitted} jobs accepted", file=sys.stderr, flush=True)
-            states = _final_states(stack, ids, headers, timeout)
+            states = _final_states(stack, ids, headers, deadline - time.monotonic())
             stop.set()
             agent.join()
             for job_id in ids:
@@ -247,6 +260,9 @@ def run(jobs: int = 200, workers: int = 3, kill_every: float = 6.0, timeout: flo
                     report.redelivered += 1
             report.processed_twice = int(stack.client().get(DUPLICATE_RESULTS) or 0)
         finally:
+            stop.set()
+            if agent is not None:
+                agent.join()
             stack.close()
     return report
 
@@ -258,10 +274,11 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--kill-every", type=float, default=6.0, help="seconds between worker SIGKILLs")
-    parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--timeout", type=float, default=600, help="seconds for the whole run")
+    parser.add_argument("--long-seconds", type=int, default=300, help="length of every tenth job's audio")
     args = parser.parse_args()
     started = time.monotonic()
-    report = run(args.jobs, args.workers, args.kill_every, args.timeout)
+    report = run(args.jobs, args.workers, args.kill_every, args.timeout, args.long_seconds)
     report.print()
     print(f"wall time:        {time.monotonic() - started:.1f} s")
     print(json.dumps({"lost": len(report.lost), "submitted": report.submitted}))

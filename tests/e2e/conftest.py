@@ -16,6 +16,7 @@ import redis
 import requests
 
 from shared.devstack import free_port, start_gateway, start_worker
+from tests import budget
 
 
 @dataclass
@@ -42,7 +43,7 @@ class Service:
         return str(resp.json()["token"])
 
     def wait_for(self, job_id: str, headers: dict[str, str], timeout: float = 60) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
+        deadline = budget.deadline(timeout)
         while time.monotonic() < deadline:
             job: dict[str, Any] = requests.get(
                 f"{self.base_url}/transcribe/{job_id}", headers=headers, timeout=10
