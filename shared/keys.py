@@ -34,6 +34,10 @@ def job_events(job_id: str) -> str:
     return f"job-events:{job_id}"
 
 
+#: Id of the local stack (``make run``) whose S3 state file belongs with this Redis, so the two
+#: come back together or not at all (shared.devstore).
+DEV_STACK = "dev:stack"
+
 #: Job notifications for workers (Redis Stream) and the workers' consumer group.
 JOBS_STREAM = "jobs"
 JOBS_GROUP = "workers"
