@@ -12,7 +12,7 @@ import pydantic
 import redis
 from pydantic import BaseModel, ConfigDict
 
-from shared import idempotency, jobstore, retention, webhooks
+from shared import idempotency, jobstore, logs, retention, webhooks
 from shared.audio import probe_duration
 from shared.errors import ConflictError, GoneError, ValidationError
 from shared.formats import render
@@ -132,6 +132,7 @@ def create_job(
         audio_key=audio_key(key_id, job_id),
         duration=round(duration, 3),
         webhook=WebhookState(url=webhook_url) if webhook_url else None,
+        request_id=logs.request_id.get(),
     )
     with open(upload.path, "rb") as fileobj:
         store.upload(job.audio_key, fileobj, upload.content_type)

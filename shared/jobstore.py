@@ -4,7 +4,9 @@ A job's record and its usage counters change together in one atomic step: creati
 MULTI/EXEC transaction and every later state change goes through ``_TRANSITION`` (Lua), which
 refuses a change from a state it was not asked to leave. That is what stops a late or duplicate
 worker from overwriting a newer state. Each change is also published on the job's events
-channel (``keys.job_events``) for callers that wait on a job.
+channel (``keys.job_events``) for callers that wait on a job, and counted in the service-wide
+metrics hash (``keys.METRICS``: jobs by status and model, audio and processing seconds, the
+real-time factor), in the same step, so ``GET /metrics`` counts every change exactly once.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import redis
 
 from shared import keys
 from shared.errors import ConflictError, NotFoundError
+from shared.metrics import RTF_BUCKETS
 from shared.models import Job, JobStatus
 
 _TRANSITION = """
@@ -36,13 +39,28 @@ for k, v in pairs(cjson.decode(ARGV[3])) do job[k] = v end
 job['status'] = ARGV[2]
 local encoded = cjson.encode(job)
 redis.call('SET', KEYS[1], encoded, 'KEEPTTL')
+local model = tostring(job['options']['model'])
 if from ~= ARGV[2] then
   redis.call('HINCRBY', KEYS[2], 'jobs_' .. from, -1)
   redis.call('HINCRBY', KEYS[2], 'jobs_' .. ARGV[2], 1)
+  redis.call('HINCRBY', KEYS[3], 'jobs_total|' .. ARGV[2] .. '|' .. model, 1)
   redis.call('PUBLISH', ARGV[6], ARGV[2])
 end
-for k, v in pairs(cjson.decode(ARGV[4])) do
+local usage = cjson.decode(ARGV[4])
+for k, v in pairs(usage) do
   redis.call('HINCRBYFLOAT', KEYS[2], k, tostring(v))
+  redis.call('HINCRBYFLOAT', KEYS[3], k .. '|' .. model, tostring(v))
+end
+-- Real-time factor of a finished run: the index of the first bucket bound it fits under.
+local audio, spent = tonumber(usage['audio_seconds']), tonumber(usage['processing_seconds'])
+if audio and spent and audio > 0 then
+  local rtf, index = spent / audio, 0
+  for bound in string.gmatch(ARGV[7], '%S+') do
+    if rtf <= tonumber(bound) then break end
+    index = index + 1
+  end
+  redis.call('HINCRBY', KEYS[3], 'rtf_bucket|' .. model .. '|' .. index, 1)
+  redis.call('HINCRBYFLOAT', KEYS[3], 'rtf_sum|' .. model, tostring(rtf))
 end
 return {1, encoded}
 """
@@ -92,6 +110,7 @@ def create(r: redis.Redis, job: Job, guard: Guard | None = None) -> None:
         pipe.hincrby(keys.usage(job.key_id), "jobs_total", 1)
         pipe.hincrby(keys.usage(job.key_id), "jobs_pending", 1)
         pipe.hincrby(keys.usage(job.key_id), "bytes_uploaded", job.bytes)
+        pipe.hincrby(keys.METRICS, f"jobs_total|{JobStatus.PENDING.value}|{job.options.model}", 1)
         pipe.xadd(keys.JOBS_STREAM, {"job_id": job.id})
         try:
             pipe.execute()
@@ -138,15 +157,17 @@ def transition(
     changes = {"updated_at": time.time(), **(fields or {})}
     result: Any = r.eval(
         _TRANSITION,
-        2,
+        3,
         keys.job(job.id),
         keys.usage(job.key_id),
+        keys.METRICS,
         " ".join(s.value for s in allowed_from),
         to.value,
         json.dumps(changes),
         json.dumps(usage or {}),
         run_id,
         keys.job_events(job.id),
+        " ".join(str(bound) for bound in RTF_BUCKETS),
     )
     if not result or int(result[0]) != 1:
         return None

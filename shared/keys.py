@@ -38,6 +38,15 @@ def job_events(job_id: str) -> str:
 #: come back together or not at all (shared.devstore).
 DEV_STACK = "dev:stack"
 
+#: Service-wide counters behind ``GET /metrics`` (hash of "name|label|..." -> number): every
+#: function and worker adds to the same figures, so one scrape of any jobs container sees them
+#: all, and a worker scaled away loses none (shared.metrics).
+METRICS = "metrics"
+
+#: Jobs set aside after too many deliveries (``WORKER_MAX_DELIVERIES``), for an operator to look
+#: at; ``GET /metrics`` counts them. (shared.worker names it too, as DEAD_LETTER_STREAM.)
+DEAD_LETTER_STREAM = "jobs:dead"
+
 #: Job notifications for workers (Redis Stream) and the workers' consumer group.
 JOBS_STREAM = "jobs"
 JOBS_GROUP = "workers"

@@ -30,6 +30,8 @@ class _Base(BaseSettings):
 
     environment: Literal["development", "production"] = "production"
     log_level: str = "INFO"
+    #: ``text`` lines for people, or ``json``: one object per line for a log pipeline.
+    log_format: Literal["text", "json"] = "text"
 
 
 class RedisSettings(_Base):

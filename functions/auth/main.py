@@ -7,14 +7,15 @@ from flask import Request, Response
 from pydantic import BaseModel, ConfigDict
 from werkzeug.exceptions import MethodNotAllowed
 
-from shared import credentials, usage
+from shared import access, credentials, usage
 from shared.errors import NotFoundError, UnauthorizedError
 from shared.http import guarded, json_response
 from shared.logs import configure_logging
 from shared.redis_client import connect
 from shared.settings import auth_settings
 
-configure_logging(auth_settings().log_level)  # building settings fails start-up on a bad JWT_SECRET
+# Building settings fails start-up on a bad JWT_SECRET.
+configure_logging(auth_settings().log_level, auth_settings().log_format)
 
 
 class TokenRequest(BaseModel):
@@ -23,6 +24,7 @@ class TokenRequest(BaseModel):
 
 
 @functions_framework.http
+@access.logged(auth_settings)
 @guarded
 def auth(request: Request) -> Response:
     """``POST /auth/token {"api_key": ...}`` → ``{"token", "token_type", "expires_in"}``."""
@@ -30,6 +32,7 @@ def auth(request: Request) -> Response:
         raise NotFoundError(f"no route {request.path}")
     if request.method != "POST":
         raise MethodNotAllowed(["POST"])
+    access.note_route(request, "/auth/token")
     # JSON whatever the Content-Type says (`curl -d '{...}'` without -H labels it a form, and
     # old clients of the Go service may send it so), else a form field.
     body = request.get_json(force=True, silent=True)
@@ -41,6 +44,7 @@ def auth(request: Request) -> Response:
     settings = auth_settings()
     r = connect(settings)
     key = credentials.verify_key(r, payload.api_key)
+    access.note_key(request, key.id)
     usage.touch(r, key.id)
     issued = credentials.issue_token(settings, key)
     return json_response(

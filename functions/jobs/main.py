@@ -18,11 +18,13 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, Rule
 
 from shared import (
+    access,
     credentials,
     fetch,
     health,
     inbox,
     job_service,
+    metrics,
     openai_compat,
     openapi,
     storage_events,
@@ -39,7 +41,8 @@ from shared.settings import jobs_settings
 from shared.storage import BlobStore
 from shared.uploads import Upload, audio_file, receive
 
-configure_logging(jobs_settings().log_level)  # building settings fails start-up on a bad JWT_SECRET
+# Building settings fails start-up on a bad JWT_SECRET.
+configure_logging(jobs_settings().log_level, jobs_settings().log_format)
 # functions-framework answers /robots.txt and /favicon.ico itself with Flask's HTML 404 page;
 # this makes those problem+json too. create_app runs this module inside the new app's context;
 # a plain import (tests, tools) has no app to configure.
@@ -54,6 +57,7 @@ def _caller(request: Request) -> ApiKey:
     r = connect(settings)
     key = credentials.verify_token(settings, r, credentials.bearer(request.headers.get("Authorization")))
     usage.touch(r, key.id)
+    access.note_key(request, key.id)
     return key
 
 
@@ -217,6 +221,12 @@ def get_health(request: Request) -> Response:
     return json_response(report, 200 if healthy else 503)
 
 
+def get_metrics(request: Request) -> Response:
+    settings = jobs_settings()
+    body = metrics.exposition(connect(settings), settings.worker_heartbeat_seconds)
+    return Response(body, content_type=metrics.CONTENT_TYPE)
+
+
 def get_openapi(request: Request) -> Response:
     return Response(openapi.document_json(), content_type="application/json")
 
@@ -242,6 +252,7 @@ def _openai_audio(request: Request, task: Task) -> Response:
     settings = jobs_settings()
     r, store = connect(settings), BlobStore(settings)
     key = openai_compat.authenticate(settings, r, request.headers.get("Authorization"))
+    access.note_key(request, key.id)
     with receive(request, settings.max_upload_bytes, file_field="file") as form:
         audio = openai_compat.parse_request(form.fields, task, settings)
         upload = audio_file(form, "file", settings.max_upload_bytes)
@@ -253,7 +264,8 @@ def _openai_audio(request: Request, task: Task) -> Response:
 
 def openai_models(request: Request) -> Response:
     settings = jobs_settings()
-    openai_compat.authenticate(settings, connect(settings), request.headers.get("Authorization"))
+    key = openai_compat.authenticate(settings, connect(settings), request.headers.get("Authorization"))
+    access.note_key(request, key.id)
     return json_response(openai_compat.model_list(settings))
 
 
@@ -273,6 +285,7 @@ _ROUTES = Map(
         Rule("/webhook", methods=["PUT"], endpoint=put_webhook),
         Rule("/webhook/rotate", methods=["POST"], endpoint=rotate_webhook_secret),
         Rule("/health", methods=["GET"], endpoint=get_health),
+        Rule("/metrics", methods=["GET"], endpoint=get_metrics),
         Rule("/openapi.json", methods=["GET"], endpoint=get_openapi),
         Rule("/docs", methods=["GET"], endpoint=get_docs),
         Rule("/docs/<name>", methods=["GET"], endpoint=get_docs_asset),
@@ -292,8 +305,9 @@ _V1_ROUTES = Map(
 
 
 def _dispatch(routes: Map, request: Request) -> Response:
-    endpoint, args = routes.bind_to_environ(request.environ).match()
-    handler: Handler = endpoint
+    rule, args = routes.bind_to_environ(request.environ).match(return_rule=True)
+    access.note_route(request, rule.rule)
+    handler: Handler = rule.endpoint
     return handler(request, **args)
 
 
@@ -308,6 +322,7 @@ def _openai(request: Request) -> Response:
 
 
 @functions_framework.http
+@access.logged(jobs_settings)
 def jobs(request: Request) -> Response:
     """Route a request; 404/405 and every other error come back as problem+json, or under
     ``/v1`` in OpenAI's error shape."""
