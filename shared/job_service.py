@@ -12,12 +12,13 @@ import pydantic
 import redis
 from pydantic import BaseModel, ConfigDict
 
-from shared import idempotency, jobstore, logs, retention, webhooks
+from shared import idempotency, jobstore, logs, model_ads, retention, webhooks
 from shared.audio import probe_duration
 from shared.errors import ConflictError, GoneError, ValidationError
 from shared.formats import render
 from shared.models import Job, JobOptions, JobStatus, TranscriptResult, WebhookState, parse_format
-from shared.settings import ModelSettings, OutboundSettings, RetentionSettings
+from shared.redis_client import connect
+from shared.settings import ModelSettings, OutboundSettings, RedisSettings, RetentionSettings
 from shared.storage import BlobStore, audio_key, result_key
 from shared.uploads import Upload
 
@@ -37,11 +38,13 @@ OPTION_FIELDS = (
 
 
 def allowed_models(settings: ModelSettings) -> list[str]:
-    """The operator's list plus the checkpoints present in WHISPER_MODEL_DIR."""
-    names = set(settings.whisper_models)
-    if settings.whisper_model_dir and settings.whisper_model_dir.is_dir():
-        names.update(p.stem for p in settings.whisper_model_dir.glob("*.pt"))
-    return sorted(names)
+    """What clients may ask for: what the workers advertise (``shared.model_ads``), or with no
+    advertisement, the operator's list plus the checkpoints present in WHISPER_MODEL_DIR."""
+    offer = None
+    if isinstance(settings, RedisSettings):  # the jobs function's settings reach Redis
+        live_seconds = 3 * getattr(settings, "worker_heartbeat_seconds", 5.0)
+        offer = model_ads.current(connect(settings), live_seconds)
+    return model_ads.offered(settings, offer)
 
 
 class _JsonFields(BaseModel):

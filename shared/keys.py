@@ -47,6 +47,10 @@ METRICS = "metrics"
 #: at; ``GET /metrics`` counts them. (shared.worker names it too, as DEAD_LETTER_STREAM.)
 DEAD_LETTER_STREAM = "jobs:dead"
 
+#: Hash of worker name -> JSON of the models it can load and holds loaded, with when it said so:
+#: what the API offers (shared.model_ads). Entries a day old are dropped when read.
+MODEL_ADS = "models:ads"
+
 #: Job notifications for workers (Redis Stream) and the workers' consumer group.
 JOBS_STREAM = "jobs"
 JOBS_GROUP = "workers"

@@ -202,6 +202,18 @@ class WorkerSettings(StorageSettings, ModelSettings, WebhookSettings, RetentionS
     worker_storage_backoff_seconds: float = Field(default=0.5, ge=0)
 
 
+class CatalogSettings(RedisSettings, ModelSettings):
+    """What ``whisper-api models`` reads: the model settings and the Redis workers advertise in."""
+
+    worker_heartbeat_seconds: float = Field(default=5.0, gt=0)
+
+
+@lru_cache(maxsize=1)
+def catalog_settings() -> CatalogSettings:
+    """The ``whisper-api models`` commands' settings."""
+    return CatalogSettings()
+
+
 @lru_cache(maxsize=1)
 def redis_settings() -> RedisSettings:
     """Just enough to reach Redis (the ``whisper-api keys`` commands)."""
