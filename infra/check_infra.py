@@ -50,7 +50,9 @@ NOT_IN_SAM = {
     "WEBHOOK_RETRY_SCHEDULE", "WEBHOOK_TIMEOUT_SECONDS",
 }  # fmt: skip
 #: Names deployment files may set that are not service settings (infrastructure's own).
-INFRA_VARIABLES = {"REDIS_PASSWORD", "REDISCLI_AUTH", "S3_INBOX_BUCKET", "PORT"}
+INFRA_VARIABLES = {
+    "REDIS_PASSWORD", "REDISCLI_AUTH", "S3_INBOX_BUCKET", "PORT", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD",
+}  # fmt: skip
 
 
 def code_settings() -> set[str]:
@@ -65,6 +67,7 @@ def code_settings() -> set[str]:
 #: Compose must refuse to start without these (a ${VAR:?} guard).
 GUARDED_SECRETS = {
     "REDIS_PASSWORD", "JWT_SECRET", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "STORAGE_HOOK_TOKEN",
+    "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD",
 }  # fmt: skip
 
 
@@ -199,14 +202,36 @@ def compose_rules(compose: dict[str, Any]) -> list[str]:
                 problems.append(f"{name} -> {dep}: condition {condition!r}")
             if condition == "service_healthy" and "healthcheck" not in services.get(dep, {}):
                 problems.append(f"{name} -> {dep}: waits for health that {dep} never reports")
-    devices = (
+    if _gpu_devices(services):
+        problems.append("worker: reserves a GPU in docker-compose.yml (that is docker-compose.gpu.yml's job)")
+    if "models:/models:ro" not in services.get("jobs", {}).get("volumes", []):
+        problems.append("jobs: the models volume is not mounted read-only at /models")
+    minio = services.get("minio", {}).get("environment", {})
+    app_key = services.get("worker", {}).get("environment", {}).get("AWS_ACCESS_KEY_ID")
+    if minio.get("MINIO_ROOT_USER") == app_key:
+        problems.append("minio: the app's S3 key is MinIO's root user")
+    if "localstack" not in services.get("localstack", {}).get("profiles", []):
+        problems.append("localstack: must stay behind the `localstack` profile")
+    return problems
+
+
+def _gpu_devices(services: dict[str, Any]) -> list[Any]:
+    devices: list[Any] = (
         services.get("worker", {}).get("deploy", {}).get("resources", {})
         .get("reservations", {}).get("devices", [])
     )  # fmt: skip
-    if not any("gpu" in d.get("capabilities", []) for d in devices):
+    return [d for d in devices if "gpu" in d.get("capabilities", [])]
+
+
+def gpu_override_problems(schema: dict[str, Any]) -> list[str]:
+    """docker-compose.gpu.yml: a valid Compose file giving the worker a GPU and CUDA torch."""
+    override = yaml.safe_load((ROOT / "docker-compose.gpu.yml").read_text())
+    problems = schema_problems(override, schema)
+    worker = override.get("services", {}).get("worker", {})
+    if not _gpu_devices(override.get("services", {})):
         problems.append("worker: no GPU device reservation")
-    if "localstack" not in services.get("localstack", {}).get("profiles", []):
-        problems.append("localstack: must stay behind the `localstack` profile")
+    if "+cpu" in str(worker.get("build", {}).get("args", {}).get("TORCH_VERSION", "+cpu")):
+        problems.append("worker: TORCH_VERSION is not a CUDA build")
     return problems
 
 
@@ -245,8 +270,12 @@ def check_compose(report: Report) -> dict[str, str]:
         "docker-compose.yml: Compose Specification schema", lambda: schema_problems(compose, compose_schema())
     )
     report.run(
-        "docker-compose.yml: no redis ports, healthchecks, conditions, GPU, profiles",
+        "docker-compose.yml: redis ports, healthchecks, conditions, CPU worker, models, MinIO, profiles",
         lambda: compose_rules(compose),
+    )
+    report.run(
+        "docker-compose.gpu.yml: schema, GPU reservation, CUDA torch",
+        lambda: gpu_override_problems(compose_schema()),
     )
     report.run(
         "docker-compose.yml: Dockerfiles and mounted files exist", lambda: compose_files_exist(compose)
