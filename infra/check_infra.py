@@ -287,8 +287,11 @@ def check_compose(report: Report) -> dict[str, str]:
 
 
 def k8s_documents() -> Iterator[tuple[str, int, Any]]:
-    """(file, index, document) for every YAML document under infra/k8s, recursively."""
+    """(file, index, document) for every manifest under infra/k8s, recursively: the base and the
+    example Secret, not the kustomizations and overlays (rendered and checked on their own)."""
     for path in sorted([*K8S_DIR.rglob("*.yaml"), *K8S_DIR.rglob("*.yml")]):
+        if path.name == "kustomization.yaml" or "overlays" in path.relative_to(K8S_DIR).parts:
+            continue
         for index, doc in enumerate(yaml.safe_load_all(path.read_text())):
             if doc is not None:
                 yield str(path.relative_to(ROOT)), index, doc
@@ -364,6 +367,11 @@ def reference_problems(docs: list[tuple[str, int, Any]]) -> list[str]:
             selector <= d["spec"]["template"]["metadata"]["labels"].items() for d in deployments.values()
         ):
             problems.append(f"Service/{name}: selector matches no Deployment")
+    for route in _by_kind(docs, "HTTPRoute").values():
+        for rule in route["spec"].get("rules", []):
+            for ref in rule.get("backendRefs", []):
+                if ref["name"] not in services:
+                    problems.append(f"HTTPRoute/{route['metadata']['name']}: no Service {ref['name']}")
     for _, _, ing in ((w, i, d) for w, i, d in docs if d.get("kind") == "Ingress"):
         for rule in ing["spec"].get("rules", []):
             for path in rule.get("http", {}).get("paths", []):
@@ -436,7 +444,92 @@ def check_k8s(report: Report) -> list[tuple[str, int, Any]]:
         lambda: keda_problems(docs),
     )
     report.run("infra/k8s: worker has a GPU limit and the model PVC", lambda: worker_gpu_problems(docs))
+    for overlay in ("cpu", "gpu"):
+        report.run(
+            f"infra/k8s/overlays/{overlay}: renders, validates, {overlay} worker",
+            lambda overlay=overlay: overlay_problems(overlay),  # type: ignore[misc]
+        )
     return docs
+
+
+# ---- kustomize overlays (CPU and GPU workers) ------------------------------------------------
+
+
+def _pointer(path: str) -> list[str]:
+    return [part.replace("~1", "/").replace("~0", "~") for part in path.lstrip("/").split("/")]
+
+
+def _json_patch(doc: Any, ops: list[dict[str, Any]]) -> None:
+    """RFC 6902 add, remove and replace: what the overlays use."""
+    for op in ops:
+        *parents, last = _pointer(op["path"])
+        target = doc
+        for part in parents:
+            target = target[int(part)] if isinstance(target, list) else target[part]
+        if op["op"] == "remove":
+            del target[int(last) if isinstance(target, list) else last]
+        elif op["op"] == "add" and isinstance(target, list):
+            target.insert(len(target) if last == "-" else int(last), op["value"])
+        elif op["op"] in ("add", "replace"):
+            target[int(last) if isinstance(target, list) else last] = op["value"]
+        else:
+            raise ValueError(f"unsupported patch op {op['op']}")
+
+
+def render_kustomization(directory: Path) -> list[dict[str, Any]]:
+    """The subset of kustomize the overlays use (resources, images, JSON 6902 patches), so the
+    check needs no kubectl; where kubectl is installed, its rendering must agree."""
+    spec = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    docs: list[dict[str, Any]] = []
+    for resource in spec.get("resources", []):
+        path = (directory / resource).resolve()
+        if path.is_dir():
+            docs += render_kustomization(path)
+        else:
+            docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    for image in spec.get("images", []):
+        for doc in docs:
+            pod = doc.get("spec", {}).get("template", {}).get("spec", {})
+            for container in [*pod.get("containers", []), *pod.get("initContainers", [])]:
+                name, _, tag = container["image"].rpartition(":")
+                if name == image["name"]:
+                    container["image"] = f"{image.get('newName', name)}:{image.get('newTag', tag)}"
+    for patch in spec.get("patches", []):
+        target = patch["target"]
+        for doc in docs:
+            if doc["kind"] == target["kind"] and doc["metadata"]["name"] == target["name"]:
+                _json_patch(doc, yaml.safe_load(patch["patch"]))
+    return docs
+
+
+def overlay_problems(name: str) -> list[str]:
+    """An overlay renders, its documents validate, and its worker is the variant it claims."""
+    directory = K8S_DIR / "overlays" / name
+    docs = render_kustomization(directory)
+    problems, _ = k8s_schema_problems([(f"overlays/{name}", i, d) for i, d in enumerate(docs)])
+    kubectl = shutil.which("kubectl")
+    if kubectl:
+        out = subprocess.run(
+            [kubectl, "kustomize", str(directory)], capture_output=True, text=True, check=False
+        )
+        theirs = sorted((d["kind"], d["metadata"]["name"], json.dumps(d, sort_keys=True))
+                        for d in yaml.safe_load_all(out.stdout) if d)  # fmt: skip
+        ours = sorted((d["kind"], d["metadata"]["name"], json.dumps(d, sort_keys=True)) for d in docs)
+        if out.returncode or theirs != ours:
+            problems.append(
+                f"kubectl kustomize renders overlays/{name} differently: {out.stderr.strip()[:200]}"
+            )
+    worker = _by_kind([("", 0, d) for d in docs], "Deployment")["worker"]
+    limits = _containers(worker)[0]["resources"]["limits"]
+    env = {e["name"]: e.get("value") for e in _containers(worker)[0].get("env", [])}
+    gpu = str(limits.get("nvidia.com/gpu")) == "1"
+    if (name == "gpu") != gpu:
+        problems.append(f"overlays/{name}: worker GPU limit is {limits.get('nvidia.com/gpu')}")
+    if name == "cpu" and env.get("WHISPER_DEVICE") != "cpu":
+        problems.append("overlays/cpu: worker does not set WHISPER_DEVICE=cpu")
+    if not all(c["image"].endswith(f"-{'cuda' if gpu else 'cpu'}") for c in _containers(worker)):
+        problems.append(f"overlays/{name}: worker image is not the {name} build")
+    return problems
 
 
 # ---- names shared across files ------------------------------------------------------------
