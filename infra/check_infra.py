@@ -30,6 +30,9 @@ import jsonschema
 import kubernetes_validate
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import check_knative
+
 ROOT = Path(__file__).resolve().parents[1]
 K8S_DIR = ROOT / "infra" / "k8s"
 #: Kubernetes version the manifests are validated against (kubernetes-validate bundles it).
@@ -622,6 +625,14 @@ def main() -> int:
     )
     report.run("infra/docker: COPY sources exist", dockerfile_problems)
     report.run("infra/localstack/init-s3.sh: executable, valid sh", script_problems)
+    report.run(
+        "infra/knative: Knative Service, Broker, Trigger, RedisStreamSource schemas; pod specs",
+        lambda: check_knative.schema_problems(K8S_VERSION),
+    )
+    report.run(
+        "infra/knative: scale to zero, concurrency = threads, Trigger -> transcribe, dispatcher",
+        check_knative.rule_problems,
+    )
     nginx_check(report)
     if report.failures:
         print(f"{report.failures} check(s) failed")
