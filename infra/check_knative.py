@@ -79,13 +79,20 @@ _REVISION_FIELDS = {
     "idleTimeoutSeconds": {"type": "integer", "minimum": 0},
 }
 
-SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
-    ("serving.knative.dev/v1", "Service"): {
+
+def _resource(spec: dict[str, Any], spec_required: bool = True) -> dict[str, Any]:
+    """A whole object: apiVersion, kind, metadata and ``spec``, nothing else."""
+    return {
         "type": "object",
-        "required": ["apiVersion", "kind", "metadata", "spec"],
-        "properties": {
-            "apiVersion": {}, "kind": {}, "metadata": _META,
-            "spec": {
+        "required": ["apiVersion", "kind", "metadata", *(["spec"] if spec_required else [])],
+        "properties": {"apiVersion": {}, "kind": {}, "metadata": _META, "spec": spec},
+        "additionalProperties": False,
+    }
+
+
+SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
+    ("serving.knative.dev/v1", "Service"): _resource(
+            {
                 "type": "object",
                 "required": ["template"],
                 "properties": {
@@ -115,28 +122,17 @@ SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
                 },
                 "additionalProperties": False,
             },
-        },
-        "additionalProperties": False,
-    },
-    ("eventing.knative.dev/v1", "Broker"): {
-        "type": "object",
-        "required": ["apiVersion", "kind", "metadata"],
-        "properties": {
-            "apiVersion": {}, "kind": {}, "metadata": _META,
-            "spec": {
+        ),
+    ("eventing.knative.dev/v1", "Broker"): _resource(
+            {
                 "type": "object",
                 "properties": {"config": _REF, "delivery": _DELIVERY},
                 "additionalProperties": False,
             },
-        },
-        "additionalProperties": False,
-    },
-    ("eventing.knative.dev/v1", "Trigger"): {
-        "type": "object",
-        "required": ["apiVersion", "kind", "metadata", "spec"],
-        "properties": {
-            "apiVersion": {}, "kind": {}, "metadata": _META,
-            "spec": {
+            spec_required=False,
+        ),
+    ("eventing.knative.dev/v1", "Trigger"): _resource(
+            {
                 "type": "object",
                 "required": ["broker", "subscriber"],
                 "properties": {
@@ -153,15 +149,9 @@ SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
                 },
                 "additionalProperties": False,
             },
-        },
-        "additionalProperties": False,
-    },
-    ("sources.knative.dev/v1alpha1", "RedisStreamSource"): {
-        "type": "object",
-        "required": ["apiVersion", "kind", "metadata", "spec"],
-        "properties": {
-            "apiVersion": {}, "kind": {}, "metadata": _META,
-            "spec": {
+        ),
+    ("sources.knative.dev/v1alpha1", "RedisStreamSource"): _resource(
+            {
                 "type": "object",
                 "required": ["address", "stream", "sink"],
                 "properties": {
@@ -175,9 +165,7 @@ SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
                 },
                 "additionalProperties": False,
             },
-        },
-        "additionalProperties": False,
-    },
+        ),
 }  # fmt: skip
 
 
