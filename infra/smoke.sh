@@ -21,7 +21,9 @@ AUTH_PORT=${AUTH_PORT:-18081} JOBS_PORT=${JOBS_PORT:-18082} GATEWAY_PORT=${GATEW
 BUILD=(podman build --isolation=chroot --network=host --build-arg "BASE_IMAGE=$BASE_IMAGE")
 # shellcheck disable=SC2206  # deliberately split: extra flags from the caller
 BUILD+=(${BUILD_VOLUMES:-} ${BUILD_ARGS:-})
-RUN=(podman run -d --network=host --ulimit nofile=1024:1024 --ulimit nproc=1024:1024)
+# Rootless or sandboxed engines may refuse to raise limits past the caller's: ask for modest ones.
+LIMITS=(--ulimit nofile=1024:1024 --ulimit nproc=1024:1024)
+RUN=(podman run -d --network=host "${LIMITS[@]}")
 WORK=$(mktemp -d /tmp/whisper-smoke.XXXXXX)
 STARTED=()
 
@@ -48,11 +50,13 @@ build() {
   "${BUILD[@]}" -f "$ROOT/infra/docker/Dockerfile.smoke" -t "$PREFIX/smoke-deps:local" "$ROOT"
 }
 
-start() {  # start NAME IMAGE ARGS...: a detached container on the host network
-  local name=smoke-$1
+start() {  # start NAME [PODMAN-OPTION...] -- IMAGE [ARG...]: a detached container on the host network
+  local name=smoke-$1 options=()
+  shift
+  while [ "$1" != -- ]; do options+=("$1"); shift; done
   shift
   podman rm -f "$name" >/dev/null 2>&1 || true
-  "${RUN[@]}" --name "$name" "${ENV_ARGS[@]}" "$@" >/dev/null
+  "${RUN[@]}" --name "$name" "${ENV_ARGS[@]}" "${options[@]}" "$@" >/dev/null
   STARTED+=("$name")
 }
 
@@ -82,10 +86,10 @@ ENV_ARGS=(
 )
 
 say "starting Redis, S3, the functions, a CPU worker and the gateway"
-start redis "$PREFIX/smoke-deps:local" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --appendonly yes --dir /tmp
-start s3 "$PREFIX/smoke-deps:local" /opt/venv/bin/python -m moto.server -H 127.0.0.1 -p "$S3_PORT"
+start redis -- "$PREFIX/smoke-deps:local" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --appendonly yes --dir /tmp
+start s3 -- "$PREFIX/smoke-deps:local" /opt/venv/bin/python -m moto.server -H 127.0.0.1 -p "$S3_PORT"
 wait_http "http://127.0.0.1:$S3_PORT/"
-podman run --rm --network=host "${ENV_ARGS[@]}" "$PREFIX/worker:cpu" sh -c '
+podman run --rm --network=host "${LIMITS[@]}" "${ENV_ARGS[@]}" "$PREFIX/worker:cpu" sh -c '
   whisper-api models demo /models/demo.pt &&
   python -c "
 from shared.settings import StorageSettings
@@ -94,13 +98,13 @@ s = StorageSettings()
 for bucket in (s.s3_bucket, s.s3_inbox_bucket):
     BlobStore(s, bucket).ensure_bucket()
 "'
-start auth "$PREFIX/api:local" functions-framework --source=functions/auth/main.py --target=auth --port="$AUTH_PORT"
-start jobs "$PREFIX/api:local" functions-framework --source=functions/jobs/main.py --target=jobs --port="$JOBS_PORT"
-start worker "$PREFIX/worker:cpu" whisper-api worker
+start auth -- "$PREFIX/api:local" functions-framework --source=functions/auth/main.py --target=auth --port="$AUTH_PORT"
+start jobs -- "$PREFIX/api:local" functions-framework --source=functions/jobs/main.py --target=jobs --port="$JOBS_PORT"
+start worker -- "$PREFIX/worker:cpu" whisper-api worker
 sed -e "s|http://auth:8080|http://127.0.0.1:$AUTH_PORT|; s|http://jobs:8080|http://127.0.0.1:$JOBS_PORT|" \
     -e "s|listen 8080;|listen $GATEWAY_PORT;|; /resolver 127.0.0.11/d; s|/var/log/nginx/access.log|/dev/stdout|" \
     -e "s|/var/log/nginx/error.log|/dev/stderr|" "$ROOT/infra/gateway/nginx.conf" > "$WORK/nginx.conf"
-start gateway "$PREFIX/smoke-deps:local" -v "$WORK/nginx.conf:/smoke/nginx.conf:ro" nginx -c /smoke/nginx.conf -g 'daemon off;'
+start gateway -v "$WORK/nginx.conf:/smoke/nginx.conf:ro" -- "$PREFIX/smoke-deps:local" nginx -c /smoke/nginx.conf -g 'daemon off;'
 BASE="http://127.0.0.1:$GATEWAY_PORT"
 wait_http "$BASE/health"
 curl -s "$BASE/health"; echo
