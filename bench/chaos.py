@@ -4,7 +4,8 @@
 
 It starts its own stack on free loopback ports (redis-server with AOF, a moto S3 server, the
 gateway, N workers running the offline ``demo`` model), drives it over HTTP like a client that
-retries with an ``Idempotency-Key``, and prints: submitted, completed, failed (with reasons),
+retries with an ``Idempotency-Key`` while SIGKILLing a ready worker every ``--kill-every`` seconds
+(once a job completed since the previous kill), and prints: submitted, completed, failed (with reasons),
 lost (accepted with a 202 but never finished: must be 0), processed twice, and p50/p95 latency
 from creation to completion. Exits 1 if any job was lost.
 """
@@ -36,7 +37,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shared import credentials
+from shared import credentials, keys
 from shared.demo_model import build_checkpoint
 from shared.devstack import free_port, start_gateway, start_redis, start_s3, tone_mp3, tone_wav
 from shared.settings import StorageSettings
@@ -129,11 +130,34 @@ class Stack:
                 [sys.executable, "-m", "functions.transcribe.main"], env=self.env, stdout=log, stderr=log
             )
 
-    def kill_a_worker(self) -> None:
-        victim = random.choice(self.workers)
+    def ready_workers(self) -> list[subprocess.Popen[bytes]]:
+        """Workers that got as far as a heartbeat (names are host-pid-random): on a slow machine a
+        worker still importing torch is not worth killing, and killing only those would starve
+        the run of workers instead of testing recovery."""
+        try:
+            names = self.client().zrange(keys.WORKERS, 0, -1)
+        except redis.RedisError:
+            return []
+        pids = {int(parts[-2]) for parts in (str(n).split("-") for n in names) if parts[-2].isdigit()}
+        return [w for w in self.workers if w.pid in pids and w.poll() is None]
+
+    def completed(self) -> int:
+        """Jobs completed so far (the service's own counter, shared.metrics); -1 while Redis is down."""
+        try:
+            return int(self.client().hget(keys.METRICS, "jobs_total|completed|demo") or 0)
+        except redis.RedisError:
+            return -1
+
+    def kill_a_worker(self) -> bool:
+        """SIGKILL a ready worker and start another in its place; False if none was ready."""
+        ready = self.ready_workers()
+        if not ready:
+            return False
+        victim = random.choice(ready)
         victim.send_signal(signal.SIGKILL)
         victim.wait()
         self.workers[self.workers.index(victim)] = self._quiet_worker()
+        return True
 
     def crash_redis(self, down_seconds: float) -> None:
         self.redis.send_signal(signal.SIGKILL)
@@ -222,10 +246,15 @@ def run(
             short, long = tone_wav(2.0), tone_mp3(long_seconds, workdir / "long.mp3")
 
             def chaos() -> None:
-                crashed = False
+                # A kill waits for a job completed since the previous one: on a slow machine,
+                # kills on a clock alone would outpace the workers' start-up and stop all
+                # progress, which tests nothing but the clock.
+                crashed, completed_at_last_kill = False, -1
                 while not stop.wait(kill_every):
-                    stack.kill_a_worker()
-                    report.worker_kills += 1
+                    completed = stack.completed()
+                    if completed > completed_at_last_kill and stack.kill_a_worker():
+                        report.worker_kills += 1
+                        completed_at_last_kill = completed
                     if not crashed and report.submitted >= jobs // 2:
                         stack.crash_redis(down_seconds=2.0)
                         report.redis_restarts += 1
