@@ -7,14 +7,10 @@ DEB_PACKAGES := ffmpeg redis-server espeak-ng chromium chromium-driver nginx-lig
 
 .PHONY: install run test lint typecheck check-deploy clean
 
-# Debian packages (only those missing), then a virtualenv with torch first, then the rest.
+# Debian packages (only those missing; without apt-get, what to install instead), then a virtualenv with torch first, then the rest.
 install: $(STAMP)
 $(STAMP): requirements.txt requirements-api.txt requirements-dev.txt pyproject.toml
-	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
-	fi
+	@bash infra/system-packages.sh $(DEB_PACKAGES)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$$(grep -E '^torch==' requirements.txt)"

@@ -30,9 +30,8 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shared.devstack import free_port, start_gateway, start_redis, start_s3, tone_wav
-
 from bench.procs import tree_rss_bytes
+from devtools.devstack import free_port, start_gateway, start_redis, start_s3, tone_wav
 from shared import credentials, keys
 from shared.dispatcher import Dispatcher
 from shared.settings import StorageSettings, WebhookSettings

@@ -4,7 +4,8 @@
 
 It starts its own stack on free loopback ports (redis-server with AOF, a moto S3 server, the
 gateway, N workers running the offline ``demo`` model), drives it over HTTP like a client that
-retries with an ``Idempotency-Key``, and prints: submitted, completed, failed (with reasons),
+retries with an ``Idempotency-Key`` while SIGKILLing a ready worker every ``--kill-every`` seconds
+(once a job completed since the previous kill), and prints: submitted, completed, failed (with reasons),
 lost (accepted with a 202 but never finished: must be 0), processed twice, and p50/p95 latency
 from creation to completion. Exits 1 if any job was lost.
 """
@@ -39,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from devtools.audio import speech_mp3, speech_wav
 from devtools.demo_model import build_checkpoint
 from devtools.devstack import free_port, start_gateway, start_redis, start_s3
-from shared import credentials
+from shared import credentials, keys
 from shared.settings import StorageSettings
 from shared.storage import BlobStore
 from shared.worker import DUPLICATE_RESULTS
@@ -132,11 +133,34 @@ class Stack:
                 [sys.executable, "-m", "functions.transcribe.main"], env=self.env, stdout=log, stderr=log
             )
 
-    def kill_a_worker(self) -> None:
-        victim = random.choice(self.workers)
+    def ready_workers(self) -> list[subprocess.Popen[bytes]]:
+        """Workers that got as far as a heartbeat (names are host-pid-random): on a slow machine a
+        worker still importing torch is not worth killing, and killing only those would starve
+        the run of workers instead of testing recovery."""
+        try:
+            names = self.client().zrange(keys.WORKERS, 0, -1)
+        except redis.RedisError:
+            return []
+        pids = {int(parts[-2]) for parts in (str(n).split("-") for n in names) if parts[-2].isdigit()}
+        return [w for w in self.workers if w.pid in pids and w.poll() is None]
+
+    def completed(self) -> int:
+        """Jobs completed so far (the service's own counter, shared.metrics); -1 while Redis is down."""
+        try:
+            return int(self.client().hget(keys.METRICS, "jobs_total|completed|demo") or 0)
+        except redis.RedisError:
+            return -1
+
+    def kill_a_worker(self) -> bool:
+        """SIGKILL a ready worker and start another in its place; False if none was ready."""
+        ready = self.ready_workers()
+        if not ready:
+            return False
+        victim = random.choice(ready)
         victim.send_signal(signal.SIGKILL)
         victim.wait()
         self.workers[self.workers.index(victim)] = self._quiet_worker()
+        return True
 
     def crash_redis(self, down_seconds: float) -> None:
         self.redis.send_signal(signal.SIGKILL)
@@ -164,7 +188,7 @@ def _submit(stack: Stack, headers: dict[str, str], audio: bytes, deadline: float
                 headers={**headers, **idem},
                 files={"audio": ("a", audio)},
                 data={"model": "demo"},
-                timeout=30,
+                timeout=max(1.0, min(30.0, deadline - time.monotonic())),
             )
         except requests.RequestException:
             time.sleep(0.5)
@@ -197,9 +221,24 @@ def _final_states(stack: Stack, ids: list[str], headers: dict[str, str], timeout
     return states
 
 
-def run(jobs: int = 200, workers: int = 3, kill_every: float = 6.0, timeout: float = 600) -> Report:
-    """The whole chaos run; returns its figures."""
+def run(
+    jobs: int = 200,
+    workers: int = 3,
+    kill_every: float = 6.0,
+    timeout: float = 600,
+    long_seconds: int = 300,
+) -> Report:
+    """The whole chaos run; returns its figures.
+
+    ``timeout`` bounds the whole run (start-up, submitting, waiting), not each phase, so a caller
+    with its own time limit (a test) can give it a budget that fits inside; jobs still unfinished
+    then count as lost. The chaos thread is stopped on every way out, so nothing keeps killing
+    processes after the run returns or raises.
+    """
     report = Report()
+    deadline = time.monotonic() + timeout
+    stop = threading.Event()
+    agent: threading.Thread | None = None
     with tempfile.TemporaryDirectory(prefix="whisper-chaos-") as tmp:
         workdir = Path(tmp)
         stack = Stack(workdir, workers)
@@ -208,14 +247,18 @@ def run(jobs: int = 200, workers: int = 3, kill_every: float = 6.0, timeout: flo
             token = requests.post(f"{stack.base_url}/auth/token", json={"api_key": plaintext}, timeout=10)
             headers = {"Authorization": f"Bearer {token.json()['token']}"}
             # Speech: the engine's VAD skips tone, and a chaos run must keep the workers busy.
-            short, long = speech_wav(2.0), speech_mp3(300, workdir / "long.mp3")
-            stop = threading.Event()
+            short, long = speech_wav(2.0), speech_mp3(long_seconds, workdir / "long.mp3")
 
             def chaos() -> None:
-                crashed = False
+                # A kill waits for a job completed since the previous one: on a slow machine,
+                # kills on a clock alone would outpace the workers' start-up and stop all
+                # progress, which tests nothing but the clock.
+                crashed, completed_at_last_kill = False, -1
                 while not stop.wait(kill_every):
-                    stack.kill_a_worker()
-                    report.worker_kills += 1
+                    completed = stack.completed()
+                    if completed > completed_at_last_kill and stack.kill_a_worker():
+                        report.worker_kills += 1
+                        completed_at_last_kill = completed
                     if not crashed and report.submitted >= jobs // 2:
                         stack.crash_redis(down_seconds=2.0)
                         report.redis_restarts += 1
@@ -223,10 +266,9 @@ def run(jobs: int = 200, workers: int = 3, kill_every: float = 6.0, timeout: flo
 
             agent = threading.Thread(target=chaos, daemon=True)
             agent.start()
-            submit_deadline = time.monotonic() + timeout
             with ThreadPoolExecutor(max_workers=4) as pool:
                 audio = [long if i % 10 == 0 else short for i in range(jobs)]
-                futures = [pool.submit(_submit, stack, headers, a, submit_deadline) for a in audio]
+                futures = [pool.submit(_submit, stack, headers, a, deadline) for a in audio]
                 ids = []
                 for future in futures:
                     job_id = future.result()
@@ -235,7 +277,7 @@ def run(jobs: int = 200, workers: int = 3, kill_every: float = 6.0, timeout: flo
                         report.submitted += 1
                         if report.submitted % 10 == 0:
                             print(f"... {report.submitted} jobs accepted", file=sys.stderr, flush=True)
-            states = _final_states(stack, ids, headers, timeout)
+            states = _final_states(stack, ids, headers, deadline - time.monotonic())
             stop.set()
             agent.join()
             for job_id in ids:
@@ -251,6 +293,9 @@ def run(jobs: int = 200, workers: int = 3, kill_every: float = 6.0, timeout: flo
                     report.redelivered += 1
             report.processed_twice = int(stack.client().get(DUPLICATE_RESULTS) or 0)
         finally:
+            stop.set()
+            if agent is not None:
+                agent.join()
             stack.close()
     return report
 
@@ -262,10 +307,11 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--kill-every", type=float, default=6.0, help="seconds between worker SIGKILLs")
-    parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--timeout", type=float, default=600, help="seconds for the whole run")
+    parser.add_argument("--long-seconds", type=int, default=300, help="length of every tenth job's audio")
     args = parser.parse_args()
     started = time.monotonic()
-    report = run(args.jobs, args.workers, args.kill_every, args.timeout)
+    report = run(args.jobs, args.workers, args.kill_every, args.timeout, args.long_seconds)
     report.print()
     print(f"wall time:        {time.monotonic() - started:.1f} s")
     print(json.dumps({"lost": len(report.lost), "submitted": report.submitted}))

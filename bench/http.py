@@ -39,9 +39,9 @@ sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402
 import requests  # noqa: E402
-from shared.devstack import free_port, start_redis, start_s3, wait_for_port  # noqa: E402
 
 from bench.procs import tree_rss_bytes  # noqa: E402
+from devtools.devstack import free_port, start_redis, start_s3, wait_for_port  # noqa: E402
 from shared import credentials, jobstore  # noqa: E402
 from shared.models import Job, JobOptions, JobStatus  # noqa: E402
 from shared.settings import StorageSettings  # noqa: E402

@@ -30,7 +30,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.chaos import Stack
-from devtools.devstack import tone_wav
+from devtools.audio import speech_wav
 from shared import credentials
 
 
@@ -106,7 +106,7 @@ def main() -> int:
             model_path = args.model or workdir / "models" / "demo.pt"
             if args.model:
                 shutil.copy(args.model, workdir / "models" / args.model.name)
-            audio = tone_wav(args.seconds)
+            audio = speech_wav(args.seconds)
             wav = workdir / "audio.wav"
             wav.write_bytes(audio)
             warm_times = warm(stack, model_path.stem, audio, args.jobs)

@@ -25,6 +25,8 @@ from urllib.parse import urlparse
 
 import redis
 
+from devtools import devstore
+
 _DEV_S3_PORT = 9000
 
 
@@ -164,7 +166,10 @@ def run(port: int, data_dir: str) -> int:
         if not _redis_answers(env["REDIS_URL"]):
             procs.append(start_redis(url.port or 6379, root / "redis"))
         s3_port = urlparse(env["S3_ENDPOINT_URL"]).port or _DEV_S3_PORT
-        procs.append(start_s3(s3_port))
+        # S3 state kept on disk beside Redis's and paired with it (devtools.devstore), so jobs and
+        # their results come back together after a restart, or both start empty.
+        buckets = [env["S3_BUCKET"], env.get("S3_INBOX_BUCKET", "whisper-inbox")]
+        procs.append(devstore.start(s3_port, root / "s3" / "state.pickle", env["REDIS_URL"], buckets))
         _ensure_bucket_and_demo_model(env, root)
         procs.append(start_gateway(port, env))
         procs.append(start_worker(env))

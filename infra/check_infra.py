@@ -30,6 +30,9 @@ import jsonschema
 import kubernetes_validate
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import check_knative
+
 ROOT = Path(__file__).resolve().parents[1]
 K8S_DIR = ROOT / "infra" / "k8s"
 #: Kubernetes version the manifests are validated against (kubernetes-validate bundles it).
@@ -50,7 +53,9 @@ NOT_IN_SAM = {
     "WEBHOOK_RETRY_SCHEDULE", "WEBHOOK_TIMEOUT_SECONDS",
 }  # fmt: skip
 #: Names deployment files may set that are not service settings (infrastructure's own).
-INFRA_VARIABLES = {"REDIS_PASSWORD", "REDISCLI_AUTH", "S3_INBOX_BUCKET", "PORT"}
+INFRA_VARIABLES = {
+    "REDIS_PASSWORD", "REDISCLI_AUTH", "S3_INBOX_BUCKET", "PORT", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD",
+}  # fmt: skip
 
 
 def code_settings() -> set[str]:
@@ -65,6 +70,7 @@ def code_settings() -> set[str]:
 #: Compose must refuse to start without these (a ${VAR:?} guard).
 GUARDED_SECRETS = {
     "REDIS_PASSWORD", "JWT_SECRET", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "STORAGE_HOOK_TOKEN",
+    "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD",
 }  # fmt: skip
 
 
@@ -199,14 +205,36 @@ def compose_rules(compose: dict[str, Any]) -> list[str]:
                 problems.append(f"{name} -> {dep}: condition {condition!r}")
             if condition == "service_healthy" and "healthcheck" not in services.get(dep, {}):
                 problems.append(f"{name} -> {dep}: waits for health that {dep} never reports")
-    devices = (
+    if _gpu_devices(services):
+        problems.append("worker: reserves a GPU in docker-compose.yml (that is docker-compose.gpu.yml's job)")
+    if "models:/models:ro" not in services.get("jobs", {}).get("volumes", []):
+        problems.append("jobs: the models volume is not mounted read-only at /models")
+    minio = services.get("minio", {}).get("environment", {})
+    app_key = services.get("worker", {}).get("environment", {}).get("AWS_ACCESS_KEY_ID")
+    if minio.get("MINIO_ROOT_USER") == app_key:
+        problems.append("minio: the app's S3 key is MinIO's root user")
+    if "localstack" not in services.get("localstack", {}).get("profiles", []):
+        problems.append("localstack: must stay behind the `localstack` profile")
+    return problems
+
+
+def _gpu_devices(services: dict[str, Any]) -> list[Any]:
+    devices: list[Any] = (
         services.get("worker", {}).get("deploy", {}).get("resources", {})
         .get("reservations", {}).get("devices", [])
     )  # fmt: skip
-    if not any("gpu" in d.get("capabilities", []) for d in devices):
+    return [d for d in devices if "gpu" in d.get("capabilities", [])]
+
+
+def gpu_override_problems(schema: dict[str, Any]) -> list[str]:
+    """docker-compose.gpu.yml: a valid Compose file giving the worker a GPU and CUDA torch."""
+    override = yaml.safe_load((ROOT / "docker-compose.gpu.yml").read_text())
+    problems = schema_problems(override, schema)
+    worker = override.get("services", {}).get("worker", {})
+    if not _gpu_devices(override.get("services", {})):
         problems.append("worker: no GPU device reservation")
-    if "localstack" not in services.get("localstack", {}).get("profiles", []):
-        problems.append("localstack: must stay behind the `localstack` profile")
+    if "+cpu" in str(worker.get("build", {}).get("args", {}).get("TORCH_VERSION", "+cpu")):
+        problems.append("worker: TORCH_VERSION is not a CUDA build")
     return problems
 
 
@@ -245,8 +273,12 @@ def check_compose(report: Report) -> dict[str, str]:
         "docker-compose.yml: Compose Specification schema", lambda: schema_problems(compose, compose_schema())
     )
     report.run(
-        "docker-compose.yml: no redis ports, healthchecks, conditions, GPU, profiles",
+        "docker-compose.yml: redis ports, healthchecks, conditions, CPU worker, models, MinIO, profiles",
         lambda: compose_rules(compose),
+    )
+    report.run(
+        "docker-compose.gpu.yml: schema, GPU reservation, CUDA torch",
+        lambda: gpu_override_problems(compose_schema()),
     )
     report.run(
         "docker-compose.yml: Dockerfiles and mounted files exist", lambda: compose_files_exist(compose)
@@ -258,8 +290,11 @@ def check_compose(report: Report) -> dict[str, str]:
 
 
 def k8s_documents() -> Iterator[tuple[str, int, Any]]:
-    """(file, index, document) for every YAML document under infra/k8s, recursively."""
+    """(file, index, document) for every manifest under infra/k8s, recursively: the base and the
+    example Secret, not the kustomizations and overlays (rendered and checked on their own)."""
     for path in sorted([*K8S_DIR.rglob("*.yaml"), *K8S_DIR.rglob("*.yml")]):
+        if path.name == "kustomization.yaml" or "overlays" in path.relative_to(K8S_DIR).parts:
+            continue
         for index, doc in enumerate(yaml.safe_load_all(path.read_text())):
             if doc is not None:
                 yield str(path.relative_to(ROOT)), index, doc
@@ -335,6 +370,11 @@ def reference_problems(docs: list[tuple[str, int, Any]]) -> list[str]:
             selector <= d["spec"]["template"]["metadata"]["labels"].items() for d in deployments.values()
         ):
             problems.append(f"Service/{name}: selector matches no Deployment")
+    for route in _by_kind(docs, "HTTPRoute").values():
+        for rule in route["spec"].get("rules", []):
+            for ref in rule.get("backendRefs", []):
+                if ref["name"] not in services:
+                    problems.append(f"HTTPRoute/{route['metadata']['name']}: no Service {ref['name']}")
     for _, _, ing in ((w, i, d) for w, i, d in docs if d.get("kind") == "Ingress"):
         for rule in ing["spec"].get("rules", []):
             for path in rule.get("http", {}).get("paths", []):
@@ -407,7 +447,92 @@ def check_k8s(report: Report) -> list[tuple[str, int, Any]]:
         lambda: keda_problems(docs),
     )
     report.run("infra/k8s: worker has a GPU limit and the model PVC", lambda: worker_gpu_problems(docs))
+    for overlay in ("cpu", "gpu"):
+        report.run(
+            f"infra/k8s/overlays/{overlay}: renders, validates, {overlay} worker",
+            lambda overlay=overlay: overlay_problems(overlay),  # type: ignore[misc]
+        )
     return docs
+
+
+# ---- kustomize overlays (CPU and GPU workers) ------------------------------------------------
+
+
+def _pointer(path: str) -> list[str]:
+    return [part.replace("~1", "/").replace("~0", "~") for part in path.lstrip("/").split("/")]
+
+
+def _json_patch(doc: Any, ops: list[dict[str, Any]]) -> None:
+    """RFC 6902 add, remove and replace: what the overlays use."""
+    for op in ops:
+        *parents, last = _pointer(op["path"])
+        target = doc
+        for part in parents:
+            target = target[int(part)] if isinstance(target, list) else target[part]
+        if op["op"] == "remove":
+            del target[int(last) if isinstance(target, list) else last]
+        elif op["op"] == "add" and isinstance(target, list):
+            target.insert(len(target) if last == "-" else int(last), op["value"])
+        elif op["op"] in ("add", "replace"):
+            target[int(last) if isinstance(target, list) else last] = op["value"]
+        else:
+            raise ValueError(f"unsupported patch op {op['op']}")
+
+
+def render_kustomization(directory: Path) -> list[dict[str, Any]]:
+    """The subset of kustomize the overlays use (resources, images, JSON 6902 patches), so the
+    check needs no kubectl; where kubectl is installed, its rendering must agree."""
+    spec = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    docs: list[dict[str, Any]] = []
+    for resource in spec.get("resources", []):
+        path = (directory / resource).resolve()
+        if path.is_dir():
+            docs += render_kustomization(path)
+        else:
+            docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    for image in spec.get("images", []):
+        for doc in docs:
+            pod = doc.get("spec", {}).get("template", {}).get("spec", {})
+            for container in [*pod.get("containers", []), *pod.get("initContainers", [])]:
+                name, _, tag = container["image"].rpartition(":")
+                if name == image["name"]:
+                    container["image"] = f"{image.get('newName', name)}:{image.get('newTag', tag)}"
+    for patch in spec.get("patches", []):
+        target = patch["target"]
+        for doc in docs:
+            if doc["kind"] == target["kind"] and doc["metadata"]["name"] == target["name"]:
+                _json_patch(doc, yaml.safe_load(patch["patch"]))
+    return docs
+
+
+def overlay_problems(name: str) -> list[str]:
+    """An overlay renders, its documents validate, and its worker is the variant it claims."""
+    directory = K8S_DIR / "overlays" / name
+    docs = render_kustomization(directory)
+    problems, _ = k8s_schema_problems([(f"overlays/{name}", i, d) for i, d in enumerate(docs)])
+    kubectl = shutil.which("kubectl")
+    if kubectl:
+        out = subprocess.run(
+            [kubectl, "kustomize", str(directory)], capture_output=True, text=True, check=False
+        )
+        theirs = sorted((d["kind"], d["metadata"]["name"], json.dumps(d, sort_keys=True))
+                        for d in yaml.safe_load_all(out.stdout) if d)  # fmt: skip
+        ours = sorted((d["kind"], d["metadata"]["name"], json.dumps(d, sort_keys=True)) for d in docs)
+        if out.returncode or theirs != ours:
+            problems.append(
+                f"kubectl kustomize renders overlays/{name} differently: {out.stderr.strip()[:200]}"
+            )
+    worker = _by_kind([("", 0, d) for d in docs], "Deployment")["worker"]
+    limits = _containers(worker)[0]["resources"]["limits"]
+    env = {e["name"]: e.get("value") for e in _containers(worker)[0].get("env", [])}
+    gpu = str(limits.get("nvidia.com/gpu")) == "1"
+    if (name == "gpu") != gpu:
+        problems.append(f"overlays/{name}: worker GPU limit is {limits.get('nvidia.com/gpu')}")
+    if name == "cpu" and env.get("WHISPER_DEVICE") != "cpu":
+        problems.append("overlays/cpu: worker does not set WHISPER_DEVICE=cpu")
+    if not all(c["image"].endswith(f"-{'cuda' if gpu else 'cpu'}") for c in _containers(worker)):
+        problems.append(f"overlays/{name}: worker image is not the {name} build")
+    return problems
 
 
 # ---- names shared across files ------------------------------------------------------------
@@ -500,6 +625,14 @@ def main() -> int:
     )
     report.run("infra/docker: COPY sources exist", dockerfile_problems)
     report.run("infra/localstack/init-s3.sh: executable, valid sh", script_problems)
+    report.run(
+        "infra/knative: Knative Service, Broker, Trigger, RedisStreamSource schemas; pod specs",
+        lambda: check_knative.schema_problems(K8S_VERSION),
+    )
+    report.run(
+        "infra/knative: scale to zero, concurrency = threads, Trigger -> transcribe, dispatcher",
+        check_knative.rule_problems,
+    )
     nginx_check(report)
     if report.failures:
         print(f"{report.failures} check(s) failed")

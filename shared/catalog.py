@@ -1,22 +1,27 @@
 """The model catalogue: which model names clients may ask for, and where their checkpoints are.
 
-Both sides read it: the jobs function to refuse an unknown model at intake, the worker to find
-the checkpoint it loads. It imports neither torch nor whisper.
+Both sides read it: the jobs function to refuse an unknown model at intake (what the live
+workers advertise, ``shared.model_ads``), the worker to find the checkpoint it loads. It imports
+neither torch nor whisper.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from shared.settings import ModelSettings
+from shared import model_ads
+from shared.redis_client import connect
+from shared.settings import ModelSettings, RedisSettings
 
 
 def allowed_models(settings: ModelSettings) -> list[str]:
-    """The operator's list plus the checkpoints present in WHISPER_MODEL_DIR."""
-    names = set(settings.whisper_models)
-    if settings.whisper_model_dir and settings.whisper_model_dir.is_dir():
-        names.update(p.stem for p in settings.whisper_model_dir.glob("*.pt"))
-    return sorted(names)
+    """What clients may ask for: what the workers advertise (``shared.model_ads``), or with no
+    advertisement, the operator's list plus the checkpoints present in WHISPER_MODEL_DIR."""
+    offer = None
+    if isinstance(settings, RedisSettings):  # the jobs function's settings reach Redis
+        live_seconds = 3 * getattr(settings, "worker_heartbeat_seconds", 5.0)
+        offer = model_ads.current(connect(settings), live_seconds)
+    return model_ads.offered(settings, offer)
 
 
 def model_path(settings: ModelSettings, name: str) -> Path | None:

@@ -11,6 +11,8 @@ whisper-api worker                    # run a transcription worker (it also send
 whisper-api webhooks                  # run a webhook dispatcher on its own
 whisper-api dev                       # the whole service locally (see devtools/devstack.py)
 whisper-api models demo PATH          # write the offline demo checkpoint
+whisper-api models pull NAME [NAME..] # official checkpoints into WHISPER_MODEL_DIR, SHA-256 checked
+whisper-api models list               # models on disk here, loaded by workers, offered by the API
 
 Client commands (a server's URL and an API key; see shared/client_cli.py):
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from shared import client_cli, credentials
@@ -100,10 +103,51 @@ def _dev(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
+    if args.action == "pull":
+        return _models_pull(args)
+    if args.action == "list":
+        return _models_list()
     from devtools.demo_model import build_checkpoint
 
     build_checkpoint(args.path)
     print(f"Wrote the demo checkpoint to {args.path}")
+    return 0
+
+
+def _models_pull(args: argparse.Namespace) -> int:
+    from shared import model_pull
+    from shared.settings import catalog_settings
+
+    model_dir = args.dir or catalog_settings().whisper_model_dir
+    if model_dir is None:
+        print("whisper-api: set WHISPER_MODEL_DIR (or pass --dir) to say where models go", file=sys.stderr)
+        return 2
+    if args.url and len(args.names) != 1:
+        print("whisper-api: --url fetches one model; name just one", file=sys.stderr)
+        return 2
+    for name in args.names:
+        model_pull.pull(name, Path(model_dir), model_pull.source_url(name, args.url, args.mirror))
+    return 0
+
+
+def _models_list() -> int:
+    from shared import model_ads
+    from shared.catalog import allowed_models
+    from shared.settings import catalog_settings
+
+    settings = catalog_settings()
+    offer = model_ads.current(connect(settings), 3 * settings.worker_heartbeat_seconds)
+    offered = set(allowed_models(settings))
+    model_dir = settings.whisper_model_dir
+    here = {p.stem for p in model_dir.glob("*.pt")} if model_dir and model_dir.is_dir() else set()
+    names = sorted(offered | here | (offer.loaded if offer else set()))
+    source = f"{offer.workers} live workers advertise" if offer else "no worker advertises; configured list"
+    print(f"{'NAME':<18}{'ON DISK HERE':<14}{'LOADED':<8}OFFERED  ({source})")
+    for name in names:
+        path = model_dir / f"{name}.pt" if model_dir else None
+        size = f"{path.stat().st_size / 1e6:.1f} MB" if path and path.exists() else "-"
+        loaded = "yes" if offer and name in offer.loaded else "-"
+        print(f"{name:<18}{size:<14}{loaded:<8}{'yes' if name in offered else '-'}")
     return 0
 
 
@@ -138,6 +182,12 @@ def parser() -> argparse.ArgumentParser:
     model_actions = models.add_subparsers(dest="action", required=True)
     demo = model_actions.add_parser("demo", help="write the offline demo checkpoint")
     demo.add_argument("path")
+    pull = model_actions.add_parser("pull", help="download official checkpoints, SHA-256 checked")
+    pull.add_argument("names", nargs="+", metavar="NAME")
+    pull.add_argument("--dir", type=Path, help="where to put them (default: WHISPER_MODEL_DIR)")
+    pull.add_argument("--mirror", help="a server with whisper's <sha256>/<file>.pt layout")
+    pull.add_argument("--url", help="fetch this URL (of that layout) instead of the published one")
+    model_actions.add_parser("list", help="models on disk here, loaded by workers, offered by the API")
     models.set_defaults(run=_models)
 
     client_cli.add_commands(sub)

@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 import redis
 import urllib3
 
-from shared import keys, netguard, webhooks
+from shared import jobstore, keys, logs, metrics, netguard, webhooks
 from shared.errors import BlockedTargetError
 from shared.settings import WebhookSettings
 
@@ -211,11 +211,13 @@ class Dispatcher:
     def send(self, msg: str, token: str) -> None:
         """One attempt at ``msg`` (claimed with ``token``), then its outcome recorded."""
         record = cast(dict[str, str], self.r.hgetall(keys.webhook_delivery(msg)))
-        ep = webhooks.endpoint(self.r, record["key_id"])  # read now: a rotation applies at once
-        body = record["body"].encode()
-        attempt = self._post(record["url"], webhooks.headers(ep, msg, body, self.clock()), body)
-        attempts = int(record.get("attempts", 0)) + 1
-        self.record(msg, token, record["job_id"], attempt, attempts)
+        job = jobstore.load(self.r, record["job_id"])
+        with logs.bound(request=job.request_id if job else None, job=record["job_id"]):
+            ep = webhooks.endpoint(self.r, record["key_id"])  # read now: a rotation applies at once
+            body = record["body"].encode()
+            attempt = self._post(record["url"], webhooks.headers(ep, msg, body, self.clock()), body)
+            attempts = int(record.get("attempts", 0)) + 1
+            self.record(msg, token, record["job_id"], attempt, attempts)
 
     def _post(self, url: str, headers: dict[str, str], body: bytes) -> Attempt:
         allow = netguard.parse_cidrs(self.settings.outbound_allow_cidrs)
@@ -268,6 +270,7 @@ class Dispatcher:
         if not result:
             log.warning("webhook %s: lease lost before its outcome was recorded", msg)
             return
+        metrics.webhook_attempt(self.r, delivered=state == "delivered", gave_up=state in ("failed", "gone"))
         log.info("webhook %s attempt %s: %s (%s)", msg, attempts, state, attempt.status or attempt.error)
 
 
@@ -278,7 +281,7 @@ def run_standalone() -> None:
     from shared.settings import webhook_settings
 
     settings = webhook_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: object) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import redis
 
-from shared import fairuse, idempotency, jobstore, queue, retention, subtitles
+from shared import fairuse, idempotency, jobstore, logs, queue, retention, subtitles
 from shared.audio import probe_duration
 from shared.errors import ConflictError, GoneError, PayloadTooLargeError, ValidationError
 from shared.formats import SUBTITLE_FORMATS, render
@@ -63,6 +63,7 @@ def create_job(
         audio_key=audio_key(key_id, job_id),
         duration=round(duration, 3),
         webhook=WebhookState(url=webhook_url) if webhook_url else None,
+        request_id=logs.request_id.get(),
     )
     with open(upload.path, "rb") as fileobj:
         store.upload(job.audio_key, fileobj, upload.content_type)

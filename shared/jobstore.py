@@ -4,8 +4,10 @@ A job's record and its usage counters change together in one atomic step: creati
 MULTI/EXEC transaction and every later state change goes through ``_TRANSITION`` (Lua), which
 refuses a change from a state it was not asked to leave. That is what stops a late or duplicate
 worker from overwriting a newer state. Each change is also published on the job's events
-channel (``keys.job_events``) for callers that wait on a job, and appended to the job's event
-log (``keys.job_event_log``, read by ``shared.events``) in the same step.
+channel (``keys.job_events``) for callers that wait on a job, appended to the job's event
+log (``keys.job_event_log``, read by ``shared.events``), and counted in the service-wide
+metrics hash (``keys.METRICS``: jobs by status and model, audio and processing seconds, the
+real-time factor), in the same step, so ``GET /metrics`` counts every change exactly once.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import redis
 
 from shared import keys, queue
 from shared.errors import ConflictError, NotFoundError
+from shared.metrics import RTF_BUCKETS
 from shared.models import Job, JobStatus
 
 _TRANSITION = """
@@ -38,16 +41,31 @@ job['status'] = ARGV[2]
 local encoded = cjson.encode(job)
 redis.call('SET', KEYS[1], encoded, 'KEEPTTL')
 local kind = 'update'
+local model = tostring(job['options']['model'])
 if from ~= ARGV[2] then
   kind = 'status'
   redis.call('HINCRBY', KEYS[2], 'jobs_' .. from, -1)
   redis.call('HINCRBY', KEYS[2], 'jobs_' .. ARGV[2], 1)
+  redis.call('HINCRBY', KEYS[4], 'jobs_total|' .. ARGV[2] .. '|' .. model, 1)
   redis.call('PUBLISH', ARGV[6], ARGV[2])
 end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[8], '*', 'kind', kind, 'job', encoded)
 redis.call('EXPIRE', KEYS[3], ARGV[7])
-for k, v in pairs(cjson.decode(ARGV[4])) do
+local usage = cjson.decode(ARGV[4])
+for k, v in pairs(usage) do
   redis.call('HINCRBYFLOAT', KEYS[2], k, tostring(v))
+  redis.call('HINCRBYFLOAT', KEYS[4], k .. '|' .. model, tostring(v))
+end
+-- Real-time factor of a finished run: the index of the first bucket bound it fits under.
+local audio, spent = tonumber(usage['audio_seconds']), tonumber(usage['processing_seconds'])
+if audio and spent and audio > 0 then
+  local rtf, index = spent / audio, 0
+  for bound in string.gmatch(ARGV[9], '%S+') do
+    if rtf <= tonumber(bound) then break end
+    index = index + 1
+  end
+  redis.call('HINCRBY', KEYS[4], 'rtf_bucket|' .. model .. '|' .. index, 1)
+  redis.call('HINCRBYFLOAT', KEYS[4], 'rtf_sum|' .. model, tostring(rtf))
 end
 return {1, encoded}
 """
@@ -92,6 +110,7 @@ def create(r: redis.Redis, job: Job, guard: Guard | None = None) -> None:
         log = keys.job_event_log(job.id)
         pipe.xadd(log, {"kind": "status", "job": json.dumps(record)}, maxlen=keys.JOB_EVENT_LOG_MAXLEN)
         pipe.expire(log, keys.JOB_EVENT_LOG_TTL_SECONDS)
+        pipe.hincrby(keys.METRICS, f"jobs_total|{JobStatus.PENDING.value}|{job.options.model}", 1)
         try:
             pipe.execute()
         except redis.WatchError:
@@ -137,10 +156,11 @@ def transition(
     changes = {"updated_at": time.time(), **(fields or {})}
     result: Any = r.eval(
         _TRANSITION,
-        3,
+        4,
         keys.job(job.id),
         keys.usage(job.key_id),
         keys.job_event_log(job.id),
+        keys.METRICS,
         " ".join(s.value for s in allowed_from),
         to.value,
         json.dumps(changes),
@@ -149,6 +169,7 @@ def transition(
         keys.job_events(job.id),
         keys.JOB_EVENT_LOG_TTL_SECONDS,
         keys.JOB_EVENT_LOG_MAXLEN,
+        " ".join(str(bound) for bound in RTF_BUCKETS),
     )
     if not result or int(result[0]) != 1:
         return None

@@ -72,6 +72,22 @@ JOB_EVENT_LOG_TTL_SECONDS = 24 * 3600
 #: Entries kept per job (approximate trim): a few hours of segments, progress and states.
 JOB_EVENT_LOG_MAXLEN = 10_000
 
+#: Id of the local stack (``make run``) whose S3 state file belongs with this Redis, so the two
+#: come back together or not at all (devtools.devstore).
+DEV_STACK = "dev:stack"
+
+#: Service-wide counters behind ``GET /metrics`` (hash of "name|label|..." -> number): every
+#: function and worker adds to the same figures, so one scrape of any jobs container sees them
+#: all, and a worker scaled away loses none (shared.metrics).
+METRICS = "metrics"
+
+#: Jobs set aside after too many deliveries (``WORKER_MAX_DELIVERIES``), for an operator to look
+#: at; ``GET /metrics`` counts them. (shared.worker names it too, as DEAD_LETTER_STREAM.)
+DEAD_LETTER_STREAM = "jobs:dead"
+
+#: Hash of worker name -> JSON of the models it can load and holds loaded, with when it said so:
+#: what the API offers (shared.model_ads). Entries a day old are dropped when read.
+MODEL_ADS = "models:ads"
 
 #: Job notifications for workers (Redis Stream) and the workers' consumer group.
 JOBS_STREAM = "jobs"

@@ -149,10 +149,12 @@ class Job(BaseModel):
     #: Which delivery currently owns the job; only that run may finish it.
     run_id: str | None = None
     webhook: WebhookState | None = None
+    #: ``X-Request-ID`` of the request that created the job: worker and webhook logs carry it.
+    request_id: str | None = None
 
     def public(self) -> dict[str, Any]:
         """The job as clients see it: the old service's flat field names plus ``options``."""
-        body = self.model_dump(mode="json", exclude={"key_id", "audio_key", "run_id"})
+        body = self.model_dump(mode="json", exclude={"key_id", "audio_key", "run_id", "request_id"})
         opts = body["options"]
         # The old service returned the options at top level; keep those names there too.
         for name in ("model", "output_format", "task", "temperature", "threads"):

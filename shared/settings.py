@@ -69,6 +69,8 @@ class _Base(BaseSettings):
 
     environment: Literal["development", "production"] = "production"
     log_level: str = "INFO"
+    #: ``text`` lines for people, or ``json``: one object per line for a log pipeline.
+    log_format: Literal["text", "json"] = "text"
 
 
 class RedisSettings(_Base):
@@ -302,6 +304,8 @@ class WorkerSettings(StorageSettings, ModelSettings, AudioSettings, WebhookSetti
     worker_model_cache_size: int = Field(default=2, ge=1)
     #: Models loaded at start-up (comma-separated), so the first job does not pay for the load.
     worker_preload_models: Annotated[tuple[str, ...], NoDecode] = ()
+    #: A model unused this long is unloaded and its (GPU) memory freed; 0 keeps models loaded.
+    worker_model_idle_seconds: float = Field(default=0, ge=0)
     #: Jobs a worker runs at once; their chunks share the batches.
     worker_concurrent_jobs: int = Field(default=4, ge=1, le=64)
     #: Chunks (30 s of audio at most) encoded and decoded together. 0: the measured default for
@@ -330,6 +334,18 @@ class WorkerSettings(StorageSettings, ModelSettings, AudioSettings, WebhookSetti
         if self.worker_batch_size:
             return self.worker_batch_size
         return 16 if device == "cuda" else 8
+
+
+class CatalogSettings(RedisSettings, ModelSettings):
+    """What ``whisper-api models`` reads: the model settings and the Redis workers advertise in."""
+
+    worker_heartbeat_seconds: float = Field(default=5.0, gt=0)
+
+
+@lru_cache(maxsize=1)
+def catalog_settings() -> CatalogSettings:
+    """The ``whisper-api models`` commands' settings."""
+    return CatalogSettings()
 
 
 @lru_cache(maxsize=1)

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 import redis
 
-from shared import events, jobstore, keys, queue, retention, webhooks
+from shared import events, jobstore, keys, logs, metrics, model_ads, queue, retention, webhooks
 from shared.dispatcher import Dispatcher
 from shared.engine.pipeline import Engine, Progress
 from shared.errors import (
@@ -108,6 +108,7 @@ class Worker:
             beat.join(timeout=5)
             with contextlib.suppress(redis.RedisError):
                 self.r.zrem(keys.WORKERS, self.name)
+                model_ads.withdraw(self.r, self.name)
             log.info("worker %s stopped", self.name)
 
     def _step(self) -> None:
@@ -169,11 +170,15 @@ class Worker:
         log.warning("job %s dead-lettered after %d deliveries", delivery.job_id, delivery.deliveries)
 
     def _heartbeat(self) -> None:
+        servable = model_ads.servable_here(self.settings, downloads=self.settings.whisper_model_dir is None)
         while not self.stop.is_set() or self._entries:
             try:
                 self.r.zadd(keys.WORKERS, {self.name: time.time()})
                 # Keep our claims fresh so nobody steals a long job.
                 queue.keep_alive(self.r, self.name, list(self._entries))
+                if self.settings.worker_model_idle_seconds:
+                    self.engine.unload_idle(self.settings.worker_model_idle_seconds)
+                model_ads.advertise(self.r, self.name, servable, self.engine.models.loaded())
             except redis.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
             time.sleep(self.settings.worker_heartbeat_seconds)
@@ -202,7 +207,8 @@ class Worker:
             return True
         started = time.monotonic()
         try:
-            self._run(job, run_id, started)
+            with logs.bound(request=job.request_id, job=job.id):
+                self._run(job, run_id, started)
         except RunCanceledError:
             log.info("job %s was canceled, deleted or taken over while running; stopped", job_id)
         except RunReleasedError:
@@ -369,8 +375,13 @@ def build(settings: WorkerSettings) -> Worker:
     bound_heap()
     if settings.whisper_cpu_threads:
         torch.set_num_threads(settings.whisper_cpu_threads)
-    models = ModelCache(settings)
+    r = connect(settings)
+    def count_load(name: str, seconds: float) -> None:
+        with contextlib.suppress(redis.RedisError):  # a figure lost is no reason to fail a job
+            metrics.model_loaded(r, name, seconds)
+
+    models = ModelCache(settings, on_load=count_load)
     for name in settings.worker_preload_models:
         models.get(name)
     engine = Engine(models, settings.batch_size(models.device))
-    return Worker(settings, connect(settings), BlobStore(settings, attempts=1), engine)
+    return Worker(settings, r, BlobStore(settings, attempts=1), engine)

@@ -18,9 +18,22 @@ import pytest
 
 from devtools import audio as test_audio
 from devtools.devstack import free_port, start_redis, start_s3
+from tests import budget
 
 BUCKET = "test-bucket"
 JWT_SECRET = "3f9c1a7e5b2d4c6e8a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f"
+
+
+@pytest.fixture(autouse=True)
+def _time_budget(request: pytest.FixtureRequest) -> None:
+    """Waits inside the test draw on its own timeout (see tests/budget.py)."""
+    marker = request.node.get_closest_marker("timeout")
+    config = request.config
+    if marker and marker.args:
+        limit = marker.args[0]
+    else:
+        limit = config.getoption("timeout") or config.getini("timeout")
+    budget.start(float(limit or 0))
 
 
 @pytest.fixture(scope="session")
@@ -143,7 +156,7 @@ class Receiver:
         self.script = [s if isinstance(s, tuple) else (s, {}, 0.0) for s in steps]
 
     def wait_for(self, count: int, timeout: float = 30) -> list[Received]:
-        deadline = time.monotonic() + timeout
+        deadline = budget.deadline(timeout)
         while len(self.requests) < count and time.monotonic() < deadline:
             time.sleep(0.02)
         return self.requests

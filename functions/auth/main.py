@@ -10,14 +10,15 @@ from flask import Request, Response, current_app, has_app_context
 from pydantic import BaseModel, ConfigDict
 from werkzeug.exceptions import MethodNotAllowed
 
-from shared import credentials, edge, fairuse, parsing
+from shared import access, credentials, edge, fairuse, parsing
 from shared.errors import NotFoundError, UnauthorizedError, ValidationError
 from shared.http import guarded, json_response, to_response
 from shared.logs import configure_logging
 from shared.redis_client import connect
 from shared.settings import auth_settings
 
-configure_logging(auth_settings().log_level)  # building settings fails start-up on a bad JWT_SECRET
+# Building settings fails start-up on a bad JWT_SECRET.
+configure_logging(auth_settings().log_level, auth_settings().log_format)
 if has_app_context():  # inside functions-framework's create_app (see functions/jobs/main.py)
     edge.install(current_app, edge.policies(auth_settings()), lambda _path, exc: to_response(exc))
 
@@ -41,6 +42,7 @@ def _token_request_body(request: Request) -> Any:
 
 
 @functions_framework.http
+@access.logged(auth_settings)
 @guarded
 def auth(request: Request) -> Response:
     """``POST /auth/token {"api_key": ...}`` → ``{"token", "token_type", "expires_in"}``."""
@@ -48,6 +50,7 @@ def auth(request: Request) -> Response:
         raise NotFoundError(f"no route {request.path}")
     if request.method != "POST":
         raise MethodNotAllowed(["POST"])
+    access.note_route(request, "/auth/token")
     body = _token_request_body(request)
     if not isinstance(body, dict) or not isinstance(body.get("api_key"), str):
         raise UnauthorizedError('send {"api_key": "wapi_..."} as JSON')
@@ -56,6 +59,7 @@ def auth(request: Request) -> Response:
     r = connect(settings)
     client = parsing.client_address(request, settings.proxy_hops)
     key = fairuse.admit(r, settings, client, payload.api_key, functools.partial(credentials.verify_key, r))
+    access.note_key(request, key.id)
     issued = credentials.issue_token(settings, key)
     return json_response(
         {"token": issued.token, "token_type": "bearer", "expires_in": issued.expires_in},

@@ -18,6 +18,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, Rule
 
 from shared import (
+    access,
     asr_compat,
     credentials,
     edge,
@@ -27,6 +28,7 @@ from shared import (
     health,
     inbox,
     job_service,
+    metrics,
     openai_compat,
     openapi,
     parsing,
@@ -47,7 +49,8 @@ from shared.settings import JobsSettings, jobs_settings
 from shared.storage import BlobStore
 from shared.uploads import Upload, audio_file, receive
 
-configure_logging(jobs_settings().log_level)  # building settings fails start-up on a bad JWT_SECRET
+# Building settings fails start-up on a bad JWT_SECRET.
+configure_logging(jobs_settings().log_level, jobs_settings().log_format)
 
 
 def _refuse(path: str, exc: Exception) -> Response:
@@ -71,7 +74,9 @@ def _caller(request: Request) -> ApiKey:
     c = jobs_clients()
     client = parsing.client_address(request, c.settings.proxy_hops)
     token = credentials.bearer(request.headers.get("Authorization"))
-    return fairuse.admit_token(c.redis, c.settings, c.settings, client, token)
+    key = fairuse.admit_token(c.redis, c.settings, c.settings, client, token)
+    access.note_key(request, key.id)
+    return key
 
 
 def create_job(request: Request) -> Response:
@@ -261,6 +266,12 @@ def get_audio(request: Request, job_id: str) -> Response:
     return Response(chunks, content_type=content_type, headers={"Content-Length": str(size)})
 
 
+def get_metrics(request: Request) -> Response:
+    c = jobs_clients()
+    body = metrics.exposition(c.redis, c.settings.worker_heartbeat_seconds)
+    return Response(body, content_type=metrics.CONTENT_TYPE)
+
+
 def get_openapi(request: Request) -> Response:
     return Response(openapi.document_json(), content_type="application/json")
 
@@ -286,6 +297,7 @@ def _openai_audio(request: Request, task: Task) -> Response:
     c = jobs_clients()
     settings, r, store = c.settings, c.redis, c.store
     key = openai_compat.authenticate(settings, r, request)
+    access.note_key(request, key.id)
     limits = fairuse.limits(settings, key.limits)
     # The slot is taken before the upload is read: a key's extra calls cost nothing.
     with fairuse.sync_wait(r, key.id, limits, settings.openai_wait_seconds):
@@ -324,6 +336,7 @@ def _asr_job(
     settings = jobs_settings()
     r, store = connect(settings), BlobStore(settings)
     key = asr_compat.authenticate(settings, r, request.headers.get("Authorization"))
+    access.note_key(request, key.id)
     asked = parse(query_args(request, *params), settings)
     with receive(request, settings.max_upload_bytes, file_field=asr_compat.FILE_FIELD) as form:
         upload = audio_file(form, asr_compat.FILE_FIELD, settings.max_upload_bytes)
@@ -333,7 +346,8 @@ def _asr_job(
 
 def openai_models(request: Request) -> Response:
     c = jobs_clients()
-    openai_compat.authenticate(c.settings, c.redis, request)
+    key = openai_compat.authenticate(c.settings, c.redis, request)
+    access.note_key(request, key.id)
     return json_response(openai_compat.model_list(c.settings))
 
 
@@ -359,6 +373,7 @@ _ROUTES = Map(
         Rule("/health", methods=["GET"], endpoint=get_health),
         Rule("/asr", methods=["POST"], endpoint=asr),
         Rule("/detect-language", methods=["POST"], endpoint=detect_language),
+        Rule("/metrics", methods=["GET"], endpoint=get_metrics),
         Rule("/openapi.json", methods=["GET"], endpoint=get_openapi),
         Rule("/docs", methods=["GET"], endpoint=get_docs),
         Rule("/docs/<name>", methods=["GET"], endpoint=get_docs_asset),
@@ -378,8 +393,9 @@ _V1_ROUTES = Map(
 
 
 def _dispatch(routes: Map, request: Request) -> Response:
-    endpoint, args = routes.bind_to_environ(request.environ).match()
-    handler: Handler = endpoint
+    rule, args = routes.bind_to_environ(request.environ).match(return_rule=True)
+    access.note_route(request, rule.rule)
+    handler: Handler = rule.endpoint
     return handler(request, **args)
 
 
@@ -394,6 +410,7 @@ def _openai(request: Request) -> Response:
 
 
 @functions_framework.http
+@access.logged(jobs_settings)
 def jobs(request: Request) -> Response:
     """Route a request; 404/405 and every other error come back as problem+json, or under
     ``/v1`` in OpenAI's error shape."""

@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 import signal
 from functools import lru_cache
-from typing import Any
 
 import functions_framework
 from cloudevents.http.event import CloudEvent
 
+from shared import push_events
 from shared.logs import configure_logging
 from shared.settings import worker_settings
 from shared.worker import Worker, build
@@ -27,16 +27,16 @@ log = logging.getLogger("whisper_api.transcribe")
 @lru_cache(maxsize=1)
 def _worker() -> Worker:
     settings = worker_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     return build(settings)
 
 
 @functions_framework.cloud_event
 def transcribe_event(cloud_event: CloudEvent) -> None:
     """Run the job named in the event. Raising makes the runtime redeliver it."""
-    data: Any = cloud_event.data
-    job_id = data.get("job_id") if isinstance(data, dict) else None
-    if not isinstance(job_id, str) or not job_id:
+    # {"job_id": ...} from our own events, or a Redis stream entry (eventing-redis's source).
+    job_id = push_events.job_id_of(cloud_event.data)
+    if job_id is None:
         log.warning("ignoring event %s without data.job_id", cloud_event["id"])
         return
     if not _worker().process(job_id):

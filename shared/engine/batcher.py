@@ -126,6 +126,11 @@ class Batcher:
                 self._thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
                 self._thread.start()
 
+    def forget(self, models: list[str]) -> None:
+        """Drop the decoders of unloaded models, so nothing keeps their weights alive."""
+        for cache_key in [k for k in self._decoders if k[0] in models]:
+            self._decoders.pop(cache_key, None)
+
     def shutdown(self) -> None:
         self._stop.set()
         with self._cond:

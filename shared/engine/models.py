@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 import torch
 import whisper
@@ -30,20 +31,27 @@ def pick_device(setting: str) -> str:
 
 
 class ModelCache:
-    """Thread-safe: job threads load (so a slow load holds up only its job), the batcher uses."""
+    """Thread-safe: job threads load (so a slow load holds up only its job), the batcher uses.
+    ``on_load(name, seconds)`` hears of every load (the worker counts them in the metrics)."""
 
-    def __init__(self, settings: WorkerSettings) -> None:
+    def __init__(self, settings: WorkerSettings, on_load: Callable[[str, float], None] | None = None) -> None:
         self._settings = settings
         self._models: OrderedDict[str, whisper.Whisper] = OrderedDict()
+        self._used: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._on_load = on_load
         self.device = pick_device(settings.whisper_device)
 
     def get(self, name: str) -> whisper.Whisper:
         with self._lock:
+            self._used[name] = time.monotonic()
             if name in self._models:
                 self._models.move_to_end(name)
                 return self._models[name]
+            started = time.monotonic()
             model = self._load(name)
+            if self._on_load is not None:
+                self._on_load(name, time.monotonic() - started)
             self._models[name] = model
             while len(self._models) > self._settings.worker_model_cache_size:
                 evicted, _ = self._models.popitem(last=False)
@@ -53,6 +61,18 @@ class ModelCache:
     def loaded(self) -> list[str]:
         with self._lock:
             return list(self._models)
+
+    def unload_idle(self, idle_seconds: float) -> list[str]:
+        """Drop the models unused for ``idle_seconds`` and free their GPU memory; their names."""
+        now = time.monotonic()
+        with self._lock:
+            idle = [name for name in self._models if now - self._used.get(name, now) >= idle_seconds]
+            for name in idle:
+                del self._models[name]
+                log.info("unloaded model %s (unused for %.0f s)", name, idle_seconds)
+        if idle and self.device == "cuda":
+            torch.cuda.empty_cache()
+        return idle
 
     def _load(self, name: str) -> whisper.Whisper:
         path = model_path(self._settings, name)

@@ -44,6 +44,12 @@ class Engine:
         self.models = models
         self.batcher = Batcher(models, batch_size)
 
+    def unload_idle(self, idle_seconds: float) -> list[str]:
+        """Unload models unused for ``idle_seconds`` (and forget their decoders)."""
+        names = self.models.unload_idle(idle_seconds)
+        self.batcher.forget(names)
+        return names
+
     def transcribe(
         self,
         path: str,

@@ -18,6 +18,7 @@ import redis
 import requests
 
 from devtools.devstack import free_port, start_gateway, start_worker
+from tests import budget
 
 
 @dataclass
@@ -46,7 +47,7 @@ class Service:
         return str(resp.json()["token"])
 
     def wait_for(self, job_id: str, headers: dict[str, str], timeout: float = 60) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
+        deadline = budget.deadline(timeout)
         while time.monotonic() < deadline:
             job: dict[str, Any] = requests.get(
                 f"{self.base_url}/transcribe/{job_id}", headers=headers, timeout=10

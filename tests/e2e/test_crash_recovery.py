@@ -13,6 +13,7 @@ import requests
 
 from devtools.devstack import free_port, start_gateway, start_worker
 from shared.worker import DUPLICATE_RESULTS
+from tests import budget
 
 pytestmark = pytest.mark.e2e
 
@@ -60,13 +61,14 @@ class Cluster:
         return requests.get(f"{self.base_url}/transcribe/{job_id}", headers=self.headers, timeout=10).json()
 
     def wait(self, job_id: str, predicate, timeout: float = 90) -> dict:
-        deadline = time.monotonic() + timeout
+        limit = budget.seconds(timeout)
+        deadline = time.monotonic() + limit
         while time.monotonic() < deadline:
             job = self.job(job_id)
             if predicate(job):
                 return job
             time.sleep(0.02)
-        raise TimeoutError(f"job {job_id}: condition not met in {timeout} s; last {job}")
+        raise TimeoutError(f"job {job_id}: condition not met in {limit:.0f} s; last {job}")
 
     def close(self) -> None:
         for proc in [*self.workers, self.gateway]:
@@ -109,12 +111,14 @@ def test_a_sigkilled_worker_s_job_is_reclaimed_and_completed_by_another(cluster,
 
 def test_a_long_job_keeps_its_claim_and_is_never_run_twice(cluster, long_audio):
     # The job runs for several visibility timeouts; a second worker is idle and hungry for it.
-    job_id = cluster.submit(long_audio(3600))
+    job_id = cluster.submit(long_audio(600))
     cluster.worker()
     cluster.wait(job_id, lambda j: j["status"] == "processing")
     cluster.worker()
 
     job = cluster.wait(job_id, lambda j: j["status"] == "completed", timeout=120)
+    # 20 windows of audio: long enough to outlive the 1.5 s visibility timeout several times.
+    assert job["completed_at"] - job["started_at"] > 3 * 1.5
     assert job["attempts"] == 1
     assert int(cluster.r.get(DUPLICATE_RESULTS) or 0) == 0
 
@@ -126,7 +130,7 @@ def test_sigterm_lets_the_current_job_finish_then_exits_0(cluster, long_audio):
 
     worker.send_signal(signal.SIGTERM)
 
-    assert worker.wait(timeout=60) == 0
+    assert worker.wait(timeout=budget.seconds(60)) == 0
     job = cluster.job(job_id)
     assert job["status"] == "completed" and job["attempts"] == 1
     assert cluster.r.zcard("workers") == 0  # it said goodbye
@@ -138,7 +142,7 @@ def test_sigterm_past_the_grace_hands_the_job_to_another_worker(cluster, long_au
     cluster.wait(job_id, lambda j: j["windows"] >= 2)
 
     worker.send_signal(signal.SIGTERM)
-    assert worker.wait(timeout=30) == 0
+    assert worker.wait(timeout=budget.seconds(30)) == 0
     assert cluster.job(job_id)["status"] == "pending"  # released at once, not left to time out
 
     started = time.monotonic()

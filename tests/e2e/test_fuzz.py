@@ -89,6 +89,7 @@ def test_the_document_protects_every_route_but_the_public_ones():
     assert public == {
         ("POST", "/auth/token"),
         ("GET", "/health"),
+        ("GET", "/metrics"),
         ("GET", "/openapi.json"),
         ("GET", "/docs"),
         ("GET", "/docs/{name}"),

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests import budget
+
 pytestmark = pytest.mark.e2e
 
 TEXT = "Hello from whisper api. The quick brown fox."
@@ -143,7 +145,7 @@ def test_delete_a_finished_job_removes_its_results(service, auth_headers, make_w
 
 
 def test_health_sees_the_worker(service):
-    deadline = time.monotonic() + 30
+    deadline = budget.deadline(30)
     while True:
         resp = requests.get(f"{service.base_url}/health", timeout=10)
         if resp.status_code == 200 or time.monotonic() > deadline:
@@ -212,7 +214,7 @@ def test_the_readme_quick_start_runs_verbatim(service, tmp_path):
         env=service.env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=budget.seconds(100),
     )
 
     assert done.returncode == 0, done.stderr

@@ -10,6 +10,8 @@ import pytest
 import requests
 from standardwebhooks import Webhook
 
+from tests import budget
+
 pytestmark = pytest.mark.e2e
 
 
@@ -34,7 +36,7 @@ def test_a_submitted_job_is_announced_to_its_webhook_url(service, auth_headers, 
     assert json.loads(got.body) == event
     job = service.wait_for(job_id, headers)
     assert job["transcription"] == "Hello from whisper api. The quick brown fox."
-    deadline = time.monotonic() + 10  # the outcome is recorded just after the receiver answered
+    deadline = budget.deadline(10)  # the outcome is recorded just after the receiver answered
     while job["webhook"]["state"] != "delivered" and time.monotonic() < deadline:
         time.sleep(0.05)
         job = requests.get(f"{service.base_url}/transcribe/{job_id}", headers=headers, timeout=10).json()

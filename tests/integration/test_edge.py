@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 import redis
-from shared.devstack import free_port, start_gateway, wait_for_port
 
 from bench.procs import tree_rss_bytes
+from devtools.devstack import free_port, start_gateway, wait_for_port
 from shared import credentials
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from shared import jobstore, keys
 from shared.models import JobStatus
-from tests import contract
+from tests import budget, contract
 
 TRANSCRIPTIONS = "/v1/audio/transcriptions"
 
@@ -183,7 +183,7 @@ def _finish_next_job(r, to: JobStatus, **fields) -> threading.Thread:
     """Play the worker's part for the next queued job: move it to ``to`` once it is queued."""
 
     def run() -> None:
-        deadline = time.monotonic() + 10
+        deadline = budget.deadline(10)
         while time.monotonic() < deadline:
             entries = r.xrange(keys.JOBS_STREAM) if r.exists(keys.JOBS_STREAM) else []
             if entries:

@@ -17,6 +17,7 @@ from cloudevents.http import CloudEvent
 from devtools.devstack import free_port, wait_for_port
 from shared import jobstore
 from shared.models import JobStatus
+from tests import budget
 from tests.integration.conftest import ROOT
 
 
@@ -70,7 +71,7 @@ def test_a_binary_cloudevent_drives_a_job_to_completion(push_worker, submitted, 
     headers, body = to_binary(_event(submitted))
     assert headers["ce-type"] == "dev.whisper-api.job.created" and "ce-id" in headers
 
-    resp = requests.post(push_worker, headers=headers, data=body, timeout=120)
+    resp = requests.post(push_worker, headers=headers, data=body, timeout=budget.seconds(60))
 
     assert resp.status_code == 200, resp.text
     job = jobstore.load(r, submitted)
@@ -83,8 +84,8 @@ def test_a_structured_cloudevent_works_too_and_a_redelivery_is_a_no_op(push_work
     headers, body = to_structured(_event(submitted))
     assert headers["content-type"] == "application/cloudevents+json"
 
-    first = requests.post(push_worker, headers=headers, data=body, timeout=120)
-    again = requests.post(push_worker, headers=headers, data=body, timeout=120)
+    first = requests.post(push_worker, headers=headers, data=body, timeout=budget.seconds(60))
+    again = requests.post(push_worker, headers=headers, data=body, timeout=budget.seconds(60))
 
     assert (first.status_code, again.status_code) == (200, 200)
     job = jobstore.load(r, submitted)

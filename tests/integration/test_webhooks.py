@@ -15,6 +15,7 @@ from shared import jobstore, keys, webhooks
 from shared.dispatcher import Dispatcher
 from shared.settings import webhook_settings, worker_settings
 from shared.worker import build
+from tests import budget
 
 
 @pytest.fixture
@@ -49,7 +50,7 @@ def _dispatcher(r, **kw) -> Dispatcher:
 
 def _drain(dispatcher: Dispatcher, r, timeout: float = 10) -> None:
     """Run the dispatcher until nothing is queued any more."""
-    deadline = time.monotonic() + timeout
+    deadline = budget.deadline(timeout)
     while r.zcard(keys.WEBHOOKS_DUE) and time.monotonic() < deadline:
         if not dispatcher.run_once():
             time.sleep(0.05)
@@ -248,7 +249,7 @@ def test_the_worker_loop_delivers_webhooks_from_its_own_thread(caller, submit, w
     thread = threading.Thread(target=worker.run, args=(stop,))
     thread.start()
     try:
-        deadline = time.monotonic() + 30
+        deadline = budget.deadline(30)
         while time.monotonic() < deadline and jobstore.load(r, second).status.value != "completed":
             time.sleep(0.02)
         assert jobstore.load(r, second).status.value == "completed"
@@ -278,7 +279,7 @@ def test_the_standalone_dispatcher_delivers_and_stops_on_sigterm(service_env, su
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
-    deadline = time.monotonic() + 5
+    deadline = budget.deadline(5)
     while jobstore.load(r, job_id).webhook.state != "delivered" and time.monotonic() < deadline:
         time.sleep(0.02)
     assert jobstore.load(r, job_id).webhook.state == "delivered"

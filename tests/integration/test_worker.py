@@ -16,6 +16,7 @@ from shared.models import JobStatus
 from shared.settings import jobs_settings, worker_settings
 from shared.storage import result_key
 from shared.worker import DEAD_LETTER_STREAM, build
+from tests import budget
 from tests.integration.conftest import ROOT
 
 
@@ -133,7 +134,7 @@ def test_the_worker_loop_heartbeats_and_stops_on_request(worker, submit, r):
     stop = threading.Event()
     thread = threading.Thread(target=worker.run, args=(stop,))
     thread.start()
-    deadline = time.monotonic() + 30
+    deadline = budget.deadline(30)
     while jobstore.load(r, job_id).status is not JobStatus.COMPLETED and time.monotonic() < deadline:
         time.sleep(0.05)
     assert r.zscore(keys.WORKERS, worker.name) is not None
