@@ -376,6 +376,7 @@ def build(settings: WorkerSettings) -> Worker:
     if settings.whisper_cpu_threads:
         torch.set_num_threads(settings.whisper_cpu_threads)
     r = connect(settings)
+
     def count_load(name: str, seconds: float) -> None:
         with contextlib.suppress(redis.RedisError):  # a figure lost is no reason to fail a job
             metrics.model_loaded(r, name, seconds)
