@@ -140,3 +140,25 @@ def test_a_log_that_expired_starts_from_the_job_record(jobs_client, bearer, r, m
 
     assert [(name, data["status"]) for _, name, data in got] == [("status", "failed"), ("end", "failed")]
     assert got[-1][2]["error"] == "bad audio"
+
+
+def test_a_real_worker_streams_each_chunks_segments_and_its_progress(env, jobs_client, bearer, r, long_audio):
+    from shared.settings import worker_settings
+    from shared.worker import build
+
+    headers = bearer()
+    data = {"audio": (io.BytesIO(long_audio(60)), "talk.mp3"), "model": "demo"}
+    job_id = jobs_client.post(
+        "/transcribe", data=data, headers=headers, content_type="multipart/form-data"
+    ).get_json()["id"]
+
+    assert build(worker_settings()).process(job_id) is True
+
+    got = _parse(jobs_client.get(f"/transcribe/{job_id}/events", headers=headers).get_data())
+    segments = [data for _, name, data in got if name == "segment"]
+    progress = [data["progress"] for _, name, data in got if name == "progress"]
+    assert [s["text"] for s in segments] == [" Hello from whisper api.", " The quick brown fox."] * 3
+    assert [s["id"] for s in segments] == list(range(6))
+    assert [(s["start"], s["end"]) for s in segments[:2]] == [(0.0, 1.2), (1.2, 2.4)]
+    assert len(progress) == 3 and progress == sorted(progress) and 0 < progress[0] < progress[-1] <= 1.0
+    assert got[-1][1] == "end" and got[-1][2]["status"] == "completed"
