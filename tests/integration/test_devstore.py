@@ -11,8 +11,9 @@ import time
 import boto3
 import pytest
 
+from devtools import devstore
 from devtools.devstack import free_port
-from shared import devstore, keys
+from shared import keys
 from tests import budget
 
 BUCKETS = ("dev-jobs", "dev-inbox")
