@@ -237,7 +237,13 @@ def install(
 
 #: Routes that take an upload (multipart audio); every other route takes a small body.
 UPLOAD_ROUTES = frozenset(
-    {("POST", "/transcribe"), ("POST", "/v1/audio/transcriptions"), ("POST", "/v1/audio/translations")}
+    {
+        ("POST", "/transcribe"),
+        ("POST", "/v1/audio/transcriptions"),
+        ("POST", "/v1/audio/translations"),
+        ("POST", "/asr"),  # whisper-asr-webservice's drop-in (shared.asr_compat)
+        ("POST", "/detect-language"),
+    }
 )
 #: Room for the multipart boundaries and the small text fields around an uploaded file.
 FORM_OVERHEAD_BYTES = 64 * 1024

@@ -170,7 +170,6 @@ class Worker:
         log.warning("job %s dead-lettered after %d deliveries", delivery.job_id, delivery.deliveries)
 
     def _heartbeat(self) -> None:
-        servable = model_ads.servable_here(self.settings, downloads=self.settings.whisper_model_dir is None)
         while not self.stop.is_set() or self._entries:
             try:
                 self.r.zadd(keys.WORKERS, {self.name: time.time()})
@@ -178,6 +177,10 @@ class Worker:
                 queue.keep_alive(self.r, self.name, list(self._entries))
                 if self.settings.worker_model_idle_seconds:
                     self.engine.unload_idle(self.settings.worker_model_idle_seconds)
+                # What this worker can load: the names in WHISPER_MODELS (whisper fetches them where
+                # the network allows; `whisper-api models pull` puts them in place where it does
+                # not) and the checkpoints in WHISPER_MODEL_DIR, looked at afresh every beat.
+                servable = model_ads.servable_here(self.settings, downloads=True)
                 model_ads.advertise(self.r, self.name, servable, self.engine.models.loaded())
             except redis.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
