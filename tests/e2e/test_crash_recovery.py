@@ -111,13 +111,14 @@ def test_a_sigkilled_worker_s_job_is_reclaimed_and_completed_by_another(cluster,
 
 def test_a_long_job_keeps_its_claim_and_is_never_run_twice(cluster, long_audio):
     # The job runs for several visibility timeouts; a second worker is idle and hungry for it.
-    job_id = cluster.submit(long_audio(600))
+    job_id = cluster.submit(long_audio(1800))
     cluster.worker()
     cluster.wait(job_id, lambda j: j["status"] == "processing")
     cluster.worker()
 
     job = cluster.wait(job_id, lambda j: j["status"] == "completed", timeout=120)
-    # 20 windows of audio: long enough to outlive the 1.5 s visibility timeout several times.
+    # 30 minutes of speech (about 70 chunks): long enough to outlive the 1.5 s visibility
+    # timeout several times, even through the batched engine.
     assert job["completed_at"] - job["started_at"] > 3 * 1.5
     assert job["attempts"] == 1
     assert int(cluster.r.get(DUPLICATE_RESULTS) or 0) == 0
