@@ -1,7 +1,7 @@
 """The request path, measured against its ceiling: a bare functions-framework hello world.
 
-    .venv/bin/python bench/http.py [--runs 5] [--seconds 15] [--connections 32]
-    .venv/bin/python bench/http.py --upload-mb 250 --uploads 4
+    .venv/bin/python bench/request_path.py [--runs 5] [--seconds 15] [--connections 32]
+    .venv/bin/python bench/request_path.py --upload-mb 250 --uploads 4
 
 1. Over the network, with wrk: ``GET /transcribe/{id}`` (a real token: signature, key state,
    rate limit, usage counted, tenant isolation) served by ``functions-framework --target=jobs``
@@ -32,9 +32,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# This file is bench/http.py: run as a script, its folder must not shadow the standard
-# library's ``http`` package (which requests and redis import).
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402
