@@ -13,10 +13,11 @@ Chunks start on whisper's 20 ms grid, so chunk-relative timestamps map back exac
 
 from __future__ import annotations
 
-import importlib.resources
+import importlib.util
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -55,7 +56,12 @@ class Chunk:
 def _session() -> Any:
     import onnxruntime as ort
 
-    path = importlib.resources.files("silero_vad.data").joinpath("silero_vad_16k_sequence.onnx")
+    # Found, not imported: importing silero_vad runs torch.set_num_threads(1), which would slow
+    # every other torch computation of the process to one core.
+    spec = importlib.util.find_spec("silero_vad")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the silero-vad package is not installed")
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "silero_vad_16k_sequence.onnx"
     options = ort.SessionOptions()
     options.inter_op_num_threads = 1
     options.intra_op_num_threads = 1

@@ -9,9 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 import whisper
-from whisper.audio import N_FRAMES, N_SAMPLES
 
 from shared.engine.batcher import Batcher, BatchKey, ChunkResult
 from shared.engine.chunker import Chunk, Chunker
@@ -73,6 +71,7 @@ class Engine:
                 run.scanned(chunker.scanned)
             for chunk in chunker.finish(stream.samples):
                 run.submit(chunk)
+            self.batcher.done_producing(run.feed)
             run.drain(block=True)
         finally:
             self.batcher.close(run.feed)
@@ -87,7 +86,7 @@ class _Run:
         self, engine: Engine, model: Any, options: JobOptions, checkpoint: Callable[[Progress], None]
     ) -> None:
         self.engine, self.model, self.options, self.checkpoint = engine, model, options, checkpoint
-        self.feed = engine.batcher.open()
+        self.feed = engine.batcher.open(batches_ahead=not options.condition_on_previous_text)
         self.language = options.language
         self.pending: deque[tuple[Chunk, Future[ChunkResult]]] = deque()
         self.results: list[ChunkResult] = []
@@ -103,7 +102,7 @@ class _Run:
         self.initial_prompt = tokenizer.encode(" " + prompt.strip()) if prompt else []
         self.history: list[int] = []  # sequential mode: earlier chunks' tokens since the last reset
 
-    def key(self) -> BatchKey:
+    def key(self, detect_only: bool = False) -> BatchKey:
         return BatchKey(
             model=self.options.model,
             task=self.options.task.value,
@@ -111,17 +110,17 @@ class _Run:
             temperatures=temperatures(self.options.temperature),
             prompt=tuple(self.initial_prompt + self.history),
             word_timestamps=self.options.word_timestamps,
+            detect_only=detect_only,
         )
 
     def submit(self, chunk: Chunk) -> None:
-        mel = whisper.log_mel_spectrogram(
-            torch.from_numpy(chunk.audio), self.model.dims.n_mels, padding=N_SAMPLES
-        )
-        mel = whisper.pad_or_trim(mel[:, : len(chunk.audio) // 160], N_FRAMES)
-        future = self.engine.batcher.submit(self.feed, self.key(), chunk, mel)
+        if self.language is None:  # detected once per job, on its first chunk
+            detected = self.engine.batcher.submit(self.feed, self.key(detect_only=True), chunk)
+            self.language = detected.result().language
+        future = self.engine.batcher.submit(self.feed, self.key(), chunk)
         self.pending.append((chunk, future))
-        # The language is detected once, on the first chunk; conditioning needs each chunk's text.
-        self.drain(block=self.language is None or self.sequential)
+        # Conditioning on earlier text needs each chunk's result before the next is submitted.
+        self.drain(block=self.sequential)
 
     def drain(self, block: bool) -> None:
         while self.pending and (block or self.pending[0][1].done()):
