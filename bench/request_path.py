@@ -39,7 +39,7 @@ import requests  # noqa: E402
 
 from bench.procs import tree_rss_bytes  # noqa: E402
 from devtools.devstack import free_port, start_redis, start_s3, wait_for_port  # noqa: E402
-from shared import credentials, jobstore  # noqa: E402
+from shared import credentials, jobstore, queue  # noqa: E402
 from shared.models import Job, JobOptions, JobStatus  # noqa: E402
 from shared.settings import StorageSettings  # noqa: E402
 from shared.storage import BlobStore  # noqa: E402
@@ -157,7 +157,7 @@ def _job(r: redis.Redis, key_id: str) -> str:
         audio_key=f"{key_id}/{job_id}",
         duration=1.0,
     )
-    jobstore.ensure_group(r)
+    queue.ensure_group(r)
     jobstore.create(r, job)
     return job_id
 

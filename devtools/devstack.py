@@ -227,28 +227,3 @@ def tone_wav(seconds: float = 3.0, freq: float = 440.0, rate: int = 16_000) -> b
         w.setframerate(rate)
         w.writeframes(frames)
     return buf.getvalue()
-
-
-def tone_mp3(seconds: int, path: Path) -> bytes:
-    """A long but small MP3 of tone (8 kbit/s): many 30-second windows for a few hundred kB."""
-    subprocess.run(
-        [
-            "ffmpeg",
-            "-v",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            f"sine=frequency=300:duration={seconds}",
-            "-ac",
-            "1",
-            "-ar",
-            "16000",
-            "-b:a",
-            "8k",
-            str(path),
-        ],
-        check=True,
-    )
-    return path.read_bytes()

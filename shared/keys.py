@@ -82,7 +82,7 @@ DEV_STACK = "dev:stack"
 METRICS = "metrics"
 
 #: Jobs set aside after too many deliveries (``WORKER_MAX_DELIVERIES``), for an operator to look
-#: at; ``GET /metrics`` counts them. (shared.worker names it too, as DEAD_LETTER_STREAM.)
+#: at; ``GET /metrics`` counts them.
 DEAD_LETTER_STREAM = "jobs:dead"
 
 #: Hash of worker name -> JSON of the models it can load and holds loaded, with when it said so:
@@ -174,6 +174,3 @@ QUEUE_TICKET_TTL_SECONDS = 7 * 24 * 3600
 #: time it is due back in ``JOBS_STREAM``). A fresh stream entry per return resets the delivery
 #: count, so waiting out an outage never dead-letters a job.
 JOBS_DELAYED = "jobs:delayed"
-
-#: Where jobs that kept killing workers are recorded for the operator (stream of job ids).
-JOBS_DEAD = "jobs:dead"

@@ -172,7 +172,7 @@ def promote_due(r: redis.Redis) -> int:
 def dead_letter(r: redis.Redis, delivery: Delivery) -> None:
     """Record a job that kept killing workers, and retire its entry."""
     with r.pipeline(transaction=True) as pipe:
-        pipe.xadd(keys.JOBS_DEAD, {"job_id": delivery.job_id, "entry_id": delivery.entry_id})
+        pipe.xadd(keys.DEAD_LETTER_STREAM, {"job_id": delivery.job_id, "entry_id": delivery.entry_id})
         pipe.xack(keys.JOBS_STREAM, keys.JOBS_GROUP, delivery.entry_id)
         pipe.delete(keys.queue_ticket(delivery.entry_id))
         pipe.execute()

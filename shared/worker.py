@@ -44,7 +44,7 @@ from shared.storage import BlobStore, result_key
 log = logging.getLogger("whisper_api.worker")
 
 #: Where jobs that kept killing workers are recorded for the operator.
-DEAD_LETTER_STREAM = keys.JOBS_DEAD
+DEAD_LETTER_STREAM = keys.DEAD_LETTER_STREAM
 #: Counts results a late duplicate run computed but was not allowed to store.
 DUPLICATE_RESULTS = "stats:duplicate_results"
 #: Longest wait between attempts to reach Redis again after it went away.

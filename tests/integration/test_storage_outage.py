@@ -112,4 +112,4 @@ def test_ten_jobs_queued_through_a_45_second_storage_outage_all_complete(
     assert [j.status for j in jobs] == [JobStatus.COMPLETED] * 10
     assert all(j.transcription == "Hello from whisper api. The quick brown fox." for j in jobs)
     assert max(j.attempts for j in jobs) > 2  # retried more often than the delivery limit allows
-    assert r.xlen(keys.JOBS_DEAD) == 0
+    assert r.xlen(keys.DEAD_LETTER_STREAM) == 0
