@@ -123,6 +123,9 @@ class Worker:
         if entry is None:
             return
         entry_id, job_id = entry
+        if self.stop.is_set():  # shutdown began while we waited for it: not ours to start
+            queue.hand_back(self.r, entry_id, job_id)
+            return
         self._entries.add(entry_id)
         thread = threading.Thread(target=self._work, args=(entry_id, job_id), name=f"job-{job_id}")
         self._threads.append(thread)

@@ -147,6 +147,22 @@ def test_the_worker_loop_heartbeats_and_stops_on_request(worker, submit, r):
     assert r.zscore(keys.WORKERS, worker.name) is None
 
 
+def test_an_entry_that_arrives_as_shutdown_begins_goes_back_unstarted(worker, submit, r):
+    # The loop's blocking read can return an entry just after SIGTERM (often the very job
+    # another thread of this worker handed back): starting it would cost the job an attempt.
+    job_id = submit()
+    worker.stop.set()
+
+    worker._step()
+
+    assert worker._threads == [] and worker._entries == set()
+    job = jobstore.load(r, job_id)
+    assert job.status is JobStatus.PENDING and job.attempts == 0
+    assert r.xpending(keys.JOBS_STREAM, keys.JOBS_GROUP)["pending"] == 0
+    again = build(worker_settings())._claim()
+    assert again is not None and again[1] == job_id
+
+
 def test_the_same_handler_runs_as_a_cloudevent_function(env, worker, submit, r):
     job_id = submit()
     client = create_app(
