@@ -12,6 +12,8 @@ every contender; the token counts are printed to show it. Contenders:
       so every window decodes the same script)
   (b) this engine, batch 1          (c) this engine, batched (--batch)
   (d) N concurrent 30-second jobs through one engine vs the same jobs one at a time
+  (f)-(i) the faster-whisper engine (CTranslate2, the same checkpoints converted): int8 and
+      float32, batch 1 and batched, and (d) for int8 (--engines leaves it out)
   (e) peak RSS of a worker process on a 1-minute and a long recording (--rss-hours)
 
 Prints x-real-time (audio seconds per wall second, median of --runs) and the ratios.
@@ -49,12 +51,21 @@ SCRIPT: tuple[tuple[float, float, str], ...] = (
 )
 
 
-def _engine(model_dir: Path, batch: int) -> object:
+def _engine(model_dir: Path, batch: int, engine: str = "openai-whisper", compute: str = "auto") -> object:
+    import torch
+
     from shared.engine.models import ModelCache
     from shared.engine.pipeline import Engine
     from shared.settings import WorkerSettings
 
-    settings = WorkerSettings(whisper_model_dir=model_dir, whisper_device="cpu", whisper_models=())
+    settings = WorkerSettings(
+        whisper_model_dir=model_dir,
+        whisper_device="cpu",
+        whisper_models=(),
+        whisper_engine=engine,  # type: ignore[arg-type]
+        whisper_compute_type=compute,  # type: ignore[arg-type]
+        whisper_cpu_threads=torch.get_num_threads(),
+    )
     return Engine(ModelCache(settings), batch)
 
 
@@ -78,7 +89,7 @@ def _timed(call: Callable[[], int]) -> tuple[float, int]:
     return time.perf_counter() - started, tokens
 
 
-def speed(sizes: list[str], seconds: int, runs: int, batch: int, jobs: int, work: Path) -> None:
+def speed(sizes: list[str], seconds: int, runs: int, batch: int, jobs: int, work: Path, ct2: bool) -> None:
     import whisper
 
     audio = work / "speech.mp3"
@@ -96,7 +107,17 @@ def speed(sizes: list[str], seconds: int, runs: int, batch: int, jobs: int, work
             "(b) engine, batch 1": lambda e=one, s=size: _run_engine(e, audio, s),
             f"(c) engine, batch {batch}": lambda e=many, s=size: _run_engine(e, audio, s),
         }
-        _run_engine(many, short, size)  # warm-up: model load, VAD session, allocator
+        engines = [one, many]
+        if ct2:
+            for compute, (small, big) in (("int8", "fg"), ("float32", "hi")):
+                for letter, n in ((small, 1), (big, batch)):
+                    fast = _engine(model_dir, n, "faster-whisper", compute)
+                    engines.append(fast)
+                    contenders[f"({letter}) faster-whisper {compute}, batch {n}"] = lambda e=fast, s=size: (
+                        _run_engine(e, audio, s)
+                    )
+        for engine in engines:  # warm-up: model load (and conversion), VAD session, allocator
+            _run_engine(engine, short, size)
         times: dict[str, list[float]] = {name: [] for name in contenders}
         tokens: dict[str, int] = {}
         for _ in range(runs):
@@ -109,10 +130,12 @@ def speed(sizes: list[str], seconds: int, runs: int, batch: int, jobs: int, work
         for name, values in times.items():
             t = statistics.median(values)
             print(f"{name:36} {tokens[name]:>7} {t:>8.2f} {seconds / t:>12.1f} {base / t:>6.2f}x")
-        concurrency(many, short, size, jobs)
+        concurrency(many, short, size, jobs, "(d)")
+        if ct2:
+            concurrency(engines[3], short, size, jobs, "(d) faster-whisper int8:")
 
 
-def concurrency(engine: object, audio: Path, size: str, jobs: int) -> None:
+def concurrency(engine: object, audio: Path, size: str, jobs: int, label: str) -> None:
     started = time.perf_counter()
     for _ in range(jobs):
         _run_engine(engine, audio, size)
@@ -125,7 +148,7 @@ def concurrency(engine: object, audio: Path, size: str, jobs: int) -> None:
         t.join()
     together = time.perf_counter() - started
     print(
-        f"(d) {jobs} x 30 s jobs: one at a time {60 * jobs / serial:.1f} jobs/min, "
+        f"{label} {jobs} x 30 s jobs: one at a time {60 * jobs / serial:.1f} jobs/min, "
         f"together {60 * jobs / together:.1f} jobs/min: {serial / together:.2f}x"
     )
 
@@ -169,7 +192,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--jobs", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch and CTranslate2)")
+    parser.add_argument(
+        "--engines", default="openai-whisper,faster-whisper", help="faster-whisper adds rows (f)-(i)"
+    )
     parser.add_argument("--rss-hours", type=float, default=3.0, help="0 skips the RSS comparison")
     parser.add_argument("--rss-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -183,7 +209,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
         work = Path(tmp)
         if args.sizes:  # --sizes "" measures memory only
-            speed(args.sizes.split(","), args.seconds, args.runs, args.batch, args.jobs, work)
+            ct2 = "faster-whisper" in args.engines.split(",")
+            speed(args.sizes.split(","), args.seconds, args.runs, args.batch, args.jobs, work, ct2)
         if args.rss_hours:
             rss(args.rss_hours, work)
 

@@ -106,6 +106,12 @@ def start_gateway(port: int, env: dict[str, str], workers: int = 2) -> subproces
             "120",
             "--graceful-timeout",
             "10",
+            # gunicorn's longest request line (functions-framework sets none; nginx caps it in
+            # the deployed shape), answered as problem+json past it.
+            "--limit-request-line",
+            "8190",
+            "--worker-class",
+            "functions.gateway.ProblemWorker",
             "functions.gateway:app",
         ],
         env=env,

@@ -107,6 +107,8 @@ def _models(args: argparse.Namespace) -> int:
         return _models_pull(args)
     if args.action == "list":
         return _models_list()
+    if args.action == "convert":
+        return _models_convert(args)
     from devtools.demo_model import build_checkpoint
 
     build_checkpoint(args.path)
@@ -130,6 +132,42 @@ def _models_pull(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models_convert(args: argparse.Namespace) -> int:
+    import time
+
+    from shared.engine.convert import converted_path, ensure_converted, is_converted
+    from shared.settings import catalog_settings
+
+    model_dir = args.dir or catalog_settings().whisper_model_dir
+    if model_dir is None:
+        print("whisper-api: set WHISPER_MODEL_DIR (or pass --dir) to say where models are", file=sys.stderr)
+        return 2
+    model_dir = Path(model_dir)
+    for name in args.names:
+        checkpoint = model_dir / f"{name}.pt"
+        if not checkpoint.is_file():
+            print(
+                f"whisper-api: {checkpoint} does not exist; `whisper-api models pull {name}` fetches "
+                "an official one",
+                file=sys.stderr,
+            )
+            return 1
+        if is_converted(converted_path(model_dir, name, checkpoint)):
+            print(f"{name}: already converted ({converted_path(model_dir, name, checkpoint)})")
+            continue
+        started = time.monotonic()
+
+        def step(what: str, name: str = name, started: float = started) -> None:
+            print(f"{name}: [{time.monotonic() - started:6.1f} s] {what}", flush=True)
+
+        try:
+            ensure_converted(model_dir, name, checkpoint, step)
+        except OSError as exc:
+            print(f"whisper-api: cannot write the CTranslate2 cache in {model_dir}: {exc}", file=sys.stderr)
+            return 1
+    return 0
+
+
 def _models_list() -> int:
     from shared import model_ads
     from shared.catalog import allowed_models
@@ -142,6 +180,8 @@ def _models_list() -> int:
     here = {p.stem for p in model_dir.glob("*.pt")} if model_dir and model_dir.is_dir() else set()
     names = sorted(offered | here | (offer.loaded if offer else set()))
     source = f"{offer.workers} live workers advertise" if offer else "no worker advertises; configured list"
+    if offer and offer.engines:
+        source += f"; engine {', '.join(sorted(offer.engines))}"
     print(f"{'NAME':<18}{'ON DISK HERE':<14}{'LOADED':<8}OFFERED  ({source})")
     for name in names:
         path = model_dir / f"{name}.pt" if model_dir else None
@@ -188,6 +228,11 @@ def parser() -> argparse.ArgumentParser:
     pull.add_argument("--mirror", help="a server with whisper's <sha256>/<file>.pt layout")
     pull.add_argument("--url", help="fetch this URL (of that layout) instead of the published one")
     model_actions.add_parser("list", help="models on disk here, loaded by workers, offered by the API")
+    convert = model_actions.add_parser(
+        "convert", help="convert checkpoints for the faster-whisper engine ahead of time (CTranslate2)"
+    )
+    convert.add_argument("names", nargs="+", metavar="NAME")
+    convert.add_argument("--dir", type=Path, help="where NAME.pt is (default: WHISPER_MODEL_DIR)")
     models.set_defaults(run=_models)
 
     client_cli.add_commands(sub)

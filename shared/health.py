@@ -8,7 +8,7 @@ from typing import Any
 
 import redis
 
-from shared import keys
+from shared import keys, model_ads
 from shared.errors import StorageError
 from shared.storage import BlobStore
 
@@ -52,7 +52,12 @@ def check(r: redis.Redis, store: BlobStore, heartbeat_seconds: float) -> tuple[b
     if report["redis"]["status"] == "up":
         # Three missed heartbeats and a worker is presumed gone.
         workers = live_workers(r, heartbeat_seconds * 3)
-        report["workers"] = {"status": "up" if workers else "down", "live": len(workers)}
+        offer = model_ads.current(r, heartbeat_seconds * 3)
+        report["workers"] = {
+            "status": "up" if workers else "down",
+            "live": len(workers),
+            "engines": sorted(offer.engines) if offer else [],
+        }
         report["queue"] = queue_depth(r)
     else:
         report["workers"] = {"status": "unknown", "detail": "Redis is down"}

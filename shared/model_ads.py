@@ -39,6 +39,8 @@ class Offer:
     servable: frozenset[str] = field(default_factory=frozenset)
     loaded: frozenset[str] = field(default_factory=frozenset)
     workers: int = 0
+    #: The engines the live workers run (``WHISPER_ENGINE``): openai-whisper, faster-whisper.
+    engines: frozenset[str] = field(default_factory=frozenset)
 
 
 def servable_here(
@@ -61,9 +63,11 @@ def _whisper_cache() -> Path:
     return Path(os.getenv("XDG_CACHE_HOME", Path.home() / ".cache")) / "whisper"
 
 
-def advertise(r: redis.Redis, worker: str, servable: list[str], loaded: list[str]) -> None:
-    """Record what ``worker`` can serve and holds loaded now (call it every heartbeat)."""
-    ad = {"servable": sorted(servable), "loaded": sorted(loaded), "at": time.time()}
+def advertise(
+    r: redis.Redis, worker: str, servable: list[str], loaded: list[str], engine: str = "openai-whisper"
+) -> None:
+    """Record what ``worker`` can serve, holds loaded now, and runs them with (every heartbeat)."""
+    ad = {"servable": sorted(servable), "loaded": sorted(loaded), "engine": engine, "at": time.time()}
     r.hset(keys.MODEL_ADS, worker, json.dumps(ad))
 
 
@@ -89,6 +93,7 @@ def current(r: redis.Redis, live_seconds: float) -> Offer | None:
         servable=frozenset(n for ad in chosen for n in ad["servable"]),
         loaded=frozenset(n for ad in live for n in ad["loaded"]),
         workers=len(live),
+        engines=frozenset(ad.get("engine", "openai-whisper") for ad in live),
     )
 
 

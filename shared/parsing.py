@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import pydantic
 from flask import Request
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from shared import subtitles, webhooks
 from shared.catalog import allowed_models
@@ -109,6 +109,14 @@ class _JsonFields(BaseModel):
     max_words_per_line: int | None = None
     highlight_words: bool | None = None
     webhook_url: str | None = None
+
+    @field_validator("output_format", "task")
+    @classmethod
+    def _not_empty(cls, value: str | None) -> str | None:
+        # A form has no null, so there "" means "the default"; JSON says that with null.
+        if value == "":
+            raise ValueError("must not be empty; leave the field out or send null for the default")
+        return value
 
 
 def check_json_types(raw: dict[str, Any]) -> None:

@@ -298,8 +298,23 @@ class JobsSettings(
 class WorkerSettings(StorageSettings, ModelSettings, AudioSettings, WebhookSettings, RetentionSettings):
     """Settings of the transcription worker."""
 
+    #: What runs the model: openai-whisper (PyTorch) or faster-whisper (CTranslate2, from the
+    #: same checkpoints, converted on first use into WHISPER_MODEL_DIR/ctranslate2).
+    whisper_engine: Literal["openai-whisper", "faster-whisper"] = "openai-whisper"
     whisper_device: Literal["auto", "cpu", "cuda"] = "auto"
-    #: Torch CPU threads of the worker, shared by every job in a batch (0: torch's default).
+    #: faster-whisper only: CTranslate2's compute type (auto: int8 on the CPU, float16 on CUDA).
+    whisper_compute_type: Literal[
+        "auto",
+        "int8",
+        "int8_float32",
+        "int8_float16",
+        "int8_bfloat16",
+        "int16",
+        "float16",
+        "bfloat16",
+        "float32",
+    ] = "auto"
+    #: CPU threads of the worker's model, shared by every job in a batch (0: the runtime's default).
     whisper_cpu_threads: int = Field(default=0, ge=0, le=256)
     worker_model_cache_size: int = Field(default=2, ge=1)
     #: Models loaded at start-up (comma-separated), so the first job does not pay for the load.

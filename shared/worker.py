@@ -184,7 +184,8 @@ class Worker:
                 # the network allows; `whisper-api models pull` puts them in place where it does
                 # not) and the checkpoints in WHISPER_MODEL_DIR, looked at afresh every beat.
                 servable = model_ads.servable_here(self.settings, downloads=True)
-                model_ads.advertise(self.r, self.name, servable, self.engine.models.loaded())
+                models = self.engine.models
+                model_ads.advertise(self.r, self.name, servable, models.loaded(), models.runner.engine)
             except redis.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
             time.sleep(self.settings.worker_heartbeat_seconds)

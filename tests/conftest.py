@@ -73,6 +73,15 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
+#: The engines the exact-output tests run on (WHISPER_ENGINE), and their settings. faster-whisper
+#: runs float32 there: int8 may move a word boundary by one 20 ms frame (README, "Engines"),
+#: which tests/integration/test_engine_jobs.py asserts on its own.
+ENGINES: dict[str, dict[str, str]] = {
+    "openai-whisper": {"WHISPER_ENGINE": "openai-whisper"},
+    "faster-whisper": {"WHISPER_ENGINE": "faster-whisper", "WHISPER_COMPUTE_TYPE": "float32"},
+}
+
+
 @pytest.fixture(scope="session")
 def service_env(redis_url: str, s3_endpoint: str, model_dir: Path) -> dict[str, str]:
     """The environment every function and worker of the test service runs with."""

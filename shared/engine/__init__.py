@@ -6,8 +6,10 @@
       ─► chunker.Chunker (silero VAD: chunks <= 30 s cut at silence; silence is skipped)
       ─► batcher.Batcher (one thread per worker: chunks of all running jobs, fair turns,
          same model and options per batch)
-      ─► decoder.decode_batch (encoder once per batch, lean greedy/sampling loop, fallback)
-      ─► segments (tokens to timed segments, word timings) ─► pipeline.transcribe_file (one job)
+      ─► a runner, per WHISPER_ENGINE (models.Runner): openai_runner (PyTorch: encoder once per
+         batch, decoder.LeanDecoder's greedy/sampling loop) or ct2_runner (CTranslate2, the same
+         checkpoints converted by convert.py); the batcher applies temperature fallback to either
+      ─► segments (tokens to timed segments, word timings) ─► pipeline.Engine (one job)
 
 Nothing holds a whole recording: memory depends on batch size and model, not on audio length.
 """

@@ -21,12 +21,10 @@ from typing import Any
 
 import torch
 from whisper.audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram
-from whisper.decoding import detect_language
-from whisper.timing import add_word_timestamps
 from whisper.tokenizer import Tokenizer, get_tokenizer
 
 from shared.engine.chunker import Chunk
-from shared.engine.decoder import Decoded, LeanDecoder, encode
+from shared.engine.decoder import Decoded
 from shared.engine.models import ModelCache
 from shared.engine.pcm import SAMPLE_RATE
 from shared.engine.segments import split
@@ -106,7 +104,6 @@ class Batcher:
         self._feeds: dict[int, Feed] = {}
         self._ids = itertools.count()
         self._turn = 0  # feed id after which the next round starts
-        self._decoders: dict[tuple[str, str, str], LeanDecoder] = {}
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.batches = 0  # batches run (progress, tests)
@@ -155,11 +152,6 @@ class Batcher:
                 self._stop.clear()
                 self._thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
                 self._thread.start()
-
-    def forget(self, models: list[str]) -> None:
-        """Drop the decoders of unloaded models, so nothing keeps their weights alive."""
-        for cache_key in [k for k in self._decoders if k[0] in models]:
-            self._decoders.pop(cache_key, None)
 
     def shutdown(self) -> None:
         self._stop.set()
@@ -226,54 +218,55 @@ class Batcher:
         return waiting < self.batch_size and any(f.producing for f in self._feeds.values())
 
     # ---- one batch -------------------------------------------------------------------------
-    # Mels are computed here, not in the jobs' threads: all torch work of a worker runs on this
+    # Mels are computed here, not in the jobs' threads: all model work of a worker runs on this
     # one thread, so two thread pools never fight over the cores (measured: a batch took 1.8x
     # as long while job threads computed mels beside it).
     def _run(self, batch: list[_Request]) -> list[ChunkResult]:
         key = batch[0].key
         model = self.models.get(key.model)
-        device = next(model.parameters()).device
-        with torch.inference_mode():
-            mels = _mels([r.chunk for r in batch], model.dims.n_mels, device)
-            features = encode(model, mels)
+        runner = self.models.runner
+        with runner.batch():
+            mels = _mels([r.chunk for r in batch], runner.n_mels(model), runner.mel_device(model))
+            features = runner.encode(model, mels)
             languages = self._languages(model, key, features)
             if key.detect_only:
                 return [ChunkResult(language, [], []) for language in languages]
             results: list[ChunkResult | None] = [None] * len(batch)
             for language in sorted(set(languages)):
                 rows = [i for i, lang in enumerate(languages) if lang == language]
-                decoder = self._decoder(key.model, model, language, key.task)
-                decoded = self._with_fallback(decoder, features[rows], key)
+                tokenizer = get_tokenizer(
+                    model.is_multilingual, num_languages=model.num_languages, language=language, task=key.task
+                )
+                decoded = self._with_fallback(model, features, rows, tokenizer, key)
+                timed = []
                 for i, d in zip(rows, decoded, strict=True):
-                    results[i] = self._chunk_result(decoder.tokenizer, model, batch[i], d, mels[i], language)
+                    chunk = batch[i].chunk
+                    segments = self._segments(tokenizer, chunk, d)
+                    results[i] = ChunkResult(language, segments, [t for s in segments for t in s["tokens"]])
+                    if key.word_timestamps and segments:
+                        timed.append((i, segments, len(chunk.audio) // 160, chunk.start / SAMPLE_RATE))
+                if timed:
+                    runner.add_words(model, tokenizer, features, mels, timed)
         return [r for r in results if r is not None]
 
-    def _languages(self, model: Any, key: BatchKey, features: torch.Tensor) -> list[str]:
+    def _languages(self, model: Any, key: BatchKey, features: Any) -> list[str]:
+        n = len(features)
         if not model.is_multilingual:
-            return ["en"] * len(features)
+            return ["en"] * n
         if key.language is not None:
-            return [key.language] * len(features)
-        tokenizer = get_tokenizer(True, num_languages=model.num_languages)
-        _, probs = detect_language(model, features, tokenizer)
-        return [max(p, key=p.get) for p in probs]
+            return [key.language] * n
+        return self.models.runner.detect(model, features)
 
-    def _decoder(self, name: str, model: Any, language: str, task: str) -> LeanDecoder:
-        cache_key = (name, language, task)
-        decoder = self._decoders.get(cache_key)
-        if decoder is None or decoder.model is not model:
-            tokenizer = get_tokenizer(
-                model.is_multilingual, num_languages=model.num_languages, language=language, task=task
-            )
-            decoder = self._decoders[cache_key] = LeanDecoder(model, tokenizer)
-        return decoder
-
-    @staticmethod
-    def _with_fallback(decoder: LeanDecoder, features: torch.Tensor, key: BatchKey) -> list[Decoded]:
+    def _with_fallback(
+        self, model: Any, features: Any, rows: list[int], tokenizer: Tokenizer, key: BatchKey
+    ) -> list[Decoded]:
         """transcribe()'s temperature fallback, per chunk, re-using the encoder output."""
-        results: list[Decoded | None] = [None] * len(features)
-        todo = list(range(len(features)))
+        results: dict[int, Decoded] = {}
+        todo = rows
         for temperature in key.temperatures:
-            decoded = decoder.decode(features[todo], list(key.prompt), temperature)
+            decoded = self.models.runner.decode(
+                model, features, todo, tokenizer, list(key.prompt), temperature
+            )
             retry = []
             for i, d in zip(todo, decoded, strict=True):
                 results[i] = d
@@ -285,25 +278,11 @@ class Batcher:
             if not retry:
                 break
             todo = retry
-        return [r for r in results if r is not None]
+        return [results[i] for i in rows]
 
     @staticmethod
-    def _chunk_result(
-        tokenizer: Tokenizer, model: Any, request: _Request, d: Decoded, mel: torch.Tensor, language: str
-    ) -> ChunkResult:
-        chunk = request.chunk
+    def _segments(tokenizer: Tokenizer, chunk: Chunk, d: Decoded) -> list[dict[str, Any]]:
         silent = d.no_speech_prob > NO_SPEECH_THRESHOLD and not d.avg_logprob > LOGPROB_THRESHOLD
         if silent:
-            return ChunkResult(language, [], [])
-        offset = chunk.start / SAMPLE_RATE
-        segments = split(d, tokenizer, offset=offset, duration=len(chunk.audio) / SAMPLE_RATE)
-        if request.key.word_timestamps and segments:
-            add_word_timestamps(
-                segments=segments,
-                model=model,
-                tokenizer=tokenizer,
-                mel=mel,
-                num_frames=len(chunk.audio) // 160,
-                last_speech_timestamp=offset,
-            )
-        return ChunkResult(language, segments, [t for s in segments for t in s["tokens"]])
+            return []
+        return split(d, tokenizer, offset=chunk.start / SAMPLE_RATE, duration=len(chunk.audio) / SAMPLE_RATE)

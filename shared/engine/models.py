@@ -1,9 +1,9 @@
 """Loaded models, kept warm between jobs; least recently used evicted first.
 
-On CUDA the weights are converted to fp16 once at load (whisper's own ``fp16=True`` keeps fp32
-weights and casts them on every call); LayerNorms stay fp32, as whisper computes them in fp32.
-Attention runs through PyTorch's scaled-dot-product kernels (whisper's default, and our
-decoder's).
+The engine (``WHISPER_ENGINE``) decides what runs them: ``openai-whisper`` (``openai_runner``:
+PyTorch; on CUDA fp16 weights with fp32 LayerNorms, converted once at load) or
+``faster-whisper`` (``ct2_runner``: CTranslate2, from the same checkpoints converted on first
+use). Both load the same names and files.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
 
 import torch
-import whisper
 
 from shared.catalog import model_path
 from shared.errors import PermanentJobError
@@ -30,19 +31,67 @@ def pick_device(setting: str) -> str:
     return setting
 
 
+class Runner(Protocol):
+    """What an engine does for the batcher (``openai_runner``, ``ct2_runner``)."""
+
+    engine: str
+    device: str
+
+    def load(self, name: str, source: str, download_root: str | None) -> Any: ...
+    def forget(self, model: Any) -> None: ...
+    def n_mels(self, model: Any) -> int: ...
+    def batch(self) -> AbstractContextManager[None]: ...
+    def mel_device(self, model: Any) -> torch.device: ...
+    def encode(self, model: Any, mels: torch.Tensor) -> Any: ...
+    def detect(self, model: Any, features: Any) -> list[str]: ...
+    def decode(
+        self,
+        model: Any,
+        features: Any,
+        rows: list[int],
+        tokenizer: Any,
+        prompt: list[int],
+        temperature: float,
+    ) -> list[Any]: ...
+    def add_words(
+        self,
+        model: Any,
+        tokenizer: Any,
+        features: Any,
+        mels: torch.Tensor,
+        rows: list[tuple[int, list[dict[str, Any]], int, float]],
+    ) -> None: ...
+
+
+def make_runner(settings: WorkerSettings) -> Runner:
+    if settings.whisper_engine == "faster-whisper":
+        from shared.engine import ct2_runner
+
+        return ct2_runner.CT2Runner(
+            ct2_runner.pick_device(settings.whisper_device),
+            settings.whisper_compute_type,
+            settings.whisper_cpu_threads,
+            settings.whisper_model_dir,
+        )
+    from shared.engine.openai_runner import OpenAIRunner
+
+    return OpenAIRunner(pick_device(settings.whisper_device))
+
+
 class ModelCache:
     """Thread-safe: job threads load (so a slow load holds up only its job), the batcher uses.
     ``on_load(name, seconds)`` hears of every load (the worker counts them in the metrics)."""
 
     def __init__(self, settings: WorkerSettings, on_load: Callable[[str, float], None] | None = None) -> None:
         self._settings = settings
-        self._models: OrderedDict[str, whisper.Whisper] = OrderedDict()
+        self.runner = make_runner(settings)
+        self._models: OrderedDict[str, Any] = OrderedDict()
         self._used: dict[str, float] = {}
         self._lock = threading.Lock()
         self._on_load = on_load
-        self.device = pick_device(settings.whisper_device)
+        self.device = self.runner.device
 
-    def get(self, name: str) -> whisper.Whisper:
+    def get(self, name: str) -> Any:
         with self._lock:
             self._used[name] = time.monotonic()
             if name in self._models:
@@ -54,7 +103,8 @@ class ModelCache:
                 self._on_load(name, time.monotonic() - started)
             self._models[name] = model
             while len(self._models) > self._settings.worker_model_cache_size:
-                evicted, _ = self._models.popitem(last=False)
+                evicted, old = self._models.popitem(last=False)
+                self.runner.forget(old)
                 log.info("evicted model %s from the cache", evicted)
             return model
 
@@ -68,13 +118,11 @@ class ModelCache:
         with self._lock:
             idle = [name for name in self._models if now - self._used.get(name, now) >= idle_seconds]
             for name in idle:
-                del self._models[name]
+                self.runner.forget(self._models.pop(name))
                 log.info("unloaded model %s (unused for %.0f s)", name, idle_seconds)
-        if idle and self.device == "cuda":
-            torch.cuda.empty_cache()
         return idle
 
-    def _load(self, name: str) -> whisper.Whisper:
+    def _load(self, name: str) -> Any:
         path = model_path(self._settings, name)
         if path is None and name not in self._settings.whisper_models:
             raise PermanentJobError(f"model {name!r} is not offered by this worker")
@@ -82,24 +130,18 @@ class ModelCache:
         root = str(self._settings.whisper_model_dir) if self._settings.whisper_model_dir else None
         started = time.monotonic()
         try:
-            model = whisper.load_model(source, device=self.device, download_root=root)
+            model = self.runner.load(name, source, root)
         except Exception as exc:  # download failures, corrupt checkpoints, CUDA OOM
             raise PermanentJobError(
                 f"model {name!r} could not be loaded on this worker ({type(exc).__name__}: "
                 f"{str(exc)[:200]}); the operator can place {name}.pt in WHISPER_MODEL_DIR"
             ) from exc
-        if self.device == "cuda":
-            half(model)
-        model.eval()
         log.info(
-            "loaded model %s from %s on %s in %.1f s", name, source, self.device, time.monotonic() - started
+            "loaded model %s from %s with %s on %s in %.1f s",
+            name,
+            source,
+            self.runner.engine,
+            self.device,
+            time.monotonic() - started,
         )
         return model
-
-
-def half(model: whisper.Whisper) -> None:
-    """fp16 weights, fp32 LayerNorms."""
-    model.half()
-    for module in model.modules():
-        if isinstance(module, torch.nn.LayerNorm):
-            module.float()

@@ -43,10 +43,8 @@ class Engine:
         self.batcher = Batcher(models, batch_size)
 
     def unload_idle(self, idle_seconds: float) -> list[str]:
-        """Unload models unused for ``idle_seconds`` (and forget their decoders)."""
-        names = self.models.unload_idle(idle_seconds)
-        self.batcher.forget(names)
-        return names
+        """Unload models unused for ``idle_seconds``."""
+        return self.models.unload_idle(idle_seconds)
 
     def transcribe(
         self,

@@ -19,6 +19,7 @@ import requests
 
 from devtools.devstack import free_port, start_gateway, start_worker
 from tests import budget
+from tests.conftest import ENGINES
 
 
 @dataclass
@@ -58,9 +59,11 @@ class Service:
         raise TimeoutError(f"job {job_id} did not finish in {timeout} s")
 
 
-@pytest.fixture(scope="package")
-def service(service_env: dict[str, str]) -> Iterator[Service]:
-    env = {**os.environ, **service_env, "REDIS_URL": service_env["REDIS_URL"].rsplit("/", 1)[0] + "/1"}
+@pytest.fixture(scope="package", params=list(ENGINES))
+def service(request: pytest.FixtureRequest, service_env: dict[str, str]) -> Iterator[Service]:
+    """The service with a worker of each engine in turn: every end-to-end test runs on both."""
+    redis_url = service_env["REDIS_URL"].rsplit("/", 1)[0] + "/1"
+    env = {**os.environ, **service_env, **ENGINES[request.param], "REDIS_URL": redis_url}
     redis.Redis.from_url(env["REDIS_URL"]).flushdb()
     port = free_port()
     gateway = start_gateway(port, env, workers=2)

@@ -3,6 +3,7 @@ running the real whisper decoder on the generated ``demo`` checkpoint."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -219,3 +220,29 @@ def test_the_readme_quick_start_runs_verbatim(service, tmp_path):
 
     assert done.returncode == 0, done.stderr
     assert done.stdout.endswith(SRT)
+
+
+def test_the_gateway_answers_an_overlong_request_line_or_header_with_a_problem(service):
+    import socket
+    from urllib.parse import urlsplit
+
+    address = urlsplit(service.base_url)
+    answers = []
+    for head in (
+        f"GET /asr?initial_prompt={'x' * 9000} HTTP/1.1\r\nHost: a\r\n\r\n",
+        f"GET /health HTTP/1.1\r\nHost: a\r\nX-Filler: {'x' * 9000}\r\n\r\n",
+    ):
+        with socket.create_connection((address.hostname, address.port), timeout=10) as sock:
+            sock.sendall(head.encode())
+            raw = b""
+            while chunk := sock.recv(65536):
+                raw += chunk
+        status_line, _, rest = raw.partition(b"\r\n")
+        headers, _, body = rest.partition(b"\r\n\r\n")
+        answers.append((status_line.decode(), b"Content-Type: application/problem+json" in headers, body))
+
+    assert [(status, typed) for status, typed, _ in answers] == [
+        ("HTTP/1.1 414 URI Too Long", True),
+        ("HTTP/1.1 431 Request Header Fields Too Large", True),
+    ]
+    assert [json.loads(body)["status"] for _, _, body in answers] == [414, 431]

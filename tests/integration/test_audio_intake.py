@@ -217,3 +217,14 @@ def test_upload_urls_are_signed_for_the_public_endpoint(env, jobs_client, bearer
     assert upload["upload_url"].startswith("https://files.example.com/test-inbox/")
     assert "X-Amz-Algorithm=AWS4-HMAC-SHA256" in upload["upload_url"]
     assert "X-Amz-Expires=3600" in upload["upload_url"]
+
+
+@pytest.mark.parametrize("field", ["output_format", "task"])
+def test_an_empty_choice_in_a_json_upload_is_422_not_the_default(jobs_client, bearer, r, field):
+    # Forms have no null, so "" means the default there; a JSON body says that with null.
+    refused = jobs_client.post("/uploads", json={"model": "demo", field: ""}, headers=bearer())
+    defaulted = jobs_client.post("/uploads", json={"model": "demo", field: None}, headers=bearer())
+
+    assert refused.status_code == 422
+    assert refused.get_json()["errors"][0]["field"] == field
+    assert defaulted.status_code == 201

@@ -20,8 +20,16 @@ from shared.models import JobStatus
 from shared.settings import worker_settings
 from shared.storage import result_key
 from shared.worker import build
+from tests.conftest import ENGINES
 
 PHRASE = "Hello from whisper api. The quick brown fox."
+
+
+@pytest.fixture(autouse=True, params=list(ENGINES))
+def engine(request, env) -> str:
+    """Every test here runs on both engines (WHISPER_ENGINE)."""
+    env(**ENGINES[request.param])
+    return str(request.param)
 
 
 def _post(client, headers, audio: bytes, name: str = "a.wav", **fields):

@@ -7,7 +7,7 @@ import io
 
 import pytest
 
-from shared import keys
+from shared import keys, model_ads
 from shared.storage import audio_key
 
 
@@ -245,10 +245,12 @@ def test_health_names_missing_workers_then_is_ok_with_a_heartbeat(jobs_client, r
     import time
 
     r.zadd(keys.WORKERS, {"w1": time.time()})
+    model_ads.advertise(r, "w1", ["demo"], [], "faster-whisper")
     resp = jobs_client.get("/health")
     assert resp.status_code == 200
     body = resp.get_json()
     assert body["status"] == "ok" and body["workers"]["live"] == 1
+    assert body["workers"]["engines"] == ["faster-whisper"]
     assert body["queue"] == {"waiting": 0, "in_progress": 0}
 
 

@@ -99,7 +99,7 @@ def test_an_unknown_name_names_the_official_ones(service_env, tmp_path):
 
 
 def test_list_shows_present_loaded_and_offered(r, service_env, model_dir):
-    model_ads.advertise(r, "worker-a", ["custom", "demo", "tiny"], ["demo"])
+    model_ads.advertise(r, "worker-a", ["custom", "demo", "tiny"], ["demo"], "faster-whisper")
 
     # A heartbeat of 30 s: the advertisement stays live while the command starts.
     done = _cli({**service_env, "WORKER_HEARTBEAT_SECONDS": "30"}, "list")
@@ -107,7 +107,7 @@ def test_list_shows_present_loaded_and_offered(r, service_env, model_dir):
     assert done.returncode == 0, done.stderr
     size = f"{(model_dir / 'demo.pt').stat().st_size / 1e6:.1f} MB"
     assert done.stdout.splitlines() == [
-        "NAME              ON DISK HERE  LOADED  OFFERED  (1 live workers advertise)",
+        "NAME              ON DISK HERE  LOADED  OFFERED  (1 live workers advertise; engine faster-whisper)",
         "custom            -             -       yes",
         f"demo              {size:<14}yes     yes",
         "tiny              -             -       yes",
@@ -150,3 +150,85 @@ def test_without_any_advertisement_the_configured_list_is_offered(jobs_client, b
 
     assert [m["id"] for m in listed["data"]] == ["whisper-1", "base", "demo", "tiny"]
     assert model_ads.current(r, 15) is None
+
+
+# ---- models convert (the faster-whisper engine's CTranslate2 cache) ---------------------------
+
+
+@pytest.fixture
+def own_model_dir(tmp_path, model_dir):
+    directory = tmp_path / "models"
+    directory.mkdir()
+    (directory / "demo.pt").write_bytes((model_dir / "demo.pt").read_bytes())
+    return directory
+
+
+def _converted(directory) -> list[str]:
+    root = directory / "ctranslate2"
+    return sorted(p.name for p in root.iterdir() if not p.name.endswith(".lock")) if root.is_dir() else []
+
+
+def test_convert_writes_the_cache_once_with_progress(own_model_dir, service_env):
+    env = {**service_env, "WHISPER_MODEL_DIR": str(own_model_dir)}
+
+    first = _cli(env, "convert", "demo")
+    again = _cli(env, "convert", "demo")
+
+    assert first.returncode == 0, first.stderr
+    steps = [line.split("] ", 1)[1] for line in first.stdout.splitlines()]
+    (folder,) = _converted(own_model_dir)
+    target = own_model_dir / "ctranslate2" / folder
+    assert steps == [
+        f"reading {own_model_dir / 'demo.pt'}",
+        "mapping the weights",
+        "writing the CTranslate2 model",
+        f"converted to {target}",
+    ]
+    assert folder.startswith("demo-") and (target / "model.bin").is_file()
+    assert again.returncode == 0 and again.stdout == f"demo: already converted ({target})\n"
+
+
+def test_workers_starting_at_once_convert_once(own_model_dir):
+    from shared.engine.convert import ensure_converted
+
+    steps: list[str] = []
+    threads = [
+        threading.Thread(
+            target=ensure_converted, args=(own_model_dir, "demo", own_model_dir / "demo.pt", steps.append)
+        )
+        for _ in range(3)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=budget.seconds(60))
+
+    assert len(_converted(own_model_dir)) == 1
+    assert sum(s.startswith("converted to") for s in steps) == 1  # the others found it done
+
+
+def test_a_replaced_checkpoint_is_converted_again_and_the_old_cache_dropped(own_model_dir):
+    from shared.engine.convert import ensure_converted
+
+    first = ensure_converted(own_model_dir, "demo", own_model_dir / "demo.pt")
+    os.utime(own_model_dir / "demo.pt", ns=(1, 1))  # another file under the same name
+    second = ensure_converted(own_model_dir, "demo", own_model_dir / "demo.pt")
+
+    assert first != second and _converted(own_model_dir) == [second.name]
+
+
+def test_convert_names_a_missing_checkpoint_and_a_cache_it_cannot_write(own_model_dir, service_env):
+    env = {**service_env, "WHISPER_MODEL_DIR": str(own_model_dir)}
+    missing = _cli(env, "convert", "large-v3")
+    (own_model_dir / "ctranslate2").write_text("")  # the cache folder cannot be made
+    unwritable = _cli(env, "convert", "demo")
+
+    assert missing.returncode == 1
+    assert missing.stderr == (
+        f"whisper-api: {own_model_dir / 'large-v3.pt'} does not exist; "
+        "`whisper-api models pull large-v3` fetches an official one\n"
+    )
+    assert unwritable.returncode == 1
+    assert unwritable.stderr.startswith(
+        f"whisper-api: cannot write the CTranslate2 cache in {own_model_dir}: "
+    )

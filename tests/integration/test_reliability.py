@@ -15,6 +15,7 @@ from shared.models import JobStatus
 from shared.settings import worker_settings
 from shared.storage import result_key
 from shared.worker import build
+from tests.conftest import ENGINES
 
 
 def _post(client, headers, audio: bytes, idem: str | None = None, **fields):
@@ -114,9 +115,13 @@ def test_a_canceled_job_is_never_run(env, jobs_client, bearer, r, store, make_wa
     assert jobstore.load(r, job_id).status is JobStatus.CANCELED
 
 
-def test_a_running_job_stops_within_one_window_when_canceled(env, jobs_client, bearer, r, store, long_audio):
+@pytest.mark.parametrize("engine", list(ENGINES))
+def test_a_running_job_stops_within_one_window_when_canceled(
+    env, engine, jobs_client, bearer, r, store, long_audio
+):
     import threading
 
+    env(**ENGINES[engine])
     headers = bearer()
     job_id = _post(jobs_client, headers, long_audio(1200)).get_json()["id"]  # 40 windows
     worker = build(worker_settings())

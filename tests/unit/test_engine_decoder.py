@@ -5,33 +5,22 @@ from __future__ import annotations
 import pytest
 import torch
 import whisper
-from whisper.model import ModelDimensions, Whisper
+from whisper.model import Whisper
 from whisper.tokenizer import get_tokenizer
 
 from shared.engine.decoder import Decoded, LeanDecoder, encode
 from shared.engine.segments import split
+from tests.unit.random_whisper import random_mels, random_whisper
 
 
 @pytest.fixture(scope="module")
 def model() -> Whisper:
-    """A small multilingual whisper with random weights: its tokens depend on the audio (a
-    short text context keeps the test quick: 48 tokens per row at most)."""
-    torch.manual_seed(7)
-    dims = ModelDimensions(
-        n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2, n_audio_layer=2,
-        n_vocab=51865, n_text_ctx=96, n_text_state=64, n_text_head=2, n_text_layer=2,
-    )  # fmt: skip
-    net = Whisper(dims).eval()
-    with torch.no_grad():
-        for p in net.parameters():
-            p.normal_(0.0, 0.5)
-    return net
+    return random_whisper()
 
 
 @pytest.fixture(scope="module")
 def mels() -> torch.Tensor:
-    torch.manual_seed(11)
-    return torch.randn(4, 80, 3000)
+    return random_mels()
 
 
 @pytest.mark.parametrize("prompt", ["", "Minutes of the board meeting."])
@@ -105,7 +94,7 @@ def test_a_single_timestamp_at_the_end_closes_the_last_segment():
 def test_fp16_weights_keep_layernorms_in_fp32_and_decode_the_same_tokens(model, mels):
     import copy
 
-    from shared.engine.models import half
+    from shared.engine.openai_runner import half
 
     tokenizer = get_tokenizer(True, num_languages=model.num_languages, language="en", task="transcribe")
     fp16 = copy.deepcopy(model)

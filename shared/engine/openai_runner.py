@@ -1,0 +1,114 @@
+"""The ``openai-whisper`` engine: openai-whisper's model code (PyTorch) under our own loop.
+
+A runner is what the batcher asks to load a model, encode a batch of mels, detect languages,
+decode rows (one temperature at a time) and add word timings. The batcher owns everything
+else (scheduling, temperature fallback, segments), so both engines (this one and
+``ct2_runner``) give the same answers from the same rules.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import whisper
+from whisper.decoding import detect_language
+from whisper.timing import add_word_timestamps
+from whisper.tokenizer import Tokenizer, get_tokenizer
+
+from shared.engine.decoder import Decoded, LeanDecoder, encode
+
+log = logging.getLogger("whisper_api.engine")
+
+ENGINE = "openai-whisper"
+
+
+class OpenAIRunner:
+    engine = ENGINE
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self._decoders: dict[tuple[int, str, str], LeanDecoder] = {}
+
+    # ---- models ---------------------------------------------------------------------------
+    def load(self, name: str, source: str, download_root: str | None) -> Any:
+        model = whisper.load_model(source, device=self.device, download_root=download_root)
+        if self.device == "cuda":
+            half(model)
+        model.eval()
+        return model
+
+    def forget(self, model: Any) -> None:
+        """Drop what this runner keeps for an unloaded model (its decoders hold the weights)."""
+        for key in [k for k in self._decoders if k[0] == id(model)]:
+            del self._decoders[key]
+        if self.device == "cuda":
+            torch.cuda.empty_cache()
+
+    @staticmethod
+    def n_mels(model: Any) -> int:
+        return int(model.dims.n_mels)
+
+    # ---- one batch ------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        with torch.inference_mode():
+            yield
+
+    def mel_device(self, model: Any) -> torch.device:
+        return torch.device(self.device)
+
+    @staticmethod
+    def encode(model: Any, mels: torch.Tensor) -> torch.Tensor:
+        return encode(model, mels)
+
+    @staticmethod
+    def detect(model: Any, features: torch.Tensor) -> list[str]:
+        tokenizer = get_tokenizer(True, num_languages=model.num_languages)
+        _, probs = detect_language(model, features, tokenizer)
+        return [max(p, key=p.get) for p in probs]
+
+    def decode(
+        self,
+        model: Any,
+        features: torch.Tensor,
+        rows: list[int],
+        tokenizer: Tokenizer,
+        prompt: list[int],
+        temperature: float,
+    ) -> list[Decoded]:
+        key = (id(model), str(tokenizer.language), str(tokenizer.task))
+        decoder = self._decoders.get(key)
+        if decoder is None or decoder.model is not model:
+            decoder = self._decoders[key] = LeanDecoder(model, tokenizer)
+        return decoder.decode(features[rows], prompt, temperature)
+
+    @staticmethod
+    def add_words(
+        model: Any,
+        tokenizer: Tokenizer,
+        features: torch.Tensor,
+        mels: torch.Tensor,
+        rows: list[tuple[int, list[dict[str, Any]], int, float]],
+    ) -> None:
+        """Word timings into each row's segments: (row, segments, frames, start offset)."""
+        for row, segments, frames, offset in rows:
+            add_word_timestamps(
+                segments=segments,
+                model=model,
+                tokenizer=tokenizer,
+                mel=mels[row],
+                num_frames=frames,
+                last_speech_timestamp=offset,
+            )
+
+
+def half(model: whisper.Whisper) -> None:
+    """fp16 weights, fp32 LayerNorms."""
+    model.half()
+    for module in model.modules():
+        if isinstance(module, torch.nn.LayerNorm):
+            module.float()
