@@ -324,7 +324,7 @@ class WorkerSettings(StorageSettings, ModelSettings, AudioSettings, WebhookSetti
     #: Jobs a worker runs at once; their chunks share the batches.
     worker_concurrent_jobs: int = Field(default=4, ge=1, le=64)
     #: Chunks (30 s of audio at most) encoded and decoded together. 0: the measured default for
-    #: the device (bench/engine.py, bench/gpu.sh): 8 on CPU, 16 on CUDA.
+    #: the device (bench/engine.py, bench/gpu.sh): 16 on CUDA and for faster-whisper, else 8.
     worker_batch_size: int = Field(default=0, ge=0, le=256)
     worker_heartbeat_seconds: float = Field(default=5.0, gt=0)
     worker_block_ms: int = Field(default=1000, ge=10)
@@ -348,7 +348,9 @@ class WorkerSettings(StorageSettings, ModelSettings, AudioSettings, WebhookSetti
     def batch_size(self, device: str) -> int:
         if self.worker_batch_size:
             return self.worker_batch_size
-        return 16 if device == "cuda" else 8
+        if device == "cuda" or self.whisper_engine == "faster-whisper":
+            return 16  # CTranslate2 on the CPU: no slower than 8 for one job, fuller batches for many
+        return 8
 
 
 class CatalogSettings(RedisSettings, ModelSettings):
