@@ -91,3 +91,29 @@ def test_openai_s_model_name_means_the_default_model():
 
     assert audio.options.model == "tiny"
     assert audio.response_format == "text"
+
+
+@pytest.mark.parametrize(
+    ("engine", "device", "batch"),
+    [("openai-whisper", "cpu", 8), ("openai-whisper", "cuda", 16), ("faster-whisper", "cpu", 16)],
+)
+def test_the_batch_defaults_to_what_was_measured_per_engine_and_device(monkeypatch, engine, device, batch):
+    from shared.settings import WorkerSettings
+
+    monkeypatch.setenv("WHISPER_ENGINE", engine)
+    monkeypatch.delenv("WORKER_BATCH_SIZE", raising=False)
+    assert WorkerSettings().batch_size(device) == batch
+    monkeypatch.setenv("WORKER_BATCH_SIZE", "3")
+    assert WorkerSettings().batch_size(device) == 3
+
+
+def test_an_unknown_engine_or_compute_type_stops_start_up(monkeypatch):
+    from shared.settings import WorkerSettings
+
+    monkeypatch.setenv("WHISPER_ENGINE", "whisper.cpp")
+    with pytest.raises(pydantic.ValidationError, match="whisper_engine"):
+        WorkerSettings()
+    monkeypatch.setenv("WHISPER_ENGINE", "faster-whisper")
+    monkeypatch.setenv("WHISPER_COMPUTE_TYPE", "int4")
+    with pytest.raises(pydantic.ValidationError, match="whisper_compute_type"):
+        WorkerSettings()
