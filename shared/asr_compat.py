@@ -26,14 +26,14 @@ from typing import Any
 import redis
 from werkzeug.datastructures import MultiDict
 
-from shared import credentials, job_service, openai_compat, parsing, usage
+from shared import credentials, fairuse, job_service, openai_compat, parsing, usage
+from shared.clients import Clients
 from shared.credentials import ApiKey
 from shared.errors import UnauthorizedError, UnsupportedMediaError, ValidationError
 from shared.formats import render
 from shared.languages import LANGUAGES
 from shared.models import JobOptions, ResultFormat, TranscriptResult
 from shared.settings import JobsSettings, ModelSettings
-from shared.storage import BlobStore
 from shared.uploads import Upload
 
 #: The multipart field both routes read the audio from.
@@ -130,23 +130,21 @@ def parse_detect(args: MultiDict[str, str], settings: ModelSettings) -> AsrReque
 
 
 def transcribe(
-    r: redis.Redis,
-    store: BlobStore,
-    settings: JobsSettings,
-    key_id: str,
+    c: Clients,
+    key: ApiKey,
     upload: Upload,
     request: AsrRequest,
     *,
     first_seconds: int | None = None,
 ) -> TranscriptResult:
-    """Run ``request`` as a job on ``upload`` and wait for its result (as ``/v1`` waits)."""
+    """Run ``request`` as a job on ``upload`` and wait for its result (as ``/v1`` waits), under
+    the key's fair use (pending jobs, daily audio)."""
+    limits = fairuse.limits(c.settings, key.limits)
     with tempfile.TemporaryDirectory(prefix="whisper-asr-") as workdir:
         ready = prepare(upload, request, workdir, first_seconds)
-        job = job_service.create_job(
-            r, store, key_id, request.options, ready, max_seconds=settings.max_audio_seconds
-        )
-    done = openai_compat.wait_for(r, job.id, settings.openai_wait_seconds)
-    return job_service.stored_result(store, done)
+        job = job_service.create_job(c, job_service.NewJob(key.id, request.options, ready, limits=limits))
+    done = openai_compat.wait_for(c.redis, job.id, c.settings.openai_wait_seconds)
+    return job_service.stored_result(c.store, done)
 
 
 def prepare(upload: Upload, request: AsrRequest, workdir: str, first_seconds: int | None = None) -> Upload:

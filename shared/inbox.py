@@ -179,17 +179,8 @@ def _make_job(clients: Clients, owner: str, object_key: str, size: int | None) -
         )
         key = credentials.find_key(r, owner)
         limits = fairuse.limits(settings, key.limits if key else None)
-        return job_service.create_job(
-            r,
-            clients.store,
-            owner,
-            options,
-            upload,
-            webhook_url,
-            job_id,
-            limits=limits,
-            max_seconds=settings.max_audio_seconds,
-        )
+        new = job_service.NewJob(owner, options, upload, webhook_url, limits)
+        return job_service.create_job(clients, new, job_id=job_id)
 
 
 def _upload_settings(

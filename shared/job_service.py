@@ -11,6 +11,7 @@ import redis
 
 from shared import fairuse, idempotency, jobstore, logs, queue, retention, subtitles
 from shared.audio import probe_duration
+from shared.clients import Clients
 from shared.errors import ConflictError, GoneError, PayloadTooLargeError, ValidationError
 from shared.formats import SUBTITLE_FORMATS, render
 from shared.models import Job, JobOptions, JobStatus, TranscriptResult, WebhookState, parse_format
@@ -21,26 +22,29 @@ from shared.uploads import Upload
 log = logging.getLogger("whisper_api.jobs")
 
 
+@dataclass(frozen=True)
+class NewJob:
+    """What a request asks for: whose job, which options, which audio, announced where."""
+
+    key_id: str
+    options: JobOptions
+    upload: Upload
+    #: Already checked by the outbound guard; receives the final state.
+    webhook_url: str | None = None
+    #: The key's fair use: the job is refused with 429 past its pending jobs or its day's audio.
+    limits: fairuse.Limits | None = None
+
+
 def create_job(
-    r: redis.Redis,
-    store: BlobStore,
-    key_id: str,
-    options: JobOptions,
-    upload: Upload,
-    webhook_url: str | None = None,
-    job_id: str | None = None,
-    guard: jobstore.Guard | None = None,
-    limits: fairuse.Limits | None = None,
-    *,
-    max_seconds: float,
+    c: Clients, new: NewJob, *, job_id: str | None = None, guard: jobstore.Guard | None = None
 ) -> Job:
     """Probe the upload, store it, record and queue the job. Nothing is left half-created.
 
-    ``webhook_url`` (already checked) receives the final state; ``job_id`` is given when the
-    id was handed out before the audio arrived (presigned uploads). A recording longer than
-    ``max_seconds`` (MAX_AUDIO_SECONDS) is refused with 413 before anything is stored;
-    ``limits`` (the key's fair use) refuse the job with 429 past its pending jobs or its day's
-    audio."""
+    ``job_id`` is given when the id was handed out before the audio arrived (presigned uploads);
+    ``guard`` fences an Idempotency-Key's lease. A recording longer than MAX_AUDIO_SECONDS is
+    refused with 413 before anything is stored."""
+    r, store, max_seconds = c.redis, c.store, c.settings.max_audio_seconds
+    key_id, options, upload, limits = new.key_id, new.options, new.upload, new.limits
     duration = probe_duration(upload.path)
     if duration > max_seconds:
         raise PayloadTooLargeError(
@@ -62,7 +66,7 @@ def create_job(
         bytes=upload.size,
         audio_key=audio_key(key_id, job_id),
         duration=round(duration, 3),
-        webhook=WebhookState(url=webhook_url) if webhook_url else None,
+        webhook=WebhookState(url=new.webhook_url) if new.webhook_url else None,
         request_id=logs.request_id.get(),
     )
     with open(upload.path, "rb") as fileobj:
@@ -76,42 +80,19 @@ def create_job(
     return job
 
 
-def submit(
-    r: redis.Redis,
-    store: BlobStore,
-    key_id: str,
-    options: JobOptions,
-    upload: Upload,
-    idempotency_key: str | None,
-    webhook_url: str | None = None,
-    limits: fairuse.Limits | None = None,
-    *,
-    max_seconds: float,
-) -> tuple[Job, bool]:
+def submit(c: Clients, new: NewJob, idempotency_key: str | None) -> tuple[Job, bool]:
     """Create a job, honouring an ``Idempotency-Key``: (job, True) when an identical earlier
     request already created it."""
     if idempotency_key is None:
-        return create_job(
-            r, store, key_id, options, upload, webhook_url, limits=limits, max_seconds=max_seconds
-        ), False
-    request_fingerprint = idempotency.fingerprint(options, upload.path, webhook_url)
+        return create_job(c, new), False
+    r, key_id = c.redis, new.key_id
+    request_fingerprint = idempotency.fingerprint(new.options, new.upload.path, new.webhook_url)
     claimed = idempotency.claim(r, key_id, idempotency.check_key(idempotency_key), request_fingerprint)
     if claimed.existing_job_id is not None:
         return jobstore.get_owned(r, key_id, claimed.existing_job_id), True
     job_id = jobstore.new_job_id()
     try:
-        return create_job(
-            r,
-            store,
-            key_id,
-            options,
-            upload,
-            webhook_url,
-            job_id,
-            claimed.guard(job_id),
-            limits,
-            max_seconds=max_seconds,
-        ), False
+        return create_job(c, new, job_id=job_id, guard=claimed.guard(job_id)), False
     except ConflictError:
         # Our lease ran out and an identical retry stored its job first: that job is the answer.
         winner = idempotency.lookup(r, claimed.redis_key)

@@ -44,9 +44,7 @@ from shared.errors import ValidationError
 from shared.http import guarded, json_response, query_args, to_response
 from shared.logs import configure_logging
 from shared.models import JobOptions, Task, TranscriptResult
-from shared.redis_client import connect
 from shared.settings import JobsSettings, jobs_settings
-from shared.storage import BlobStore
 from shared.uploads import Upload, audio_file, receive
 
 # Building settings fails start-up on a bad JWT_SECRET.
@@ -116,17 +114,8 @@ def _submit(
 ) -> Response:
     """Create the job (or replay it, for a repeated Idempotency-Key) and answer 202."""
     c = jobs_clients()
-    job, replayed = job_service.submit(
-        c.redis,
-        c.store,
-        key.id,
-        options,
-        upload,
-        request.headers.get("Idempotency-Key"),
-        webhook_url,
-        fairuse.limits(c.settings, key.limits),
-        max_seconds=c.settings.max_audio_seconds,
-    )
+    new = job_service.NewJob(key.id, options, upload, webhook_url, fairuse.limits(c.settings, key.limits))
+    job, replayed = job_service.submit(c, new, request.headers.get("Idempotency-Key"))
     headers = {"Location": f"/transcribe/{job.id}"}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
@@ -203,8 +192,8 @@ def get_result(request: Request, job_id: str) -> Response:
 def job_events(request: Request, job_id: str) -> Response:
     """Server-Sent Events of one job: replayed, then live, until it ends (``shared.events``)."""
     key = _caller(request)
-    settings = jobs_settings()
-    r = connect(settings)
+    c = jobs_clients()
+    settings, r = c.settings, c.redis
     job = job_service.get_job(r, key.id, job_id)
     last_event_id = events.check_event_id(request.headers.get("Last-Event-ID"))
     # A blocked read must return well inside the Redis client's socket timeout.
@@ -261,8 +250,8 @@ def get_page_asset(request: Request, name: str) -> Response:
 
 def get_audio(request: Request, job_id: str) -> Response:
     key = _caller(request)
-    settings = jobs_settings()
-    chunks, size, content_type = job_service.audio(connect(settings), BlobStore(settings), key.id, job_id)
+    c = jobs_clients()
+    chunks, size, content_type = job_service.audio(c.redis, c.store, key.id, job_id)
     return Response(chunks, content_type=content_type, headers={"Content-Length": str(size)})
 
 
@@ -304,9 +293,7 @@ def _openai_audio(request: Request, task: Task) -> Response:
         with receive(request, settings.max_upload_bytes, file_field="file") as form:
             audio = openai_compat.parse_request(form.fields, task, settings)
             upload = audio_file(form, "file", settings.max_upload_bytes)
-            job = job_service.create_job(
-                r, store, key.id, audio.options, upload, limits=limits, max_seconds=settings.max_audio_seconds
-            )
+            job = job_service.create_job(c, job_service.NewJob(key.id, audio.options, upload, limits=limits))
         done = openai_compat.wait_for(r, job.id, settings.openai_wait_seconds)
     body, content_type = openai_compat.result_body(store, done, audio)
     return Response(body, content_type=content_type)
@@ -333,14 +320,19 @@ def _asr_job(
     params: tuple[str, ...],
     first_seconds: int | None = None,
 ) -> tuple[asr_compat.AsrRequest, TranscriptResult, str | None]:
-    settings = jobs_settings()
-    r, store = connect(settings), BlobStore(settings)
-    key = asr_compat.authenticate(settings, r, request.headers.get("Authorization"))
+    c = jobs_clients()
+    settings = c.settings
+    key = asr_compat.authenticate(settings, c.redis, request.headers.get("Authorization"))
     access.note_key(request, key.id)
     asked = parse(query_args(request, *params), settings)
-    with receive(request, settings.max_upload_bytes, file_field=asr_compat.FILE_FIELD) as form:
+    # Synchronous like /v1: the key's concurrent waits are capped before the upload is read.
+    limits = fairuse.limits(settings, key.limits)
+    with (
+        fairuse.sync_wait(c.redis, key.id, limits, settings.openai_wait_seconds),
+        receive(request, settings.max_upload_bytes, file_field=asr_compat.FILE_FIELD) as form,
+    ):
         upload = audio_file(form, asr_compat.FILE_FIELD, settings.max_upload_bytes)
-        result = asr_compat.transcribe(r, store, settings, key.id, upload, asked, first_seconds=first_seconds)
+        result = asr_compat.transcribe(c, key, upload, asked, first_seconds=first_seconds)
     return asked, result, upload.filename
 
 

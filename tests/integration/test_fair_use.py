@@ -178,3 +178,26 @@ def test_the_daily_audio_quota_is_enforced_and_shown_in_usage(env, jobs_client, 
     assert limits["audio_seconds_today"] == pytest.approx(2.0, abs=0.05)
     assert limits["audio_seconds_left"] == pytest.approx(1.0, abs=0.05)
     assert limits["resets_at"] % 86400 == 0 and 0 < limits["resets_at"] - time.time() <= 86400
+
+
+def test_the_asr_routes_keep_the_key_s_fair_use_too(env, jobs_client, api_key, make_wav, r):
+    # /asr and /detect-language are synchronous job routes like /v1: the same caps apply.
+    env(MAX_SYNC_WAITS_PER_KEY="1", MAX_PENDING_JOBS_PER_KEY="1", OPENAI_WAIT_SECONDS="2")
+    key_id, plaintext = api_key("bazarr")
+    headers = {"Authorization": f"Bearer {plaintext}"}
+
+    def asr(path: str):
+        data = {"audio_file": (io.BytesIO(make_wav(1.0)), "a.wav")}
+        return jobs_client.post(path, data=data, headers=headers, content_type="multipart/form-data")
+
+    with fairuse.sync_wait(r, key_id, fairuse.limits(jobs_settings()), 60):  # one call waits
+        waits = [asr("/asr"), asr("/detect-language")]
+    token = credentials.issue_token(jobs_settings(), credentials.verify_key(r, plaintext)).token
+    queued = _upload(jobs_client, {"Authorization": f"Bearer {token}"}, make_wav)  # the pending cap
+    pending = asr("/asr")
+
+    for refused in waits:
+        _assert_refused(refused, "sync-waits", 1, None)
+    assert queued.status_code == 202
+    _assert_refused(pending, "pending-jobs", 1, None)
+    assert [j.id for j in jobstore.list_owned(r, key_id, 10, None)] == [queued.get_json()["id"]]

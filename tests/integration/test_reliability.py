@@ -265,6 +265,7 @@ def test_a_request_that_dies_mid_way_leaves_only_a_short_lease(jobs_client, bear
 
 def test_a_lease_taken_over_meanwhile_stores_no_second_job(r, store, make_wav, tmp_path):
     from shared import idempotency, job_service
+    from shared.clients import jobs_clients
     from shared.models import JobOptions
     from shared.uploads import Upload
 
@@ -275,15 +276,12 @@ def test_a_lease_taken_over_meanwhile_stores_no_second_job(r, store, make_wav, t
     fp = idempotency.fingerprint(options, str(wav))
     slow = idempotency.claim(r, "k1", "same", fp)
     r.delete(slow.redis_key)  # the slow request's lease ran out...
-    fast_job, replayed = job_service.submit(
-        r, store, "k1", options, upload, "same", max_seconds=28800
-    )  # ...a retry won
+    new = job_service.NewJob("k1", options, upload)
+    fast_job, replayed = job_service.submit(jobs_clients(), new, "same")  # ...a retry won
     assert not replayed
 
     with pytest.raises(Exception) as lost:
-        job_service.create_job(
-            r, store, "k1", options, upload, None, "slowjob0001", slow.guard("slowjob0001"), max_seconds=28800
-        )
+        job_service.create_job(jobs_clients(), new, job_id="slowjob0001", guard=slow.guard("slowjob0001"))
 
     assert lost.value.__class__.__name__ == "ConflictError"
     assert jobstore.load(r, "slowjob0001") is None
