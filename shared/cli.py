@@ -109,8 +109,15 @@ def _models(args: argparse.Namespace) -> int:
         return _models_list()
     if args.action == "convert":
         return _models_convert(args)
-    from devtools.demo_model import build_checkpoint
-
+    try:
+        from devtools.demo_model import build_checkpoint
+    except ImportError:  # the images carry the runtime only
+        print(
+            "whisper-api: the demo checkpoint comes with the development tools (devtools/); "
+            "run this from a source checkout and copy the file into WHISPER_MODEL_DIR",
+            file=sys.stderr,
+        )
+        return 2
     build_checkpoint(args.path)
     print(f"Wrote the demo checkpoint to {args.path}")
     return 0

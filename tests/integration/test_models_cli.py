@@ -232,3 +232,20 @@ def test_convert_names_a_missing_checkpoint_and_a_cache_it_cannot_write(own_mode
     assert unwritable.stderr.startswith(
         f"whisper-api: cannot write the CTranslate2 cache in {own_model_dir}: "
     )
+
+
+def test_demo_says_where_it_lives_when_the_dev_tools_are_absent(tmp_path):
+    # The images carry the runtime only: `models demo` there explains instead of crashing.
+    code = (
+        "import sys; sys.modules['devtools.demo_model'] = None; from shared.cli import main; "
+        f"sys.exit(main(['models', 'demo', '{tmp_path / 'demo.pt'}']))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=budget.seconds(60)
+    )
+
+    assert done.returncode == 2 and not (tmp_path / "demo.pt").exists()
+    assert done.stderr == (
+        "whisper-api: the demo checkpoint comes with the development tools (devtools/); "
+        "run this from a source checkout and copy the file into WHISPER_MODEL_DIR\n"
+    )
