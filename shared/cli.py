@@ -123,19 +123,28 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _models_pull(args: argparse.Namespace) -> int:
-    from shared import model_pull
+def _model_dir(args: argparse.Namespace) -> Path | None:
+    """``--dir`` or WHISPER_MODEL_DIR; None (and why, on stderr) when neither is set."""
     from shared.settings import catalog_settings
 
     model_dir = args.dir or catalog_settings().whisper_model_dir
     if model_dir is None:
-        print("whisper-api: set WHISPER_MODEL_DIR (or pass --dir) to say where models go", file=sys.stderr)
+        print("whisper-api: set WHISPER_MODEL_DIR (or pass --dir) to say where models are", file=sys.stderr)
+        return None
+    return Path(model_dir)
+
+
+def _models_pull(args: argparse.Namespace) -> int:
+    from shared import model_pull
+
+    model_dir = _model_dir(args)
+    if model_dir is None:
         return 2
     if args.url and len(args.names) != 1:
         print("whisper-api: --url fetches one model; name just one", file=sys.stderr)
         return 2
     for name in args.names:
-        model_pull.pull(name, Path(model_dir), model_pull.source_url(name, args.url, args.mirror))
+        model_pull.pull(name, model_dir, model_pull.source_url(name, args.url, args.mirror))
     return 0
 
 
@@ -143,13 +152,10 @@ def _models_convert(args: argparse.Namespace) -> int:
     import time
 
     from shared.engine.convert import converted_path, ensure_converted, is_converted
-    from shared.settings import catalog_settings
 
-    model_dir = args.dir or catalog_settings().whisper_model_dir
+    model_dir = _model_dir(args)
     if model_dir is None:
-        print("whisper-api: set WHISPER_MODEL_DIR (or pass --dir) to say where models are", file=sys.stderr)
         return 2
-    model_dir = Path(model_dir)
     for name in args.names:
         checkpoint = model_dir / f"{name}.pt"
         if not checkpoint.is_file():
@@ -159,8 +165,9 @@ def _models_convert(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 1
-        if is_converted(converted_path(model_dir, name, checkpoint)):
-            print(f"{name}: already converted ({converted_path(model_dir, name, checkpoint)})")
+        target = converted_path(model_dir, name, checkpoint)
+        if is_converted(target):
+            print(f"{name}: already converted ({target})")
             continue
         started = time.monotonic()
 

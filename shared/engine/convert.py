@@ -78,7 +78,9 @@ def ensure_converted(
             n_ctx = _convert(checkpoint, staging, progress)
             marker = {"checkpoint": checkpoint.name, "format": FORMAT_VERSION, "text_context": n_ctx}
             (staging / _DONE).write_text(json.dumps(marker) + "\n")
-            os.replace(staging, target) if not target.exists() else _swap(staging, target)
+            if target.exists():  # unfinished (a crash before the marker): replaced
+                shutil.rmtree(target)
+            os.replace(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -88,12 +90,6 @@ def ensure_converted(
         progress(f"converted to {target}")
         log.info("converted %s to CTranslate2 at %s", checkpoint, target)
         return target
-
-
-def _swap(staging: Path, target: Path) -> None:
-    """``target`` exists but is unfinished (a crash mid-way, before the marker): replace it."""
-    shutil.rmtree(target)
-    os.replace(staging, target)
 
 
 @contextlib.contextmanager

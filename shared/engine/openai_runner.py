@@ -42,9 +42,11 @@ class OpenAIRunner:
         return model
 
     def forget(self, model: Any) -> None:
-        """Drop what this runner keeps for an unloaded model (its decoders hold the weights)."""
-        for key in [k for k in self._decoders if k[0] == id(model)]:
-            del self._decoders[key]
+        """Drop what this runner keeps for an unloaded model (its decoders hold the weights).
+        Called from the heartbeat thread while the batcher may add a decoder: a snapshot of the
+        keys, never the live dict, is iterated."""
+        for key in [k for k in list(self._decoders) if k[0] == id(model)]:
+            self._decoders.pop(key, None)
         if self.device == "cuda":
             torch.cuda.empty_cache()
 

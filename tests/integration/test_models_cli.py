@@ -249,3 +249,14 @@ def test_demo_says_where_it_lives_when_the_dev_tools_are_absent(tmp_path):
         "whisper-api: the demo checkpoint comes with the development tools (devtools/); "
         "run this from a source checkout and copy the file into WHISPER_MODEL_DIR\n"
     )
+
+
+def test_an_unfinished_conversion_left_by_a_crash_is_replaced(own_model_dir):
+    from shared.engine.convert import converted_path, ensure_converted, is_converted
+
+    target = converted_path(own_model_dir, "demo", own_model_dir / "demo.pt")
+    target.mkdir(parents=True)
+    (target / "model.bin").write_bytes(b"half a model")  # the marker was never written
+
+    assert ensure_converted(own_model_dir, "demo", own_model_dir / "demo.pt") == target
+    assert is_converted(target) and (target / "model.bin").stat().st_size > len(b"half a model")
