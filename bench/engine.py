@@ -10,13 +10,20 @@ every contender; the token counts are printed to show it. Contenders:
 
   (a) openai-whisper ``transcribe()`` (sequential, batch 1; ``condition_on_previous_text=False``
       so every window decodes the same script)
-  (b) this engine, batch 1          (c) this engine, batched (--batch)
-  (d) N concurrent 30-second jobs through one engine vs the same jobs one at a time
+  (b) this engine, batch 1          (c) this engine, batched (--batch, default the worker's)
+  (j) this engine with bfloat16 weights, batched (CPUs with bfloat16 instructions, e.g. AMX)
+  (d) N concurrent 30-second jobs through one engine vs the same jobs one at a time, for (c),
+      (j) and (g)
   (f)-(i) the faster-whisper engine (CTranslate2, the same checkpoints converted): int8 and
       float32, batch 1 and batched, and (d) for int8 (--engines leaves it out)
   (e) peak RSS of a worker process on a 1-minute and a long recording (--rss-hours)
 
 Prints x-real-time (audio seconds per wall second, median of --runs) and the ratios.
+
+Every contender computes on a thread of its own, and no other thread that has run torch's
+kernels is alive meanwhile (engines' batchers are stopped between runs): a process with more
+OpenMP thread teams than cores runs every small kernel several times slower
+(``shared.engine.models.in_own_thread``), which would handicap whoever runs second.
 """
 
 from __future__ import annotations
@@ -31,11 +38,14 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from devtools.audio import speech_mp3
 from devtools.demo_model import build_checkpoint, build_sized_checkpoint
+
+T = TypeVar("T")
 
 #: What every generated checkpoint says in each 30-second window: about 100 tokens, like speech.
 SCRIPT: tuple[tuple[float, float, str], ...] = (
@@ -52,6 +62,7 @@ SCRIPT: tuple[tuple[float, float, str], ...] = (
 
 
 def _engine(model_dir: Path, batch: int, engine: str = "openai-whisper", compute: str = "auto") -> object:
+    """An engine as a CPU worker builds it; ``batch`` 0: the worker's default batch for it."""
     import torch
 
     from shared.engine.models import ModelCache
@@ -66,7 +77,7 @@ def _engine(model_dir: Path, batch: int, engine: str = "openai-whisper", compute
         whisper_compute_type=compute,  # type: ignore[arg-type]
         whisper_cpu_threads=torch.get_num_threads(),
     )
-    return Engine(ModelCache(settings), batch)
+    return Engine(ModelCache(settings), batch or settings.batch_size("cpu"))
 
 
 def _run_engine(engine: object, path: Path, size: str) -> int:
@@ -83,47 +94,78 @@ def _run_whisper(model: object, path: Path) -> int:
     return sum(len(s["tokens"]) for s in out["segments"])
 
 
-def _timed(call: Callable[[], int]) -> tuple[float, int]:
+def solo(call: Callable[[], T]) -> T:
+    """``call()`` on its own thread, the only one computing (see the module's docstring)."""
+    from shared.engine.models import in_own_thread
+
+    return in_own_thread(call)
+
+
+def _timed(call: Callable[[], int], engine: object | None, size: str, warm: Path) -> tuple[float, int]:
+    """Seconds and tokens of ``call()``. Before the clock starts an engine loads its model and
+    transcribes ``warm`` (first-call costs: packed weights, allocator, VAD session); after the
+    call its batcher stops and its model is unloaded: a loaded CTranslate2 model keeps a thread
+    (and its OpenMP team) that would slow whoever runs next."""
+    if engine is not None:
+        solo(lambda: _run_engine(engine, warm, size))
     started = time.perf_counter()
-    tokens = call()
-    return time.perf_counter() - started, tokens
+    tokens = solo(call)
+    elapsed = time.perf_counter() - started
+    if engine is not None:
+        _park(engine)
+    return elapsed, tokens
+
+
+def _park(engine: object) -> None:
+    engine.batcher.shutdown()  # type: ignore[attr-defined]
+    engine.models.unload_idle(0)  # type: ignore[attr-defined]
 
 
 def speed(sizes: list[str], seconds: int, runs: int, batch: int, jobs: int, work: Path, ct2: int) -> None:
     """``ct2``: faster-whisper's batch (0 leaves its rows out)."""
+    import torch
     import whisper
 
     audio = work / "speech.mp3"
     speech_mp3(seconds, audio)
     short = work / "short.mp3"
     speech_mp3(30, short)
+    bf16 = torch.cpu._is_avx512_bf16_supported()
+    if not bf16:
+        print("this CPU has no bfloat16 instructions: the bfloat16 rows are left out")
     for size in sizes:
         model_dir = work / size
         model_dir.mkdir()
-        build_sized_checkpoint(model_dir / f"{size}.pt", size, SCRIPT)
-        model = whisper.load_model(str(model_dir / f"{size}.pt"), device="cpu")
-        one, many = _engine(model_dir, 1), _engine(model_dir, batch)
-        contenders: dict[str, Callable[[], int]] = {
-            "(a) openai-whisper transcribe()": lambda model=model: _run_whisper(model, audio),
-            "(b) engine, batch 1": lambda e=one, s=size: _run_engine(e, audio, s),
-            f"(c) engine, batch {batch}": lambda e=many, s=size: _run_engine(e, audio, s),
+        solo(lambda d=model_dir, s=size: build_sized_checkpoint(d / f"{s}.pt", s, SCRIPT))
+        model = solo(lambda d=model_dir, s=size: whisper.load_model(str(d / f"{s}.pt"), device="cpu"))
+        batched = _engine(model_dir, batch)
+        engines: dict[str, object | None] = {
+            "(a) openai-whisper transcribe()": None,
+            "(b) engine, batch 1": _engine(model_dir, 1),
+            f"(c) engine, batch {batched.batcher.batch_size}": batched,  # type: ignore[attr-defined]
         }
-        engines = [one, many]
+        if bf16:
+            low = _engine(model_dir, batch, compute="bfloat16")
+            engines[f"(j) engine bfloat16, batch {low.batcher.batch_size}"] = low  # type: ignore[attr-defined]
         if ct2:
             for compute, (small, big) in (("int8", "fg"), ("float32", "hi")):
                 for letter, n in ((small, 1), (big, ct2)):
-                    fast = _engine(model_dir, n, "faster-whisper", compute)
-                    engines.append(fast)
-                    contenders[f"({letter}) faster-whisper {compute}, batch {n}"] = lambda e=fast, s=size: (
-                        _run_engine(e, audio, s)
-                    )
-        for engine in engines:  # warm-up: model load (and conversion), VAD session, allocator
-            _run_engine(engine, short, size)
-        times: dict[str, list[float]] = {name: [] for name in contenders}
+                    name = f"({letter}) faster-whisper {compute}, batch {n}"
+                    engines[name] = _engine(model_dir, n, "faster-whisper", compute)
+        calls = {
+            name: (lambda m=model: _run_whisper(m, audio))
+            if engine is None
+            else (lambda e=engine, s=size: _run_engine(e, audio, s))
+            for name, engine in engines.items()
+        }
+        for engine in engines.values():  # the first load converts the faster-whisper checkpoints
+            if engine is not None:
+                _timed(lambda: 0, engine, size, short)
+        times: dict[str, list[float]] = {name: [] for name in engines}
         tokens: dict[str, int] = {}
         for _ in range(runs):
-            for name, call in contenders.items():
-                elapsed, tokens[name] = _timed(call)
+            for name, engine in engines.items():
+                elapsed, tokens[name] = _timed(calls[name], engine, size, short)
                 times[name].append(elapsed)
         base = statistics.median(times["(a) openai-whisper transcribe()"])
         print(f"\n== {size} dimensions: {seconds} s of speech, median of {runs} run(s)")
@@ -131,15 +173,16 @@ def speed(sizes: list[str], seconds: int, runs: int, batch: int, jobs: int, work
         for name, values in times.items():
             t = statistics.median(values)
             print(f"{name:36} {tokens[name]:>7} {t:>8.2f} {seconds / t:>12.1f} {base / t:>6.2f}x")
-        concurrency(many, short, size, jobs, "(d)")
-        if ct2:
-            concurrency(engines[3], short, size, jobs, "(d) faster-whisper int8:")
+        for name, engine in engines.items():  # (d) for each batched engine: (c), (j), (g)
+            if name[1] in "cjg" and engine is not None:
+                concurrency(engine, short, size, jobs, f"(d) {name[4:]}:")
 
 
 def concurrency(engine: object, audio: Path, size: str, jobs: int, label: str) -> None:
+    """``jobs`` 30-second jobs one at a time, then all at once (one batcher feeds them together)."""
+    solo(lambda: _run_engine(engine, audio, size))  # load and warm up, untimed
     started = time.perf_counter()
-    for _ in range(jobs):
-        _run_engine(engine, audio, size)
+    solo(lambda: [_run_engine(engine, audio, size) for _ in range(jobs)])
     serial = time.perf_counter() - started
     threads = [threading.Thread(target=_run_engine, args=(engine, audio, size)) for _ in range(jobs)]
     started = time.perf_counter()
@@ -148,6 +191,7 @@ def concurrency(engine: object, audio: Path, size: str, jobs: int, label: str) -
     for t in threads:
         t.join()
     together = time.perf_counter() - started
+    _park(engine)
     print(
         f"{label} {jobs} x 30 s jobs: one at a time {60 * jobs / serial:.1f} jobs/min, "
         f"together {60 * jobs / together:.1f} jobs/min: {serial / together:.2f}x"
@@ -191,7 +235,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="tiny,base")
     parser.add_argument("--seconds", type=int, default=300)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=0, help="(c) and (j); 0: the worker's default for each")
     parser.add_argument("--ct2-batch", type=int, default=16, help="faster-whisper's batch (its default)")
     parser.add_argument("--jobs", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch and CTranslate2)")

@@ -41,7 +41,7 @@ def main() -> None:
     from bench.engine import SCRIPT
     from devtools.demo_model import build_sized_checkpoint
     from shared.engine.decoder import LeanDecoder, encode
-    from shared.engine.openai_runner import half
+    from shared.engine.openai_runner import cast
 
     assert torch.cuda.is_available(), "needs a CUDA device"
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}, {args.windows} windows of 30 s")
@@ -63,7 +63,7 @@ def main() -> None:
             rows.append(
                 f"  whisper transcribe() fp16      {tokens:6d} tokens {seconds / base:8.1f}x RT   1.00x"
             )
-            half(model)
+            cast(model)
             tokenizer = whisper.tokenizer.get_tokenizer(
                 True, num_languages=model.num_languages, language="en"
             )

@@ -302,7 +302,9 @@ class WorkerSettings(StorageSettings, ModelSettings, AudioSettings, WebhookSetti
     #: same checkpoints, converted on first use into WHISPER_MODEL_DIR/ctranslate2).
     whisper_engine: Literal["openai-whisper", "faster-whisper"] = "openai-whisper"
     whisper_device: Literal["auto", "cpu", "cuda"] = "auto"
-    #: faster-whisper only: CTranslate2's compute type (auto: int8 on the CPU, float16 on CUDA).
+    #: The weights' type. openai-whisper: auto (float16 on CUDA, float32 on the CPU), float32,
+    #: float16 (CUDA), bfloat16 (the fast one on CPUs with AMX). faster-whisper: CTranslate2's
+    #: types (auto: int8 on the CPU, float16 on CUDA).
     whisper_compute_type: Literal[
         "auto",
         "int8",
@@ -324,7 +326,8 @@ class WorkerSettings(StorageSettings, ModelSettings, AudioSettings, WebhookSetti
     #: Jobs a worker runs at once; their chunks share the batches.
     worker_concurrent_jobs: int = Field(default=4, ge=1, le=64)
     #: Chunks (30 s of audio at most) encoded and decoded together. 0: the measured default for
-    #: the device (bench/engine.py, bench/gpu.sh): 16 on CUDA and for faster-whisper, else 8.
+    #: the device (bench/engine.py, bench/gpu.sh): 16 on CUDA, for faster-whisper and for
+    #: bfloat16; 8 for float32 on the CPU (its cross-attention cache is twice as big).
     worker_batch_size: int = Field(default=0, ge=0, le=256)
     worker_heartbeat_seconds: float = Field(default=5.0, gt=0)
     worker_block_ms: int = Field(default=1000, ge=10)
@@ -345,11 +348,22 @@ class WorkerSettings(StorageSettings, ModelSettings, AudioSettings, WebhookSetti
     def _split_preload(cls, value: object) -> object:
         return _names(value)
 
+    @model_validator(mode="after")
+    def _compute_type_of_the_engine(self) -> WorkerSettings:
+        openai_types = ("auto", "float32", "float16", "bfloat16")
+        if self.whisper_engine == "openai-whisper" and self.whisper_compute_type not in openai_types:
+            raise ValueError(
+                f"WHISPER_COMPUTE_TYPE={self.whisper_compute_type} is for faster-whisper; the "
+                f"openai-whisper engine takes {', '.join(openai_types)}"
+            )
+        return self
+
     def batch_size(self, device: str) -> int:
         if self.worker_batch_size:
             return self.worker_batch_size
-        if device == "cuda" or self.whisper_engine == "faster-whisper":
-            return 16  # CTranslate2 on the CPU: no slower than 8 for one job, fuller batches for many
+        wide = self.whisper_engine == "faster-whisper" or self.whisper_compute_type == "bfloat16"
+        if device == "cuda" or wide:
+            return 16  # on the CPU: 300 s in one batch of 11 chunks, not 8 + 3 (bench/README.md)
         return 8
 
 

@@ -51,7 +51,8 @@ class BatchKey:
     prompt: tuple[int, ...]
     word_timestamps: bool
     #: Only detect the language (a job's first chunk, when the job names none): the job then
-    #: submits its chunks, the first one too, with that language, so all of them can batch.
+    #: submits its chunks, the first one too, with that language, so all of them can batch; the
+    #: first chunk's encoder output is kept for that second visit.
     detect_only: bool = False
 
 
@@ -67,7 +68,12 @@ class _Request:
     key: BatchKey
     chunk: Chunk
     future: Future[ChunkResult]
+    feed: int
     submitted: float = field(default_factory=time.monotonic)
+
+    @property
+    def at(self) -> tuple[int, int]:
+        return self.feed, self.chunk.index
 
 
 @dataclass
@@ -106,7 +112,11 @@ class Batcher:
         self._turn = 0  # feed id after which the next round starts
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        #: Encoder outputs of chunks whose language was detected, by (feed, chunk index), until
+        #: the chunk comes back to be decoded (a job's first chunk: one encoder pass, not two).
+        self._encoded: dict[tuple[int, int], Any] = {}
         self.batches = 0  # batches run (progress, tests)
+        self.encoded_chunks = 0  # chunks the encoder ran on (tests)
 
     # ---- jobs' side -----------------------------------------------------------------------
     def open(self, batches_ahead: bool = True) -> Feed:
@@ -120,7 +130,7 @@ class Batcher:
 
     def submit(self, feed: Feed, key: BatchKey, chunk: Chunk) -> Future[ChunkResult]:
         """Queue a chunk; blocks while the feed already has a batch's worth waiting."""
-        request = _Request(key, chunk, Future())
+        request = _Request(key, chunk, Future(), feed.id)
         with self._cond:
             self._cond.wait_for(lambda: len(feed.waiting) < self.batch_size or feed.closed)
             if feed.closed:
@@ -143,6 +153,8 @@ class Batcher:
                 request.future.cancel()
             feed.waiting.clear()
             self._feeds.pop(feed.id, None)
+            for key in [k for k in self._encoded if k[0] == feed.id]:
+                del self._encoded[key]
             self._cond.notify_all()
 
     # ---- the batcher thread ----------------------------------------------------------------
@@ -227,9 +239,13 @@ class Batcher:
         runner = self.models.runner
         with runner.batch():
             mels = _mels([r.chunk for r in batch], runner.n_mels(model), runner.mel_device(model))
-            features = runner.encode(model, mels)
+            features = self._encode(model, batch, mels)
             languages = self._languages(model, key, features)
             if key.detect_only:
+                with self._cond:
+                    for i, request in enumerate(batch):
+                        if request.feed in self._feeds:
+                            self._encoded[request.at] = runner.rows(features, [i])
                 return [ChunkResult(language, [], []) for language in languages]
             results: list[ChunkResult | None] = [None] * len(batch)
             for language in sorted(set(languages)):
@@ -248,6 +264,19 @@ class Batcher:
                 if timed:
                     runner.add_words(model, tokenizer, features, mels, timed)
         return [r for r in results if r is not None]
+
+    def _encode(self, model: Any, batch: list[_Request], mels: torch.Tensor) -> Any:
+        """The batch's encoder output: kept rows from the language detection, the rest encoded."""
+        runner = self.models.runner
+        with self._cond:
+            kept = {i: self._encoded.pop(r.at) for i, r in enumerate(batch) if r.at in self._encoded}
+        todo = [i for i in range(len(batch)) if i not in kept]
+        self.encoded_chunks += len(todo)
+        if not kept:
+            return runner.encode(model, mels)
+        fresh = runner.encode(model, mels[todo]) if todo else None
+        parts = [kept[i] if i in kept else runner.rows(fresh, [todo.index(i)]) for i in range(len(batch))]
+        return runner.join(parts)
 
     def _languages(self, model: Any, key: BatchKey, features: Any) -> list[str]:
         n = len(features)

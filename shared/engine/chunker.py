@@ -7,7 +7,8 @@ ran below real time on a busy 2-core machine, so it was not an option for hours 
 
 Chunking follows faster-whisper's batched pipeline: speech regions are merged while the chunk
 spans at most 30 s (whisper's window), so each chunk is one encoder pass; a chunk closes early at
-a long silence, and a region that runs past 30 s is cut at its longest pause (or at 30 s).
+a long silence, and a region that runs past 30 s is cut in its latest pause of at least 0.1 s
+(or at 30 s).
 Chunks start on whisper's 20 ms grid, so chunk-relative timestamps map back exactly.
 """
 
@@ -165,9 +166,9 @@ class Chunker:
         fitting = [(a, b) for a, b in self._pauses if (a + b) // 2 <= limit and a > self._start]
         if not fitting:
             return _grid(limit)
-        # The latest pause that is nearly as long as the longest: full chunks, clean cuts.
-        longest = max(b - a for a, b in fitting)
-        a, b = [(a, b) for a, b in fitting if b - a >= longest / 2][-1]
+        # The latest pause that fits (silero's rule for over-long speech): the fuller the chunk,
+        # the fewer encoder passes the recording costs (each pass is a whole 30 s window).
+        a, b = fitting[-1]
         return _grid((a + b) // 2)
 
     def _emit(self, end: int) -> Chunk:

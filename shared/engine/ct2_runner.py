@@ -70,11 +70,26 @@ class CT2Model:
 
 @dataclass
 class _Features:
-    mels: np.ndarray  # (n, n_mels, 3000) float32: re-encoded for a subset of rows
-    encoded: Any  # ctranslate2.StorageView of the whole batch
+    """A batch's encoder output (CTranslate2 takes it in place of mels), as a StorageView and
+    as an array of rows to take subsets from (numpy on the CPU, torch on CUDA; no copy)."""
+
+    encoded: Any  # ctranslate2.StorageView (n, 1500, width)
+
+    @property
+    def array(self) -> Any:
+        if self.encoded.device == "cpu":
+            return np.asarray(self.encoded)
+        return torch.as_tensor(self.encoded, device="cuda")
 
     def __len__(self) -> int:
-        return len(self.mels)
+        return int(self.encoded.shape[0])
+
+
+def _view(array: Any) -> Any:
+    import ctranslate2
+
+    array = np.ascontiguousarray(array) if isinstance(array, np.ndarray) else array.contiguous()
+    return ctranslate2.StorageView.from_array(array)
 
 
 class CT2Runner:
@@ -129,20 +144,29 @@ class CT2Runner:
         import ctranslate2
 
         array = np.ascontiguousarray(mels.numpy(), dtype=np.float32)
-        encoded = model.whisper.encode(ctranslate2.StorageView.from_array(array), to_cpu=False)
-        return _Features(array, encoded)
+        return _Features(model.whisper.encode(ctranslate2.StorageView.from_array(array), to_cpu=False))
+
+    @staticmethod
+    def rows(features: _Features, rows: list[int]) -> _Features:
+        if rows == list(range(len(features))):
+            return features
+        return _Features(_view(features.array[rows]))  # indexing copies: the batch may go
+
+    @staticmethod
+    def join(parts: list[_Features]) -> _Features:
+        arrays = [p.array for p in parts]
+        if isinstance(arrays[0], np.ndarray):
+            return _Features(_view(np.concatenate(arrays)))
+        return _Features(_view(torch.cat(arrays)))
 
     @staticmethod
     def detect(model: CT2Model, features: _Features) -> list[str]:
         return [ranked[0][0][2:-2] for ranked in model.whisper.detect_language(features.encoded)]
 
-    @staticmethod
-    def _subset(features: _Features, rows: list[int]) -> Any:
-        import ctranslate2
-
-        if rows == list(range(len(features.mels))):
-            return features.encoded
-        return ctranslate2.StorageView.from_array(np.ascontiguousarray(features.mels[rows]))
+    def _subset(self, features: _Features, rows: list[int]) -> Any:
+        """The encoder output of ``rows`` (a fallback's or the word timings' rows): no second
+        encoder pass."""
+        return self.rows(features, rows).encoded
 
     def decode(
         self,

@@ -19,25 +19,49 @@ from whisper.decoding import detect_language
 from whisper.timing import add_word_timestamps
 from whisper.tokenizer import Tokenizer, get_tokenizer
 
-from shared.engine.decoder import Decoded, LeanDecoder, encode
+from shared.engine.decoder import Decoded, LeanDecoder, Prepared, encode
 
 log = logging.getLogger("whisper_api.engine")
 
 ENGINE = "openai-whisper"
 
 
+#: WHISPER_COMPUTE_TYPE for this engine: the weights' type (LayerNorms stay float32).
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def compute_type(setting: str, device: str) -> str:
+    """``auto``: float16 on CUDA (as whisper itself runs there), float32 on the CPU (whisper's
+    own CPU numerics); ``bfloat16`` is the fast choice on CPUs with AMX (README, "Engines")."""
+    if setting == "auto":
+        return "float16" if device == "cuda" else "float32"
+    if setting not in DTYPES:
+        raise ValueError(
+            f"WHISPER_COMPUTE_TYPE={setting} is a faster-whisper type; the openai-whisper engine "
+            f"takes auto, {', '.join(DTYPES)}"
+        )
+    if setting == "float16" and device != "cuda":
+        raise ValueError("WHISPER_COMPUTE_TYPE=float16 needs CUDA; on the CPU use float32 or bfloat16")
+    return setting
+
+
 class OpenAIRunner:
     engine = ENGINE
 
-    def __init__(self, device: str) -> None:
+    def __init__(self, device: str, compute: str = "auto") -> None:
         self.device = device
+        self.compute_type = compute_type(compute, device)
+        self.dtype = DTYPES[self.compute_type]
+        if self.dtype == torch.bfloat16 and device == "cpu" and not torch.cpu._is_avx512_bf16_supported():
+            log.warning("this CPU lacks bfloat16 instructions: WHISPER_COMPUTE_TYPE=bfloat16 is slow here")
         self._decoders: dict[tuple[int, str, str], LeanDecoder] = {}
+        self._prepared: dict[int, Prepared] = {}
 
     # ---- models ---------------------------------------------------------------------------
     def load(self, name: str, source: str, download_root: str | None) -> Any:
         model = whisper.load_model(source, device=self.device, download_root=download_root)
-        if self.device == "cuda":
-            half(model)
+        if self.dtype != torch.float32:
+            cast(model, self.dtype)
         model.eval()
         return model
 
@@ -47,6 +71,7 @@ class OpenAIRunner:
         keys, never the live dict, is iterated."""
         for key in [k for k in list(self._decoders) if k[0] == id(model)]:
             self._decoders.pop(key, None)
+        self._prepared.pop(id(model), None)
         if self.device == "cuda":
             torch.cuda.empty_cache()
 
@@ -68,6 +93,14 @@ class OpenAIRunner:
         return encode(model, mels)
 
     @staticmethod
+    def rows(features: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        return features[rows]
+
+    @staticmethod
+    def join(parts: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(parts)
+
+    @staticmethod
     def detect(model: Any, features: torch.Tensor) -> list[str]:
         tokenizer = get_tokenizer(True, num_languages=model.num_languages)
         _, probs = detect_language(model, features, tokenizer)
@@ -85,7 +118,10 @@ class OpenAIRunner:
         key = (id(model), str(tokenizer.language), str(tokenizer.task))
         decoder = self._decoders.get(key)
         if decoder is None or decoder.model is not model:
-            decoder = self._decoders[key] = LeanDecoder(model, tokenizer)
+            prepared = self._prepared.get(id(model))
+            if prepared is None or prepared.model is not model:
+                prepared = self._prepared[id(model)] = Prepared(model)
+            decoder = self._decoders[key] = LeanDecoder(model, tokenizer, prepared)
         return decoder.decode(features[rows], prompt, temperature)
 
     @staticmethod
@@ -108,9 +144,9 @@ class OpenAIRunner:
             )
 
 
-def half(model: whisper.Whisper) -> None:
-    """fp16 weights, fp32 LayerNorms."""
-    model.half()
+def cast(model: whisper.Whisper, dtype: torch.dtype = torch.float16) -> None:
+    """Weights in ``dtype`` (float16 or bfloat16), LayerNorms in float32."""
+    model.to(dtype)
     for module in model.modules():
         if isinstance(module, torch.nn.LayerNorm):
             module.float()

@@ -120,11 +120,18 @@ def test_long_speech_is_cut_at_a_pause_into_chunks_of_at_most_30_s(tmp_path):
     path = tmp_path / "long.mp3"
     test_audio.speech_mp3(100, path)
     stream = PcmStream(str(path), expected_seconds=None, max_seconds=1e6)
+    pieces = list(stream)
     chunker = Chunker()
-    found = [c for piece in stream for c in chunker.feed(piece)]
+    found = [c for piece in pieces for c in chunker.feed(piece)]
     found += list(chunker.finish(stream.samples))
+    audio = np.concatenate(pieces)
 
     assert all(len(c.audio) <= MAX_CHUNK for c in found)
     assert all(a.end == b.start for a, b in itertools.pairwise(found))  # speech all along
     assert found[0].start == 0 and found[-1].end == stream.samples
-    assert all(len(c.audio) > 20 * SAMPLE_RATE for c in found[:-1])  # full chunks, cut at pauses
+    # Cut in the latest pause that fits: the phrase's short pause (0.22 s) after "api." when it
+    # comes later than the long one between phrases, so every chunk but the last is over 27 s.
+    assert all(len(c.audio) >= 27 * SAMPLE_RATE for c in found[:-1])
+    for cut in [c.end for c in found[:-1]]:  # in silence: 20 ms either side are quiet
+        around = audio[cut - 320 : cut + 320]
+        assert np.sqrt(np.mean(around**2)) < 0.01

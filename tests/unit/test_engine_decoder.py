@@ -91,17 +91,18 @@ def test_a_single_timestamp_at_the_end_closes_the_last_segment():
     assert [(s["start"], s["end"], s["text"]) for s in segments] == [(0.0, 0.8, " One"), (0.8, 1.8, " two")]
 
 
-def test_fp16_weights_keep_layernorms_in_fp32_and_decode_the_same_tokens(model, mels):
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_16_bit_weights_keep_layernorms_in_fp32_and_decode_the_same_tokens(model, mels, dtype):
     import copy
 
-    from shared.engine.openai_runner import half
+    from shared.engine.openai_runner import cast
 
     tokenizer = get_tokenizer(True, num_languages=model.num_languages, language="en", task="transcribe")
-    fp16 = copy.deepcopy(model)
-    half(fp16)
+    low = copy.deepcopy(model)
+    cast(low, dtype)
 
-    assert {p.dtype for n, p in fp16.named_parameters() if "ln" not in n.split(".")[-2]} == {torch.float16}
-    assert {p.dtype for n, p in fp16.named_parameters() if "ln" in n.split(".")[-2]} == {torch.float32}
+    assert {p.dtype for n, p in low.named_parameters() if "ln" not in n.split(".")[-2]} == {dtype}
+    assert {p.dtype for n, p in low.named_parameters() if "ln" in n.split(".")[-2]} == {torch.float32}
     full = LeanDecoder(model, tokenizer).decode(encode(model, mels[:1]), [], 0.0)[0]
-    halved = LeanDecoder(fp16, tokenizer).decode(encode(fp16, mels[:1]), [], 0.0)[0]
-    assert halved.tokens[:8] == full.tokens[:8]  # fp16 rounding may part them later, never at once
+    rounded = LeanDecoder(low, tokenizer).decode(encode(low, mels[:1]), [], 0.0)[0]
+    assert rounded.tokens[:8] == full.tokens[:8]  # rounding may part them later, never at once

@@ -94,13 +94,19 @@ def test_openai_s_model_name_means_the_default_model():
 
 
 @pytest.mark.parametrize(
-    ("engine", "device", "batch"),
-    [("openai-whisper", "cpu", 8), ("openai-whisper", "cuda", 16), ("faster-whisper", "cpu", 16)],
+    ("engine", "compute", "device", "batch"),
+    [
+        ("openai-whisper", "auto", "cpu", 8),
+        ("openai-whisper", "bfloat16", "cpu", 16),
+        ("openai-whisper", "auto", "cuda", 16),
+        ("faster-whisper", "auto", "cpu", 16),
+    ],
 )
-def test_the_batch_defaults_to_what_was_measured_per_engine_and_device(monkeypatch, engine, device, batch):
+def test_the_batch_defaults_to_what_was_measured(monkeypatch, engine, compute, device, batch):
     from shared.settings import WorkerSettings
 
     monkeypatch.setenv("WHISPER_ENGINE", engine)
+    monkeypatch.setenv("WHISPER_COMPUTE_TYPE", compute)
     monkeypatch.delenv("WORKER_BATCH_SIZE", raising=False)
     assert WorkerSettings().batch_size(device) == batch
     monkeypatch.setenv("WORKER_BATCH_SIZE", "3")
@@ -117,3 +123,23 @@ def test_an_unknown_engine_or_compute_type_stops_start_up(monkeypatch):
     monkeypatch.setenv("WHISPER_COMPUTE_TYPE", "int4")
     with pytest.raises(pydantic.ValidationError, match="whisper_compute_type"):
         WorkerSettings()
+
+
+def test_each_engine_takes_its_own_compute_types(monkeypatch):
+    from shared.engine.openai_runner import compute_type
+    from shared.settings import WorkerSettings
+
+    monkeypatch.setenv("WHISPER_ENGINE", "openai-whisper")
+    monkeypatch.setenv("WHISPER_COMPUTE_TYPE", "int8")
+    with pytest.raises(pydantic.ValidationError, match="WHISPER_COMPUTE_TYPE=int8 is for faster-whisper"):
+        WorkerSettings()
+    monkeypatch.setenv("WHISPER_COMPUTE_TYPE", "bfloat16")
+    assert WorkerSettings().whisper_compute_type == "bfloat16"
+    monkeypatch.setenv("WHISPER_ENGINE", "faster-whisper")
+    monkeypatch.setenv("WHISPER_COMPUTE_TYPE", "int8_float16")
+    assert WorkerSettings().whisper_compute_type == "int8_float16"
+
+    assert [compute_type("auto", "cpu"), compute_type("auto", "cuda")] == ["float32", "float16"]
+    assert compute_type("bfloat16", "cpu") == "bfloat16"
+    with pytest.raises(ValueError, match="float16 needs CUDA"):
+        compute_type("float16", "cpu")

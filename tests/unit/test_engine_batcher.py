@@ -1,0 +1,86 @@
+"""The engine on the demo checkpoint: a job's first chunk goes through the encoder once, even when
+its language is detected first; bfloat16 weights give the float32 transcript, word times too."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from devtools.audio import speech_mp3
+from devtools.demo_model import build_checkpoint
+from shared.engine.chunker import chunks
+from shared.engine.models import ModelCache
+from shared.engine.pcm import PcmStream
+from shared.engine.pipeline import Engine
+from shared.models import JobOptions, Segment
+from shared.settings import WorkerSettings
+from tests.conftest import ENGINES
+
+
+@pytest.fixture(scope="module")
+def german(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint that detects German in any audio, and speech of several chunks."""
+    folder = tmp_path_factory.mktemp("german")
+    build_checkpoint(folder / "demo.pt", language="de")
+    speech_mp3(75, folder / "talk.mp3")
+    return folder
+
+
+def _engine(folder: Path, engine: str, compute: str) -> Engine:
+    settings = WorkerSettings(
+        whisper_model_dir=folder,
+        whisper_device="cpu",
+        whisper_models=(),
+        whisper_engine=engine,  # type: ignore[arg-type]
+        whisper_compute_type=compute,  # type: ignore[arg-type]
+    )
+    return Engine(ModelCache(settings), batch_size=4)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_the_detected_language_s_chunk_is_encoded_once_and_decodes_as_if_named(german: Path, engine: str):
+    audio = str(german / "talk.mp3")
+    count = sum(1 for _ in chunks(iter(PcmStream(audio, expected_seconds=None, max_seconds=1e9))))
+    eng = _engine(german, engine, "float32")
+
+    def run(language: str | None) -> tuple[list[tuple[float, float, str]], str, int]:
+        before = eng.batcher.encoded_chunks
+        result = eng.transcribe(
+            audio, JobOptions(model="demo", language=language), expected_seconds=None, max_seconds=1e9
+        )
+        segments = [(s.start, s.end, s.text) for s in result.segments]
+        return segments, result.language, eng.batcher.encoded_chunks - before
+
+    try:
+        detected, named = run(None), run("de")
+    finally:
+        eng.batcher.shutdown()
+
+    assert count >= 3
+    assert detected[1] == named[1] == "de"
+    assert detected[2] == named[2] == count  # one encoder pass per chunk, the first one included
+    assert detected[0] == named[0] and len(detected[0]) == 2 * count  # the demo's two segments per chunk
+
+
+def test_bfloat16_weights_give_the_float32_transcript_and_word_times(german: Path):
+    def words(compute: str) -> list[tuple[float, float, str, list[tuple[float, float, str]]]]:
+        def timed(s: Segment) -> list[tuple[float, float, str]]:
+            return [(w.start, w.end, w.word) for w in s.words or []]
+
+        eng = _engine(german, "openai-whisper", compute)
+        try:
+            result = eng.transcribe(
+                str(german / "talk.mp3"),
+                JobOptions(model="demo", word_timestamps=True),
+                expected_seconds=None,
+                max_seconds=1e9,
+            )
+        finally:
+            eng.batcher.shutdown()
+        return [(s.start, s.end, s.text, timed(s)) for s in result.segments]
+
+    full, rounded = words("float32"), words("bfloat16")
+
+    assert rounded == full
+    assert len(full) >= 6 and all(segment[3] for segment in full)
