@@ -175,26 +175,30 @@ def speed(sizes: list[str], seconds: int, runs: int, batch: int, jobs: int, work
             print(f"{name:36} {tokens[name]:>7} {t:>8.2f} {seconds / t:>12.1f} {base / t:>6.2f}x")
         for name, engine in engines.items():  # (d) for each batched engine: (c), (j), (g)
             if name[1] in "cjg" and engine is not None:
-                concurrency(engine, short, size, jobs, f"(d) {name[4:]}:")
+                concurrency(engine, short, size, jobs, runs, f"(d) {name[4:]}:")
 
 
-def concurrency(engine: object, audio: Path, size: str, jobs: int, label: str) -> None:
-    """``jobs`` 30-second jobs one at a time, then all at once (one batcher feeds them together)."""
+def concurrency(engine: object, audio: Path, size: str, jobs: int, runs: int, label: str) -> None:
+    """``jobs`` 30-second jobs one at a time, then all at once (one batcher feeds them together);
+    the median of ``runs`` of each."""
     solo(lambda: _run_engine(engine, audio, size))  # load and warm up, untimed
-    started = time.perf_counter()
-    solo(lambda: [_run_engine(engine, audio, size) for _ in range(jobs)])
-    serial = time.perf_counter() - started
-    threads = [threading.Thread(target=_run_engine, args=(engine, audio, size)) for _ in range(jobs)]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    together = time.perf_counter() - started
+    serial, together = [], []
+    for _ in range(runs):
+        started = time.perf_counter()
+        solo(lambda: [_run_engine(engine, audio, size) for _ in range(jobs)])
+        serial.append(time.perf_counter() - started)
+        threads = [threading.Thread(target=_run_engine, args=(engine, audio, size)) for _ in range(jobs)]
+        started = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        together.append(time.perf_counter() - started)
     _park(engine)
+    one, all_ = statistics.median(serial), statistics.median(together)
     print(
-        f"{label} {jobs} x 30 s jobs: one at a time {60 * jobs / serial:.1f} jobs/min, "
-        f"together {60 * jobs / together:.1f} jobs/min: {serial / together:.2f}x"
+        f"{label} {jobs} x 30 s jobs: one at a time {60 * jobs / one:.1f} jobs/min, "
+        f"together {60 * jobs / all_:.1f} jobs/min: {one / all_:.2f}x"
     )
 
 
@@ -220,9 +224,6 @@ def rss(hours: float, work: Path) -> None:
 
 
 def rss_child(audio: str, model_dir: str) -> None:
-    from shared.engine.memory import bound_heap
-
-    bound_heap()  # as the worker does at start-up (shared.worker.build)
     engine = _engine(Path(model_dir), 8)
     _run_engine(engine, Path(audio), "demo")
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux
@@ -248,6 +249,9 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    from shared.engine.memory import bound_heap
+
+    bound_heap()  # the worker's heap settings (shared.worker.build), for every contender
     if args.rss_child:
         rss_child(*args.rss_child)
         return
