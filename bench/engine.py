@@ -29,7 +29,6 @@ OpenMP thread teams than cores runs every small kernel several times slower
 from __future__ import annotations
 
 import argparse
-import resource
 import statistics
 import subprocess
 import sys
@@ -226,7 +225,10 @@ def rss(hours: float, work: Path) -> None:
 def rss_child(audio: str, model_dir: str) -> None:
     engine = _engine(Path(model_dir), 8)
     _run_engine(engine, Path(audio), "demo")
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux
+    # VmHWM, not getrusage's ru_maxrss: that one survives exec, so a child forked from a parent
+    # that holds several models reports the parent's size.
+    status = Path("/proc/self/status").read_text()
+    print(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))  # KiB
 
 
 def main() -> None:
