@@ -37,14 +37,12 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from devtools.audio import speech_mp3
 from devtools.demo_model import build_checkpoint, build_sized_checkpoint
-
-T = TypeVar("T")
+from shared.engine.models import in_own_thread as solo  # the only thread computing: see above
 
 #: What every generated checkpoint says in each 30-second window: about 100 tokens, like speech.
 SCRIPT: tuple[tuple[float, float, str], ...] = (
@@ -91,13 +89,6 @@ def _run_whisper(model: object, path: Path) -> int:
         str(path), fp16=False, condition_on_previous_text=False, temperature=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
     )
     return sum(len(s["tokens"]) for s in out["segments"])
-
-
-def solo(call: Callable[[], T]) -> T:
-    """``call()`` on its own thread, the only one computing (see the module's docstring)."""
-    from shared.engine.models import in_own_thread
-
-    return in_own_thread(call)
 
 
 def _timed(call: Callable[[], int], engine: object | None, size: str, warm: Path) -> tuple[float, int]:

@@ -275,8 +275,8 @@ class Batcher:
         if not kept:
             return runner.encode(model, mels)
         fresh = runner.encode(model, mels[todo]) if todo else None
-        parts = [kept[i] if i in kept else runner.rows(fresh, [todo.index(i)]) for i in range(len(batch))]
-        return runner.join(parts)
+        at = {i: j for j, i in enumerate(todo)}  # batch row -> row of ``fresh``
+        return runner.join([kept[i] if i in kept else runner.rows(fresh, [at[i]]) for i in range(len(batch))])
 
     def _languages(self, model: Any, key: BatchKey, features: Any) -> list[str]:
         n = len(features)

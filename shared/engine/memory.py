@@ -11,7 +11,7 @@ The threshold is 32 MiB, not glibc's initial 128 KiB: with 128 KiB every decodin
 and every encoder activation came fresh from the kernel, page faults and zeroing included, and
 the engine ran 25-33 % slower (tiny, 300 s: 6.3 s against 5.0 s in float32, 4.1 s against
 3.0 s in bfloat16). Measured with 32 MiB (bench/engine.py --rss-hours): 3 h of speech peaks
-about 180 MiB above 1 minute, the same at 1.5 h (a plateau, not a creep).
+145-185 MiB above 1 minute, as high as 1.5 h does (a plateau, not a creep).
 """
 
 from __future__ import annotations
