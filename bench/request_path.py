@@ -58,7 +58,7 @@ def _serve(source: str, target: str, env: dict[str, str]) -> tuple[subprocess.Po
     port = free_port()
     proc = subprocess.Popen(
         [
-            "functions-framework",
+            str(Path(sys.executable).parent / "functions-framework"),
             f"--source={source}",
             f"--target={target}",
             f"--port={port}",

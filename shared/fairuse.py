@@ -74,7 +74,8 @@ return {0, tostring(used + tonumber(ARGV[3]))}
 # A request with a well-signed token, in one round trip: the client address is not blocked for
 # failed authentications, the key exists and is not revoked, the request fits its rate limit
 # (the key's own or ARGV[2]); then it is counted in the window and in the key's usage.
-# Returns {verdict, milliseconds to wait, rate limit, the key's record as a flat list}.
+# Returns {verdict, milliseconds to wait, rate limit, the key's record as a flat list} and, once
+# admitted, the value of KEYS[5] when given (the route's first read, in the same round trip).
 _ADMISSION = """
 local fails = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tonumber(ARGV[1]) > 0 and fails >= tonumber(ARGV[1]) then
@@ -92,7 +93,9 @@ if limit > 0 then
 end
 redis.call('HINCRBY', KEYS[4], 'requests', 1)
 redis.call('HSET', KEYS[4], 'last_used_at', ARGV[4])
-return {'ok', 0, limit, record}
+local read = false
+if KEYS[5] then read = redis.call('GET', KEYS[5]) end
+return {'ok', 0, limit, record, read}
 """
 
 
@@ -174,18 +177,27 @@ def admit(
 
 
 def admit_token(
-    r: redis.Redis, settings: FairUseSettings, jwt: JwtSettings, client: str, token: str
-) -> ApiKey:
+    r: redis.Redis,
+    settings: FairUseSettings,
+    jwt: JwtSettings,
+    client: str,
+    token: str,
+    read: str | None = None,
+) -> tuple[ApiKey, str | None]:
     """``admit`` for a bearer token, in one Redis round trip once the token's signature checks
-    out (the hot path of every native route): the same checks, the same counts."""
+    out (the hot path of every native route): the same checks, the same counts. ``read``: a
+    string the route needs next (a polled job), fetched in that round trip once the request is
+    admitted; its value (None if absent, or no ``read``) comes back beside the key."""
     try:
         key_id = credentials.token_subject(jwt, token)
     except UnauthorizedError:
         _count_failure(r, settings, [keys.auth_failures("addr", client)])
         raise
     names = [keys.auth_failures("addr", client), keys.api_key(key_id), keys.rate(key_id), keys.usage(key_id)]
+    names += [read] if read else []
     limits = [settings.auth_failures_per_minute, settings.rate_limit_per_minute, _WINDOW_SECONDS]
-    verdict, wait_ms, limit, flat = cast(list[Any], _run(r, _ADMISSION, names, [*limits, repr(time.time())]))
+    reply = cast(list[Any], _run(r, _ADMISSION, names, [*limits, repr(time.time())]))
+    verdict, wait_ms, limit, flat = reply[:4]
     if verdict == "blocked":
         raise _auth_refusal(settings.auth_failures_per_minute, int(wait_ms))
     if verdict == "revoked":
@@ -194,7 +206,7 @@ def admit_token(
     if verdict == "limited":
         raise _rate_refusal(int(limit), int(wait_ms))
     record = dict(zip(flat[::2], flat[1::2], strict=True))
-    return credentials.key_from_record(key_id, record)
+    return credentials.key_from_record(key_id, record), reply[4] if len(reply) > 4 else None
 
 
 def _count_failure(r: redis.Redis, settings: FairUseSettings, names: list[str]) -> None:

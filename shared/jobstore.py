@@ -125,7 +125,18 @@ def load(r: redis.Redis, job_id: str) -> Job | None:
 
 def get_owned(r: redis.Redis, key_id: str, job_id: str) -> Job:
     """The caller's job; another key's job is indistinguishable from a missing one."""
-    job = load(r, job_id) if len(job_id) <= 64 else None
+    name = key_of(job_id)
+    return owned(r.get(name) if name else None, key_id, job_id)
+
+
+def key_of(job_id: str) -> str | None:
+    """The Redis key of a job id given by a caller; None if no job can have it (too long)."""
+    return keys.job(job_id) if len(job_id) <= 64 else None
+
+
+def owned(raw: Any, key_id: str, job_id: str) -> Job:
+    """The caller's job from its stored record ``raw`` (as read with ``keys.job(job_id)``)."""
+    job = Job.model_validate_json(cast(str, raw)) if raw else None
     if job is None or job.key_id != key_id:
         raise NotFoundError(f"no job {job_id!r}")
     return job

@@ -20,7 +20,7 @@ import os
 import queue
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -99,17 +99,23 @@ _start_lock = threading.Lock()
 def _sender() -> queue.Queue[_Counted]:
     """The queue of uncounted requests, with its writer thread started once per process
     (after gunicorn's fork: a thread does not survive into a forked child)."""
-    with _start_lock:
-        if os.getpid() not in _started:
-            _started.add(os.getpid())
-            threading.Thread(target=_send_forever, name="metrics", daemon=True).start()
+    if os.getpid() not in _started:  # the lock only until this process's writer runs
+        with _start_lock:
+            if os.getpid() not in _started:
+                _started.add(os.getpid())
+                threading.Thread(target=_send_forever, name="metrics", daemon=True).start()
     return _pending
+
+
+#: Requests are counted in Redis at most this often: one write per second, not one per request.
+FLUSH_SECONDS = 1.0
 
 
 def _send_forever() -> None:
     while True:
         batch = [_pending.get()]
-        while len(batch) < 500 and not _pending.empty():
+        time.sleep(FLUSH_SECONDS)
+        while len(batch) < 20_000 and not _pending.empty():
             batch.append(_pending.get_nowait())
         for r in {id(item[0]): item[0] for item in batch}.values():
             _write(r, [(labels, seconds) for client, labels, seconds in batch if client is r])
@@ -117,11 +123,18 @@ def _send_forever() -> None:
 
 def _write(r: redis.Redis, counted: list[tuple[tuple[str, str, str, str], float]]) -> None:
     try:
+        # Summed here first: one increment per field and batch, not three per request.
+        counts: Counter[str] = Counter()
+        sums: defaultdict[str, float] = defaultdict(float)
+        for (route, method, status, index), seconds in counted:
+            counts[_field("http_requests", route, method, status)] += 1
+            counts[_field("http_bucket", route, method, index)] += 1
+            sums[_field("http_sum", route, method)] += seconds
         with r.pipeline(transaction=False) as pipe:
-            for (route, method, status, index), seconds in counted:
-                pipe.hincrby(keys.METRICS, _field("http_requests", route, method, status), 1)
-                pipe.hincrby(keys.METRICS, _field("http_bucket", route, method, index), 1)
-                pipe.hincrbyfloat(keys.METRICS, _field("http_sum", route, method), seconds)
+            for field, count in counts.items():
+                pipe.hincrby(keys.METRICS, field, count)
+            for field, total in sums.items():
+                pipe.hincrbyfloat(keys.METRICS, field, total)
             pipe.execute()
     except redis.RedisError as exc:
         log.debug("%d requests not counted: %s", len(counted), exc)

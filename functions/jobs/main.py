@@ -28,6 +28,7 @@ from shared import (
     health,
     inbox,
     job_service,
+    jobstore,
     metrics,
     openai_compat,
     openapi,
@@ -69,12 +70,17 @@ Handler = Callable[..., Response]
 
 
 def _caller(request: Request) -> ApiKey:
+    return _admit(request)[0]
+
+
+def _admit(request: Request, read: str | None = None) -> tuple[ApiKey, str | None]:
+    """The caller's key and, with ``read``, that Redis string in the same round trip."""
     c = jobs_clients()
     client = parsing.client_address(request, c.settings.proxy_hops)
     token = credentials.bearer(request.headers.get("Authorization"))
-    key = fairuse.admit_token(c.redis, c.settings, c.settings, client, token)
+    key, value = fairuse.admit_token(c.redis, c.settings, c.settings, client, token, read)
     access.note_key(request, key.id)
-    return key
+    return key, value
 
 
 def create_job(request: Request) -> Response:
@@ -162,8 +168,9 @@ def list_jobs(request: Request) -> Response:
 
 
 def get_job(request: Request, job_id: str) -> Response:
-    key = _caller(request)
-    return json_response(job_service.get_job(jobs_clients().redis, key.id, job_id).public())
+    # The polled route: admission and the job's record in one Redis round trip.
+    key, raw = _admit(request, jobstore.key_of(job_id))
+    return json_response(jobstore.owned(raw, key.id, job_id).public())
 
 
 def cancel_job(request: Request, job_id: str) -> Response:

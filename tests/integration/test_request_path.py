@@ -1,0 +1,80 @@
+"""The polled route is lean (issue #11, point 11): ``GET /transcribe/{id}`` costs one Redis
+command, and every check of the full path still holds through it."""
+
+from __future__ import annotations
+
+import io
+import threading
+
+import pytest
+import redis
+
+from shared import credentials
+from shared.settings import jobs_settings
+
+
+def _job_id(jobs_client, headers, make_wav) -> str:
+    data = {"audio": (io.BytesIO(make_wav(0.5)), "a.wav"), "model": "demo"}
+    resp = jobs_client.post("/transcribe", data=data, headers=headers, content_type="multipart/form-data")
+    assert resp.status_code == 202
+    return resp.get_json()["id"]
+
+
+@pytest.fixture
+def commands(monkeypatch):
+    """The Redis commands this thread sends (the test client runs the app on it); the metrics
+    writer's thread is not counted."""
+    sent: list[str] = []
+    me = threading.get_ident()
+    command, pipeline = redis.Redis.execute_command, redis.client.Pipeline.execute
+
+    def counted_command(self, *args, **options):
+        if threading.get_ident() == me:
+            sent.append(str(args[0]))
+        return command(self, *args, **options)
+
+    def counted_pipeline(self, *args, **options):
+        if threading.get_ident() == me:
+            sent.append("pipeline:" + ",".join(str(c[0][0]) for c in self.command_stack))
+        return pipeline(self, *args, **options)
+
+    monkeypatch.setattr(redis.Redis, "execute_command", counted_command)
+    monkeypatch.setattr(redis.client.Pipeline, "execute", counted_pipeline)
+    return sent
+
+
+def test_a_polled_job_costs_one_redis_command(jobs_client, bearer, make_wav, commands):
+    headers = bearer()
+    job_id = _job_id(jobs_client, headers, make_wav)
+    before = jobs_client.get("/usage", headers=headers).get_json()["requests"]
+    commands.clear()
+
+    resp = jobs_client.get(f"/transcribe/{job_id}", headers=headers)
+
+    assert resp.status_code == 200 and resp.get_json()["id"] == job_id
+    assert commands == ["EVALSHA"]
+    # ...which still counted the request in the key's usage
+    assert jobs_client.get("/usage", headers=headers).get_json()["requests"] == before + 2
+
+
+def test_the_polled_route_keeps_every_check(env, jobs_client, api_key, bearer, make_wav, r):
+    env(RATE_LIMIT_PER_MINUTE="4")
+    key_id, plaintext = api_key("alice")
+    token = credentials.issue_token(jobs_settings(), credentials.verify_key(r, plaintext)).token
+    alice = {"Authorization": f"Bearer {token}"}
+    job_id = _job_id(jobs_client, alice, make_wav)
+
+    # another tenant's job is nobody's; an id no job can have is not looked up
+    stranger = jobs_client.get(f"/transcribe/{job_id}", headers=bearer("bob"))
+    assert stranger.status_code == 404 and stranger.get_json()["detail"] == f"no job {job_id!r}"
+    assert jobs_client.get(f"/transcribe/{'x' * 65}", headers=alice).status_code == 404
+    # the rate limit counts these reads (the upload and the 404 above were the first two)
+    assert [jobs_client.get(f"/transcribe/{job_id}", headers=alice).status_code for _ in range(3)] == [
+        200,
+        200,
+        429,
+    ]
+    # revocation holds at once (before the rate limit), and the refusal carries no job
+    credentials.revoke_key(r, key_id)
+    revoked = jobs_client.get(f"/transcribe/{job_id}", headers=alice)
+    assert revoked.status_code == 401 and job_id not in revoked.get_data(as_text=True)
