@@ -10,8 +10,10 @@ every contender; the token counts are printed to show it. Contenders:
 
   (a) openai-whisper ``transcribe()`` (sequential, batch 1; ``condition_on_previous_text=False``
       so every window decodes the same script)
-  (b) this engine, batch 1          (c) this engine, batched (--batch, default the worker's)
-  (j) this engine with bfloat16 weights, batched (CPUs with bfloat16 instructions, e.g. AMX)
+  (b) this engine in float32, batch 1
+  (c) this engine in float32, batched (--batch, default the worker's for float32)
+  (j) this engine with bfloat16 weights, batched (CPUs with bfloat16 instructions; what the
+      worker's WHISPER_COMPUTE_TYPE=auto runs on a CPU with AMX)
   (d) N concurrent 30-second jobs through one engine vs the same jobs one at a time, for (c),
       (j) and (g)
   (f)-(i) the faster-whisper engine (CTranslate2, the same checkpoints converted): int8 and
@@ -74,7 +76,8 @@ def _engine(model_dir: Path, batch: int, engine: str = "openai-whisper", compute
         whisper_compute_type=compute,  # type: ignore[arg-type]
         whisper_cpu_threads=torch.get_num_threads(),
     )
-    return Engine(ModelCache(settings), batch or settings.batch_size("cpu"))
+    models = ModelCache(settings)
+    return Engine(models, batch or settings.batch_size("cpu", models.runner.compute_type))
 
 
 def _run_engine(engine: object, path: Path, size: str) -> int:
@@ -116,6 +119,8 @@ def speed(sizes: list[str], seconds: int, runs: int, batch: int, jobs: int, work
     import torch
     import whisper
 
+    from shared.engine.openai_runner import compute_type
+
     audio = work / "speech.mp3"
     speech_mp3(seconds, audio)
     short = work / "short.mp3"
@@ -123,16 +128,17 @@ def speed(sizes: list[str], seconds: int, runs: int, batch: int, jobs: int, work
     bf16 = torch.cpu._is_avx512_bf16_supported()
     if not bf16:
         print("this CPU has no bfloat16 instructions: the bfloat16 rows are left out")
+    print(f"the worker's WHISPER_COMPUTE_TYPE=auto on this CPU: {compute_type('auto', 'cpu')}")
     for size in sizes:
         model_dir = work / size
         model_dir.mkdir()
         solo(lambda d=model_dir, s=size: build_sized_checkpoint(d / f"{s}.pt", s, SCRIPT))
         model = solo(lambda d=model_dir, s=size: whisper.load_model(str(d / f"{s}.pt"), device="cpu"))
-        batched = _engine(model_dir, batch)
+        batched = _engine(model_dir, batch, compute="float32")
         engines: dict[str, object | None] = {
             "(a) openai-whisper transcribe()": None,
-            "(b) engine, batch 1": _engine(model_dir, 1),
-            f"(c) engine, batch {batched.batcher.batch_size}": batched,  # type: ignore[attr-defined]
+            "(b) engine float32, batch 1": _engine(model_dir, 1, compute="float32"),
+            f"(c) engine float32, batch {batched.batcher.batch_size}": batched,  # type: ignore[attr-defined]
         }
         if bf16:
             low = _engine(model_dir, batch, compute="bfloat16")

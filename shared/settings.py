@@ -302,8 +302,8 @@ class WorkerSettings(StorageSettings, ModelSettings, AudioSettings, WebhookSetti
     #: same checkpoints, converted on first use into WHISPER_MODEL_DIR/ctranslate2).
     whisper_engine: Literal["openai-whisper", "faster-whisper"] = "openai-whisper"
     whisper_device: Literal["auto", "cpu", "cuda"] = "auto"
-    #: The weights' type. openai-whisper: auto (float16 on CUDA, float32 on the CPU), float32,
-    #: float16 (CUDA), bfloat16 (the fast one on CPUs with AMX). faster-whisper: CTranslate2's
+    #: The weights' type. openai-whisper: auto (float16 on CUDA; on the CPU bfloat16 where it has
+    #: AMX, else float32), float32, float16 (CUDA), bfloat16. faster-whisper: CTranslate2's
     #: types (auto: int8 on the CPU, float16 on CUDA).
     whisper_compute_type: Literal[
         "auto",
@@ -358,10 +358,11 @@ class WorkerSettings(StorageSettings, ModelSettings, AudioSettings, WebhookSetti
             )
         return self
 
-    def batch_size(self, device: str) -> int:
+    def batch_size(self, device: str, compute_type: str) -> int:
+        """The batch for ``device`` and the compute type in use (the runner's, never auto)."""
         if self.worker_batch_size:
             return self.worker_batch_size
-        wide = self.whisper_engine == "faster-whisper" or self.whisper_compute_type == "bfloat16"
+        wide = self.whisper_engine == "faster-whisper" or compute_type == "bfloat16"
         if device == "cuda" or wide:
             return 16  # on the CPU: 300 s in one batch of 11 chunks, not 8 + 3 (bench/README.md)
         return 8

@@ -85,7 +85,15 @@ class Worker:
         # Webhooks go out from their own thread: a slow receiver never holds up transcription.
         hooks = threading.Thread(target=Dispatcher(self.settings, self.r).run, args=(self.stop,), daemon=True)
         hooks.start()
-        log.info("worker %s started on device %s", self.name, self.engine.models.device)
+        runner = self.engine.models.runner
+        log.info(
+            "worker %s started: %s on %s, %s, batch %d",
+            self.name,
+            runner.engine,
+            runner.device,
+            runner.compute_type,
+            self.engine.batcher.batch_size,
+        )
         backoff = 0.1
         try:
             while not self.stop.is_set():
@@ -391,5 +399,5 @@ def build(settings: WorkerSettings) -> Worker:
     models = ModelCache(settings, on_load=count_load)
     for name in settings.worker_preload_models:
         models.get(name)
-    engine = Engine(models, settings.batch_size(models.device))
+    engine = Engine(models, settings.batch_size(models.device, models.runner.compute_type))
     return Worker(settings, r, BlobStore(settings, attempts=1), engine)

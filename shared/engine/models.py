@@ -37,6 +37,8 @@ class Runner(Protocol):
 
     engine: str
     device: str
+    #: The weights' type in use (WHISPER_COMPUTE_TYPE resolved for this device; never auto).
+    compute_type: str
 
     def load(self, name: str, source: str, download_root: str | None) -> Any: ...
     def forget(self, model: Any) -> None: ...

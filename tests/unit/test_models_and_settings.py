@@ -96,10 +96,11 @@ def test_openai_s_model_name_means_the_default_model():
 @pytest.mark.parametrize(
     ("engine", "compute", "device", "batch"),
     [
-        ("openai-whisper", "auto", "cpu", 8),
+        ("openai-whisper", "float32", "cpu", 8),
         ("openai-whisper", "bfloat16", "cpu", 16),
-        ("openai-whisper", "auto", "cuda", 16),
-        ("faster-whisper", "auto", "cpu", 16),
+        ("openai-whisper", "float16", "cuda", 16),
+        ("faster-whisper", "int8", "cpu", 16),
+        ("faster-whisper", "float32", "cpu", 16),
     ],
 )
 def test_the_batch_defaults_to_what_was_measured(monkeypatch, engine, compute, device, batch):
@@ -108,9 +109,9 @@ def test_the_batch_defaults_to_what_was_measured(monkeypatch, engine, compute, d
     monkeypatch.setenv("WHISPER_ENGINE", engine)
     monkeypatch.setenv("WHISPER_COMPUTE_TYPE", compute)
     monkeypatch.delenv("WORKER_BATCH_SIZE", raising=False)
-    assert WorkerSettings().batch_size(device) == batch
+    assert WorkerSettings().batch_size(device, compute) == batch
     monkeypatch.setenv("WORKER_BATCH_SIZE", "3")
-    assert WorkerSettings().batch_size(device) == 3
+    assert WorkerSettings().batch_size(device, compute) == 3
 
 
 def test_an_unknown_engine_or_compute_type_stops_start_up(monkeypatch):
@@ -126,6 +127,8 @@ def test_an_unknown_engine_or_compute_type_stops_start_up(monkeypatch):
 
 
 def test_each_engine_takes_its_own_compute_types(monkeypatch):
+    import torch
+
     from shared.engine.openai_runner import compute_type
     from shared.settings import WorkerSettings
 
@@ -139,6 +142,10 @@ def test_each_engine_takes_its_own_compute_types(monkeypatch):
     monkeypatch.setenv("WHISPER_COMPUTE_TYPE", "int8_float16")
     assert WorkerSettings().whisper_compute_type == "int8_float16"
 
+    # auto: float16 on CUDA; on the CPU bfloat16 where it has AMX, float32 elsewhere
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert [compute_type("auto", "cpu"), compute_type("auto", "cuda")] == ["bfloat16", "float16"]
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     assert [compute_type("auto", "cpu"), compute_type("auto", "cuda")] == ["float32", "float16"]
     assert compute_type("bfloat16", "cpu") == "bfloat16"
     with pytest.raises(ValueError, match="float16 needs CUDA"):
