@@ -21,6 +21,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
@@ -610,9 +611,17 @@ def nginx_check(report: Report) -> None:
     if nginx is None:
         print("skip  infra/gateway/nginx.conf: nginx -t (nginx not installed)")
         return
-    conf = ROOT / "infra" / "gateway" / "nginx.conf"
-    result = subprocess.run([nginx, "-t", "-q", "-c", str(conf)], capture_output=True, text=True, check=False)
-    report.check("infra/gateway/nginx.conf: nginx -t", [result.stderr.strip()] if result.returncode else [])
+    # Rendered as the nginx image renders it (docker-compose.yml: the container's nameserver).
+    template = (ROOT / "infra" / "gateway" / "nginx.conf").read_text()
+    problems = [] if "${NGINX_LOCAL_RESOLVERS}" in template else ["no ${NGINX_LOCAL_RESOLVERS} resolver"]
+    with tempfile.TemporaryDirectory() as tmp:
+        conf = Path(tmp) / "nginx.conf"
+        conf.write_text(template.replace("${NGINX_LOCAL_RESOLVERS}", "127.0.0.11"))
+        result = subprocess.run(
+            [nginx, "-t", "-q", "-c", str(conf)], capture_output=True, text=True, check=False
+        )
+    problems += [result.stderr.strip()] if result.returncode else []
+    report.check("infra/gateway/nginx.conf: nginx -t", problems)
 
 
 def main() -> int:

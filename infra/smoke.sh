@@ -103,7 +103,7 @@ for bucket in (s.s3_bucket, s.s3_inbox_bucket):
 start auth -- "$PREFIX/api:local" functions-framework --source=functions/auth/main.py --target=auth --port="$AUTH_PORT"
 start jobs -- "$PREFIX/api:local" functions-framework --source=functions/jobs/main.py --target=jobs --port="$JOBS_PORT"
 sed -e "s|http://auth:8080|http://127.0.0.1:$AUTH_PORT|; s|http://jobs:8080|http://127.0.0.1:$JOBS_PORT|" \
-    -e "s|listen 8080;|listen $GATEWAY_PORT;|; /resolver 127.0.0.11/d; s|/var/log/nginx/access.log|/dev/stdout|" \
+    -e "s|listen 8080;|listen $GATEWAY_PORT;|; /resolver \${NGINX_LOCAL_RESOLVERS}/d; s|/var/log/nginx/access.log|/dev/stdout|" \
     -e "s|/var/log/nginx/error.log|/dev/stderr|" "$ROOT/infra/gateway/nginx.conf" > "$WORK/nginx.conf"
 start gateway -v "$WORK/nginx.conf:/smoke/nginx.conf:ro" -- "$PREFIX/smoke-deps:local" nginx -c /smoke/nginx.conf -g 'daemon off;'
 BASE="http://127.0.0.1:$GATEWAY_PORT"

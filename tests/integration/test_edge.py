@@ -274,7 +274,7 @@ def nginx(gateway: Gateway, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     port = free_port()
     upstream = f"http://127.0.0.1:{gateway.port}"
     for old, new in {
-        "resolver 127.0.0.11 valid=10s ipv6=off;": "",
+        "resolver ${NGINX_LOCAL_RESOLVERS} valid=10s ipv6=off;": "",
         "worker_processes auto;": "worker_processes 1;",
         "pid /tmp/nginx.pid;": f"pid {work}/nginx.pid;",
         "/var/log/nginx/access.log": f"{work}/access.log",
