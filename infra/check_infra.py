@@ -594,14 +594,44 @@ def dockerfile_problems() -> list[str]:
     return problems
 
 
+#: Scripts an image runs from a mounted file, which it skips unless the file is executable.
+HOOKS = (
+    ROOT / "infra" / "localstack" / "init-s3.sh",  # LocalStack's ready hook
+    ROOT / "infra" / "gateway" / "first-resolver.envsh",  # the nginx image's entrypoint
+)
+
+
 def script_problems() -> list[str]:
     problems = []
-    hook = ROOT / "infra" / "localstack" / "init-s3.sh"
-    if not os.access(hook, os.X_OK):
-        problems.append(f"{hook.relative_to(ROOT)}: not executable (LocalStack skips it)")
-    result = subprocess.run(["sh", "-n", str(hook)], capture_output=True, text=True, check=False)
-    if result.returncode:
-        problems.append(f"{hook.relative_to(ROOT)}: {result.stderr.strip()}")
+    for hook in HOOKS:
+        if not os.access(hook, os.X_OK):
+            problems.append(f"{hook.relative_to(ROOT)}: not executable (the image skips it)")
+        result = subprocess.run(["sh", "-n", str(hook)], capture_output=True, text=True, check=False)
+        if result.returncode:
+            problems.append(f"{hook.relative_to(ROOT)}: {result.stderr.strip()}")
+    return problems + resolver_problems()
+
+
+def resolver_problems() -> list[str]:
+    """first-resolver.envsh on podman-style resolv.conf files: only the first nameserver (the
+    one that knows the services' names), IPv6 in brackets. The script is sourced from a copy
+    that reads a test file instead of /etc/resolv.conf."""
+    script = HOOKS[1].read_text()
+    cases = ((["10.89.1.1", "10.255.255.53"], "10.89.1.1"), (["fd00::1"], "[fd00::1]"))
+    problems = []
+    with tempfile.TemporaryDirectory() as tmp:
+        resolv, hook = Path(tmp) / "resolv.conf", Path(tmp) / "hook.sh"
+        hook.write_text(script.replace("/etc/resolv.conf", str(resolv)))
+        for servers, wanted in cases:
+            resolv.write_text("search dns.podman\n" + "".join(f"nameserver {a}\n" for a in servers))
+            got = subprocess.run(
+                ["sh", "-c", f'. {hook} && printf %s "$NGINX_LOCAL_RESOLVERS"'],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout
+            if got != wanted:
+                problems.append(f"first-resolver.envsh: {got!r} for {servers}, not {wanted!r}")
     return problems
 
 
@@ -633,7 +663,10 @@ def main() -> int:
         lambda: settings_problems(env, docs),
     )
     report.run("infra/docker: COPY sources exist", dockerfile_problems)
-    report.run("infra/localstack/init-s3.sh: executable, valid sh", script_problems)
+    report.run(
+        "infra/localstack/init-s3.sh, infra/gateway/first-resolver.envsh: executable, valid sh",
+        script_problems,
+    )
     report.run(
         "infra/knative: Knative Service, Broker, Trigger, RedisStreamSource schemas; pod specs",
         lambda: check_knative.schema_problems(K8S_VERSION),
