@@ -21,7 +21,9 @@ BASE="http://127.0.0.1:$GATEWAY_PORT"
 BUILD=(podman build --isolation=chroot --network=host)
 # shellcheck disable=SC2206  # deliberately split: extra flags from the caller
 BUILD+=(${BUILD_VOLUMES:-} ${BUILD_ARGS:-})
-WORK=$(mktemp -d /tmp/whisper-compose-smoke.XXXXXX)
+WORK=$(mktemp -d /tmp/whisper-compose-smoke.XXXXXX)  # mktemp's template, not a placeholder
+# shellcheck source=infra/quickstart.sh
+. "$ROOT/infra/quickstart.sh"
 
 say() { printf '\n== %s\n' "$*"; }
 
@@ -94,11 +96,7 @@ done
 curl -s "$BASE/health"; echo
 
 say "the README quick start against $BASE"
-mkdir -p "$WORK/qs/.venv/bin"
-printf '#!/bin/sh\nexec podman exec %s_jobs_1 whisper-api "$@"\n' "$PROJECT" > "$WORK/qs/.venv/bin/whisper-api"
-chmod +x "$WORK/qs/.venv/bin/whisper-api"
-block=$(awk '/^## Quick start/{q=1} q&&/^```sh$/{f=1;next} f&&/^```$/{exit} f' "$ROOT/README.md")
-(cd "$WORK/qs" && timeout 300 bash -euo pipefail -c "${block//http:\/\/127.0.0.1:8080/$BASE}") | tee "$WORK/srt"
+quick_start "$WORK/qs" "${PROJECT}_jobs_1" "$BASE" | tee "$WORK/srt"
 grep -q "The quick brown fox." "$WORK/srt"
 podman logs "${PROJECT}_worker_1" 2>&1 | grep -m1 "started:"
 say "compose smoke test passed"

@@ -24,7 +24,9 @@ BUILD+=(${BUILD_VOLUMES:-} ${BUILD_ARGS:-})
 # Rootless or sandboxed engines may refuse to raise limits past the caller's: ask for modest ones.
 LIMITS=(--ulimit nofile=1024:1024 --ulimit nproc=1024:1024)
 RUN=(podman run -d --network=host "${LIMITS[@]}")
-WORK=$(mktemp -d /tmp/whisper-smoke.XXXXXX)
+WORK=$(mktemp -d /tmp/whisper-smoke.XXXXXX)  # mktemp's template, not a placeholder
+# shellcheck source=infra/quickstart.sh
+. "$ROOT/infra/quickstart.sh"
 STARTED=()
 
 say() { printf '\n== %s\n' "$*"; }
@@ -110,16 +112,11 @@ BASE="http://127.0.0.1:$GATEWAY_PORT"
 wait_http "$BASE/health"
 curl -s "$BASE/health"; echo
 
-# The block calls .venv/bin/whisper-api; here that is the CLI inside the jobs container.
-mkdir -p "$WORK/qs/.venv/bin"
-printf '#!/bin/sh\nexec podman exec smoke-jobs whisper-api "$@"\n' > "$WORK/qs/.venv/bin/whisper-api"
-chmod +x "$WORK/qs/.venv/bin/whisper-api"
-block=$(awk '/^## Quick start/{q=1} q&&/^```sh$/{f=1;next} f&&/^```$/{exit} f' "$ROOT/README.md")
 # The CPU worker image runs either engine (WHISPER_ENGINE): the quick start once with each.
 for engine in ${ENGINES:-openai-whisper faster-whisper}; do
   say "the README quick start against $BASE, a CPU worker with WHISPER_ENGINE=$engine"
   start worker -e "WHISPER_ENGINE=$engine" -- "$PREFIX/worker:cpu" whisper-api worker
-  (cd "$WORK/qs" && timeout 300 bash -euo pipefail -c "${block//http:\/\/127.0.0.1:8080/$BASE}")
+  quick_start "$WORK/qs" smoke-jobs "$BASE"
   curl -s "$BASE/health"; echo
   podman rm -f smoke-worker >/dev/null
 done

@@ -206,7 +206,7 @@ def admit_token(
     if verdict == "limited":
         raise _rate_refusal(int(limit), int(wait_ms))
     record = dict(zip(flat[::2], flat[1::2], strict=True))
-    return credentials.key_from_record(key_id, record), reply[4] if len(reply) > 4 else None
+    return credentials.key_from_record(key_id, record), reply[4]
 
 
 def _count_failure(r: redis.Redis, settings: FairUseSettings, names: list[str]) -> None:

@@ -119,7 +119,11 @@ def create(r: redis.Redis, job: Job, guard: Guard | None = None) -> None:
 
 def load(r: redis.Redis, job_id: str) -> Job | None:
     """The job record, or None if it does not exist (deleted or never created)."""
-    raw = r.get(keys.job(job_id))
+    return _parse(r.get(keys.job(job_id)))
+
+
+def _parse(raw: Any) -> Job | None:
+    """A stored job record (None for none)."""
     return Job.model_validate_json(cast(str, raw)) if raw else None
 
 
@@ -136,7 +140,7 @@ def key_of(job_id: str) -> str | None:
 
 def owned(raw: Any, key_id: str, job_id: str) -> Job:
     """The caller's job from its stored record ``raw`` (as read with ``keys.job(job_id)``)."""
-    job = Job.model_validate_json(cast(str, raw)) if raw else None
+    job = _parse(raw)
     if job is None or job.key_id != key_id:
         raise NotFoundError(f"no job {job_id!r}")
     return job

@@ -115,7 +115,7 @@ def _send_forever() -> None:
     while True:
         batch = [_pending.get()]
         time.sleep(FLUSH_SECONDS)
-        while len(batch) < 20_000 and not _pending.empty():
+        while len(batch) < _pending.maxsize and not _pending.empty():
             batch.append(_pending.get_nowait())
         for r in {id(item[0]): item[0] for item in batch}.values():
             _write(r, [(labels, seconds) for client, labels, seconds in batch if client is r])
