@@ -16,6 +16,7 @@ Operator defaults come from settings; a key's own overrides live in its record
 
 from __future__ import annotations
 
+import hashlib
 import math
 import secrets
 import time
@@ -27,7 +28,7 @@ from typing import Any, cast
 
 import redis
 
-from shared import credentials, keys, usage
+from shared import credentials, keys, redis_client, usage
 from shared.credentials import LIMIT_FIELDS, ApiKey
 from shared.errors import TooManyRequestsError, UnauthorizedError
 from shared.settings import FairUseSettings, JwtSettings
@@ -196,7 +197,7 @@ def admit_token(
     names = [keys.auth_failures("addr", client), keys.api_key(key_id), keys.rate(key_id), keys.usage(key_id)]
     names += [read] if read else []
     limits = [settings.auth_failures_per_minute, settings.rate_limit_per_minute, _WINDOW_SECONDS]
-    reply = cast(list[Any], _run(r, _ADMISSION, names, [*limits, repr(time.time())]))
+    reply = cast(list[Any], _run_admission(r, names, [*limits, repr(time.time())]))
     verdict, wait_ms, limit, flat = reply[:4]
     if verdict == "blocked":
         raise _auth_refusal(settings.auth_failures_per_minute, int(wait_ms))
@@ -241,14 +242,17 @@ def _rate_refusal(quota: int, wait_ms: int) -> TooManyRequestsError:
     )
 
 
-_SCRIPTS: dict[str, Any] = {}
+_ADMISSION_SHA = hashlib.sha1(_ADMISSION.encode(), usedforsecurity=False).hexdigest()
 
 
-def _run(r: redis.Redis, source: str, names: list[str], args: list[Any]) -> Any:
-    """Run a Lua script by its digest (EVALSHA; loaded on first use on each server)."""
-    if source not in _SCRIPTS:
-        _SCRIPTS[source] = r.register_script(source)
-    return _SCRIPTS[source](keys=names, args=args, client=r)
+def _run_admission(r: redis.Redis, names: list[str], args: list[Any]) -> Any:
+    """Run the admission script by its digest on this thread's own connection (the hot path:
+    ``redis_client.call``); a server that does not know it yet (new, or restarted) is sent it."""
+    try:
+        return redis_client.call(r, "EVALSHA", _ADMISSION_SHA, len(names), *names, *args)
+    except redis.exceptions.NoScriptError:
+        redis_client.call(r, "SCRIPT", "LOAD", _ADMISSION)
+        return redis_client.call(r, "EVALSHA", _ADMISSION_SHA, len(names), *names, *args)
 
 
 def key_id_hint(credential: str) -> str | None:

@@ -208,6 +208,50 @@ def test_redis_down_is_503_with_retry_after_and_recovers_without_losing_jobs(
     assert back.status_code == 200 and back.get_json()["status"] == "pending"
 
 
+def _own_token(env, private_redis, timeout: str) -> dict[str, str]:
+    """Point the service at ``private_redis`` and return a bearer header for a key in it."""
+    from shared import credentials
+    from shared.redis_client import connect
+    from shared.settings import jobs_settings
+
+    env(REDIS_URL=f"redis://127.0.0.1:{private_redis['port']}/0", REDIS_TIMEOUT_SECONDS=timeout)
+    own = connect(jobs_settings())
+    _, plaintext = credentials.create_key(own, "outage")
+    token = credentials.issue_token(jobs_settings(), credentials.verify_key(own, plaintext)).token
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_a_redis_restart_between_polls_is_not_an_error(env, jobs_client, private_redis, make_wav):
+    # The polled route keeps a connection of its own per thread (redis_client.call): after a
+    # restart that connection is stale and the new server has forgotten the admission script.
+    headers = _own_token(env, private_redis, "1")
+    job_id = _post(jobs_client, headers, make_wav(1.0)).get_json()["id"]
+    assert jobs_client.get(f"/transcribe/{job_id}", headers=headers).status_code == 200
+
+    private_redis["proc"].kill()
+    private_redis["proc"].wait()
+    private_redis["proc"] = start_redis(private_redis["port"], private_redis["dir"])
+
+    back = jobs_client.get(f"/transcribe/{job_id}", headers=headers)
+    assert back.status_code == 200 and back.get_json()["id"] == job_id
+
+
+def test_a_hung_redis_is_one_timeout_on_the_polled_route(env, jobs_client, private_redis, make_wav):
+    headers = _own_token(env, private_redis, "2")
+    job_id = _post(jobs_client, headers, make_wav(1.0)).get_json()["id"]
+    assert jobs_client.get(f"/transcribe/{job_id}", headers=headers).status_code == 200
+    os.kill(private_redis["proc"].pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        resp = jobs_client.get(f"/transcribe/{job_id}", headers=headers)
+        elapsed = time.monotonic() - started
+    finally:
+        os.kill(private_redis["proc"].pid, signal.SIGCONT)
+    assert resp.status_code == 503 and resp.headers["Retry-After"] == "5"
+    # REDIS_TIMEOUT_SECONDS once (2 s), never twice: a timeout is not retried
+    assert 2 <= elapsed < 3.9
+
+
 def test_a_hung_redis_is_a_bounded_503(env, jobs_client, private_redis):
     env(REDIS_URL=f"redis://127.0.0.1:{private_redis['port']}/0", REDIS_TIMEOUT_SECONDS="1")
     os.kill(private_redis["proc"].pid, signal.SIGSTOP)

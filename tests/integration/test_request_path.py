@@ -22,24 +22,23 @@ def _job_id(jobs_client, headers, make_wav) -> str:
 
 @pytest.fixture
 def commands(monkeypatch):
-    """The Redis commands this thread sends (the test client runs the app on it); the metrics
-    writer's thread is not counted."""
+    """The Redis commands this thread sends (the test client runs the app on it), counted where
+    redis-py packs each command for the wire, whatever connection carries it (the pool's, a
+    pipeline's or the thread's own: ``redis_client.call``); the metrics writer's thread is not
+    counted."""
     sent: list[str] = []
     me = threading.get_ident()
-    command, pipeline = redis.Redis.execute_command, redis.client.Pipeline.execute
 
-    def counted_command(self, *args, **options):
-        if threading.get_ident() == me:
-            sent.append(str(args[0]))
-        return command(self, *args, **options)
+    def counting(pack):
+        def counted(self, *args):
+            if threading.get_ident() == me:
+                sent.append(str(args[0]))
+            return pack(self, *args)
 
-    def counted_pipeline(self, *args, **options):
-        if threading.get_ident() == me:
-            sent.append("pipeline:" + ",".join(str(c[0][0]) for c in self.command_stack))
-        return pipeline(self, *args, **options)
+        return counted
 
-    monkeypatch.setattr(redis.Redis, "execute_command", counted_command)
-    monkeypatch.setattr(redis.client.Pipeline, "execute", counted_pipeline)
+    for packer in (redis.connection.HiredisRespSerializer, redis.connection.PythonRespSerializer):
+        monkeypatch.setattr(packer, "pack", counting(packer.pack))
     return sent
 
 
