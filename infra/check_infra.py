@@ -32,6 +32,7 @@ import kubernetes_validate
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import check_bodies
 import check_knative
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -453,7 +454,35 @@ def check_k8s(report: Report) -> list[tuple[str, int, Any]]:
             f"infra/k8s/overlays/{overlay}: renders, validates, {overlay} worker",
             lambda overlay=overlay: overlay_problems(overlay),  # type: ignore[misc]
         )
+    check_body_limits(report, docs)
     return docs
+
+
+def check_body_limits(report: Report, docs: list[tuple[str, int, Any]]) -> None:
+    """The same body limit per route in nginx.conf, the HTTPRoutes and each gateway component."""
+    try:
+        small, big = check_bodies.expected_limits()
+    except ValueError as exc:
+        report.check("body limits: nginx.conf's upload limit", [str(exc)])
+        return
+    report.run(
+        f"infra/gateway/nginx.conf: {big} bytes on the upload routes (shared/edge.py), {small} elsewhere",
+        lambda: check_bodies.nginx_problems(small, big),
+    )
+    report.run(
+        f"infra/k8s: HTTPRoute {check_bodies.UPLOADS_ROUTE} holds exactly the upload routes",
+        lambda: check_bodies.route_problems([d for _, _, d in docs]),
+    )
+    for name in sorted(check_bodies.COMPONENT_CHECKS):
+        report.run(
+            f"infra/k8s/components/{name}: renders with overlays/cpu, nginx.conf's limits per route",
+            lambda name=name: check_bodies.component_problems(  # type: ignore[misc]
+                name,
+                render_kustomization(K8S_DIR / "overlays" / "cpu", (f"../../components/{name}",)),
+                small,
+                big,
+            ),
+        )
 
 
 # ---- kustomize overlays (CPU and GPU workers) ------------------------------------------------
@@ -480,9 +509,10 @@ def _json_patch(doc: Any, ops: list[dict[str, Any]]) -> None:
             raise ValueError(f"unsupported patch op {op['op']}")
 
 
-def render_kustomization(directory: Path) -> list[dict[str, Any]]:
-    """The subset of kustomize the overlays use (resources, images, JSON 6902 patches), so the
-    check needs no kubectl; where kubectl is installed, its rendering must agree."""
+def render_kustomization(directory: Path, components: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """The subset of kustomize the overlays use (resources, components, images, JSON 6902
+    patches), so the check needs no kubectl; where kubectl is installed, its rendering must
+    agree. ``components``: more of them, as if the kustomization listed them too."""
     spec = yaml.safe_load((directory / "kustomization.yaml").read_text())
     docs: list[dict[str, Any]] = []
     for resource in spec.get("resources", []):
@@ -491,6 +521,10 @@ def render_kustomization(directory: Path) -> list[dict[str, Any]]:
             docs += render_kustomization(path)
         else:
             docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    for component in [*spec.get("components", []), *components]:
+        # A component adds its resources, then patches everything rendered so far.
+        docs += render_kustomization((directory / component).resolve())
+        _apply_patches(docs, yaml.safe_load(((directory / component) / "kustomization.yaml").read_text()))
     for image in spec.get("images", []):
         for doc in docs:
             pod = doc.get("spec", {}).get("template", {}).get("spec", {})
@@ -498,12 +532,17 @@ def render_kustomization(directory: Path) -> list[dict[str, Any]]:
                 name, _, tag = container["image"].rpartition(":")
                 if name == image["name"]:
                     container["image"] = f"{image.get('newName', name)}:{image.get('newTag', tag)}"
+    if spec.get("kind") != "Component":  # a component's patches apply where it is used
+        _apply_patches(docs, spec)
+    return docs
+
+
+def _apply_patches(docs: list[dict[str, Any]], spec: dict[str, Any]) -> None:
     for patch in spec.get("patches", []):
         target = patch["target"]
         for doc in docs:
             if doc["kind"] == target["kind"] and doc["metadata"]["name"] == target["name"]:
                 _json_patch(doc, yaml.safe_load(patch["patch"]))
-    return docs
 
 
 def overlay_problems(name: str) -> list[str]:

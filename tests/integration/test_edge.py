@@ -333,6 +333,18 @@ def test_behind_nginx_small_bodies_are_limited_and_stalled_clients_leave_health_
             sock.close()
 
 
+@pytest.mark.parametrize("path", ["/transcribe", "/transcribe/", "/asr/", "/v1/audio/transcriptions/"])
+def test_behind_nginx_every_spelling_of_an_upload_route_takes_an_upload(nginx, path):
+    # The functions take each upload route with or without its trailing slash, so nginx must
+    # pass a 2 MB upload (over the small routes' 64k) on to them: their 401, not nginx's 413.
+    sock = _connect(nginx)
+    form = {"Content-Type": "multipart/form-data; boundary=b", "Content-Length": "2000000"}
+    sock.sendall(_head("POST", path, form) + b"--b\r\n")
+    answer = _read_answer(sock, time.monotonic())
+    sock.close()
+    assert answer.status == 401
+
+
 # ---- multipart caps (point 3), in-process through functions-framework's app ------------------
 
 
