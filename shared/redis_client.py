@@ -54,6 +54,11 @@ def call(r: redis.Redis, *args: Any) -> Any:
         conn.disconnect()
         if not reused:
             raise
+    except BaseException:
+        # Whatever stopped it (a timeout, a request's own deadline) may leave a reply unread:
+        # never read it as the next command's.
+        conn.disconnect()
+        raise
     conn.send_command(*args)
     return conn.read_response()
 

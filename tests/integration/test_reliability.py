@@ -250,6 +250,9 @@ def test_a_hung_redis_is_one_timeout_on_the_polled_route(env, jobs_client, priva
     assert resp.status_code == 503 and resp.headers["Retry-After"] == "5"
     # REDIS_TIMEOUT_SECONDS once (2 s), never twice: a timeout is not retried
     assert 2 <= elapsed < 3.9
+    # Redis, resumed, answers the timed-out command late: that reply is never taken for the next
+    again = jobs_client.get(f"/transcribe/{job_id}", headers=headers)
+    assert again.status_code == 200 and again.get_json()["id"] == job_id
 
 
 def test_a_hung_redis_is_a_bounded_503(env, jobs_client, private_redis):
