@@ -1,0 +1,75 @@
+"""CTranslate2's encoder alone, int8 against float32, on the bench's sized checkpoints.
+
+    .venv/bin/python bench/ct2_encoder.py [--sizes tiny,base] [--batch 8] [--runs 3]
+
+Converts a generated checkpoint of each size (``build_sized_checkpoint``, the real shapes) the
+way a faster-whisper worker does, then times ``Whisper.encode`` on ``--batch`` windows of 30 s
+for each compute type, each in a process of its own (a loaded model keeps an OpenMP team: see
+bench/engine.py), and prints milliseconds per window (best of ``--runs``). CTranslate2's
+environment variables (``CT2_USE_MKL``, ``CT2_FORCE_CPU_ISA``, ``MKL_ENABLE_INSTRUCTIONS``) pass
+through to the children.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+_CHILD = """
+import sys, time
+import numpy as np, ctranslate2
+path, compute, batch, runs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+model = ctranslate2.models.Whisper(path, device="cpu", compute_type=compute, intra_threads=2)
+audio = np.random.default_rng(0).standard_normal((batch, 80, 3000), np.float32)
+mels = ctranslate2.StorageView.from_array(audio)
+model.encode(mels)
+best = float("inf")
+for _ in range(runs):
+    started = time.perf_counter()
+    model.encode(mels)
+    best = min(best, time.perf_counter() - started)
+print(best / batch * 1000)
+"""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", default="tiny,base")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+
+    from devtools.demo_model import build_sized_checkpoint
+    from shared.engine.convert import ensure_converted
+
+    with tempfile.TemporaryDirectory(prefix="whisper-ct2-") as tmp:
+        for size in args.sizes.split(","):
+            checkpoint = Path(tmp) / f"{size}.pt"
+            build_sized_checkpoint(checkpoint, size)
+            converted = ensure_converted(Path(tmp), size, checkpoint)
+            ms = {}
+            for compute in ("int8", "float32"):
+                out = subprocess.run(
+                    [sys.executable, "-c", _CHILD, str(converted), compute, str(args.batch), str(args.runs)],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                ms[compute] = float(out.stdout.strip().splitlines()[-1])
+            print(
+                f"{size}: encoder {ms['int8']:.0f} ms a window in int8, {ms['float32']:.0f} in float32 "
+                f"(int8 {ms['float32'] / ms['int8']:.2f}x), batch {args.batch}, best of {args.runs}"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
