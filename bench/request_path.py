@@ -6,8 +6,8 @@
 1. Over the network, with wrk: ``GET /transcribe/{id}`` (a real token: signature, key state,
    rate limit, usage counted, tenant isolation) served by ``functions-framework --target=jobs``
    against a hello world served by ``functions-framework`` with the same gunicorn settings
-   (its defaults: 1 worker, ``THREADS`` = 4 per CPU). Median of ``--runs`` runs: requests/s and
-   p99, and the ratio to the ceiling.
+   (its defaults: 1 worker, ``THREADS`` = 4 per CPU). Median of ``--runs`` runs, the two taking
+   turns: requests/s and p99, and the ratio to the ceiling.
 2. Without the network: CPU time per request in one process (functions-framework's test
    client), the job lookup against the hello world.
 3. With ``--upload-mb``: the jobs function's resident memory after each of ``--uploads``
@@ -85,11 +85,19 @@ def _wrk(url: str, token: str | None, seconds: int, connections: int) -> tuple[f
     return rate, float(p99) * scale
 
 
-def _median_run(
-    url: str, token: str | None, runs: int, seconds: int, connections: int
-) -> tuple[float, float]:
-    results = [_wrk(url, token, seconds, connections) for _ in range(runs)]
-    return statistics.median(r for r, _ in results), statistics.median(p for _, p in results)
+def _interleaved(
+    targets: list[tuple[str, str | None]], runs: int, seconds: int, connections: int
+) -> list[tuple[float, float, list[float]]]:
+    """Median requests/s and p99 of each target (and every run's rate), the targets taking
+    turns run by run, so a shared machine's load drifting over minutes weighs on each alike."""
+    results: list[list[tuple[float, float]]] = [[] for _ in targets]
+    for _ in range(runs):
+        for done, (url, token) in zip(results, targets, strict=True):
+            done.append(_wrk(url, token, seconds, connections))
+    return [
+        (statistics.median(r for r, _ in done), statistics.median(p for _, p in done), [r for r, _ in done])
+        for done in results
+    ]
 
 
 def _cpu_per_request(target: str, source: str, path: str, headers: dict[str, str], n: int = 2000) -> float:
@@ -181,15 +189,14 @@ def throughput(args: argparse.Namespace, env: dict[str, str], work: Path) -> Non
                     headers={"Authorization": f"Bearer {token}"},
                     timeout=30,
                 )
-        jobs = _median_run(
-            f"http://127.0.0.1:{jobs_port}/transcribe/{job_id}",
-            token,
+        jobs, ceiling = _interleaved(
+            [
+                (f"http://127.0.0.1:{jobs_port}/transcribe/{job_id}", token),
+                (f"http://127.0.0.1:{hello_port}/", None),
+            ],
             args.runs,
             args.seconds,
             args.connections,
-        )
-        ceiling = _median_run(
-            f"http://127.0.0.1:{hello_port}/", None, args.runs, args.seconds, args.connections
         )
     finally:
         for proc in (jobs_proc, hello_proc):
@@ -204,6 +211,7 @@ def throughput(args: argparse.Namespace, env: dict[str, str], work: Path) -> Non
     print(f"  GET /transcribe/{{id}}  {jobs[0]:8.0f} req/s  p99 {jobs[1]:6.1f} ms")
     print(f"  hello world (ceiling)  {ceiling[0]:8.0f} req/s  p99 {ceiling[1]:6.1f} ms")
     print(f"  ratio                  {jobs[0] / ceiling[0]:8.0%}")
+    print(f"  each run, taking turns: {[round(r) for r in jobs[2]]} / {[round(r) for r in ceiling[2]]} req/s")
     print("CPU per request, in process (no network):")
     print(f"  GET /transcribe/{{id}}  {cpu_jobs:6.3f} ms")
     print(f"  hello world (ceiling)  {cpu_hello:6.3f} ms")

@@ -15,6 +15,7 @@ Field names are ``name|label|...``; :data:`_SCHEMA` says which labels each name 
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import queue
@@ -83,7 +84,7 @@ def http_request(r: redis.Redis, route: str, method: str, status: int, seconds: 
     """Count one answered request (the access log calls this). Written by a background thread,
     so a slow or down Redis never delays an answer (a 503 for a Redis outage least of all);
     requests are dropped from the count, not queued without bound, while Redis is away."""
-    index = next((i for i, bound in enumerate(HTTP_BUCKETS) if seconds <= bound), len(HTTP_BUCKETS))
+    index = bisect.bisect_left(HTTP_BUCKETS, seconds)  # the first bucket the request fits in
     try:
         _sender().put_nowait((r, (route, method, str(status), str(index)), seconds))
     except queue.Full:

@@ -19,7 +19,7 @@ def _code_routes() -> set[tuple[str, str]]:
     from functions.jobs import main
 
     routes = set()
-    for routing in (main._ROUTES, main._V1_ROUTES):
+    for routing in (main._ROUTES.map, main._V1_ROUTES.map):
         for rule in routing.iter_rules():
             path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
             # werkzeug adds HEAD to every GET rule by itself; it is not a route of ours.

@@ -4,12 +4,13 @@ command, and every check of the full path still holds through it."""
 from __future__ import annotations
 
 import io
+import json
 import threading
 
 import pytest
 import redis
 
-from shared import credentials
+from shared import credentials, keys
 from shared.settings import jobs_settings
 
 
@@ -77,3 +78,27 @@ def test_the_polled_route_keeps_every_check(env, jobs_client, api_key, bearer, m
     credentials.revoke_key(r, key_id)
     revoked = jobs_client.get(f"/transcribe/{job_id}", headers=alice)
     assert revoked.status_code == 401 and job_id not in revoked.get_data(as_text=True)
+
+
+def test_a_polled_answer_follows_the_record_and_stays_its_owners(jobs_client, bearer, make_wav, r):
+    alice, bob = bearer("alice"), bearer("bob")
+    job_id = _job_id(jobs_client, alice, make_wav)
+    name = keys.job(job_id)
+    assert jobs_client.get(f"/transcribe/{job_id}", headers=alice).get_json()["status"] == "pending"
+
+    # the worker moves it on: the next poll shows the new record, not the answer made before
+    record = json.loads(r.get(name))
+    r.set(name, json.dumps({**record, "status": "processing", "progress": 0.5}))
+    polled = jobs_client.get(f"/transcribe/{job_id}", headers=alice).get_json()
+    assert (polled["status"], polled["progress"]) == ("processing", 0.5)
+    # the record alice's polls have read is still nobody else's
+    assert jobs_client.get(f"/transcribe/{job_id}", headers=bob).status_code == 404
+    # a finished job's record carries its transcript, however long
+    text = "word " * 5000
+    r.set(name, json.dumps({**record, "status": "completed", "progress": 1.0, "transcription": text}))
+    done = jobs_client.get(f"/transcribe/{job_id}", headers=alice).get_json()
+    assert (done["status"], done["transcription"]) == ("completed", text)
+    assert jobs_client.get(f"/transcribe/{job_id}", headers=bob).status_code == 404
+    # a deleted job is gone at once
+    assert jobs_client.delete(f"/transcribe/{job_id}", headers=alice).status_code == 204
+    assert jobs_client.get(f"/transcribe/{job_id}", headers=alice).status_code == 404
