@@ -227,7 +227,9 @@ def uploads(args: argparse.Namespace, env: dict[str, str], work: Path) -> None:
     token = credentials.issue_token(JwtSettings(jwt_secret=env["JWT_SECRET"]), key).token
     audio = work / "big.wav"
     _big_wav(audio, args.upload_mb << 20)
-    proc, port = _serve(str(ROOT / "functions" / "jobs" / "main.py"), "jobs", env)
+    # The default limit is 1 GiB of audio; a form of that much audio is a little over it.
+    limit = {"MAX_UPLOAD_BYTES": str(max(args.upload_mb << 20, 1 << 30) + (1 << 20))}
+    proc, port = _serve(str(ROOT / "functions" / "jobs" / "main.py"), "jobs", {**env, **limit})
     try:
         requests.get(f"http://127.0.0.1:{port}/health", timeout=30)
         print(f"jobs function RSS: {_rss_mb(proc.pid):.0f} MiB at rest")
@@ -240,6 +242,8 @@ def uploads(args: argparse.Namespace, env: dict[str, str], work: Path) -> None:
                     headers={"Authorization": f"Bearer {token}"},
                     timeout=600,
                 )
+            if resp.status_code != 202:
+                raise RuntimeError(f"upload {index + 1} was refused: {resp.status_code} {resp.text}")
             rss = _rss_mb(proc.pid)
             print(f"  after upload {index + 1} ({args.upload_mb} MB, {resp.status_code}): {rss:.0f} MiB")
     finally:
@@ -248,7 +252,8 @@ def uploads(args: argparse.Namespace, env: dict[str, str], work: Path) -> None:
 
 
 def _big_wav(path: Path, size: int) -> None:
-    """A valid 16 kHz mono WAV of about ``size`` bytes (silence), written without holding it."""
+    """A valid 48 kHz stereo WAV of about ``size`` bytes (silence; 1 GB is 93 minutes, inside
+    ``MAX_AUDIO_SECONDS``), written without holding it."""
     import struct
 
     data = size - 44
@@ -256,7 +261,7 @@ def _big_wav(path: Path, size: int) -> None:
         b"RIFF"
         + struct.pack("<I", 36 + data)
         + b"WAVEfmt "
-        + struct.pack("<IHHIIHH", 16, 1, 1, 16000, 32000, 2, 16)
+        + struct.pack("<IHHIIHH", 16, 1, 2, 48000, 192000, 4, 16)
     )
     with path.open("wb") as out:
         out.write(header + b"data" + struct.pack("<I", data))
