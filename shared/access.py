@@ -75,20 +75,22 @@ def logged(settings: Callable[[], RedisSettings]) -> Callable[[Handler], Handler
 
 def _record(request: Request, response: Response, seconds: float, settings: RedisSettings) -> None:
     route = request.environ.get(_ROUTE, UNMATCHED)
-    fields = {
-        "method": request.method,
-        "route": route,
-        "status": response.status_code,
-        "duration_ms": round(seconds * 1000, 1),
-        "key_id": request.environ.get(_KEY),
-    }
-    log.info(
-        "%s %s %s %.1fms key=%s",
-        request.method,
-        route,
-        response.status_code,
-        seconds * 1000,
-        fields["key_id"] or "-",
-        extra={"http": fields},
-    )
+    if log.isEnabledFor(logging.INFO):  # the line's fields are built only when it is written
+        key_id = request.environ.get(_KEY)
+        fields = {
+            "method": request.method,
+            "route": route,
+            "status": response.status_code,
+            "duration_ms": round(seconds * 1000, 1),
+            "key_id": key_id,
+        }
+        log.info(
+            "%s %s %s %.1fms key=%s",
+            request.method,
+            route,
+            response.status_code,
+            seconds * 1000,
+            key_id or "-",
+            extra={"http": fields},
+        )
     metrics.http_request(connect(settings), route, request.method, response.status_code, seconds)

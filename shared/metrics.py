@@ -18,10 +18,9 @@ from __future__ import annotations
 import bisect
 import logging
 import os
-import queue
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -85,21 +84,24 @@ def http_request(r: redis.Redis, route: str, method: str, status: int, seconds: 
     so a slow or down Redis never delays an answer (a 503 for a Redis outage least of all);
     requests are dropped from the count, not queued without bound, while Redis is away."""
     index = bisect.bisect_left(HTTP_BUCKETS, seconds)  # the first bucket the request fits in
-    try:
-        _sender().put_nowait((r, (route, method, str(status), str(index)), seconds))
-    except queue.Full:
-        log.debug("request not counted: the metrics queue is full")
+    pending = _sender()
+    if len(pending) >= _MAX_PENDING:
+        log.debug("request not counted: %d requests wait to be counted already", len(pending))
+        return
+    pending.append((r, (route, method, str(status), str(index)), seconds))
 
 
 _Counted = tuple[redis.Redis, tuple[str, str, str, str], float]
-_pending: queue.Queue[_Counted] = queue.Queue(maxsize=10_000)
+#: Requests answered and not yet written (a deque: appending and taking are atomic, no lock).
+_pending: deque[_Counted] = deque()
+_MAX_PENDING = 10_000
 _started: set[int] = set()
 _start_lock = threading.Lock()
 
 
-def _sender() -> queue.Queue[_Counted]:
-    """The queue of uncounted requests, with its writer thread started once per process
-    (after gunicorn's fork: a thread does not survive into a forked child)."""
+def _sender() -> deque[_Counted]:
+    """The uncounted requests, with their writer thread started once per process (after
+    gunicorn's fork: a thread does not survive into a forked child)."""
     if os.getpid() not in _started:  # the lock only until this process's writer runs
         with _start_lock:
             if os.getpid() not in _started:
@@ -114,10 +116,10 @@ FLUSH_SECONDS = 1.0
 
 def _send_forever() -> None:
     while True:
-        batch = [_pending.get()]
         time.sleep(FLUSH_SECONDS)
-        while len(batch) < _pending.maxsize and not _pending.empty():
-            batch.append(_pending.get_nowait())
+        batch: list[_Counted] = []
+        while _pending and len(batch) < _MAX_PENDING:
+            batch.append(_pending.popleft())
         for r in {id(item[0]): item[0] for item in batch}.values():
             _write(r, [(labels, seconds) for client, labels, seconds in batch if client is r])
 
