@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
-DEB_PACKAGES := ffmpeg redis-server espeak-ng chromium chromium-driver nginx-light
+DEB_PACKAGES := ffmpeg redis-server espeak-ng chromium chromium-driver nginx-light libjemalloc2
 
 .PHONY: install run test lint typecheck check-deploy clean
 

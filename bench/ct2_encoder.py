@@ -1,18 +1,21 @@
-"""CTranslate2's encoder alone, int8 against float32, on the bench's sized checkpoints.
+"""CTranslate2's encoder alone, int8 against float32, on glibc's malloc against jemalloc.
 
     .venv/bin/python bench/ct2_encoder.py [--sizes tiny,base] [--batch 8] [--runs 3]
 
 Converts a generated checkpoint of each size (``build_sized_checkpoint``, the real shapes) the
 way a faster-whisper worker does, then times ``Whisper.encode`` on ``--batch`` windows of 30 s
-for each compute type, each in a process of its own (a loaded model keeps an OpenMP team: see
-bench/engine.py), and prints milliseconds per window (best of ``--runs``). CTranslate2's
-environment variables (``CT2_USE_MKL``, ``CT2_FORCE_CPU_ISA``, ``MKL_ENABLE_INSTRUCTIONS``) pass
-through to the children.
+for each compute type and C allocator (glibc's malloc, and jemalloc preloaded as the worker
+preloads it, ``shared.engine.memory``), each in a process of its own (a loaded model keeps an
+OpenMP team: see bench/engine.py), and prints milliseconds per window (best of ``--runs``) and
+the kernel's share of the child's CPU time. CTranslate2's environment variables
+(``CT2_USE_MKL``, ``CT2_FORCE_CPU_ISA``, ``MKL_ENABLE_INSTRUCTIONS``) pass through to the children.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -38,6 +41,17 @@ print(best / batch * 1000)
 """
 
 
+def allocators() -> dict[str, dict[str, str]]:
+    """The children's environments: glibc's malloc, and jemalloc as the worker preloads it."""
+    from shared.engine.memory import jemalloc_env
+
+    libc = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}
+    jemalloc = jemalloc_env(libc)
+    if jemalloc is None:
+        sys.exit("jemalloc is not installed (Debian: libjemalloc2)")
+    return {"libc": libc, "jemalloc": jemalloc}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -55,19 +69,33 @@ def main() -> int:
             checkpoint = Path(tmp) / f"{size}.pt"
             build_sized_checkpoint(checkpoint, size)
             converted = ensure_converted(Path(tmp), size, checkpoint)
-            ms = {}
+            ms: dict[tuple[str, str], float] = {}
+            kernel: dict[tuple[str, str], float] = {}
+            for heap, env in allocators().items():
+                for compute in ("int8", "float32"):
+                    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+                    child = [str(converted), compute, str(args.batch), str(args.runs)]
+                    out = subprocess.run(
+                        [sys.executable, "-c", _CHILD, *child],
+                        capture_output=True,
+                        text=True,
+                        check=True,
+                        env=env,
+                    )
+                    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                    system, user = after.ru_stime - before.ru_stime, after.ru_utime - before.ru_utime
+                    ms[heap, compute] = float(out.stdout.strip().splitlines()[-1])
+                    kernel[heap, compute] = system / (system + user)
             for compute in ("int8", "float32"):
-                out = subprocess.run(
-                    [sys.executable, "-c", _CHILD, str(converted), compute, str(args.batch), str(args.runs)],
-                    capture_output=True,
-                    text=True,
-                    check=True,
+                print(
+                    f"{size} {compute:>7}: encoder {ms['libc', compute]:.0f} ms a window on glibc's malloc "
+                    f"({kernel['libc', compute]:.0%} of CPU time in the kernel), "
+                    f"{ms['jemalloc', compute]:.0f} on jemalloc ({kernel['jemalloc', compute]:.0%}): "
+                    f"{ms['libc', compute] / ms['jemalloc', compute]:.2f}x"
                 )
-                ms[compute] = float(out.stdout.strip().splitlines()[-1])
-            print(
-                f"{size}: encoder {ms['int8']:.0f} ms a window in int8, {ms['float32']:.0f} in float32 "
-                f"(int8 {ms['float32'] / ms['int8']:.2f}x), batch {args.batch}, best of {args.runs}"
-            )
+            print(f"{size}: batch {args.batch}, best of {args.runs}")
+            for heap in ("libc", "jemalloc"):
+                print(f"{size}: int8 over float32 on {heap}: {ms[heap, 'float32'] / ms[heap, 'int8']:.2f}x")
     return 0
 
 

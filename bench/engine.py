@@ -22,6 +22,10 @@ every contender; the token counts are printed to show it. Contenders:
 
 Prints x-real-time (audio seconds per wall second, median of --runs) and the ratios.
 
+The script runs on the worker's C allocator: it re-executes itself with jemalloc preloaded as the
+worker does (``shared.engine.memory``); ``LD_PRELOAD= .venv/bin/python bench/engine.py`` runs it
+on glibc's malloc instead.
+
 Every contender computes on a thread of its own, and no other thread that has run torch's
 kernels is alive meanwhile (engines' batchers are stopped between runs): a process with more
 OpenMP thread teams than cores runs every small kernel several times slower
@@ -245,16 +249,18 @@ def main() -> None:
     parser.add_argument("--rss-hours", type=float, default=3.0, help="0 skips the RSS comparison")
     parser.add_argument("--rss-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    from shared.engine.memory import allocator, bound_heap, reexec_with_jemalloc
+
+    reexec_with_jemalloc()  # the worker's allocator (functions.transcribe.main), for every contender
     import torch
 
     torch.set_num_threads(args.threads)
-    from shared.engine.memory import bound_heap
-
-    bound_heap()  # the worker's heap settings (shared.worker.build), for every contender
+    if allocator() == "libc":
+        bound_heap()  # the worker's heap settings without jemalloc (shared.worker.build)
     if args.rss_child:
         rss_child(*args.rss_child)
         return
-    print(f"torch {torch.__version__}, {args.threads} CPU threads")
+    print(f"torch {torch.__version__}, {args.threads} CPU threads, C allocator: {allocator()}")
     with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
         work = Path(tmp)
         if args.sizes:  # --sizes "" measures memory only

@@ -4,8 +4,10 @@
 # names what to install and stops, instead of failing on the first command that is not there.
 set -euo pipefail
 
-# The commands each package provides: what is looked for where there is no dpkg to ask.
-declare -A provides=([ffmpeg]="ffmpeg ffprobe" [redis-server]="redis-server" [espeak-ng]="espeak-ng")
+# The commands each package provides: what is looked for where there is no dpkg to ask. None
+# for libjemalloc2: the worker runs without it (slower with the faster-whisper engine), so it is
+# not asked for there.
+declare -A provides=([ffmpeg]="ffmpeg ffprobe" [redis-server]="redis-server" [espeak-ng]="espeak-ng" [libjemalloc2]="")
 # Their names elsewhere (Homebrew; Fedora and most others use the Debian name, redis aside).
 declare -A brew=([ffmpeg]=ffmpeg [redis-server]=redis [espeak-ng]=espeak-ng)
 
@@ -15,7 +17,7 @@ for pkg in "$@"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     continue
   fi
-  for cmd in ${provides[$pkg]:-$pkg}; do
+  for cmd in ${provides[$pkg]-$pkg}; do
     command -v "$cmd" >/dev/null 2>&1 || { missing+=("$pkg"); break; }
   done
 done

@@ -383,11 +383,19 @@ def build(settings: WorkerSettings) -> Worker:
     WORKER_PRELOAD_MODELS."""
     import torch
 
-    from shared.engine.memory import bound_heap
+    from shared.engine.memory import allocator, bound_heap
     from shared.engine.models import ModelCache
     from shared.redis_client import connect
 
-    bound_heap()
+    heap = allocator()
+    if heap == "libc":
+        bound_heap()
+        if settings.whisper_engine == "faster-whisper":
+            log.warning(
+                "glibc's malloc: CTranslate2 runs up to 2x slower on it than on jemalloc; install "
+                "libjemalloc2 (Debian) or preload an allocator that reuses big blocks"
+            )
+    log.info("C allocator: %s", heap)
     if settings.whisper_cpu_threads:
         torch.set_num_threads(settings.whisper_cpu_threads)
     r = connect(settings)
