@@ -5,7 +5,7 @@
 Converts a generated checkpoint of each size (``build_sized_checkpoint``, the real shapes) the
 way a faster-whisper worker does, then times ``Whisper.encode`` on ``--batch`` windows of 30 s
 for each compute type and C allocator (glibc's malloc, and jemalloc preloaded as the worker
-preloads it, ``shared.engine.memory``), each in a process of its own (a loaded model keeps an
+preloads it, ``shared.engine.process``), each in a process of its own (a loaded model keeps an
 OpenMP team: see bench/engine.py), and prints milliseconds per window (best of ``--runs``) and
 the kernel's share of the child's CPU time. CTranslate2's environment variables
 (``CT2_USE_MKL``, ``CT2_FORCE_CPU_ISA``, ``MKL_ENABLE_INSTRUCTIONS``) pass through to the children.
@@ -42,14 +42,15 @@ print(best / batch * 1000)
 
 
 def allocators() -> dict[str, dict[str, str]]:
-    """The children's environments: glibc's malloc, and jemalloc as the worker preloads it."""
-    from shared.engine.memory import jemalloc_env
+    """The children's environments: the worker's (``shared.engine.process``) on glibc's malloc,
+    and on jemalloc as the worker preloads it."""
+    from shared.engine import process
 
-    libc = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}
-    jemalloc = jemalloc_env(libc)
-    if jemalloc is None:
+    base = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}
+    jemalloc = process.worker_env(base)
+    if jemalloc is None or "LD_PRELOAD" not in jemalloc:
         sys.exit("jemalloc is not installed (Debian: libjemalloc2)")
-    return {"libc": libc, "jemalloc": jemalloc}
+    return {"libc": {**jemalloc, "LD_PRELOAD": ""}, "jemalloc": jemalloc}
 
 
 def main() -> int:

@@ -22,9 +22,10 @@ every contender; the token counts are printed to show it. Contenders:
 
 Prints x-real-time (audio seconds per wall second, median of --runs) and the ratios.
 
-The script runs on the worker's C allocator: it re-executes itself with jemalloc preloaded as the
-worker does (``shared.engine.memory``); ``LD_PRELOAD= .venv/bin/python bench/engine.py`` runs it
-on glibc's malloc instead.
+The script runs in the worker's environment: it re-executes itself as the worker does, with
+jemalloc preloaded and libgomp's wait policy (``shared.engine.process``);
+``LD_PRELOAD= .venv/bin/python bench/engine.py`` runs it on glibc's malloc instead, and
+``OMP_WAIT_POLICY=`` leaves libgomp's default.
 
 Every contender computes on a thread of its own, and no other thread that has run torch's
 kernels is alive meanwhile (engines' batchers are stopped between runs): a process with more
@@ -249,9 +250,10 @@ def main() -> None:
     parser.add_argument("--rss-hours", type=float, default=3.0, help="0 skips the RSS comparison")
     parser.add_argument("--rss-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    from shared.engine.memory import allocator, bound_heap, reexec_with_jemalloc
+    from shared.engine import process
+    from shared.engine.memory import allocator, bound_heap
 
-    reexec_with_jemalloc()  # the worker's allocator (functions.transcribe.main), for every contender
+    process.reexec()  # the worker's environment (functions.transcribe.main), for every contender
     import torch
 
     torch.set_num_threads(args.threads)

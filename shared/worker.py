@@ -30,6 +30,7 @@ import redis
 
 from shared import events, jobstore, keys, logs, metrics, model_ads, queue, retention, webhooks
 from shared.dispatcher import Dispatcher
+from shared.engine.memory import allocator
 from shared.engine.pipeline import Engine, Progress
 from shared.errors import (
     JobError,
@@ -87,12 +88,13 @@ class Worker:
         hooks.start()
         runner = self.engine.models.runner
         log.info(
-            "worker %s started: %s on %s, %s, batch %d",
+            "worker %s started: %s on %s, %s, batch %d, C allocator %s",
             self.name,
             runner.engine,
             runner.device,
             runner.compute_type,
             self.engine.batcher.batch_size,
+            allocator(),
         )
         backoff = 0.1
         try:
@@ -383,7 +385,7 @@ def build(settings: WorkerSettings) -> Worker:
     WORKER_PRELOAD_MODELS."""
     import torch
 
-    from shared.engine.memory import allocator, bound_heap
+    from shared.engine.memory import bound_heap
     from shared.engine.models import ModelCache
     from shared.redis_client import connect
 
@@ -395,7 +397,6 @@ def build(settings: WorkerSettings) -> Worker:
                 "glibc's malloc: CTranslate2 runs up to 2x slower on it than on jemalloc; install "
                 "libjemalloc2 (Debian) or preload an allocator that reuses big blocks"
             )
-    log.info("C allocator: %s", heap)
     if settings.whisper_cpu_threads:
         torch.set_num_threads(settings.whisper_cpu_threads)
     r = connect(settings)

@@ -17,7 +17,7 @@ import functions_framework
 from cloudevents.http.event import CloudEvent
 
 from shared import push_events
-from shared.engine.memory import reexec_with_jemalloc
+from shared.engine import process
 from shared.logs import configure_logging
 from shared.settings import worker_settings
 from shared.worker import Worker, build
@@ -48,10 +48,10 @@ def main() -> None:
     """Run the pull worker until SIGTERM or SIGINT, then exit 0. The job in hand gets
     WORKER_SHUTDOWN_GRACE_SECONDS to finish, else it is handed back to the queue.
 
-    First, where jemalloc is installed and not yet preloaded, the process re-executes itself
-    with it (same pid, same arguments): CTranslate2 runs up to twice as fast on it
-    (``shared.engine.memory``)."""
-    reexec_with_jemalloc()
+    First, the process re-executes itself (same pid, same arguments) where its environment
+    lacks what the engines need from the start: jemalloc preloaded, libgomp's wait policy
+    (``shared.engine.process``)."""
+    process.reexec()
     worker = _worker()
 
     def request_stop(signum: int, _frame: object) -> None:

@@ -1,15 +1,14 @@
 """The worker's C heap: jemalloc where it is installed, else glibc's malloc kept from creeping.
 
-jemalloc first (``jemalloc_env``): CTranslate2 allocates each layer's attention matrices afresh,
-1,500 x 1,500 floats a head and window (864 MB a layer for 16 windows at ``tiny``), and glibc
-maps every block above 32 MiB fresh from the kernel and unmaps it when freed, so every window
-paid its page faults and the zeroing of that memory: CTranslate2's encoder spent half its time
-in the kernel. jemalloc with ``oversize_threshold:0`` keeps big blocks in its arenas and hands
-them out again: 306 -> 162 ms a window at ``tiny`` in int8, and the faster-whisper engine 1.3x
-faster end to end (bench/README.md, "Engines"). glibc cannot be told to: its mmap threshold
-stops at 32 MiB. An allocator is chosen before a process starts (``LD_PRELOAD``), so the pull
-worker re-executes itself once with jemalloc preloaded (``functions.transcribe.main``); the
-worker image sets the same variables, which covers the push worker too.
+jemalloc first (preloaded: ``shared.engine.process``): CTranslate2 allocates each layer's
+attention matrices afresh, 1,500 x 1,500 floats a head and window (864 MB a layer for 16 windows
+at ``tiny``), and glibc maps every block above 32 MiB fresh from the kernel and unmaps it when
+freed, so every window paid its page faults and the zeroing of that memory: CTranslate2's encoder
+spent 42 % of its CPU time in the kernel. jemalloc with ``oversize_threshold:0`` keeps big blocks
+in its arenas and hands them out again: 298 -> 167 ms a window at ``tiny`` in int8
+(bench/ct2_encoder.py). glibc cannot be told to: its mmap threshold stops at 32 MiB. jemalloc
+also bounds a long recording's growth better (bench/engine.py --rss-hours 3: +106 MiB over
+1 minute's peak, against +203 MiB on glibc with the settings below).
 
 Where jemalloc is missing, glibc's malloc is kept from creeping (``bound_heap``).
 
@@ -32,9 +31,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
-import os
-import sys
-from collections.abc import Mapping
 from pathlib import Path
 
 log = logging.getLogger("whisper_api.engine")
@@ -66,35 +62,6 @@ def bound_heap() -> bool:
             (_M_ARENA_MAX, ARENAS),
         )
     )
-
-
-#: The library a worker preloads (its soname: the dynamic loader finds it on any architecture).
-JEMALLOC = "libjemalloc.so.2"
-#: Big blocks kept for reuse (see above); a background thread returns what stays unused.
-MALLOC_CONF = "oversize_threshold:0,background_thread:true"
-
-
-def jemalloc_env(environ: Mapping[str, str]) -> dict[str, str] | None:
-    """The environment to re-execute a worker in so that jemalloc is its allocator, or None
-    when there is nothing to do: ``LD_PRELOAD`` is set, even empty (by this re-execution, the
-    image, or an operator who chose another allocator or, with ``LD_PRELOAD=``, glibc's), this
-    is not Linux, or jemalloc is not installed. An operator's ``MALLOC_CONF`` is kept."""
-    if "LD_PRELOAD" in environ or not sys.platform.startswith("linux"):
-        return None
-    if ctypes.util.find_library("jemalloc") is None:
-        return None
-    return {**environ, "LD_PRELOAD": JEMALLOC, "MALLOC_CONF": environ.get("MALLOC_CONF", MALLOC_CONF)}
-
-
-def reexec_with_jemalloc() -> None:
-    """Replace this process (same pid, same arguments) by one with jemalloc preloaded, where
-    ``jemalloc_env`` says to; else return. Call it first thing, before any thread starts."""
-    env = jemalloc_env(os.environ)
-    if env is None:
-        return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)  # noqa: S606 (the same program)
 
 
 def allocator() -> str:

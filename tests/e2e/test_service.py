@@ -157,15 +157,16 @@ def test_health_sees_the_worker(service):
 
 
 def test_the_worker_runs_on_jemalloc(service):
-    """The pull worker, started without LD_PRELOAD, re-executes itself (same pid) with jemalloc
-    preloaded (make install's libjemalloc2): CTranslate2 runs up to twice as fast on it."""
-    assert "LD_PRELOAD" not in service.env
+    """The pull worker, started without them, re-executes itself (same pid) with jemalloc
+    preloaded (make install's libjemalloc2) and libgomp's wait policy (shared.engine.process)."""
+    assert not {"LD_PRELOAD", "OMP_WAIT_POLICY"} & set(service.env)
     test_health_sees_the_worker(service)  # the worker is up: built after the re-execution
     maps = Path(f"/proc/{service.worker.pid}/maps").read_text()
     environ = Path(f"/proc/{service.worker.pid}/environ").read_bytes().split(b"\0")
 
     assert "/libjemalloc.so.2" in maps
     assert b"MALLOC_CONF=oversize_threshold:0,background_thread:true" in environ
+    assert {b"OMP_WAIT_POLICY=ACTIVE", b"GOMP_SPINCOUNT=10000000"} <= set(environ)
 
 
 def test_http_functions_do_not_import_torch_or_whisper(service):
