@@ -89,6 +89,15 @@ def _write(target: Path | None, body: bytes) -> None:
         sys.stdout.buffer.write(body)
         sys.stdout.flush()
         return
+    # As curl: a symlink's destination is what gets written, and a target that is not a regular
+    # file (/dev/null, a FIFO, a terminal) is written in place; renaming over it would replace
+    # the device itself (as root, /dev/null became a regular file).
+    target = Path(os.path.realpath(target))
+    if target.exists() and not target.is_file():
+        with target.open("wb") as out:
+            out.write(body)
+        return
+    # A regular file is replaced whole: a reader never sees half a transcript.
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.part")
     partial.write_bytes(body)

@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -187,3 +189,36 @@ def test_without_an_events_stream_the_job_is_polled(client_env, without_events, 
     assert any(
         b.startswith("transcribe polled.wav [") and "100% completed" in b for b in done.stderr.splitlines()
     )
+
+
+def test_output_to_a_fifo_or_through_a_symlink_is_written_in_place(client_env, tmp_path, speech_wav):
+    """``-o /dev/null`` as curl treats it: a target that is not a regular file (here a FIFO, as
+    /dev/null is a device only root could replace) is written into, and a symlink's destination
+    is written while the link stays a link."""
+    source = tmp_path / "talk.wav"
+    source.write_bytes(speech_wav)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    read: list[bytes] = []
+    reader = threading.Thread(target=lambda: read.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+
+    into_fifo = _run(client_env, "transcribe", str(source), "--format", "text", "-o", str(fifo), "-q")
+
+    reader.join(timeout=30)
+    assert into_fifo.returncode == 0, into_fifo.stderr
+    assert read == [b"Hello from whisper api.\nThe quick brown fox.\n"]
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+
+    real = tmp_path / "subs" / "talk.srt"
+    real.parent.mkdir()
+    real.write_text("old")
+    link = tmp_path / "latest.srt"
+    link.symlink_to(real)
+
+    via_link = _run(client_env, "transcribe", str(source), "--format", "srt", "-o", str(link), "-q")
+
+    assert via_link.returncode == 0, via_link.stderr
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    assert real.read_text() == SRT
+    assert sorted(p.name for p in real.parent.iterdir()) == ["talk.srt"]  # no .part left behind
