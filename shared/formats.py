@@ -60,7 +60,7 @@ def to_tsv(result: TranscriptResult) -> str:
 
 
 def to_json(result: TranscriptResult) -> str:
-    return result.model_dump_json(exclude_none=True)
+    return result.model_dump_json(exclude_none=True, exclude={"language_probability"})
 
 
 def verbose(result: TranscriptResult) -> dict[str, Any]:

@@ -194,6 +194,9 @@ class TranscriptResult(BaseModel):
     text: str
     model: str
     segments: list[Segment]
+    #: How sure the language detection was (0..1); None when the job named its language.
+    #: Kept for ``/detect-language``'s ``confidence``; not part of the rendered formats.
+    language_probability: float | None = None
 
 
 Segment.model_rebuild()

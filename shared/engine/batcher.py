@@ -61,6 +61,8 @@ class ChunkResult:
     language: str
     segments: list[dict[str, Any]]  # whisper-style, times in the recording
     tokens: list[int]  # the segments' tokens, for conditioning the next chunk
+    #: How sure the detection was of ``language`` (0..1); None when the language was given.
+    language_probability: float | None = None
 
 
 @dataclass
@@ -240,13 +242,14 @@ class Batcher:
         with runner.batch():
             mels = _mels([r.chunk for r in batch], runner.n_mels(model), runner.mel_device(model))
             features = self._encode(model, batch, mels)
-            languages = self._languages(model, key, features)
+            detected = self._languages(model, key, features)
+            languages = [language for language, _ in detected]
             if key.detect_only:
                 with self._cond:
                     for i, request in enumerate(batch):
                         if request.feed in self._feeds:
                             self._encoded[request.at] = runner.rows(features, [i])
-                return [ChunkResult(language, [], []) for language in languages]
+                return [ChunkResult(language, [], [], probability) for language, probability in detected]
             results: list[ChunkResult | None] = [None] * len(batch)
             for language in sorted(set(languages)):
                 rows = [i for i, lang in enumerate(languages) if lang == language]
@@ -278,13 +281,14 @@ class Batcher:
         at = {i: j for j, i in enumerate(todo)}  # batch row -> row of ``fresh``
         return runner.join([kept[i] if i in kept else runner.rows(fresh, [at[i]]) for i in range(len(batch))])
 
-    def _languages(self, model: Any, key: BatchKey, features: Any) -> list[str]:
+    def _languages(self, model: Any, key: BatchKey, features: Any) -> list[tuple[str, float | None]]:
+        """Each chunk's language and how sure its detection was (None: not detected)."""
         n = len(features)
         if not model.is_multilingual:
-            return ["en"] * n
+            return [("en", 1.0)] * n  # an English-only model hears nothing else
         if key.language is not None:
-            return [key.language] * n
-        return self.models.runner.detect(model, features)
+            return [(key.language, None)] * n
+        return list(self.models.runner.detect(model, features))
 
     def _with_fallback(
         self, model: Any, features: Any, rows: list[int], tokenizer: Tokenizer, key: BatchKey

@@ -160,8 +160,9 @@ class CT2Runner:
         return _Features(_view(torch.cat(arrays)))
 
     @staticmethod
-    def detect(model: CT2Model, features: _Features) -> list[str]:
-        return [ranked[0][0][2:-2] for ranked in model.whisper.detect_language(features.encoded)]
+    def detect(model: CT2Model, features: _Features) -> list[tuple[str, float]]:
+        ranked = model.whisper.detect_language(features.encoded)
+        return [(best[0][0][2:-2], float(best[0][1])) for best in ranked]
 
     def _subset(self, features: _Features, rows: list[int]) -> Any:
         """The encoder output of ``rows`` (a fallback's or the word timings' rows): no second

@@ -100,10 +100,10 @@ class OpenAIRunner:
         return torch.cat(parts)
 
     @staticmethod
-    def detect(model: Any, features: torch.Tensor) -> list[str]:
+    def detect(model: Any, features: torch.Tensor) -> list[tuple[str, float]]:
         tokenizer = get_tokenizer(True, num_languages=model.num_languages)
         _, probs = detect_language(model, features, tokenizer)
-        return [max(p, key=p.get) for p in probs]
+        return [max(p.items(), key=lambda item: item[1]) for p in probs]
 
     def decode(
         self,

@@ -86,6 +86,7 @@ class _Run:
         self.engine, self.model, self.options, self.checkpoint = engine, model, options, checkpoint
         self.feed = engine.batcher.open(batches_ahead=not options.condition_on_previous_text)
         self.language = options.language
+        self.language_probability: float | None = None
         self.pending: deque[tuple[Chunk, Future[ChunkResult]]] = deque()
         self.results: list[ChunkResult] = []
         self.segments: list[Segment] = []
@@ -113,8 +114,8 @@ class _Run:
 
     def submit(self, chunk: Chunk) -> None:
         if self.language is None:  # detected once per job, on its first chunk
-            detected = self.engine.batcher.submit(self.feed, self.key(detect_only=True), chunk)
-            self.language = detected.result().language
+            detected = self.engine.batcher.submit(self.feed, self.key(detect_only=True), chunk).result()
+            self.language, self.language_probability = detected.language, detected.language_probability
         future = self.engine.batcher.submit(self.feed, self.key(), chunk)
         self.pending.append((chunk, future))
         # Conditioning on earlier text needs each chunk's result before the next is submitted.
@@ -156,11 +157,16 @@ class _Run:
             task=self.options.task,
             # A recording without speech has no language to detect; English is whisper's default.
             language=self.language or "en",
+            language_probability=_rounded(self.language_probability),
             duration=round(duration, 3),
             text=tokenizer.decode(tokens).strip(),
             model=self.options.model,
             segments=self.segments,
         )
+
+
+def _rounded(probability: float | None) -> float | None:
+    return None if probability is None else round(probability, 4)
 
 
 def _segment(index: int, seg: dict[str, Any], with_words: bool) -> Segment:
