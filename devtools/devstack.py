@@ -154,7 +154,24 @@ def dev_env(data_dir: Path) -> dict[str, str]:
         "JWT_SECRET": secret_file.read_text().strip(),
         "WHISPER_MODEL_DIR": str((data_dir / "models").resolve()),
     }
-    return {**defaults, **os.environ}
+    env = {**defaults, **os.environ}
+    env.setdefault("WHISPER_DEFAULT_MODEL", default_model(env))
+    return env
+
+
+def default_model(env: dict[str, str]) -> str:
+    """The server's default model for a local run: whisper's ``base`` where its checkpoint is
+    here or can be downloaded, else the demo checkpoint the dev stack writes, so the page's
+    "server default", the CLI without ``--model``, ``whisper-1`` and ``/asr`` work offline too."""
+    from shared import model_ads
+    from shared.settings import ModelSettings
+
+    official = str(ModelSettings.model_fields["whisper_default_model"].default)
+    here = model_ads.servable_here(ModelSettings(whisper_model_dir=Path(env["WHISPER_MODEL_DIR"])))
+    if official in here or model_ads.can_download(env.get("WHISPER_DOWNLOADS", "auto")):
+        return official
+    print(f"no {official}.pt here and no download possible: the default model is demo", flush=True)
+    return "demo"
 
 
 def _interrupt(signum: int, _frame: object) -> None:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -22,25 +24,30 @@ import wave
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import redis
 from werkzeug.datastructures import MultiDict
 
-from shared import credentials, fairuse, job_service, openai_compat, parsing, usage
+from shared import credentials, fairuse, idempotency, job_service, openai_compat, parsing, usage
 from shared.clients import Clients
 from shared.credentials import ApiKey
-from shared.errors import UnauthorizedError, UnsupportedMediaError, ValidationError
+from shared.errors import NotFoundError, UnauthorizedError, UnsupportedMediaError, ValidationError
 from shared.formats import render
 from shared.languages import LANGUAGES
-from shared.models import JobOptions, ResultFormat, TranscriptResult
+from shared.models import Job, JobOptions, JobStatus, ResultFormat, TranscriptResult
 from shared.settings import JobsSettings, ModelSettings
 from shared.uploads import Upload
 
 #: The multipart field both routes read the audio from.
 FILE_FIELD = "audio_file"
-#: whisper-asr-webservice's ``output`` values and the formats they are.
+log = logging.getLogger("whisper_api.asr")
+
+#: whisper-asr-webservice's ``output`` values and the formats they are (its docs say ``text``
+#: where its code says ``txt``; both are taken).
 OUTPUTS = {
     "txt": ResultFormat.TEXT,
+    "text": ResultFormat.TEXT,
     "json": ResultFormat.JSON,
     "srt": ResultFormat.SRT,
     "vtt": ResultFormat.VTT,
@@ -57,8 +64,9 @@ ASR_PARAMS = (
     "diarize",
     "min_speakers",
     "max_speakers",
+    "video_file",
 )
-DETECT_PARAMS = ("encode",)
+DETECT_PARAMS = ("encode", "video_file", "detect_lang_length", "detect_lang_offset")
 #: That service's engine header; clients log it. Ours runs openai-whisper.
 ENGINE = "openai_whisper"
 #: Raw PCM as whisper-asr-webservice reads it with ``encode=false``.
@@ -77,6 +85,20 @@ class AsrRequest:
     options: JobOptions
     output: str
     encode: bool
+    #: The video the audio was taken from (Bazarr's and subgen's ``video_file``): names the job.
+    video_file: str | None = None
+    #: The part of the audio a language detection reads: from ``offset`` s, ``length`` s long.
+    offset: int = 0
+    length: int | None = None
+
+
+def known_args(args: MultiDict[str, str], allowed: tuple[str, ...]) -> MultiDict[str, str]:
+    """The query parameters these routes read. Others are ignored, as whisper-asr-webservice
+    (FastAPI) ignores them, so a client newer than this server still works; each is logged."""
+    unknown = sorted(set(args) - set(allowed))
+    if unknown:
+        log.info("ignored query parameters %s (not read by this server)", ", ".join(unknown)[:200])
+    return MultiDict([(name, value) for name, value in args.items(multi=True) if name in allowed])
 
 
 def authenticate(settings: JobsSettings, r: redis.Redis, authorization: str | None) -> ApiKey:
@@ -120,39 +142,76 @@ def parse_asr(args: MultiDict[str, str], settings: ModelSettings) -> AsrRequest:
         "word_timestamps": _flag(args, "word_timestamps", False),
         "output_format": OUTPUTS[output].value,
     }
-    return AsrRequest(parsing.parse_options(raw, settings), output, _flag(args, "encode", True))
+    options = parsing.parse_options(raw, settings)
+    return AsrRequest(options, output, _flag(args, "encode", True), _video_file(args))
 
 
 def parse_detect(args: MultiDict[str, str], settings: ModelSettings) -> AsrRequest:
-    """A ``/detect-language`` query: a transcription job with the language left to detect."""
+    """A ``/detect-language`` query: a transcription job on ``detect_lang_length`` seconds (30
+    by default, what whisper's detection reads) from ``detect_lang_offset``, language left to
+    detect."""
     options = parsing.parse_options({}, settings)
-    return AsrRequest(options, "json", _flag(args, "encode", True))
+    offset = _seconds(args, "detect_lang_offset", 0, minimum=0)
+    length = _seconds(args, "detect_lang_length", DETECT_SECONDS, minimum=1)
+    return AsrRequest(options, "json", _flag(args, "encode", True), _video_file(args), offset, length)
 
 
-def transcribe(
-    c: Clients,
-    key: ApiKey,
-    upload: Upload,
-    request: AsrRequest,
-    *,
-    first_seconds: int | None = None,
-) -> TranscriptResult:
-    """Run ``request`` as a job on ``upload`` and wait for its result (as ``/v1`` waits), under
-    the key's fair use (pending jobs, daily audio)."""
-    limits = fairuse.limits(c.settings, key.limits)
+def _seconds(args: MultiDict[str, str], name: str, default: int, *, minimum: int) -> int:
+    value = args.get(name, "").strip()
+    if value == "":
+        return default
+    if not re.fullmatch(r"[0-9]{1,7}", value) or int(value) < minimum:
+        raise ValidationError.for_field(name, f"must be a whole number of seconds, at least {minimum}")
+    return int(value)
+
+
+def _video_file(args: MultiDict[str, str]) -> str | None:
+    """The video's file name (its path's last part, either separator), or None."""
+    name = re.split(r"[\\/]", args.get("video_file", ""))[-1].strip()
+    return name or None
+
+
+def transcribe(c: Clients, key: ApiKey, upload: Upload, request: AsrRequest) -> TranscriptResult:
+    """Run ``request`` as a job on ``upload`` and wait for its result (``ASR_WAIT_SECONDS``,
+    an hour by default: Bazarr waits that long), under the key's fair use (pending jobs, daily
+    audio)."""
     with tempfile.TemporaryDirectory(prefix="whisper-asr-") as workdir:
-        ready = prepare(upload, request, workdir, first_seconds)
-        job = job_service.create_job(c, job_service.NewJob(key.id, request.options, ready, limits=limits))
-    done = openai_compat.wait_for(c.redis, job.id, c.settings.openai_wait_seconds)
+        ready = prepare(upload, request, workdir)
+        job = _submit(c, key, ready, request.options)
+    done = openai_compat.wait_for(c.redis, job.id, c.settings.asr_wait_seconds)
     return job_service.stored_result(c.store, done)
 
 
-def prepare(upload: Upload, request: AsrRequest, workdir: str, first_seconds: int | None = None) -> Upload:
-    """The upload as a job takes it: raw PCM given a WAV header, optionally cut to its start."""
+def _submit(c: Clients, key: ApiKey, ready: Upload, options: JobOptions) -> Job:
+    """The call's job: the one an identical earlier call (same key, same audio, same options)
+    started, unless it failed or is gone, else a new one. A client that gave up waiting and
+    retries (Bazarr, subgen: they have no job id to poll) waits for the first job again instead
+    of starting a second. Done as an ``Idempotency-Key`` derived from the request."""
+    limits = fairuse.limits(c.settings, key.limits)
+    new = job_service.NewJob(key.id, options, ready, limits=limits)
+    retry_key = f"asr-{idempotency.fingerprint(options, ready.path)}"
+    try:
+        job, reused = job_service.submit(c, new, retry_key)
+    except NotFoundError:  # the earlier call's job was deleted since
+        reused, job = True, None
+    if reused and (job is None or job.status in (JobStatus.FAILED, JobStatus.CANCELED)):
+        idempotency.forget(c.redis, key.id, retry_key)
+        job, _ = job_service.submit(c, new, retry_key)
+    assert job is not None
+    if reused:
+        log.info("asr call re-attached to job %s", job.id)
+    return job
+
+
+def prepare(upload: Upload, request: AsrRequest, workdir: str) -> Upload:
+    """The upload as a job takes it: raw PCM given a WAV header, named after ``video_file``,
+    and for a language detection cut to the part it reads."""
+    if request.video_file:
+        upload = replace(upload, filename=request.video_file)
     if not request.encode:
         upload = _pcm_to_wav(upload, os.path.join(workdir, "pcm.wav"))
-    if first_seconds is not None:
-        upload = _first(upload, first_seconds, os.path.join(workdir, "start.wav"))
+    if request.length is not None:
+        upload = _cut(upload, request.offset, request.length, os.path.join(workdir, "part.wav"))
     return upload
 
 
@@ -171,13 +230,15 @@ def _pcm_to_wav(upload: Upload, target: str) -> Upload:
     )
 
 
-def _first(upload: Upload, seconds: int, target: str) -> Upload:
+def _cut(upload: Upload, offset: int, seconds: int, target: str) -> Upload:
     ffmpeg = shutil.which("ffmpeg") or "ffmpeg"
     cut = [
         ffmpeg,
         "-nostdin",
         "-v",
         "error",
+        "-ss",
+        str(offset),
         "-i",
         upload.path,
         "-t",
@@ -199,17 +260,21 @@ def _first(upload: Upload, seconds: int, target: str) -> Upload:
 def answer(result: TranscriptResult, request: AsrRequest, filename: str | None) -> tuple[str, dict[str, str]]:
     """The ``/asr`` body and headers: the transcript in ``output``, named as that service names it."""
     body, content_type = render(result, OUTPUTS[request.output])
-    stem = Path(filename or "audio").stem.replace('"', "")
+    name = f"{Path(filename or 'audio').stem}.{'txt' if request.output == 'text' else request.output}"
+    # A video's name may be any Unicode: an ASCII fallback, and the name itself as RFC 6266 says.
+    fallback = name.encode("ascii", "replace").decode().replace("?", "_").replace('"', "")
     return body, {
         "Content-Type": content_type,
-        "Content-Disposition": f'attachment; filename="{stem}.{request.output}"',
+        "Content-Disposition": f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name)}",
         "Asr-Engine": ENGINE,
     }
 
 
-def detected(result: TranscriptResult) -> dict[str, str]:
-    """``/detect-language``'s answer: the language's name and code."""
+def detected(result: TranscriptResult) -> dict[str, str | float]:
+    """``/detect-language``'s answer: the language's name and code, and how sure the model was
+    (0 when nothing was detected: audio without a chunk to listen to)."""
     return {
         "detected_language": LANGUAGES.get(result.language, result.language),
         "language_code": result.language,
+        "confidence": result.language_probability or 0.0,
     }

@@ -94,3 +94,8 @@ def release(r: redis.Redis, claimed: Claim) -> None:
     current = lookup(r, claimed.redis_key)
     if current is not None and current.get("owner") == claimed.owner:
         r.delete(claimed.redis_key)
+
+
+def forget(r: redis.Redis, key_id: str, idempotency_key: str) -> None:
+    """Drop a key's record, so its next use creates a job again (the job it named failed)."""
+    r.delete(keys.idempotency(key_id, hashlib.sha256(idempotency_key.encode()).hexdigest()))

@@ -18,14 +18,17 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
+from urllib.parse import urlparse
 
 import redis
 
-from shared import keys
+from shared import keys, model_pull
 from shared.settings import OFFICIAL_MODELS, ModelSettings
 
 #: Advertisements older than this are forgotten: a pool scaled to zero for a day is gone.
@@ -56,6 +59,37 @@ def servable_here(
     if downloads:
         names.update(n for n in settings.whisper_models if n in OFFICIAL_MODELS)
     return sorted(names)
+
+
+#: How long the start-up probe of whisper's download host may take.
+PROBE_SECONDS = 3.0
+
+
+def can_download(mode: str, probe: Callable[[], bool] | None = None) -> bool:
+    """Whether this worker may advertise official names it does not have (``WHISPER_DOWNLOADS``):
+    ``never`` (an air-gapped site), or ``auto``: whether whisper's download host answers now,
+    asked once at start. A worker that cannot download offers only the files on its disk, so
+    no job is accepted for a model that would then fail to load."""
+    if mode == "never":
+        return False
+    return (probe or _download_host_answers)()
+
+
+def _download_host_answers() -> bool:
+    try:
+        url = urlparse(next(iter(model_pull.official_urls().values())))
+    except (model_pull.PullError, StopIteration):
+        return False
+    return reachable(url.hostname or "", url.port or 443)
+
+
+def reachable(host: str, port: int, timeout: float = PROBE_SECONDS) -> bool:
+    """Whether a TCP connection to ``host:port`` opens within ``timeout``."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def _whisper_cache() -> Path:

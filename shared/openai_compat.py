@@ -51,6 +51,9 @@ GRANULARITIES_FIELD = "timestamp_granularities[]"
 #: OpenAI's own model name: code written for OpenAI sends it, and it means this deployment's
 #: ``WHISPER_DEFAULT_MODEL``, so such code runs unchanged.
 OPENAI_MODEL = "whisper-1"
+#: OpenAI's transcription models (Home Assistant's default is ``gpt-4o-mini-transcribe``): each
+#: runs what ``MODEL_ALIASES`` names for it, else ``WHISPER_DEFAULT_MODEL``.
+OPENAI_MODELS = (OPENAI_MODEL, "gpt-4o-transcribe", "gpt-4o-mini-transcribe")
 #: OpenAI form field -> the native job option it sets.
 _OPTION_FIELDS = {
     "model": "model",
@@ -58,10 +61,15 @@ _OPTION_FIELDS = {
     "prompt": "initial_prompt",
     "temperature": "temperature",
 }
-#: OpenAI's ``stream``: "not supported for the whisper-1 model and will be ignored", so it is
-#: accepted (as a boolean) and the answer is the whole transcript, as OpenAI answers whisper-1.
+#: OpenAI's ``stream``: ``true`` answers Server-Sent Events, a ``transcript.text.delta`` per
+#: decoded segment and a final ``transcript.text.done`` (shared.openai_stream).
 STREAM_FIELD = "stream"
-_FORM_FIELDS = frozenset({*_OPTION_FIELDS, "response_format", GRANULARITIES_FIELD, STREAM_FIELD})
+#: OpenAI's ``chunking_strategy`` (``auto`` or a server VAD object): accepted and not needed,
+#: whisper cuts the audio into 30-second windows itself.
+CHUNKING_FIELD = "chunking_strategy"
+_FORM_FIELDS = frozenset(
+    {*_OPTION_FIELDS, "response_format", GRANULARITIES_FIELD, STREAM_FIELD, CHUNKING_FIELD}
+)
 #: Native option names in validation errors, as the OpenAI caller named them.
 _CALLER_NAMES = {native: name for name, native in _OPTION_FIELDS.items()}
 _CALLER_NAMES["output_format"] = "response_format"
@@ -78,6 +86,8 @@ class AudioRequest:
     options: JobOptions
     response_format: str
     granularities: frozenset[str]
+    #: Answer as Server-Sent Events (``stream=true``).
+    stream: bool = False
 
 
 def authenticate(settings: JobsSettings, r: redis.Redis, request: Request) -> ApiKey:
@@ -102,18 +112,27 @@ def parse_request(fields: MultiDict[str, str], task: Task, settings: ModelSettin
     response_format = fields.get("response_format") or "json"
     if response_format not in RESPONSE_FORMATS:
         raise ValidationError.for_field("response_format", f"must be one of {', '.join(RESPONSE_FORMATS)}")
-    if fields.get(STREAM_FIELD, "false").lower() not in ("true", "false"):
+    stream = fields.get(STREAM_FIELD, "false").lower()
+    if stream not in ("true", "false"):
         raise ValidationError.for_field(STREAM_FIELD, "must be true or false")
     granularities = _granularities(fields.getlist(GRANULARITIES_FIELD), response_format)
     raw: dict[str, Any] = {native: fields[name] for name, native in _OPTION_FIELDS.items() if name in fields}
-    if raw["model"] == OPENAI_MODEL:
-        raw["model"] = settings.whisper_default_model
+    raw["model"] = model_for(raw["model"], settings)
     raw |= {"task": task.value, "output_format": response_format, "word_timestamps": "word" in granularities}
     try:
         options = parsing.parse_options(raw, settings)
     except ValidationError as exc:
         raise _in_caller_names(exc) from None
-    return AudioRequest(options, response_format, granularities)
+    return AudioRequest(options, response_format, granularities, stream == "true")
+
+
+def model_for(name: str, settings: ModelSettings) -> str:
+    """The model that runs for ``name``: its ``MODEL_ALIASES`` entry; for OpenAI's own names
+    without one, ``WHISPER_DEFAULT_MODEL``; any other name as it is."""
+    aliases = dict(settings.model_aliases)
+    if name in aliases:
+        return aliases[name]
+    return settings.whisper_default_model if name in OPENAI_MODELS else name
 
 
 def _granularities(values: list[str], response_format: str) -> frozenset[str]:
@@ -198,9 +217,16 @@ def model_list(settings: ModelSettings) -> dict[str, Any]:
         "data": [
             # OpenAI's "created" is a release time; none is known for a checkpoint, hence 0.
             {"id": name, "object": "model", "created": 0, "owned_by": "whisper-api"}
-            for name in [OPENAI_MODEL, *allowed_models(settings)]
+            for name in _listed(settings)
         ],
     }
+
+
+def _listed(settings: ModelSettings) -> list[str]:
+    offered = allowed_models(settings)
+    own = [alias for alias, _ in settings.model_aliases]
+    aliases = [name for name in (*OPENAI_MODELS, *own) if name not in offered]
+    return list(dict.fromkeys(aliases)) + offered
 
 
 def _code(exc: Exception) -> str | None:
@@ -226,6 +252,24 @@ def error_response(exc: Exception) -> Response:
     """``exc`` in OpenAI's error shape. Status and logging come from ``shared.http.to_response``
     (the one translation of errors), except that 422 becomes 400: OpenAI has no 422, and its
     SDK raises ``BadRequestError`` for invalid parameters."""
+    problem, status, error = _translated(exc)
+    headers = {name: problem.headers[name] for name in _KEPT_HEADERS if name in problem.headers}
+    if isinstance(exc, JobOutcomeError):
+        headers["Location"] = f"/transcribe/{exc.job_id}"
+        # The SDK retries 409 and 5xx by resending the upload, which would start a second job.
+        headers["x-should-retry"] = "false"
+    body = json.dumps({"error": error}).encode()
+    # A streamed problem (413) stays streamed: see shared.http._too_large.
+    payload: Any = iter([body]) if problem.is_streamed else body
+    return Response(payload, status=status, headers=headers, content_type="application/json")
+
+
+def error_object(exc: Exception) -> dict[str, Any]:
+    """OpenAI's ``error`` object for ``exc`` (what a stream's error event carries)."""
+    return _translated(exc)[2]
+
+
+def _translated(exc: Exception) -> tuple[Response, int, dict[str, Any]]:
     problem = to_response(exc)
     detail = json.loads(problem.get_data())
     status = 400 if problem.status_code == 422 else problem.status_code
@@ -236,16 +280,9 @@ def error_response(exc: Exception) -> Response:
         "param": fields[0]["field"] if fields else None,
         "code": _code(exc),
     }
-    headers = {name: problem.headers[name] for name in _KEPT_HEADERS if name in problem.headers}
     if isinstance(exc, JobOutcomeError):
         error["job_id"] = exc.job_id
-        headers["Location"] = f"/transcribe/{exc.job_id}"
-        # The SDK retries 409 and 5xx by resending the upload, which would start a second job.
-        headers["x-should-retry"] = "false"
-    body = json.dumps({"error": error}).encode()
-    # A streamed problem (413) stays streamed: see shared.http._too_large.
-    payload: Any = iter([body]) if problem.is_streamed else body
-    return Response(payload, status=status, headers=headers, content_type="application/json")
+    return problem, status, error
 
 
 def guarded(handler: Callable[[Request], Response]) -> Callable[[Request], Response]:

@@ -139,6 +139,10 @@ class ModelSettings(_Base):
     whisper_models: Annotated[tuple[str, ...], NoDecode] = OFFICIAL_MODELS
     whisper_model_dir: Path | None = None
     whisper_default_model: str = "base"
+    #: OpenAI model names and what runs for them (``gpt-4o-transcribe=large-v3,...``); OpenAI's
+    #: transcription names not listed run WHISPER_DEFAULT_MODEL (see shared.openai_compat).
+    #: Pairs, not a dict: settings are hashed (they key the process's clients).
+    model_aliases: Annotated[tuple[tuple[str, str], ...], NoDecode] = ()
     #: Most CPU threads a job may ask for (``threads``): what a CPU worker has to give.
     max_job_threads: int = Field(default=8, ge=1, le=64)
 
@@ -151,6 +155,16 @@ class ModelSettings(_Base):
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("model_aliases", mode="before")
+    @classmethod
+    def _pairs(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        pairs = [pair.partition("=") for pair in value.split(",") if pair.strip()]
+        if any(not alias.strip() or not model.strip() for alias, _, model in pairs):
+            raise ValueError("MODEL_ALIASES takes ALIAS=MODEL pairs, comma-separated")
+        return tuple((alias.strip(), model.strip()) for alias, _, model in pairs)
 
 
 class AudioSettings(_Base):
@@ -281,6 +295,10 @@ class JobsSettings(
     jobs_page_max: int = 100
     #: How long ``/v1/audio/*`` waits for its job before answering 504 with the job id.
     openai_wait_seconds: float = Field(default=600.0, gt=0)
+    #: How long ``/asr`` and ``/detect-language`` wait for their job: Bazarr waits an hour by
+    #: default and keeps the answer, a 504 included, as the subtitle. A retried identical call
+    #: re-attaches to the running job.
+    asr_wait_seconds: float = Field(default=3600.0, gt=0)
 
     #: Bearer token storage notifications (MinIO webhook target, CloudEvents) must carry on
     #: ``POST /hooks/storage``. Empty: the hook is off.
@@ -302,6 +320,9 @@ class WorkerSettings(StorageSettings, ModelSettings, AudioSettings, WebhookSetti
     #: same checkpoints, converted on first use into WHISPER_MODEL_DIR/ctranslate2).
     whisper_engine: Literal["openai-whisper", "faster-whisper"] = "openai-whisper"
     whisper_device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: Whether the worker may fetch official checkpoints it lacks: ``auto`` asks whisper's
+    #: download host once at start; ``never`` (air-gapped) offers only WHISPER_MODEL_DIR's files.
+    whisper_downloads: Literal["auto", "never"] = "auto"
     #: The weights' type. openai-whisper: auto (float16 on CUDA; on the CPU bfloat16 where it has
     #: AMX, else float32), float32, float16 (CUDA), bfloat16. faster-whisper: CTranslate2's
     #: types (auto: int8 on the CPU, float16 on CUDA).

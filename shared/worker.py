@@ -74,6 +74,8 @@ class Worker:
     _threads: list[threading.Thread] = field(default_factory=list)
     _stop_seen_at: float | None = None
     _last_sweep: float = float("-inf")
+    #: Whether official checkpoints missing here can be fetched (WHISPER_DOWNLOADS, probed in build).
+    downloads: bool = False
 
     # ---- the loop -------------------------------------------------------------------------
     def run(self, stop: threading.Event | None = None) -> None:
@@ -190,10 +192,10 @@ class Worker:
                 queue.keep_alive(self.r, self.name, list(self._entries))
                 if self.settings.worker_model_idle_seconds:
                     self.engine.unload_idle(self.settings.worker_model_idle_seconds)
-                # What this worker can load: the names in WHISPER_MODELS (whisper fetches them where
-                # the network allows; `whisper-api models pull` puts them in place where it does
-                # not) and the checkpoints in WHISPER_MODEL_DIR, looked at afresh every beat.
-                servable = model_ads.servable_here(self.settings, downloads=True)
+                # What this worker can load: the checkpoints in WHISPER_MODEL_DIR, looked at afresh
+                # every beat (`whisper-api models pull` puts them there), and where whisper can
+                # fetch them (WHISPER_DOWNLOADS), the official names in WHISPER_MODELS.
+                servable = model_ads.servable_here(self.settings, downloads=self.downloads)
                 models = self.engine.models
                 model_ads.advertise(self.r, self.name, servable, models.loaded(), models.runner.engine)
             except redis.RedisError as exc:
@@ -409,4 +411,7 @@ def build(settings: WorkerSettings) -> Worker:
     for name in settings.worker_preload_models:
         models.get(name)
     engine = Engine(models, settings.batch_size(models.device, models.runner.compute_type))
-    return Worker(settings, r, BlobStore(settings, attempts=1), engine)
+    downloads = model_ads.can_download(settings.whisper_downloads)
+    if not downloads:
+        log.info("offering only the checkpoints on disk: official models cannot be downloaded here")
+    return Worker(settings, r, BlobStore(settings, attempts=1), engine, downloads=downloads)

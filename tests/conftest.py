@@ -99,6 +99,8 @@ def service_env(redis_url: str, s3_endpoint: str, model_dir: Path) -> dict[str, 
         "WHISPER_MODEL_DIR": str(model_dir),
         "WHISPER_MODELS": "tiny,base",
         "WHISPER_DEFAULT_MODEL": "demo",
+        # This machine cannot download checkpoints: say so rather than have every worker probe.
+        "WHISPER_DOWNLOADS": "never",
         "WHISPER_DEVICE": "cpu",
         "WORKER_HEARTBEAT_SECONDS": "0.5",
         "WORKER_BLOCK_MS": "200",

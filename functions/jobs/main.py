@@ -11,6 +11,7 @@ import functools
 import json
 import re
 from collections.abc import Callable
+from contextlib import ExitStack
 
 import functions_framework
 from flask import Request, Response, current_app, has_app_context
@@ -33,6 +34,7 @@ from shared import (
     jobstore,
     metrics,
     openai_compat,
+    openai_stream,
     openapi,
     parsing,
     storage_events,
@@ -316,12 +318,17 @@ def _openai_audio(request: Request, task: Task) -> Response:
     key = openai_compat.authenticate(settings, r, request)
     access.note_key(request, key.id)
     limits = fairuse.limits(settings, key.limits)
-    # The slot is taken before the upload is read: a key's extra calls cost nothing.
-    with fairuse.sync_wait(r, key.id, limits, settings.openai_wait_seconds):
+    with ExitStack() as held:
+        # The slot is taken before the upload is read: a key's extra calls cost nothing.
+        held.enter_context(fairuse.sync_wait(r, key.id, limits, settings.openai_wait_seconds))
         with receive(request, settings.max_upload_bytes, file_field="file") as form:
             audio = openai_compat.parse_request(form.fields, task, settings)
             upload = audio_file(form, "file", settings.max_upload_bytes)
             job = job_service.create_job(c, job_service.NewJob(key.id, audio.options, upload, limits=limits))
+        if audio.stream:  # the stream holds the slot until it ends
+            stream = openai_stream.transcript_events(c, job, held.pop_all())
+            headers = {**openai_stream.HEADERS, "Location": f"/transcribe/{job.id}"}
+            return Response(stream, content_type="text/event-stream", headers=headers)
         done = openai_compat.wait_for(r, job.id, settings.openai_wait_seconds)
     body, content_type = openai_compat.result_body(store, done, audio)
     return Response(body, content_type=content_type)
@@ -336,9 +343,7 @@ def asr(request: Request) -> Response:
 
 def detect_language(request: Request) -> Response:
     """whisper-asr-webservice's ``POST /detect-language``: a job on the first 30 s."""
-    _, result, _ = _asr_job(
-        request, asr_compat.parse_detect, asr_compat.DETECT_PARAMS, asr_compat.DETECT_SECONDS
-    )
+    _, result, _ = _asr_job(request, asr_compat.parse_detect, asr_compat.DETECT_PARAMS)
     return json_response(asr_compat.detected(result))
 
 
@@ -346,22 +351,21 @@ def _asr_job(
     request: Request,
     parse: Callable[[MultiDict[str, str], JobsSettings], asr_compat.AsrRequest],
     params: tuple[str, ...],
-    first_seconds: int | None = None,
 ) -> tuple[asr_compat.AsrRequest, TranscriptResult, str | None]:
     c = jobs_clients()
     settings = c.settings
     key = asr_compat.authenticate(settings, c.redis, request.headers.get("Authorization"))
     access.note_key(request, key.id)
-    asked = parse(query_args(request, *params), settings)
+    asked = parse(asr_compat.known_args(request.args, params), settings)
     # Synchronous like /v1: the key's concurrent waits are capped before the upload is read.
     limits = fairuse.limits(settings, key.limits)
     with (
-        fairuse.sync_wait(c.redis, key.id, limits, settings.openai_wait_seconds),
+        fairuse.sync_wait(c.redis, key.id, limits, settings.asr_wait_seconds),
         receive(request, settings.max_upload_bytes, file_field=asr_compat.FILE_FIELD) as form,
     ):
         upload = audio_file(form, asr_compat.FILE_FIELD, settings.max_upload_bytes)
-        result = asr_compat.transcribe(c, key, upload, asked, first_seconds=first_seconds)
-    return asked, result, upload.filename
+        result = asr_compat.transcribe(c, key, upload, asked)
+    return asked, result, asked.video_file or upload.filename
 
 
 def openai_models(request: Request) -> Response:

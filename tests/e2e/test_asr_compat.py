@@ -5,6 +5,7 @@ similar tools send, unchanged."""
 from __future__ import annotations
 
 import base64
+import json
 import subprocess
 
 import pytest
@@ -47,7 +48,9 @@ def test_asr_answers_srt_for_an_encoded_file_with_a_token(service, auth_headers,
     assert resp.status_code == 200, resp.text
     assert resp.text == SRT
     assert resp.headers["Asr-Engine"] == "openai_whisper"
-    assert resp.headers["Content-Disposition"] == 'attachment; filename="Episode 1.srt"'
+    assert resp.headers["Content-Disposition"] == (
+        "attachment; filename=\"Episode 1.srt\"; filename*=UTF-8''Episode%201.srt"
+    )
 
 
 def test_asr_takes_raw_pcm_and_an_api_key_as_bazarr_sends_them(service, speech_wav):
@@ -78,7 +81,9 @@ def test_detect_language_names_the_language_and_its_code(service, speech_wav):
     resp = _asr(service, _basic(key), _pcm(speech_wav), path="/detect-language", encode="false")
 
     assert resp.status_code == 200, resp.text
-    assert resp.json() == {"detected_language": "english", "language_code": "en"}
+    body = resp.json()
+    assert (body["detected_language"], body["language_code"]) == ("english", "en")
+    assert isinstance(body["confidence"], float) and 0.0 < body["confidence"] <= 1.0
 
 
 @pytest.mark.parametrize(
@@ -88,7 +93,6 @@ def test_detect_language_names_the_language_and_its_code(service, speech_wav):
         ({"diarize": "true"}, "diarize"),
         ({"encode": "maybe"}, "encode"),
         ({"language": "klingon"}, "language"),
-        ({"model": "demo"}, "model"),
         ({"initial_prompt": "x" * 251}, "initial_prompt"),
     ],
 )
@@ -100,6 +104,38 @@ def test_asr_refuses_what_it_cannot_do_as_problem_json(service, auth_headers, ma
     assert resp.json()["errors"][0]["field"] == field
 
 
+def test_unknown_query_parameters_are_ignored_as_whisper_asr_webservice_does(
+    service, auth_headers, speech_wav
+):
+    """A client newer (or older) than this server sends names it does not read: the call works."""
+    resp = _asr(service, auth_headers(), speech_wav, output="text", model="demo", vad_threshold="0.5")
+
+    assert resp.status_code == 200, resp.text
+    assert resp.text == "Hello from whisper api.\nThe quick brown fox.\n"
+    assert resp.headers["Content-Disposition"].startswith('attachment; filename="Episode 1.txt"')
+
+
+def test_detect_language_reads_the_part_subgen_asks_for(service, auth_headers, make_wav):
+    """``detect_lang_offset``/``detect_lang_length``: the job is that part of the audio."""
+    headers = auth_headers("detect-part")
+    three_seconds = make_wav(3.0)
+    resp = _asr(
+        service,
+        headers,
+        three_seconds,
+        path="/detect-language",
+        detect_lang_offset="1",
+        detect_lang_length="5",
+    )
+    refused = _asr(service, headers, three_seconds, path="/detect-language", detect_lang_length="0")
+
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["language_code"] == "en"
+    assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "detect_lang_length"
+    jobs = requests.get(f"{service.base_url}/transcribe?limit=1", headers=headers, timeout=10).json()["jobs"]
+    assert jobs[0]["duration"] == 2.0  # from 1 s on, 5 s asked, 2 s there
+
+
 def test_asr_refuses_odd_length_pcm_and_missing_credentials(service, auth_headers):
     odd = _asr(service, auth_headers(), b"\x00\x01\x02", encode="false")
     assert odd.status_code == 415 and "16-bit PCM" in odd.json()["detail"]
@@ -107,7 +143,8 @@ def test_asr_refuses_odd_length_pcm_and_missing_credentials(service, auth_header
     assert _asr(service, _basic("wapi_nope"), b"\x00\x01").status_code == 401
 
 
-def test_openai_stream_is_accepted_and_ignored_as_for_whisper_1(service, speech_wav):
+def test_openai_stream_answers_server_sent_events_on_the_wire(service, speech_wav):
+    """What the SDKs read: ``data:`` lines only, a delta per segment, then the whole text."""
     key = service.cli("keys", "create", "--name", "stream").strip().splitlines()[-1]
     resp = requests.post(
         f"{service.base_url}/v1/audio/transcriptions",
@@ -117,4 +154,16 @@ def test_openai_stream_is_accepted_and_ignored_as_for_whisper_1(service, speech_
         timeout=90,
     )
     assert resp.status_code == 200, resp.text
-    assert resp.json() == {"text": TEXT}
+    assert resp.headers["Content-Type"].startswith("text/event-stream")
+    blocks = [b for b in resp.text.split("\n\n") if b and not b.startswith(":")]
+    assert all(b.startswith("data: ") and "\n" not in b for b in blocks), blocks
+    events = [json.loads(b.removeprefix("data: ")) for b in blocks]
+    assert events[:-1] == [
+        {"type": "transcript.text.delta", "delta": " Hello from whisper api."},
+        {"type": "transcript.text.delta", "delta": " The quick brown fox."},
+    ]
+    done = events[-1]
+    assert (done["type"], done["text"]) == ("transcript.text.done", TEXT)
+    # espeak's 1.703 s at 50 encoder positions a second, rounded up; every decoded token counted
+    assert done["usage"]["input_tokens"] == 86 and done["usage"]["type"] == "tokens"
+    assert done["usage"]["total_tokens"] == 86 + done["usage"]["output_tokens"] > 86

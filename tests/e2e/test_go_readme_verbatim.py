@@ -9,10 +9,13 @@ import json
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
+import redis
 
+from shared import model_ads
 from tests import budget
 
 pytestmark = pytest.mark.e2e
@@ -46,6 +49,13 @@ def base_model(service):
     """``base.pt`` in the service's model directory: the demo checkpoint under the name."""
     model_dir = Path(service.env["WHISPER_MODEL_DIR"])
     shutil.copyfile(model_dir / "demo.pt", model_dir / "base.pt")
+    # The worker cannot download (WHISPER_DOWNLOADS=never): base is offered once its next
+    # heartbeat has seen the file.
+    r = redis.Redis.from_url(service.env["REDIS_URL"])
+    deadline = budget.deadline(30)
+    while "base" not in (model_ads.current(r, 15) or model_ads.Offer()).servable:
+        assert time.monotonic() < deadline, "the worker never advertised base.pt"
+        time.sleep(0.1)
     yield
     (model_dir / "base.pt").unlink()
 

@@ -4,12 +4,19 @@ served functions and a worker running the real decoder on the ``demo`` checkpoin
 
 from __future__ import annotations
 
+import asyncio
+import math
+import subprocess
+import time
+
 import openai
 import pytest
+import redis
 import requests
-from openai import OpenAI
+from openai import AsyncOpenAI, OpenAI
 
-from tests import contract
+from shared import model_ads
+from tests import budget, contract
 from tests.e2e.test_service import SRT, TEXT, VTT
 
 pytestmark = pytest.mark.e2e
@@ -50,8 +57,33 @@ def _audio(make_wav) -> tuple[str, bytes, str]:
     return ("speech.wav", make_wav(3.0), "audio/wav")
 
 
-def test_models_list_names_the_allowed_models(client):
-    assert [m.id for m in client.models.list()] == ["whisper-1", "base", "demo", "tiny"]
+def test_models_list_names_what_the_offline_worker_can_load(service, client):
+    """WHISPER_MODELS lists tiny and base, but this worker cannot download them
+    (WHISPER_DOWNLOADS=never): only its checkpoint on disk is offered, beside OpenAI's names."""
+    _wait_for_the_worker_s_offer(service)
+    assert [m.id for m in client.models.list()] == [
+        "whisper-1",
+        "gpt-4o-transcribe",
+        "gpt-4o-mini-transcribe",
+        "demo",
+    ]
+
+
+def _wait_for_the_worker_s_offer(service) -> None:
+    """Before a worker's first heartbeat the API offers WHISPER_MODELS; after it, its offer."""
+    r = redis.Redis.from_url(service.env["REDIS_URL"])
+    deadline = budget.deadline(60)
+    while model_ads.current(r, 15) is None:
+        assert time.monotonic() < deadline, "the worker never advertised its models"
+        time.sleep(0.1)
+
+
+def test_a_model_no_worker_can_load_is_refused_naming_the_offered_ones(service, client, make_wav):
+    _wait_for_the_worker_s_offer(service)
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.audio.transcriptions.create(model="tiny", file=_audio(make_wav))
+    assert raised.value.param == "model"
+    assert raised.value.message.endswith("unknown model 'tiny'; choose one of demo")
 
 
 def test_json_is_the_text(client, make_wav):
@@ -176,3 +208,96 @@ def test_sdk_calls_are_normal_jobs_listed_and_counted(service, api_key, make_wav
     assert job["model"] == "demo"
     result = requests.get(f"{service.base_url}/transcribe/{job['id']}/result", headers=headers, timeout=10)
     assert result.text == SRT
+
+
+def test_stream_gives_deltas_while_the_job_runs_then_the_text_and_usage(service, api_key, long_audio):
+    """``stream=True`` as the SDK parses it, on a file of 10 chunks: each segment arrives as a
+    ``transcript.text.delta`` while later chunks are still being decoded, then ``done``."""
+    client = OpenAI(base_url=f"{service.base_url}/v1", api_key=api_key, max_retries=0, timeout=120)
+
+    raw = client.audio.transcriptions.with_raw_response.create(
+        model="whisper-1", file=("talk.mp3", long_audio(300), "audio/mpeg"), stream=True
+    )
+    job_url = f"{service.base_url}{raw.headers['location']}"
+    received: list[tuple[float, object]] = [(time.time(), event) for event in raw.parse()]
+
+    deltas = [event for _, event in received if event.type == "transcript.text.delta"]
+    done = received[-1][1]
+    headers = {"Authorization": f"Bearer {_token(service, api_key)}"}
+    job = requests.get(job_url, headers=headers, timeout=10).json()
+    result = requests.get(f"{job_url}/result?format=json", headers=headers, timeout=10).json()
+    assert [e.type for _, e in received] == ["transcript.text.delta"] * len(deltas) + ["transcript.text.done"]
+    # a delta per segment of the stored transcript, in order; the demo says its phrase per chunk
+    assert [d.delta for d in deltas] == [s["text"] for s in result["segments"]]
+    assert len(deltas) >= 20 and set(d.delta for d in deltas) == {
+        " Hello from whisper api.",
+        " The quick brown fox.",
+    }
+    assert done.text == result["text"]
+    assert (done.usage.type, done.usage.input_tokens) == ("tokens", math.ceil(job["duration"] * 50))
+    assert done.usage.output_tokens == sum(len(s["tokens"]) for s in result["segments"])
+    assert done.usage.total_tokens == done.usage.input_tokens + done.usage.output_tokens
+    assert job["status"] == "completed"
+    # the first delta was in the client's hands before the worker finished the last chunk
+    assert received[0][0] < job["completed_at"]
+
+
+def test_a_failed_job_ends_the_stream_with_an_error_the_sdk_raises(service, api_key, make_wav, tmp_path):
+    mp3 = tmp_path / "a.mp3"
+    to_mp3 = ["ffmpeg", "-v", "error", "-f", "wav", "-i", "-", str(mp3)]
+    subprocess.run(to_mp3, input=make_wav(3.0), check=True)
+    truncated = mp3.read_bytes()[: mp3.stat().st_size // 2]
+    client = OpenAI(base_url=f"{service.base_url}/v1", api_key=api_key, max_retries=0, timeout=120)
+
+    stream = client.audio.transcriptions.create(model="demo", file=("a.mp3", truncated), stream=True)
+    with pytest.raises(openai.APIError) as raised:
+        list(stream)
+
+    assert "failed: the audio looks truncated" in raised.value.message
+    assert raised.value.body["code"] == "job_failed"
+
+
+HOME_ASSISTANT_PROMPT = "The following conversation is a smart home user talking to Home Assistant."
+
+
+def test_home_assistant_s_request_with_its_default_model(service, api_key, make_wav):
+    """Home Assistant's OpenAI STT entity (homeassistant/components/openai_conversation/stt.py):
+    the async client, its default model, a WAV without a content type, json, the language from
+    the pipeline's locale and its prompt (the default one, or one the user cleared); it reads
+    ``response.text``."""
+
+    async def home_assistant(prompt: str) -> str:
+        client = AsyncOpenAI(base_url=f"{service.base_url}/v1", api_key=api_key)
+        response = await client.audio.transcriptions.create(
+            model="gpt-4o-mini-transcribe",
+            file=("a.wav", make_wav(3.0)),
+            response_format="json",
+            language="en",  # metadata.language.split("-")[0] of en-US
+            prompt=prompt,
+        )
+        return response.text
+
+    with_prompt = asyncio.run(home_assistant(HOME_ASSISTANT_PROMPT))
+    cleared = asyncio.run(home_assistant(""))
+
+    headers = {"Authorization": f"Bearer {_token(service, api_key)}"}
+    jobs = requests.get(f"{service.base_url}/transcribe?limit=2", headers=headers, timeout=10).json()["jobs"]
+    assert [(j["status"], j["model"], j["language"]) for j in jobs] == [("completed", "demo", "en")] * 2
+    assert jobs[1]["options"]["initial_prompt"] == HOME_ASSISTANT_PROMPT
+    # The demo checkpoint's script is shifted by any prompt (devtools/demo_model.py): what it
+    # says then is the job's transcript, whatever that is; without a prompt, its sentence.
+    assert with_prompt == (jobs[1]["transcription"] or "")
+    assert cleared == TEXT
+
+
+def test_gpt_4o_names_and_chunking_strategy_run_the_default_model(service, api_key, make_wav):
+    client = OpenAI(base_url=f"{service.base_url}/v1", api_key=api_key, max_retries=0)
+
+    for model in ("gpt-4o-transcribe", "gpt-4o-mini-transcribe"):
+        transcript = client.audio.transcriptions.create(
+            model=model, file=_audio(make_wav), chunking_strategy="auto"
+        )
+        assert transcript.text == TEXT
+    headers = {"Authorization": f"Bearer {_token(service, api_key)}"}
+    newest = requests.get(f"{service.base_url}/transcribe?limit=2", headers=headers, timeout=10).json()
+    assert [j["model"] for j in newest["jobs"]] == ["demo", "demo"]

@@ -19,6 +19,9 @@ from shared import model_ads
 from shared.model_pull import official_urls
 from tests import budget
 
+#: OpenAI's names, listed first by GET /v1/models whatever the workers offer.
+OPENAI_NAMES = ["whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe"]
+
 
 class _Quiet(SimpleHTTPRequestHandler):
     def log_message(self, *args):
@@ -136,7 +139,7 @@ def test_the_api_offers_what_live_workers_advertise_and_refuses_the_rest_before_
         content_type="multipart/form-data",
     )
 
-    assert [m["id"] for m in listed["data"]] == ["whisper-1", "custom", "tiny"]
+    assert [m["id"] for m in listed["data"]] == [*OPENAI_NAMES, "custom", "tiny"]
     assert refused.status_code == 422
     assert refused.get_json()["errors"] == [
         {"field": "model", "detail": "unknown model 'base'; choose one of custom, tiny", "pointer": "#/model"}
@@ -148,7 +151,7 @@ def test_the_api_offers_what_live_workers_advertise_and_refuses_the_rest_before_
 def test_without_any_advertisement_the_configured_list_is_offered(jobs_client, bearer, r):
     listed = jobs_client.get("/v1/models", headers=bearer()).get_json()
 
-    assert [m["id"] for m in listed["data"]] == ["whisper-1", "base", "demo", "tiny"]
+    assert [m["id"] for m in listed["data"]] == [*OPENAI_NAMES, "base", "demo", "tiny"]
     assert model_ads.current(r, 15) is None
 
 

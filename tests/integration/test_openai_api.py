@@ -13,6 +13,7 @@ import pytest
 from shared import jobstore, keys
 from shared.models import JobStatus
 from tests import budget, contract
+from tests.integration.test_models_cli import OPENAI_NAMES
 
 TRANSCRIPTIONS = "/v1/audio/transcriptions"
 
@@ -51,7 +52,7 @@ def test_models_lists_the_allowed_models_for_a_key_or_a_token(jobs_client, key_h
         _check(resp, "GET", "/v1/models")
         body = resp.get_json()
         assert body["object"] == "list"
-        assert [m["id"] for m in body["data"]] == ["whisper-1", "base", "demo", "tiny"]
+        assert [m["id"] for m in body["data"]] == [*OPENAI_NAMES, "base", "demo", "tiny"]
         assert {m["object"] for m in body["data"]} == {"model"}
 
 
