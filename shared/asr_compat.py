@@ -166,8 +166,10 @@ def _seconds(args: MultiDict[str, str], name: str, default: int, *, minimum: int
 
 
 def _video_file(args: MultiDict[str, str]) -> str | None:
-    """The video's file name (its path's last part, either separator), or None."""
-    name = re.split(r"[\\/]", args.get("video_file", ""))[-1].strip()
+    """The video's file name (its path's last part, either separator, printable characters
+    only, as a header may carry it), or None."""
+    last = re.split(r"[\\/]", args.get("video_file", ""))[-1]
+    name = "".join(ch for ch in last if ch.isprintable()).strip()[:255]
     return name or None
 
 
@@ -192,15 +194,14 @@ def _submit(c: Clients, key: ApiKey, ready: Upload, options: JobOptions) -> Job:
     retry_key = f"asr-{idempotency.fingerprint(options, ready.path)}"
     try:
         job, reused = job_service.submit(c, new, retry_key)
+        if not reused or job.status not in (JobStatus.FAILED, JobStatus.CANCELED):
+            if reused:
+                log.info("asr call re-attached to job %s", job.id)
+            return job
     except NotFoundError:  # the earlier call's job was deleted since
-        reused, job = True, None
-    if reused and (job is None or job.status in (JobStatus.FAILED, JobStatus.CANCELED)):
-        idempotency.forget(c.redis, key.id, retry_key)
-        job, _ = job_service.submit(c, new, retry_key)
-    assert job is not None
-    if reused:
-        log.info("asr call re-attached to job %s", job.id)
-    return job
+        pass
+    idempotency.forget(c.redis, key.id, retry_key)
+    return job_service.submit(c, new, retry_key)[0]
 
 
 def prepare(upload: Upload, request: AsrRequest, workdir: str) -> Upload:

@@ -209,24 +209,26 @@ def _verbose(result: TranscriptResult, granularities: frozenset[str]) -> dict[st
     return body
 
 
+#: ``owned_by`` of a name that stands for another model (OpenAI's, MODEL_ALIASES'): the web
+#: page offers only real models besides ``whisper-1``'s "server default".
+ALIAS_OWNER = "alias"
+
+
 def model_list(settings: ModelSettings) -> dict[str, Any]:
     """``GET /v1/models``: the models this deployment accepts, in OpenAI's list shape, OpenAI's
-    own name first."""
+    own names (and MODEL_ALIASES') first."""
+    offered = allowed_models(settings)
+    own = [alias for alias, _ in settings.model_aliases]
+    aliases = [name for name in dict.fromkeys((*OPENAI_MODELS, *own)) if name not in offered]
     return {
         "object": "list",
         "data": [
             # OpenAI's "created" is a release time; none is known for a checkpoint, hence 0.
-            {"id": name, "object": "model", "created": 0, "owned_by": "whisper-api"}
-            for name in _listed(settings)
+            {"id": name, "object": "model", "created": 0, "owned_by": owner}
+            for names, owner in ((aliases, ALIAS_OWNER), (offered, "whisper-api"))
+            for name in names
         ],
     }
-
-
-def _listed(settings: ModelSettings) -> list[str]:
-    offered = allowed_models(settings)
-    own = [alias for alias, _ in settings.model_aliases]
-    aliases = [name for name in (*OPENAI_MODELS, *own) if name not in offered]
-    return list(dict.fromkeys(aliases)) + offered
 
 
 def _code(exc: Exception) -> str | None:

@@ -102,7 +102,9 @@ async function enter() {
 }
 
 async function loadModels() {
-  const models = (await (await api("/v1/models")).json()).data.map((m) => m.id);
+  // whisper-1 (the server's default) and the real models; OpenAI's other names are aliases.
+  const listed = (await (await api("/v1/models")).json()).data;
+  const models = listed.filter((m, i) => (i === 0 && m.id === "whisper-1") || m.owned_by !== "alias").map((m) => m.id);
   const select = $("model");
   select.replaceChildren(...models.map((id, i) => {
     const option = document.createElement("option");

@@ -100,6 +100,11 @@ def test_sign_in_upload_read_along_and_download(service, browser, tmp_path, spee
     _sign_in(driver, service.base_url, key)
     _wait(driver, lambda d: _visible(d, "app") and d.find_elements(By.CSS_SELECTOR, "#model option"))
     assert driver.execute_script("return sessionStorage.length") == 1 and key not in driver.current_url
+    options = Select(driver.find_element(By.ID, "model")).options
+    choices = [(o.get_attribute("value"), o.text) for o in options]
+    # the server's default first; OpenAI's other names are aliases of models listed anyway
+    assert choices[0] == ("whisper-1", "server default") and ("demo", "demo") in choices
+    assert not {"gpt-4o-transcribe", "gpt-4o-mini-transcribe"} & {value for value, _ in choices}
     Select(driver.find_element(By.ID, "model")).select_by_value("demo")
     driver.find_element(By.ID, "words").send_keys(Keys.SPACE)  # word timings, by keyboard
     driver.find_element(By.ID, "file").send_keys(str(audio))
