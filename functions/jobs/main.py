@@ -342,7 +342,8 @@ def asr(request: Request) -> Response:
 
 
 def detect_language(request: Request) -> Response:
-    """whisper-asr-webservice's ``POST /detect-language``: a job on the first 30 s."""
+    """whisper-asr-webservice's ``POST /detect-language``: a job on the part it names (the first
+    30 s by default)."""
     _, result, _ = _asr_job(request, asr_compat.parse_detect, asr_compat.DETECT_PARAMS)
     return json_response(asr_compat.detected(result))
 

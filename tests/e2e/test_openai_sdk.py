@@ -61,11 +61,11 @@ def test_models_list_names_what_the_offline_worker_can_load(service, client):
     """WHISPER_MODELS lists tiny and base, but this worker cannot download them
     (WHISPER_DOWNLOADS=never): only its checkpoint on disk is offered, beside OpenAI's names."""
     _wait_for_the_worker_s_offer(service)
-    assert [m.id for m in client.models.list()] == [
-        "whisper-1",
-        "gpt-4o-transcribe",
-        "gpt-4o-mini-transcribe",
-        "demo",
+    assert [(m.id, m.owned_by) for m in client.models.list()] == [
+        ("whisper-1", "alias"),
+        ("gpt-4o-transcribe", "alias"),
+        ("gpt-4o-mini-transcribe", "alias"),
+        ("demo", "whisper-api"),
     ]
 
 
