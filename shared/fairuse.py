@@ -315,19 +315,51 @@ def admit_job(r: redis.Redis, key_id: str, limit: Limits, audio_seconds: float) 
 def sync_wait(r: redis.Redis, key_id: str, limit: Limits, longest_seconds: float) -> Iterator[None]:
     """Hold one of the key's ``MAX_SYNC_WAITS_PER_KEY`` slots for a synchronous call; 429 if
     none is free. A slot outlives a crashed process by at most ``longest_seconds``."""
-    if limit.max_sync_waits <= 0:
+    refusal = _refuse(
+        f"this key already has {limit.max_sync_waits} synchronous calls waiting; "
+        "wait for one to end, or submit to /transcribe and poll",
+        "sync-waits",
+        limit.max_sync_waits,
+        0,
+        5,
+    )
+    with _slot(r, keys.sync_waits(key_id), limit.max_sync_waits, longest_seconds, refusal):
+        yield
+
+
+#: What each per-key concurrency cap counts, for its refusal: (policy name, what is open).
+_CAPS = {
+    "event-streams": "event streams open",
+    "uploads-in-flight": "uploads in flight",
+    "url-downloads": "audio_url downloads running",
+}
+
+
+@contextmanager
+def concurrent(r: redis.Redis, name: str, policy: str, limit: int, longest_seconds: float) -> Iterator[None]:
+    """Hold one of ``limit`` slots of one key (``name``, built in shared.keys: its open event
+    streams, uploads in flight or audio_url downloads) while the block runs; 429 with
+    ``Retry-After`` when none is free. Taken before the work starts, so a key's extra
+    connections cost a Redis round trip each, never a thread for long."""
+    refusal = _refuse(
+        f"this key already has {limit} {_CAPS[policy]}; wait for one to end", policy, limit, 0, 5
+    )
+    with _slot(r, name, limit, longest_seconds, refusal):
+        yield
+
+
+@contextmanager
+def _slot(
+    r: redis.Redis, name: str, limit: int, longest_seconds: float, refusal: TooManyRequestsError
+) -> Iterator[None]:
+    """A lease in the sorted set ``name`` (at most ``limit`` live; 0: no limit) for the block's
+    length; a crashed process's lease frees itself ``longest_seconds`` (+ 60 s) later."""
+    if limit <= 0:
         yield
         return
-    name, member = keys.sync_waits(key_id), secrets.token_hex(8)
-    if not _take_lease(r, name, member, limit.max_sync_waits, longest_seconds + 60):
-        raise _refuse(
-            f"this key already has {limit.max_sync_waits} synchronous calls waiting; "
-            "wait for one to end, or submit to /transcribe and poll",
-            "sync-waits",
-            limit.max_sync_waits,
-            0,
-            5,
-        )
+    member = secrets.token_hex(8)
+    if not _take_lease(r, name, member, limit, longest_seconds + 60):
+        raise refusal
     try:
         yield
     finally:

@@ -44,6 +44,22 @@ def sync_waits(key_id: str) -> str:
     return f"syncwaits:{key_id}"
 
 
+#: Sorted sets of one key's open ``GET /transcribe/{id}/events`` streams, multipart uploads
+#: being received, and ``audio_url`` downloads running (member -> lease expiry, as
+#: ``sync_waits``): each capped per key (shared.fairuse.concurrent), a crashed process's
+#: leases freeing themselves.
+def event_streams(key_id: str) -> str:
+    return f"streams:{key_id}"
+
+
+def uploads_in_flight(key_id: str) -> str:
+    return f"inflight:{key_id}"
+
+
+def url_downloads(key_id: str) -> str:
+    return f"urlfetches:{key_id}"
+
+
 #: Sorted set of one key's open presigned uploads (job id -> when its URL expires).
 def open_uploads(key_id: str) -> str:
     return f"uploads:{key_id}"

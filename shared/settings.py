@@ -236,6 +236,9 @@ class EdgeSettings(_Base):
     #: ``BODY_MIN_BYTES_PER_SECOND``: a client trickling its body holds a thread no longer.
     body_timeout_seconds: float = Field(default=10.0, gt=0)
     body_min_bytes_per_second: int = Field(default=256 * 1024, ge=1)
+    #: A request's head (request line and headers) must have arrived this many seconds after
+    #: its first byte (the dev gateway, functions.gateway; nginx: client_header_timeout).
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
 
 
 class FairUseSettings(_Base):
@@ -253,6 +256,12 @@ class FairUseSettings(_Base):
     max_open_uploads_per_key: int = Field(default=20, ge=0)
     #: Audio seconds one key may submit per UTC day (0: unlimited).
     quota_audio_seconds_per_day: int = Field(default=0, ge=0)
+    #: ``GET /transcribe/{id}/events`` streams one key may hold open at once.
+    max_event_streams_per_key: int = Field(default=4, ge=0)
+    #: Multipart uploads to ``POST /transcribe`` one key may be sending at once.
+    max_uploads_in_flight_per_key: int = Field(default=4, ge=0)
+    #: ``audio_url`` downloads one key may have running at once.
+    max_url_downloads_per_key: int = Field(default=2, ge=0)
     #: Proxies in front of the functions whose ``X-Forwarded-For`` is trusted for the client
     #: address (the compose gateway: 1). 0: the peer address itself.
     proxy_hops: int = Field(default=0, ge=0, le=8)
