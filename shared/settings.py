@@ -291,6 +291,10 @@ class JobsSettings(
     #: How long ``/v1/audio/*`` waits for its job before answering 504 with the job id.
     openai_wait_seconds: float = Field(default=600.0, gt=0)
 
+    #: Bearer token ``GET /metrics`` must carry; empty: the scrape is open to whoever reaches the
+    #: function (the public gateway does not route it).
+    metrics_token: str = ""
+
     #: Bearer token storage notifications (MinIO webhook target, CloudEvents) must carry on
     #: ``POST /hooks/storage``. Empty: the hook is off.
     storage_hook_token: str = ""

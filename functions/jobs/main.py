@@ -328,6 +328,7 @@ def get_audio(request: Request, job_id: str) -> Response:
 
 def get_metrics(request: Request) -> Response:
     c = jobs_clients()
+    credentials.check_metrics_token(c.settings.metrics_token, request.headers.get("Authorization"))
     body = metrics.exposition(c.redis, c.settings.worker_heartbeat_seconds)
     return Response(body, content_type=metrics.CONTENT_TYPE)
 
