@@ -8,7 +8,8 @@ claim). A dispatcher that dies mid-send recorded nothing: once the lease runs ou
 is due again and is sent again with the same ``webhook-id``, so receivers can de-duplicate.
 
 Deliveries run concurrently (``WEBHOOK_CONCURRENCY`` at once) with at most
-``WEBHOOK_PER_TARGET`` to any one host, and every attempt has a total deadline
+``WEBHOOK_PER_TARGET`` to any one host (whatever its ports) and ``WEBHOOK_PER_TENANT`` for any
+one API key, and every attempt has a total deadline
 (``WEBHOOK_TIMEOUT_SECONDS``, enforced by ``netguard.Deadline`` however the receiver paces its
 answer) that ends well inside its lease: one slow receiver delays no other tenant's delivery,
 and a lease never lets two dispatchers hold the same attempt.
@@ -47,6 +48,8 @@ POLL_SECONDS = 0.2
 #: Due messages looked at per look (more than can be sent at once: some may wait for their
 #: target's slots).
 BATCH = 50
+#: Pages of due messages looked at per round, past those whose slots are taken.
+MAX_PAGES = 20
 #: Jitter spreads retries of many messages that failed together (a receiver outage).
 JITTER = 0.2
 #: Bytes of a receiver's answer read at most (the status is what matters).
@@ -112,7 +115,9 @@ class Dispatcher:
     clock: Callable[[], float] = time.time
 
     _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
-    _in_flight: Counter[str] = field(default_factory=Counter, init=False, repr=False)
+    #: Deliveries in flight per receiver host, and per tenant (API key id).
+    _in_host: Counter[str] = field(default_factory=Counter, init=False, repr=False)
+    _of_tenant: Counter[str] = field(default_factory=Counter, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @property
@@ -139,51 +144,71 @@ class Dispatcher:
         log.info("webhook dispatcher %s stopped", self.name)
 
     def run_once(self, wait: bool = True) -> int:
-        """Claim the messages due now that have a free slot (overall and for their target) and
-        send each once, concurrently; how many were started. ``wait``: until they are done."""
+        """Claim the messages due now that have a free slot (overall, for their receiver host
+        and for their tenant) and send each once, concurrently; how many were started.
+        ``wait``: until they are done. Due messages are looked at oldest first, a page at a
+        time, past those whose slots are taken: one tenant's backlog never hides another's."""
         now = self.clock()
-        due = cast(list[str], self.r.zrangebyscore(keys.WEBHOOKS_DUE, "-inf", now, start=0, num=BATCH))
         started = []
-        for msg in due:
-            target = self._target(msg)
-            if not self._take_slot(target):
-                continue
-            token = self.claim(msg, now)
-            if token is None:
-                self._free_slot(target)
-                continue
-            started.append(self._executor().submit(self._send_in_slot, msg, token, target))
+        for page in range(MAX_PAGES):
+            due = cast(
+                list[str], self.r.zrangebyscore(keys.WEBHOOKS_DUE, "-inf", now, start=page * BATCH, num=BATCH)
+            )
+            for msg, slot in zip(due, self._slots(due), strict=True):
+                if not self._take_slot(slot):
+                    continue
+                token = self.claim(msg, now)
+                if token is None:
+                    self._free_slot(slot)
+                    continue
+                started.append(self._executor().submit(self._send_in_slot, msg, token, slot))
+            if len(due) < BATCH or self._full():
+                break
         if wait:
             for future in started:
                 future.result()
         return len(started)
 
-    def _target(self, msg: str) -> str:
-        url = cast(str | None, self.r.hget(keys.webhook_delivery(msg), "url")) or ""
-        return urlsplit(url).netloc.lower()
+    def _slots(self, msgs: list[str]) -> list[tuple[str, str]]:
+        """(receiver host, tenant) of each message: the port is left out, so a tenant's
+        receivers on many ports of one host share that host's slots."""
+        with self.r.pipeline(transaction=False) as pipe:
+            for msg in msgs:
+                pipe.hmget(keys.webhook_delivery(msg), ["url", "key_id"])
+            rows = cast(list[list[str | None]], pipe.execute())
+        return [((urlsplit(url or "").hostname or "").lower(), key_id or "") for url, key_id in rows]
 
-    def _take_slot(self, target: str) -> bool:
+    def _full(self) -> bool:
         with self._lock:
-            busy = sum(self._in_flight.values())
-            if busy >= self.settings.webhook_concurrency:
+            return sum(self._in_host.values()) >= self.settings.webhook_concurrency
+
+    def _take_slot(self, slot: tuple[str, str]) -> bool:
+        host, tenant = slot
+        with self._lock:
+            if sum(self._in_host.values()) >= self.settings.webhook_concurrency:
                 return False
-            if self._in_flight[target] >= self.settings.webhook_per_target:
+            if self._in_host[host] >= self.settings.webhook_per_target:
                 return False
-            self._in_flight[target] += 1
+            if self._of_tenant[tenant] >= self.settings.webhook_per_tenant:
+                return False
+            self._in_host[host] += 1
+            self._of_tenant[tenant] += 1
             return True
 
-    def _free_slot(self, target: str) -> None:
+    def _free_slot(self, slot: tuple[str, str]) -> None:
+        host, tenant = slot
         with self._lock:
-            self._in_flight[target] -= 1
-            if self._in_flight[target] <= 0:
-                del self._in_flight[target]
+            for counts, name in ((self._in_host, host), (self._of_tenant, tenant)):
+                counts[name] -= 1
+                if counts[name] <= 0:
+                    del counts[name]
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.settings.webhook_concurrency, thread_name_prefix=self.name)
         return self._pool
 
-    def _send_in_slot(self, msg: str, token: str, target: str) -> None:
+    def _send_in_slot(self, msg: str, token: str, slot: tuple[str, str]) -> None:
         try:
             self.send(msg, token)
         except Exception:
@@ -191,7 +216,7 @@ class Dispatcher:
             # tried again later (and logged again) like any failed attempt.
             log.exception("webhook %s: sending failed unexpectedly", msg)
         finally:
-            self._free_slot(target)
+            self._free_slot(slot)
 
     def claim(self, msg: str, now: float) -> str | None:
         """Lease ``msg`` to this dispatcher if it is still due; the lease token, or None."""

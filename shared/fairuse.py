@@ -150,18 +150,24 @@ def check_rate(r: redis.Redis, key_id: str, limit: Limits) -> None:
 def guard_authentication(
     r: redis.Redis, settings: FairUseSettings, client: str, key_id: str | None
 ) -> Iterator[None]:
-    """Refuse (429) a client address or key id that failed authentication too often this
-    minute; count a failure (UnauthorizedError) of the block it wraps."""
+    """Refuse (429) a client address that failed authentication too often this minute, and
+    count a failure (UnauthorizedError) of the block it wraps. A key id guessed at too often
+    refuses only further wrong guesses: the holder presenting the right secret is let in, so
+    guessing at a known key id never locks its owner out."""
     limit = settings.auth_failures_per_minute
     names = [keys.auth_failures("addr", client)] + ([keys.auth_failures("key", key_id)] if key_id else [])
+    over: list[str] = []
     if limit > 0:
-        for name, count in zip(names, cast(list[str | None], r.mget(names)), strict=True):
-            if int(count or 0) >= limit:
-                raise _auth_refusal(limit, int(r.pttl(name)))
+        counts = cast(list[str | None], r.mget(names))
+        over = [name for name, count in zip(names, counts, strict=True) if int(count or 0) >= limit]
+        if names[0] in over:
+            raise _auth_refusal(limit, int(r.pttl(names[0])))
     try:
         yield
     except UnauthorizedError:
         _count_failure(r, settings, names)
+        if over:
+            raise _auth_refusal(limit, int(r.pttl(over[0]))) from None
         raise
 
 

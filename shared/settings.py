@@ -96,6 +96,10 @@ class StorageSettings(_Base):
     aws_region: str = "us-east-1"
     aws_access_key_id: str | None = None
     aws_secret_access_key: str | None = None
+    #: A request (an upload, ``/health``) waits at most this long to connect to storage and
+    #: for each answer, in one attempt, then answers 503 (the worker waits longer, and its
+    #: queue retries).
+    storage_timeout_seconds: float = Field(default=3.0, gt=0, le=30)
 
     @field_validator("s3_endpoint_url", "s3_public_endpoint_url", mode="before")
     @classmethod
@@ -207,10 +211,14 @@ class WebhookSettings(RedisSettings, OutboundSettings):
     #: Time limit of one delivery attempt, connect to answer, however the receiver paces it; a
     #: slower receiver counts as failed.
     webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
-    #: Deliveries in flight at once per dispatcher, and to any one target (host) at once: a
+    #: Deliveries in flight at once per dispatcher, and to any one target host (its ports
+    #: together) at once: a
     #: slow receiver holds its own slots, never another tenant's.
     webhook_concurrency: int = Field(default=8, ge=1, le=64)
     webhook_per_target: int = Field(default=2, ge=1, le=64)
+    #: Deliveries in flight at once for one tenant (API key), whatever its receivers: a tenant's
+    #: tarpits on many hosts hold its own slots, never all of them.
+    webhook_per_tenant: int = Field(default=4, ge=1, le=64)
 
     @field_validator("webhook_retry_schedule", mode="before")
     @classmethod

@@ -394,7 +394,8 @@ def _asr_job(
 ) -> tuple[asr_compat.AsrRequest, TranscriptResult, str | None]:
     c = jobs_clients()
     settings = c.settings
-    key = asr_compat.authenticate(settings, c.redis, request.headers.get("Authorization"))
+    client = parsing.client_address(request, settings.proxy_hops)
+    key = asr_compat.authenticate(settings, c.redis, request.headers.get("Authorization"), client)
     access.note_key(request, key.id)
     asked = parse(query_args(request, *params), settings)
     # Synchronous like /v1: the key's concurrent waits are capped before the upload is read.
