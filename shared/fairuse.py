@@ -30,7 +30,7 @@ import redis
 
 from shared import credentials, keys, redis_client, usage
 from shared.credentials import LIMIT_FIELDS, ApiKey
-from shared.errors import TooManyRequestsError, UnauthorizedError
+from shared.errors import QuotaExceededError, TooManyRequestsError, UnauthorizedError
 from shared.settings import FairUseSettings, JwtSettings
 
 #: Names of the per-key overrides, as stored in the key's record and given to the CLI.
@@ -68,6 +68,7 @@ if tonumber(ARGV[2]) > 0 and used + tonumber(ARGV[3]) > tonumber(ARGV[2]) then
 end
 redis.call('INCRBYFLOAT', KEYS[2], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
+redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[4])
 return {0, tostring(used + tonumber(ARGV[3]))}
 """
 
@@ -288,9 +289,10 @@ def admit_job(r: redis.Redis, key_id: str, limit: Limits, audio_seconds: float) 
         list[Any],
         r.eval(
             _ADMIT,
-            2,
+            3,
             keys.usage(key_id),
             keys.audio_day(key_id, day),
+            keys.audio_quota(key_id),
             limit.max_pending_jobs,
             limit.quota_audio_seconds_per_day,
             repr(audio_seconds),
@@ -315,6 +317,36 @@ def admit_job(r: redis.Redis, key_id: str, limit: Limits, audio_seconds: float) 
             _DAY_SECONDS,
             resets_at - now,
         )
+
+
+def decodable_seconds(r: redis.Redis, key_id: str, declared: float) -> tuple[float, float] | None:
+    """How many seconds of a job admitted with ``declared`` seconds (already counted today) its
+    key's quota lets the worker decode, and that quota; None without a quota. A header that
+    lies about the length is found out as the audio is decoded (``PcmStream``)."""
+    day, _ = _day(time.time())
+    quota, used = cast(list[str | None], r.mget([keys.audio_quota(key_id), keys.audio_day(key_id, day)]))
+    if not quota or float(quota) <= 0:
+        return None
+    return declared + max(0.0, float(quota) - float(used or 0)), float(quota)
+
+
+def charge_decoded(r: redis.Redis, key_id: str, seconds: float) -> None:
+    """Count ``seconds`` more of decoded audio (beyond the declared length admitted) today."""
+    if seconds > 0:
+        day, _ = _day(time.time())
+        with r.pipeline(transaction=False) as pipe:
+            pipe.incrbyfloat(keys.audio_day(key_id, day), seconds)
+            pipe.expire(keys.audio_day(key_id, day), 2 * _DAY_SECONDS)
+            pipe.execute()
+
+
+def quota_exceeded(quota: float) -> QuotaExceededError:
+    """The reason a job stopped at its key's remaining daily quota."""
+    return QuotaExceededError(
+        f"the audio is longer than what is left of this key's daily audio quota of {quota:g} s "
+        "(QUOTA_AUDIO_SECONDS_PER_DAY), whatever its header said; it was decoded up to that point "
+        "and stopped; the quota resets at 00:00 UTC"
+    )
 
 
 @contextmanager

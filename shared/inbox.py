@@ -45,6 +45,7 @@ _UPLOAD_KEY = re.compile(r"^([0-9a-f]{12})/uploads/([0-9a-f]{28})$")
 #: Marker value while the job is being made (any other value is the job id, or a refusal).
 _IN_PROGRESS = "in-progress"
 _REFUSED = "refused:"
+_BEING_MADE = "already being turned into a job"
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,11 @@ def ingest(clients: Clients, object_key: str, etag: str, size: int | None) -> Ou
         return Outcome(object_key, reason="the key does not start with an active API key id")
     marker = keys.inbox_object(hashlib.sha256(f"{inbox.bucket}\0{object_key}\0{etag}".encode()).hexdigest())
     if not r.set(marker, _IN_PROGRESS, nx=True, ex=keys.INBOX_MARKER_TTL_SECONDS):
-        return _earlier(r, cast(str | None, r.get(marker)), object_key)
+        earlier = _earlier(r, cast(str | None, r.get(marker)), object_key)
+        if earlier.reason != _BEING_MADE:
+            # Refused or already a job, and PUT again: the object is never kept (nor counted).
+            inbox.delete(object_key)
+        return earlier
     try:
         job = _make_job(clients, owner, object_key, size)
     except ClientError as exc:  # bad audio stays bad: remember the refusal, do not retry
@@ -157,7 +162,7 @@ def _owner(r: redis.Redis, object_key: str) -> str | None:
 
 def _earlier(r: redis.Redis, value: str | None, object_key: str) -> Outcome:
     if value is None or value == _IN_PROGRESS:
-        return Outcome(object_key, reason="already being turned into a job")
+        return Outcome(object_key, reason=_BEING_MADE)
     if value.startswith(_REFUSED):
         return Outcome(object_key, reason=value.removeprefix(_REFUSED))
     job = jobstore.load(r, value)

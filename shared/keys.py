@@ -70,6 +70,12 @@ def audio_day(key_id: str, day: str) -> str:
     return f"audioday:{key_id}:{day}"
 
 
+#: One key's daily audio quota in seconds as its last job was admitted with (operator default
+#: or the key's own), so the worker can charge decoded seconds against it; kept two days.
+def audio_quota(key_id: str) -> str:
+    return f"audioquota:{key_id}"
+
+
 #: Pub/sub channel told each state change of one job, so a synchronous ``/v1`` call blocks
 #: until its job ends instead of polling the record.
 def job_events(job_id: str) -> str:

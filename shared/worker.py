@@ -15,6 +15,7 @@ A job whose storage is down goes back to the queue with a growing delay; it neve
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -28,17 +29,18 @@ from typing import Any, TypeVar
 
 import redis
 
-from shared import events, jobstore, keys, logs, metrics, model_ads, queue, retention, webhooks
+from shared import events, fairuse, jobstore, keys, logs, metrics, model_ads, queue, retention, webhooks
 from shared.dispatcher import Dispatcher
 from shared.engine.memory import allocator
 from shared.engine.pipeline import Engine, Progress
 from shared.errors import (
     JobError,
+    QuotaExceededError,
     RunCanceledError,
     RunReleasedError,
     StorageError,
 )
-from shared.models import Job, JobStatus
+from shared.models import Job, JobStatus, TranscriptResult
 from shared.settings import WorkerSettings
 from shared.storage import BlobStore, result_key
 
@@ -249,13 +251,7 @@ class Worker:
         with tempfile.TemporaryDirectory(prefix="whisper-job-") as tmp:
             path = os.path.join(tmp, "audio")
             self._storage(f"download the audio of job {job.id}", self.store.download, job.audio_key, path)
-            result = self.engine.transcribe(
-                path,
-                job.options,
-                expected_seconds=job.duration,
-                max_seconds=self.settings.max_audio_seconds,
-                checkpoint=lambda progress: self._checkpoint(job, run_id, progress),
-            )
+            result = self._transcribe(job, run_id, path)
         key = result_key(job.key_id, job.id)
         body = result.model_dump_json().encode()
         self._storage(
@@ -280,6 +276,30 @@ class Worker:
         if done is None:
             self._discard(job, key)
         self._finished(done)
+
+    def _transcribe(self, job: Job, run_id: str, path: str) -> TranscriptResult:
+        """The engine's run, decoding at most what the key's daily quota has left (the job was
+        admitted on its declared length); what was decoded past that length is charged too."""
+        declared = job.duration or 0.0
+        limit, too_long = self.settings.max_audio_seconds, None
+        allowance = fairuse.decodable_seconds(self.r, job.key_id, declared)
+        if allowance is not None and allowance[0] < limit:
+            limit, quota = allowance
+            too_long = functools.partial(fairuse.quota_exceeded, quota)
+        try:
+            result = self.engine.transcribe(
+                path,
+                job.options,
+                expected_seconds=job.duration,
+                max_seconds=limit,
+                checkpoint=lambda progress: self._checkpoint(job, run_id, progress),
+                too_long=too_long,
+            )
+        except QuotaExceededError:
+            fairuse.charge_decoded(self.r, job.key_id, limit - declared)
+            raise
+        fairuse.charge_decoded(self.r, job.key_id, result.duration - declared)
+        return result
 
     def _discard(self, job: Job, key: str) -> None:
         """Our result lost the race: the job was deleted, canceled, or finished by another run."""

@@ -211,6 +211,22 @@ def test_an_upload_that_is_not_audio_is_refused_once(jobs_client, bearer, inbox_
     assert r.keys("job:*") == []
 
 
+def test_a_refused_upload_put_again_is_deleted_every_round(jobs_client, bearer, inbox_store, r):
+    # Given an upload refused (not audio) and deleted from the inbox
+    headers = bearer()
+    upload = jobs_client.post("/uploads", json={"model": "demo"}, headers=headers).get_json()
+    body = b"plain text, not audio" * 1000
+    for _ in range(5):
+        # When the same object is PUT again (its URL is still valid) and completed again
+        assert requests.put(upload["upload_url"], data=body, timeout=30).status_code == 200
+        again = jobs_client.post(f"/uploads/{upload['id']}/complete", headers=headers)
+        # Then it is refused the same way, and the inbox holds nothing afterwards
+        assert again.status_code == 409
+        assert "audio" in again.get_json()["detail"]
+        assert inbox_store._s3.list_objects_v2(Bucket=inbox_store.bucket).get("KeyCount") == 0
+    assert r.keys("job:*") == []
+
+
 def test_upload_urls_are_signed_for_the_public_endpoint(env, jobs_client, bearer, inbox_store):
     env(S3_PUBLIC_ENDPOINT_URL="https://files.example.com")
     upload = jobs_client.post("/uploads", json={"model": "demo"}, headers=bearer()).get_json()
