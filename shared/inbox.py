@@ -20,12 +20,13 @@ import logging
 import os
 import re
 import tempfile
+import time
 from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
 
-from shared import credentials, fairuse, job_service, jobstore, keys, parsing
+from shared import credentials, fairuse, job_service, jobstore, keys, parsing, retention
 from shared.clients import Clients
 from shared.errors import ClientError, ConflictError, NotFoundError, PayloadTooLargeError
 from shared.models import Job, JobOptions
@@ -38,6 +39,8 @@ log = logging.getLogger("whisper_api.inbox")
 
 #: How long a presigned upload URL stays valid.
 UPLOAD_URL_TTL_SECONDS = 3600
+#: How long after its URL expired a never-completed upload's object is removed.
+INBOX_GRACE_SECONDS = 3600
 _OWNER = re.compile(r"^([0-9a-f]{12})/")
 #: A presigned upload's object key: the owner's key id and the job id handed out for it.
 _UPLOAD = re.compile(r"^([0-9a-f]{12})/uploads/([0-9a-f]{1,64})$")
@@ -84,6 +87,10 @@ def start_upload(
     url = inbox.presigned_put(upload_key(key_id, job_id), UPLOAD_URL_TTL_SECONDS)
     # Kept a day past the URL's expiry so a PUT that started just in time can still finish.
     r.set(keys.pending_upload(job_id), json.dumps(record), ex=UPLOAD_URL_TTL_SECONDS + 86400)
+    # An object PUT and never completed is removed once a PUT started in time has long ended.
+    retention.schedule_inbox(
+        r, upload_key(key_id, job_id), time.time() + UPLOAD_URL_TTL_SECONDS + INBOX_GRACE_SECONDS
+    )
     return {
         "id": job_id,
         "upload_url": url,

@@ -395,7 +395,8 @@ class Worker:
         now = time.monotonic()
         if now - self._last_sweep >= self.settings.retention_sweep_seconds:
             self._last_sweep = now
-            removed = retention.sweep(self.r, self.store)
+            inbox = BlobStore(self.settings, self.settings.s3_inbox_bucket, attempts=1)
+            removed = retention.sweep(self.r, self.store, inbox=inbox)
             if removed:
                 log.info("retention: removed %d expired items", removed)
 
