@@ -62,9 +62,10 @@ def _problem_bytes(status: int, title: str, detail: str) -> bytes:
 
 #: A closed connection's unread request bytes are read and dropped for at most this long and
 #: this much (off any thread), so the kernel sends FIN, not RST: an RST would also discard the
-#: answer still unread in the peer's buffer (nginx then reports 502 instead of our 401).
+#: answer still unread in the peer's buffer (nginx then reports 502 instead of our 401). Past
+#: it the connection is closed anyway: a refused upload is not read to its end.
 _LINGER_SECONDS = 5.0
-_LINGER_BYTES = 64 * 1024 * 1024
+_LINGER_BYTES = 4 * 1024 * 1024
 
 
 class _Conn(TConn):  # type: ignore[misc]
