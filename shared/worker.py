@@ -23,6 +23,7 @@ import socket
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -76,6 +77,8 @@ class Worker:
     _threads: list[threading.Thread] = field(default_factory=list)
     _stop_seen_at: float | None = None
     _last_sweep: float = float("-inf")
+    #: The API key of each job in hand (for fair slots, ``_owed_a_slot``).
+    _keys_in_hand: dict[str, str] = field(default_factory=dict)
 
     # ---- the loop -------------------------------------------------------------------------
     def run(self, stop: threading.Event | None = None) -> None:
@@ -128,7 +131,7 @@ class Worker:
         self._maybe_sweep()
         queue.promote_due(self.r)
         self._threads = [t for t in self._threads if t.is_alive()]
-        if len(self._threads) >= self.settings.worker_concurrent_jobs:
+        if len(self._threads) >= self.settings.worker_concurrent_jobs and not self._owed_a_slot():
             self.stop.wait(0.05)  # every slot busy
             return
         entry = self._claim()
@@ -142,6 +145,20 @@ class Worker:
         thread = threading.Thread(target=self._work, args=(entry_id, job_id), name=f"job-{job_id}")
         self._threads.append(thread)
         thread.start()
+
+    def _owed_a_slot(self) -> bool:
+        """Every slot is busy: start one more job anyway when a key holds more than its share of
+        the jobs in hand while another key waits (the fair queue serves that key next). Jobs
+        share the engine's batches, so a slot more costs memory for one job, not a model; at
+        most twice ``WORKER_CONCURRENT_JOBS`` run at once."""
+        slots = self.settings.worker_concurrent_jobs
+        running = Counter(self._keys_in_hand.values())
+        if len(self._threads) >= 2 * slots or not running:
+            return False
+        top = running.most_common(1)[0][1]
+        if top * (len(running) + 1) <= slots:
+            return False  # no key holds more than its share, were one more key served
+        return any(key not in running for key in queue.waiting_keys(self.r, slots))
 
     def _work(self, entry_id: str, job_id: str) -> None:
         try:
@@ -208,15 +225,23 @@ class Worker:
         job = jobstore.load(self.r, job_id)
         if job is None or job.status.terminal:
             return True  # deleted, canceled or already done: nothing to do
+        self._keys_in_hand[job_id] = job.key_id
+        try:
+            return self._process(job, entry_id)
+        finally:
+            self._keys_in_hand.pop(job_id, None)
+
+    def _process(self, waiting: Job, entry_id: str | None) -> bool:
+        job_id = waiting.id
         run_id = secrets.token_hex(8)
         job = jobstore.transition(
             self.r,
-            job,
+            waiting,
             (JobStatus.PENDING, JobStatus.PROCESSING),
             JobStatus.PROCESSING,
             {
                 "started_at": time.time(),
-                "attempts": job.attempts + 1,
+                "attempts": waiting.attempts + 1,
                 "run_id": run_id,
                 "windows": 0,
                 "progress": 0,
