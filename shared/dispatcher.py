@@ -9,7 +9,8 @@ is due again and is sent again with the same ``webhook-id``, so receivers can de
 
 Deliveries run concurrently (``WEBHOOK_CONCURRENCY`` at once) with at most
 ``WEBHOOK_PER_TARGET`` to any one host (whatever its ports) and ``WEBHOOK_PER_TENANT`` for any
-one API key, and every attempt has a total deadline
+one API key (those two counted by leases in Redis, so they hold across dispatcher processes),
+and every attempt has a total deadline
 (``WEBHOOK_TIMEOUT_SECONDS``, enforced by ``netguard.Deadline`` however the receiver paces its
 answer) that ends well inside its lease: one slow receiver delays no other tenant's delivery,
 and a lease never lets two dispatchers hold the same attempt.
@@ -27,7 +28,6 @@ import secrets
 import signal
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 import redis
 import urllib3
 
-from shared import jobstore, keys, logs, metrics, netguard, webhooks
+from shared import fairuse, jobstore, keys, logs, metrics, netguard, webhooks
 from shared.errors import BlockedTargetError
 from shared.settings import WebhookSettings
 
@@ -106,6 +106,15 @@ class Attempt:
         return "gone" if self.status == 410 else "failed"
 
 
+@dataclass(frozen=True)
+class _Slot:
+    """What one delivery holds while it runs: a lease for its receiver host and its tenant."""
+
+    host: str
+    tenant: str
+    member: str = field(default_factory=lambda: secrets.token_hex(8))
+
+
 @dataclass
 class Dispatcher:
     settings: WebhookSettings
@@ -115,9 +124,8 @@ class Dispatcher:
     clock: Callable[[], float] = time.time
 
     _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
-    #: Deliveries in flight per receiver host, and per tenant (API key id).
-    _in_host: Counter[str] = field(default_factory=Counter, init=False, repr=False)
-    _of_tenant: Counter[str] = field(default_factory=Counter, init=False, repr=False)
+    #: Deliveries in flight in this process (per host and per tenant: leases in Redis).
+    _busy: int = field(default=0, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @property
@@ -150,12 +158,13 @@ class Dispatcher:
         time, past those whose slots are taken: one tenant's backlog never hides another's."""
         now = self.clock()
         started = []
+        taken: set[str] = set()
         for page in range(MAX_PAGES):
             due = cast(
                 list[str], self.r.zrangebyscore(keys.WEBHOOKS_DUE, "-inf", now, start=page * BATCH, num=BATCH)
             )
             for msg, slot in zip(due, self._slots(due), strict=True):
-                if not self._take_slot(slot):
+                if not self._take_slot(slot, taken):
                     continue
                 token = self.claim(msg, now)
                 if token is None:
@@ -169,46 +178,55 @@ class Dispatcher:
                 future.result()
         return len(started)
 
-    def _slots(self, msgs: list[str]) -> list[tuple[str, str]]:
-        """(receiver host, tenant) of each message: the port is left out, so a tenant's
-        receivers on many ports of one host share that host's slots."""
+    def _slots(self, msgs: list[str]) -> list[_Slot]:
+        """The slot each message would take: the port is left out, so a tenant's receivers on
+        many ports of one host share that host's slots."""
         with self.r.pipeline(transaction=False) as pipe:
             for msg in msgs:
                 pipe.hmget(keys.webhook_delivery(msg), ["url", "key_id"])
             rows = cast(list[list[str | None]], pipe.execute())
-        return [((urlsplit(url or "").hostname or "").lower(), key_id or "") for url, key_id in rows]
+        return [_Slot((urlsplit(url or "").hostname or "").lower(), key_id or "") for url, key_id in rows]
 
     def _full(self) -> bool:
         with self._lock:
-            return sum(self._in_host.values()) >= self.settings.webhook_concurrency
+            return self._busy >= self.settings.webhook_concurrency
 
-    def _take_slot(self, slot: tuple[str, str]) -> bool:
-        host, tenant = slot
+    def _take_slot(self, slot: _Slot, taken: set[str]) -> bool:
+        """This process's slot, then the host's and the tenant's leases in Redis (shared by
+        every dispatcher). ``taken``: the hosts and tenants found full this round."""
+        host, tenant = keys.webhook_host_slots(slot.host), keys.webhook_tenant_slots(slot.tenant)
+        if host in taken or tenant in taken:
+            return False
         with self._lock:
-            if sum(self._in_host.values()) >= self.settings.webhook_concurrency:
+            if self._busy >= self.settings.webhook_concurrency:
                 return False
-            if self._in_host[host] >= self.settings.webhook_per_target:
+            self._busy += 1
+        limits = ((host, self.settings.webhook_per_target), (tenant, self.settings.webhook_per_tenant))
+        held: list[str] = []
+        for name, limit in limits:
+            if not fairuse.take_lease(self.r, name, slot.member, limit, self.lease_seconds):
+                taken.add(name)
+                self._free_slot(slot, held)
                 return False
-            if self._of_tenant[tenant] >= self.settings.webhook_per_tenant:
-                return False
-            self._in_host[host] += 1
-            self._of_tenant[tenant] += 1
-            return True
+            held.append(name)
+        return True
 
-    def _free_slot(self, slot: tuple[str, str]) -> None:
-        host, tenant = slot
+    def _free_slot(self, slot: _Slot, held: list[str] | None = None) -> None:
+        for name in held if held is not None else self._names(slot):
+            self.r.zrem(name, slot.member)
         with self._lock:
-            for counts, name in ((self._in_host, host), (self._of_tenant, tenant)):
-                counts[name] -= 1
-                if counts[name] <= 0:
-                    del counts[name]
+            self._busy -= 1
+
+    @staticmethod
+    def _names(slot: _Slot) -> list[str]:
+        return [keys.webhook_host_slots(slot.host), keys.webhook_tenant_slots(slot.tenant)]
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.settings.webhook_concurrency, thread_name_prefix=self.name)
         return self._pool
 
-    def _send_in_slot(self, msg: str, token: str, slot: tuple[str, str]) -> None:
+    def _send_in_slot(self, msg: str, token: str, slot: _Slot) -> None:
         try:
             self.send(msg, token)
         except Exception:

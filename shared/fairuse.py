@@ -396,7 +396,7 @@ def _slot(
         yield
         return
     member = secrets.token_hex(8)
-    if not _take_lease(r, name, member, limit, longest_seconds + 60):
+    if not take_lease(r, name, member, limit, longest_seconds + 60):
         raise refusal
     try:
         yield
@@ -404,7 +404,9 @@ def _slot(
         r.zrem(name, member)
 
 
-def _take_lease(r: redis.Redis, name: str, member: str, limit: int, seconds: float) -> bool:
+def take_lease(r: redis.Redis, name: str, member: str, limit: int, seconds: float) -> bool:
+    """Add ``member`` to the set of expiring leases ``name`` for ``seconds`` if fewer than
+    ``limit`` are live; whether it was added (every process counts the same leases)."""
     now = time.time()
     return bool(r.eval(_LEASE, 1, name, repr(now), limit, repr(now + seconds), member))
 
@@ -413,7 +415,7 @@ def open_upload(r: redis.Redis, settings: FairUseSettings, key_id: str, job_id: 
     """Count a presigned upload as open for ``seconds`` (until its job exists or it expires);
     429 when the key already has ``MAX_OPEN_UPLOADS_PER_KEY`` open."""
     limit = settings.max_open_uploads_per_key
-    if limit > 0 and not _take_lease(r, keys.open_uploads(key_id), job_id, limit, seconds):
+    if limit > 0 and not take_lease(r, keys.open_uploads(key_id), job_id, limit, seconds):
         raise _refuse(
             f"this key already has {limit} presigned uploads open; complete or let some expire",
             "open-uploads",

@@ -148,6 +148,17 @@ def webhook_delivery(message_id: str) -> str:
     return f"webhook:delivery:{message_id}"
 
 
+#: Sorted sets of the webhook deliveries in flight to one receiver host (its ports together)
+#: and for one tenant (API key id), member -> lease expiry: every dispatcher process counts the
+#: same ones (``WEBHOOK_PER_TARGET``, ``WEBHOOK_PER_TENANT``).
+def webhook_host_slots(host: str) -> str:
+    return f"webhook:slots:host:{host}"
+
+
+def webhook_tenant_slots(key_id: str) -> str:
+    return f"webhook:slots:key:{key_id}"
+
+
 #: Sorted set of message id -> unix time it is due; a claim pushes the score out by a lease,
 #: so a dispatcher that dies mid-send leaves the message due again once the lease runs out.
 WEBHOOKS_DUE = "webhooks:due"

@@ -82,10 +82,16 @@ def test_an_audio_url_that_drips_is_cut_off_at_its_deadline(env, jobs_client, be
     assert r.keys("job:*") == []
 
 
-def _queue(r, msg: str, url: str, due: float) -> None:
+def _queue(r, msg: str, url: str, due: float, tenant: str | None = None) -> None:
     r.hset(
         keys.webhook_delivery(msg),
-        mapping={"job_id": f"job-{msg}", "key_id": f"key-{msg}", "body": "{}", "url": url, "attempts": 0},
+        mapping={
+            "job_id": f"job-{msg}",
+            "key_id": tenant or f"key-{msg}",
+            "body": "{}",
+            "url": url,
+            "attempts": 0,
+        },
     )
     r.zadd(keys.WEBHOOKS_DUE, {msg: due})
 
@@ -99,17 +105,23 @@ def far_dripper() -> Iterator[Dripper]:
 
 
 @contextlib.contextmanager
-def _dispatching(r) -> Iterator[float]:
-    """A dispatcher running in a thread for the block; yields when it started."""
+def _dispatching(r, count: int = 1) -> Iterator[float]:
+    """``count`` dispatchers (each its own counters, as separate processes have) running in
+    threads for the block; yields when they started."""
     stop = threading.Event()
-    loop = threading.Thread(target=Dispatcher(webhook_settings(), r).run, args=(stop,), daemon=True)
+    loops = [
+        threading.Thread(target=Dispatcher(webhook_settings(), r).run, args=(stop,), daemon=True)
+        for _ in range(count)
+    ]
     started = time.monotonic()
-    loop.start()
+    for loop in loops:
+        loop.start()
     try:
         yield started
     finally:
         stop.set()
-        loop.join(timeout=15)
+        for loop in loops:
+            loop.join(timeout=15)
 
 
 def test_a_slow_receiver_delays_no_other_tenants_delivery(env, r, far_dripper, receiver):
@@ -145,25 +157,37 @@ def test_one_tenants_tarpits_on_many_ports_and_a_backlog_never_hold_another_tena
     try:
         now = time.time()
         for index in range(240):
-            port = tarpits[index % 8].port
-            msg = f"msg_tar{index}"
-            r.hset(
-                keys.webhook_delivery(msg),
-                mapping={
-                    "job_id": f"job-{msg}",
-                    "key_id": "key-A",
-                    "body": "{}",
-                    "url": f"http://127.0.0.2:{port}/h",
-                },
-            )
-            r.zadd(keys.WEBHOOKS_DUE, {msg: now - 300 + index})
+            url = f"http://127.0.0.2:{tarpits[index % 8].port}/h"
+            _queue(r, f"msg_tar{index}", url, now - 300 + index, tenant="key-A")
         _queue(r, "msg_b", receiver.url, now - 1)
-        with _dispatching(r) as started:
+        # When three dispatchers (the caps are shared through Redis) deliver them
+        with _dispatching(r, count=3) as started:
             # Then B's webhook arrives within 5 s, whatever A's backlog
             assert len(receiver.wait_for(1, timeout=10)) == 1
             assert time.monotonic() - started < 5
-            # And A's 8 ports together got no more than one host's slots
+            # And A's 8 ports together got no more than one host's slots, across the dispatchers
             assert sum(t.connections for t in tarpits) == webhook_settings().webhook_per_target
+    finally:
+        for tarpit in tarpits:
+            tarpit.close()
+
+
+def test_one_tenants_tarpits_on_many_hosts_hold_at_most_the_tenants_share(env, r, receiver):
+    env(WEBHOOK_TIMEOUT_SECONDS="3")
+    # Given tenant A's receivers drip on 6 hosts, 10 messages each, due before B's
+    tarpits = [Dripper(host=f"127.0.0.{2 + i}") for i in range(6)]
+    try:
+        now = time.time()
+        for index in range(60):
+            tarpit = tarpits[index % 6]
+            url = f"http://{tarpit.listener.getsockname()[0]}:{tarpit.port}/h"
+            _queue(r, f"msg_host{index}", url, now - 100 + index, tenant="key-A")
+        _queue(r, "msg_b", receiver.url, now - 1)
+        with _dispatching(r, count=2) as started:
+            # Then B's webhook arrives at once, and A holds no more than its tenant's share
+            assert len(receiver.wait_for(1, timeout=10)) == 1
+            assert time.monotonic() - started < 5
+            assert sum(t.connections for t in tarpits) == webhook_settings().webhook_per_tenant
     finally:
         for tarpit in tarpits:
             tarpit.close()
