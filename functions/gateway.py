@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import selectors
 import socket
 import time
@@ -204,7 +205,8 @@ class ProblemWorker(ThreadWorker):  # type: ignore[misc]
 
     def murder_pending(self) -> None:
         super().murder_pending()
-        now = time.monotonic()
+        # A stopping worker serves no new request: parked ones end now, not at their deadline.
+        now = time.monotonic() if self.alive else math.inf
         for sock in [s for s, (deadline, _) in self.lingering.items() if deadline <= now]:
             self._end_linger(sock)
         for conn in [c for c, deadline in self.parked.items() if deadline <= now]:
