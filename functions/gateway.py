@@ -86,7 +86,7 @@ class _Conn(TConn):  # type: ignore[misc]
 
 class ProblemWorker(ThreadWorker):  # type: ignore[misc]
     """gunicorn's threaded worker (``gunicorn --worker-class functions.gateway.ProblemWorker``)
-    with two changes:
+    with three changes:
 
     - a request waits *parked* in the worker's main loop, costing a socket and a buffer but no
       thread, until its head and (up to ``MAX_BODY_BYTES``) its body have arrived, as nginx's
@@ -94,6 +94,8 @@ class ProblemWorker(ThreadWorker):  # type: ignore[misc]
       byte, or a small body late past its deadline (``shared.edge.BodyPolicy``), is answered
       408 from that loop. A slowloris or a trickled small body never reaches a thread; an
       upload does at once and streams there, paced (``shared.edge.PacedSocket``);
+    - a connection closed after its answer lingers in that loop (``linger``): what the client
+      still sends is dropped, so the close is a FIN, not an RST that would lose the answer;
     - an over-long request line or header block is answered with a problem document.
     """
 
