@@ -1,4 +1,4 @@
-"""Abuse run: every attack of issue #11 against a local stack, one line each.
+"""Abuse run: every attack of issues #11 and #22 against a local stack, one line each.
 
     .venv/bin/python bench/abuse.py
 
@@ -21,7 +21,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,7 +104,8 @@ def _flood(sock: socket.socket, total: int) -> None:
 
 
 class Bystander:
-    """Another tenant polling ``GET /usage`` in the background; reports its slowest answer."""
+    """Another tenant polling ``GET /usage`` and ``GET /health`` in turn in the background;
+    reports its slowest answer."""
 
     def __init__(self, stack: Stack, headers: dict[str, str]) -> None:
         self.stack, self.headers = stack, headers
@@ -124,13 +125,16 @@ class Bystander:
             thread.join(timeout=30)
 
     def _poll(self) -> None:
+        turn = 0
         while not self._stop.is_set():
             started = time.monotonic()
+            turn += 1
             try:
-                ok = (
-                    requests.get(f"{self.stack.base}/usage", headers=self.headers, timeout=10).status_code
-                    == 200
-                )
+                if turn % 2:
+                    answer = requests.get(f"{self.stack.base}/usage", headers=self.headers, timeout=10)
+                    ok = answer.status_code == 200
+                else:  # no transcription worker runs here: /health answers 503, promptly
+                    ok = requests.get(f"{self.stack.base}/health", timeout=10).status_code in (200, 503)
             except requests.RequestException:
                 ok = False
             self.worst = max(self.worst, time.monotonic() - started)
@@ -149,7 +153,10 @@ def run_attack(stack: Stack, bystander: Bystander, name: str, attack: Callable[[
     before = stack.rss()
     started = time.monotonic()
     with bystander.watching():
-        answer = attack()
+        try:
+            answer = attack()
+        except Exception as exc:  # one broken attack must not lose the others' figures
+            answer = f"ERROR {exc!r}"
     seconds = time.monotonic() - started
     return Row(name, answer, seconds, (stack.rss() - before) / 1e6, bystander.verdict())
 
@@ -310,7 +317,9 @@ def dripping_audio_url(stack: Stack, headers: dict[str, str]) -> str:
     return f"{resp.status_code} {resp.json()['detail']}"
 
 
-def slow_webhook_receiver(stack: Stack) -> str:
+def slow_webhook_receiver(stack: Stack, ports: int = 1, backlog: int = 4) -> str:
+    """One tenant's ``backlog`` messages to receivers dripping 1 byte/s on ``ports`` ports of
+    one host (127.0.0.2), then another tenant's message to a prompt receiver (127.0.0.1)."""
     received: list[float] = []
     fast_port = free_port()
     fast = socket.create_server(("127.0.0.1", fast_port))
@@ -326,10 +335,12 @@ def slow_webhook_receiver(stack: Stack) -> str:
     settings = WebhookSettings(
         redis_url=stack.env["REDIS_URL"], outbound_allow_cidrs=("127.0.0.0/8",), webhook_timeout_seconds=3
     )
-    with _dripper() as slow_port:
+    with ExitStack() as drippers:
+        slow_ports = [drippers.enter_context(_dripper("127.0.0.2")) for _ in range(ports)]
         now = time.time()
-        for index in range(4):
-            _queue(stack.r, f"msg_slow{index}", f"http://127.0.0.1:{slow_port}/hook", now - 10 + index)
+        for index in range(backlog):
+            url = f"http://127.0.0.2:{slow_ports[index % ports]}/hook"
+            _queue(stack.r, f"msg_slow{index}", url, now - 300 + index, tenant="key-tarpit")
         _queue(stack.r, "msg_other", f"http://127.0.0.1:{fast_port}/hook", now - 1)
         stop = threading.Event()
         started = time.monotonic()
@@ -379,16 +390,202 @@ def health_leak(stack: Stack) -> str:
 # ---- helpers -------------------------------------------------------------------------------
 
 
-def _queue(r: redis.Redis, msg: str, url: str, due: float) -> None:
-    fields = {"job_id": f"job-{msg}", "key_id": f"key-{msg}", "body": "{}", "url": url, "attempts": 0}
+# ---- issue #22: nothing waits on a thread, no limit walked around ---------------------------
+
+
+def _trickle(sock: socket.socket, data: bytes, every: float, stop: threading.Event) -> None:
+    def send() -> None:
+        try:
+            for byte in data:
+                if stop.is_set():
+                    return
+                sock.sendall(bytes([byte]))
+                stop.wait(every)
+        except OSError:
+            pass
+
+    threading.Thread(target=send, daemon=True).start()
+
+
+def _answers(socks: list[socket.socket], budget: float = 30) -> Counter[int]:
+    """The status each connection was answered with, 0 for none within ``budget`` (together)."""
+    deadline = time.monotonic() + budget
+    found: Counter[int] = Counter()
+    for sock in socks:
+        try:
+            found[_status(sock, max(0.1, deadline - time.monotonic()))] += 1
+        except OSError:
+            found[0] += 1
+    return found
+
+
+@contextmanager
+def _connections(stack: Stack, count: int) -> Iterator[list[socket.socket]]:
+    socks = [socket.create_connection(("127.0.0.1", stack.port), timeout=10) for _ in range(count)]
+    try:
+        yield socks
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def trickled_token_bodies(stack: Stack) -> str:
+    stop = threading.Event()
+    started = time.monotonic()
+    with _connections(stack, 16) as socks:
+        for sock in socks:
+            sock.sendall(
+                _head("POST", "/auth/token", {"Content-Type": "application/json", "Content-Length": "100"})
+            )
+            _trickle(sock, b"{" + b" " * 98 + b"}", 1.0, stop)
+        found = _answers(socks)
+    stop.set()
+    return f"16 bodies at 1 B/s -> {dict(found)}, the last at {time.monotonic() - started:.1f} s"
+
+
+def header_slowloris(stack: Stack) -> str:
+    stop = threading.Event()
+    started = time.monotonic()
+    with _connections(stack, 32) as socks:
+        for sock in socks:
+            _trickle(sock, _head("GET", "/health", {"X-Filler": "x" * 200}), 0.5, stop)
+        found = _answers(socks)
+    stop.set()
+    return f"32 heads at 2 B/s -> {dict(found)}, the last at {time.monotonic() - started:.1f} s"
+
+
+def trickled_uploads(stack: Stack, headers: dict[str, str]) -> str:
+    stop = threading.Event()
+    # Declared just under the bench's MAX_UPLOAD_BYTES (5 MB): at 256 KiB/s, a 23 s deadline.
+    form = {**headers, "Content-Type": "multipart/form-data; boundary=b", "Content-Length": "5000000"}
+    started = time.monotonic()
+    with _connections(stack, 32) as socks:
+        for sock in socks:
+            sock.sendall(_head("POST", "/transcribe", form))
+            _trickle(sock, b"--b\r\n" * 1000, 1.0, stop)
+        found = _answers(socks)
+    stop.set()
+    return f"32 uploads of one key at 1 B/s -> {dict(found)}, the last at {time.monotonic() - started:.1f} s"
+
+
+def event_streams(stack: Stack, headers: dict[str, str]) -> str:
+    data = {"audio": ("a.wav", tone_wav(1.0), "audio/wav")}
+    job = requests.post(f"{stack.base}/transcribe", files=data, headers=headers, timeout=30).json()["id"]
+    with _connections(stack, 16) as socks:
+        for sock in socks:
+            sock.sendall(_head("GET", f"/transcribe/{job}/events", headers))
+        found = _answers(socks, budget=10)
+    return f"16 streams of one key (limit 4) -> {dict(found)}"
+
+
+def dripping_downloads(stack: Stack, headers: dict[str, str]) -> str:
+    with _dripper() as port:
+        body = f'{{"audio_url": "http://127.0.0.1:{port}/a.wav"}}'.encode()
+        json_head = {**headers, "Content-Type": "application/json", "Content-Length": str(len(body))}
+        with _connections(stack, 32) as socks:
+            for sock in socks:
+                sock.sendall(_head("POST", "/transcribe", json_head) + body)
+            found = _answers(socks)
+    return f"32 downloads of one key (limit 2) -> {dict(found)}"
+
+
+def keep_alive_refusals(stack: Stack, headers: dict[str, str]) -> str:
+    failures = 0
+    with requests.Session() as session:
+        for _ in range(100):
+            try:
+                refused = session.post(
+                    f"{stack.base}/transcribe",
+                    data=b"--b\r\n" + b"x" * 200_000,
+                    headers={"Content-Type": "multipart/form-data; boundary=b"},
+                    timeout=10,
+                )
+                usage = session.get(f"{stack.base}/usage", headers=headers, timeout=10)
+                failures += (refused.status_code, refused.headers.get("Connection")) != (401, "close")
+                failures += usage.status_code != 200
+            except requests.RequestException:
+                failures += 1
+    return f"100 x (refused 200 kB upload, then GET /usage) on one session: {failures} failures"
+
+
+def invented_methods(stack: Stack) -> str:
+    def scrape() -> int:
+        time.sleep(1.5)  # requests are counted once a second
+        return len(requests.get(f"{stack.base}/metrics", timeout=30).content)
+
+    statuses: Counter[int] = Counter()
+
+    def junk(start: int) -> None:
+        with _connections(stack, 100) as socks:  # a connection each: some answers close theirs
+            for index, sock in enumerate(socks, start):
+                method = "X" + "".join(chr(65 + index // 26**k % 26) for k in range(3))  # XAAA, XBAA, ...
+                sock.sendall(_head(method, f"/junk/{index}", {"Connection": "close"}))
+            statuses.update(_answers(socks))
+
+    junk(0)  # the first junk request makes the one series all junk shares
+    scrape()  # ... and the first scrape the /metrics route's own
+    before = scrape()
+    for start in range(100, 10_100, 100):
+        junk(start)
+    after = scrape()
+    return f"100 then 10,000 invented methods ({dict(statuses)}): /metrics {before} -> {after} bytes"
+
+
+def asr_limits(stack: Stack, plaintext: str) -> str:
+    headers = {"Authorization": f"Bearer {plaintext}"}
+    found = Counter(
+        requests.post(f"{stack.base}/asr?bogus=1", headers=headers, timeout=10).status_code for _ in range(24)
+    )
+    guesses = Counter(
+        requests.post(
+            f"{stack.base}/detect-language",
+            headers={
+                "Authorization": f"Bearer wapi_{secrets.token_hex(6)}_{'x' * 43}",
+                "X-Forwarded-For": "203.0.113.9",
+            },
+            timeout=10,
+        ).status_code
+        for _ in range(40)
+    )
+    return f"24 /asr at 5/min -> {dict(found)}; 40 wrong keys on /detect-language -> {dict(guesses)}"
+
+
+def guessing_the_holders_key(stack: Stack, key_id: str, plaintext: str) -> str:
+    wrong = f"wapi_{key_id}_" + "x" * 43
+    guesses = Counter(
+        requests.post(
+            f"{stack.base}/auth/token",
+            json={"api_key": wrong},
+            headers={"X-Forwarded-For": f"198.51.100.{i % 200}"},
+            timeout=10,
+        ).status_code
+        for i in range(40)
+    )
+    holder = requests.post(
+        f"{stack.base}/auth/token",
+        json={"api_key": plaintext},
+        headers={"X-Forwarded-For": "192.0.2.50"},
+        timeout=10,
+    )
+    return f"40 wrong guesses at one key id -> {dict(guesses)}; then its holder -> {holder.status_code}"
+
+
+def _queue(r: redis.Redis, msg: str, url: str, due: float, tenant: str | None = None) -> None:
+    fields = {
+        "job_id": f"job-{msg}",
+        "key_id": tenant or f"key-{msg}",
+        "body": "{}",
+        "url": url,
+        "attempts": 0,
+    }
     r.hset(keys.webhook_delivery(msg), mapping=fields)
     r.zadd(keys.WEBHOOKS_DUE, {msg: due})
 
 
 @contextmanager
-def _dripper() -> Iterator[int]:
+def _dripper(host: str = "127.0.0.1") -> Iterator[int]:
     """An HTTP server answering one byte a second (headers first)."""
-    listener = socket.create_server(("127.0.0.1", 0))
+    listener = socket.create_server((host, 0))
     stop = threading.Event()
 
     def drip(conn: socket.socket) -> None:
@@ -457,6 +654,7 @@ def local_stack(work: Path) -> Iterator[Stack]:
         "MAX_PENDING_JOBS_PER_KEY": "20",
         "MAX_SYNC_WAITS_PER_KEY": "4",
         "MAX_OPEN_UPLOADS_PER_KEY": "20",
+        "HEADER_TIMEOUT_SECONDS": "3",
         # Clients name their address in X-Forwarded-For, as behind the gateway: the guesser's
         # own address is throttled, not everyone on loopback.
         "PROXY_HOPS": "1",
@@ -479,7 +677,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.parse_args()
+    parser.add_argument("--only", default="", help="run the attacks whose name contains this text")
+    only = parser.parse_args().only
     with tempfile.TemporaryDirectory(prefix="whisper-abuse-") as tmp, local_stack(Path(tmp)) as stack:
         other_id, other_key = stack.key("bystander")
         credentials.set_limits(stack.r, other_id, {"rate_limit_per_minute": 0})
@@ -492,6 +691,13 @@ def main() -> int:
         _, sync_key = stack.key("sync")
         _, uploads_key = stack.key("uploads")
         victim_id, _ = stack.key("victim")
+        _, streamer_key = stack.key("streamer")
+        streamer = stack.token(streamer_key)
+        _, fetcher_key = stack.key("fetcher")
+        fetcher = stack.token(fetcher_key)
+        asr_id, asr_key = stack.key("asr")
+        credentials.set_limits(stack.r, asr_id, {"rate_limit_per_minute": 5})
+        held_id, held_key = stack.key("held")
         attacks: list[tuple[str, Callable[[], str]]] = [
             ("700 MB unauthenticated POST /auth/token", lambda: huge_token_request(stack)),
             ("300 MB unauthenticated POST /transcribe", lambda: huge_unauthenticated_upload(stack)),
@@ -509,8 +715,24 @@ def main() -> int:
             ("15 MB presigned upload (limit 5 MB)", lambda: oversized_presigned_upload(stack, attacker)),
             ("30 open presigned uploads", lambda: open_uploads(stack, stack.token(uploads_key))),
             ("GET /health (unauthenticated)", lambda: health_leak(stack)),
+            ("16 unauthenticated token bodies at 1 byte/s", lambda: trickled_token_bodies(stack)),
+            ("32-connection header slowloris", lambda: header_slowloris(stack)),
+            ("32 uploads from one key, 5 MB declared, 1 byte/s", lambda: trickled_uploads(stack, streamer)),
+            ("16 event streams from one key", lambda: event_streams(stack, streamer)),
+            ("32 dripping audio_url downloads from one key", lambda: dripping_downloads(stack, fetcher)),
+            ("refused uploads on a keep-alive session", lambda: keep_alive_refusals(stack, streamer)),
+            (
+                "one tenant's webhook tarpits on 8 ports, 240 due",
+                lambda: slow_webhook_receiver(stack, ports=8, backlog=240),
+            ),
+            ("invented HTTP methods", lambda: invented_methods(stack)),
+            ("/asr and /detect-language limits", lambda: asr_limits(stack, asr_key)),
+            (
+                "guesses at a key id, then its holder",
+                lambda: guessing_the_holders_key(stack, held_id, held_key),
+            ),
         ]
-        rows = [run_attack(stack, bystander, name, attack) for name, attack in attacks]
+        rows = [run_attack(stack, bystander, name, attack) for name, attack in attacks if only in name]
     print("| attack | answer | time | memory growth | other tenant served |\n|---|---|---|---|---|")
     for row in rows:
         print(f"| {row.attack} | {row.answer} | {row.seconds:.2f} s | {row.grew_mb:+.1f} MB | {row.others} |")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import logging
 import os
 import re
@@ -29,7 +30,7 @@ from urllib.parse import quote
 import redis
 from werkzeug.datastructures import MultiDict
 
-from shared import credentials, fairuse, idempotency, job_service, openai_compat, parsing, usage
+from shared import credentials, fairuse, idempotency, job_service, openai_compat, parsing
 from shared.clients import Clients
 from shared.credentials import ApiKey
 from shared.errors import NotFoundError, UnauthorizedError, UnsupportedMediaError, ValidationError
@@ -101,19 +102,20 @@ def known_args(args: MultiDict[str, str], allowed: tuple[str, ...]) -> MultiDict
     return MultiDict([(name, value) for name, value in args.items(multi=True) if name in allowed])
 
 
-def authenticate(settings: JobsSettings, r: redis.Redis, authorization: str | None) -> ApiKey:
-    """The caller's key from ``Bearer <key or token>`` or ``Basic`` with the key as password."""
+def authenticate(settings: JobsSettings, r: redis.Redis, authorization: str | None, client: str) -> ApiKey:
+    """The caller's key from ``Bearer <key or token>`` or ``Basic`` with the key as password,
+    counted against its rate limit and in its usage, failures throttled (``fairuse.admit``)
+    per ``client`` address."""
     scheme, _, value = (authorization or "").partition(" ")
     if scheme.lower() == "basic":
         try:
             _, _, secret = base64.b64decode(value.strip(), validate=True).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
             raise UnauthorizedError("Authorization: Basic must carry base64 of 'user:API_KEY'") from None
-        key = credentials.verify_key_or_token(settings, r, secret)
     else:
-        key = credentials.verify_key_or_token(settings, r, credentials.bearer(authorization))
-    usage.touch(r, key.id)
-    return key
+        secret = credentials.bearer(authorization)
+    verify = functools.partial(credentials.verify_key_or_token, settings, r)
+    return fairuse.admit(r, settings, client, secret, verify)
 
 
 def _flag(args: MultiDict[str, str], name: str, default: bool) -> bool:

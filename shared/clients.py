@@ -32,6 +32,8 @@ def jobs_clients() -> Clients:
 @lru_cache(maxsize=2)
 def _build(settings: JobsSettings) -> Clients:
     # boto3 clients are costly to make (about 10 ms) and thread-safe: one per bucket per process.
-    return Clients(
-        settings, connect(settings), BlobStore(settings), BlobStore(settings, settings.s3_inbox_bucket)
-    )
+    # A request cannot wait out a hung storage: one short attempt per call, then 503.
+    timeout = settings.storage_timeout_seconds
+    store = BlobStore(settings, attempts=1, timeout=timeout)
+    inbox = BlobStore(settings, settings.s3_inbox_bucket, attempts=1, timeout=timeout)
+    return Clients(settings, connect(settings), store, inbox)

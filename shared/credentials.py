@@ -223,6 +223,12 @@ def check_hook_token(expected: str, authorization: str | None) -> None:
         raise UnauthorizedError("wrong storage hook token")
 
 
+def check_metrics_token(expected: str, authorization: str | None) -> None:
+    """With ``METRICS_TOKEN`` set, a scrape must carry ``Authorization: Bearer <METRICS_TOKEN>``."""
+    if expected and not hmac.compare_digest(bearer(authorization).encode(), expected.encode()):
+        raise UnauthorizedError("wrong metrics token")
+
+
 def bearer(authorization: str | None) -> str:
     """The credential in an ``Authorization: Bearer ...`` header."""
     if not authorization:

@@ -8,7 +8,9 @@ claim). A dispatcher that dies mid-send recorded nothing: once the lease runs ou
 is due again and is sent again with the same ``webhook-id``, so receivers can de-duplicate.
 
 Deliveries run concurrently (``WEBHOOK_CONCURRENCY`` at once) with at most
-``WEBHOOK_PER_TARGET`` to any one host, and every attempt has a total deadline
+``WEBHOOK_PER_TARGET`` to any one host (whatever its ports) and ``WEBHOOK_PER_TENANT`` for any
+one API key (those two counted by leases in Redis, so they hold across dispatcher processes),
+and every attempt has a total deadline
 (``WEBHOOK_TIMEOUT_SECONDS``, enforced by ``netguard.Deadline`` however the receiver paces its
 answer) that ends well inside its lease: one slow receiver delays no other tenant's delivery,
 and a lease never lets two dispatchers hold the same attempt.
@@ -26,7 +28,6 @@ import secrets
 import signal
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from urllib.parse import urlsplit
 import redis
 import urllib3
 
-from shared import jobstore, keys, logs, metrics, netguard, webhooks
+from shared import fairuse, jobstore, keys, logs, metrics, netguard, webhooks
 from shared.errors import BlockedTargetError
 from shared.settings import WebhookSettings
 
@@ -47,6 +48,8 @@ POLL_SECONDS = 0.2
 #: Due messages looked at per look (more than can be sent at once: some may wait for their
 #: target's slots).
 BATCH = 50
+#: Pages of due messages looked at per round, past those whose slots are taken.
+MAX_PAGES = 20
 #: Jitter spreads retries of many messages that failed together (a receiver outage).
 JITTER = 0.2
 #: Bytes of a receiver's answer read at most (the status is what matters).
@@ -103,6 +106,15 @@ class Attempt:
         return "gone" if self.status == 410 else "failed"
 
 
+@dataclass(frozen=True)
+class _Slot:
+    """What one delivery holds while it runs: a lease for its receiver host and its tenant."""
+
+    host: str
+    tenant: str
+    member: str = field(default_factory=lambda: secrets.token_hex(8))
+
+
 @dataclass
 class Dispatcher:
     settings: WebhookSettings
@@ -112,7 +124,8 @@ class Dispatcher:
     clock: Callable[[], float] = time.time
 
     _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
-    _in_flight: Counter[str] = field(default_factory=Counter, init=False, repr=False)
+    #: Deliveries in flight in this process (per host and per tenant: leases in Redis).
+    _busy: int = field(default=0, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @property
@@ -139,51 +152,81 @@ class Dispatcher:
         log.info("webhook dispatcher %s stopped", self.name)
 
     def run_once(self, wait: bool = True) -> int:
-        """Claim the messages due now that have a free slot (overall and for their target) and
-        send each once, concurrently; how many were started. ``wait``: until they are done."""
+        """Claim the messages due now that have a free slot (overall, for their receiver host
+        and for their tenant) and send each once, concurrently; how many were started.
+        ``wait``: until they are done. Due messages are looked at oldest first, a page at a
+        time, past those whose slots are taken: one tenant's backlog never hides another's."""
         now = self.clock()
-        due = cast(list[str], self.r.zrangebyscore(keys.WEBHOOKS_DUE, "-inf", now, start=0, num=BATCH))
         started = []
-        for msg in due:
-            target = self._target(msg)
-            if not self._take_slot(target):
-                continue
-            token = self.claim(msg, now)
-            if token is None:
-                self._free_slot(target)
-                continue
-            started.append(self._executor().submit(self._send_in_slot, msg, token, target))
+        taken: set[str] = set()
+        for page in range(MAX_PAGES):
+            due = cast(
+                list[str], self.r.zrangebyscore(keys.WEBHOOKS_DUE, "-inf", now, start=page * BATCH, num=BATCH)
+            )
+            for msg, slot in zip(due, self._slots(due), strict=True):
+                if not self._take_slot(slot, taken):
+                    continue
+                token = self.claim(msg, now)
+                if token is None:
+                    self._free_slot(slot)
+                    continue
+                started.append(self._executor().submit(self._send_in_slot, msg, token, slot))
+            if len(due) < BATCH or self._full():
+                break
         if wait:
             for future in started:
                 future.result()
         return len(started)
 
-    def _target(self, msg: str) -> str:
-        url = cast(str | None, self.r.hget(keys.webhook_delivery(msg), "url")) or ""
-        return urlsplit(url).netloc.lower()
+    def _slots(self, msgs: list[str]) -> list[_Slot]:
+        """The slot each message would take: the port is left out, so a tenant's receivers on
+        many ports of one host share that host's slots."""
+        with self.r.pipeline(transaction=False) as pipe:
+            for msg in msgs:
+                pipe.hmget(keys.webhook_delivery(msg), ["url", "key_id"])
+            rows = cast(list[list[str | None]], pipe.execute())
+        return [_Slot((urlsplit(url or "").hostname or "").lower(), key_id or "") for url, key_id in rows]
 
-    def _take_slot(self, target: str) -> bool:
+    def _full(self) -> bool:
         with self._lock:
-            busy = sum(self._in_flight.values())
-            if busy >= self.settings.webhook_concurrency:
-                return False
-            if self._in_flight[target] >= self.settings.webhook_per_target:
-                return False
-            self._in_flight[target] += 1
-            return True
+            return self._busy >= self.settings.webhook_concurrency
 
-    def _free_slot(self, target: str) -> None:
+    def _take_slot(self, slot: _Slot, taken: set[str]) -> bool:
+        """This process's slot, then the host's and the tenant's leases in Redis (shared by
+        every dispatcher). ``taken``: the hosts and tenants found full this round."""
+        host, tenant = keys.webhook_host_slots(slot.host), keys.webhook_tenant_slots(slot.tenant)
+        if host in taken or tenant in taken:
+            return False
         with self._lock:
-            self._in_flight[target] -= 1
-            if self._in_flight[target] <= 0:
-                del self._in_flight[target]
+            if self._busy >= self.settings.webhook_concurrency:
+                return False
+            self._busy += 1
+        limits = ((host, self.settings.webhook_per_target), (tenant, self.settings.webhook_per_tenant))
+        held: list[str] = []
+        for name, limit in limits:
+            if not fairuse.take_lease(self.r, name, slot.member, limit, self.lease_seconds):
+                taken.add(name)
+                self._free_slot(slot, held)
+                return False
+            held.append(name)
+        return True
+
+    def _free_slot(self, slot: _Slot, held: list[str] | None = None) -> None:
+        for name in held if held is not None else self._names(slot):
+            self.r.zrem(name, slot.member)
+        with self._lock:
+            self._busy -= 1
+
+    @staticmethod
+    def _names(slot: _Slot) -> list[str]:
+        return [keys.webhook_host_slots(slot.host), keys.webhook_tenant_slots(slot.tenant)]
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.settings.webhook_concurrency, thread_name_prefix=self.name)
         return self._pool
 
-    def _send_in_slot(self, msg: str, token: str, target: str) -> None:
+    def _send_in_slot(self, msg: str, token: str, slot: _Slot) -> None:
         try:
             self.send(msg, token)
         except Exception:
@@ -191,7 +234,7 @@ class Dispatcher:
             # tried again later (and logged again) like any failed attempt.
             log.exception("webhook %s: sending failed unexpectedly", msg)
         finally:
-            self._free_slot(target)
+            self._free_slot(slot)
 
     def claim(self, msg: str, now: float) -> str | None:
         """Lease ``msg`` to this dispatcher if it is still due; the lease token, or None."""

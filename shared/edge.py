@@ -5,7 +5,10 @@
 - answers a request whose declared ``Content-Length`` passes its route's limit with 413 at once,
   before any of it is read;
 - hands the app a body stream that stops at the limit (a chunked body too, with 413) and at a
-  read deadline (408), so a client trickling its body holds a thread for a bounded time;
+  read deadline (408), so a client trickling its body holds a thread for a bounded time: past
+  a grace of ``BODY_TIMEOUT_SECONDS`` the body must keep arriving at ``BODY_MIN_BYTES_PER_SECOND``
+  on average (``PacedSocket``: every receive is held to that schedule, so 1 byte a second is
+  a 408 at the grace's end, not a thread held until the whole declared size's deadline);
 - seals the stream once the handler has answered (``seal``): functions-framework reads the
   whole body after every response (its ``read_request`` hook), which for a refused request
   (401, 404, 405, 413, 415) is exactly the work, memory and time we refuse to spend. A body
@@ -16,7 +19,9 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -50,6 +55,100 @@ class BodyPolicy:
         return self.timeout_seconds + size / self.min_bytes_per_second
 
 
+class PacedSocket:
+    """A connection's socket whose receives keep a schedule (``pace``): each must return by the
+    time ``due(bytes received so far)`` says, or raises ``TimeoutError``. Unpaced, it is the
+    socket itself. gunicorn's readers loop on ``recv`` until they hold what they asked for, so
+    a deadline checked between the app's reads never fires for a body sent a byte at a time;
+    held here, it fires inside that loop."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.raw = sock
+        self.received = 0
+        self._due: Callable[[int], float] | None = None
+
+    def pace(self, due: Callable[[int], float] | None) -> None:
+        self._due = due
+
+    def recv(self, size: int) -> bytes:
+        if self._due is None:
+            return self.raw.recv(size)
+        remaining = self._due(self.received) - time.monotonic()
+        previous = self.raw.gettimeout()
+        # At or past the schedule, only bytes already here count (a read that does not wait).
+        self.raw.settimeout(max(remaining, 0.0))
+        try:
+            data = self.raw.recv(size)
+        except (TimeoutError, BlockingIOError) as exc:
+            raise TimeoutError("the request body fell behind its schedule") from exc
+        finally:
+            with contextlib.suppress(OSError):
+                self.raw.settimeout(previous)
+        self.received += len(data)
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)
+
+
+#: The paced socket of the connection this thread serves (set by the dev gateway's worker,
+#: functions.gateway), for the readers that keep no handle on it (gunicorn's chunked reader).
+_serving = threading.local()
+
+
+def serving(paced: PacedSocket | None) -> None:
+    """Say which paced connection this thread serves now (None: none)."""
+    _serving.paced = paced
+
+
+def _paced_of(raw: Any, sock: socket.socket | None) -> tuple[PacedSocket | None, Callable[[], None]]:
+    """The paced socket under gunicorn's body reader ``raw`` (wrapping a plain one for this
+    request: functions-framework's own gunicorn), and how to undo that wrapping."""
+    unreader = getattr(getattr(raw, "reader", None), "unreader", None)
+    held = getattr(unreader, "sock", None)
+    if isinstance(held, PacedSocket):
+        return held, _nothing
+    if isinstance(held, socket.socket):
+        paced = PacedSocket(held)
+        unreader.sock = paced  # type: ignore[union-attr]
+
+        def restore() -> None:
+            unreader.sock = held  # type: ignore[union-attr]
+
+        return paced, restore
+    current = getattr(_serving, "paced", None)
+    if isinstance(current, PacedSocket) and sock is not None and current.raw is sock:
+        return current, _nothing
+    return None, _nothing
+
+
+def _nothing() -> None:
+    pass
+
+
+_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length[ \t]*:[ \t]*([0-9]{1,18})[ \t]*\r\n", re.IGNORECASE)
+_STREAMED = re.compile(rb"\r\n(transfer-encoding|expect)[ \t]*:", re.IGNORECASE)
+
+
+def awaited_body(start: bytes, max_body_bytes: int, max_head_bytes: int) -> int | None:
+    """What the beginning of a request, buffered off any thread (functions.gateway), still
+    waits for: None when a thread should take it now; -1 while its head is incomplete; else
+    the declared length of a small body not all here yet. Only small bodies are waited for
+    (``MAX_BODY_BYTES``): an upload streams to its thread, and is paced there (``PacedSocket``);
+    a chunked body or one behind ``Expect: 100-continue`` goes to a thread at once too."""
+    end = start.find(b"\r\n\r\n")
+    if end < 0:
+        return None if len(start) > max_head_bytes else -1
+    head = start[: end + 2]
+    length = _CONTENT_LENGTH.search(head)
+    if _STREAMED.search(head) or length is None:
+        return None
+    declared = int(length[1])
+    if declared > max_body_bytes or len(start) - end - 4 >= declared:
+        return None
+    return declared
+
+
 class GuardedInput:
     """``wsgi.input`` bounded by a byte limit and a deadline; reads nothing once sealed."""
 
@@ -58,12 +157,18 @@ class GuardedInput:
         self._sock: socket.socket | None = environ.get("gunicorn.socket")
         self._limit = policy.max_bytes
         self._declared = declared
-        self._deadline = time.monotonic() + policy.deadline_seconds(declared)
+        started = time.monotonic()
+        self._deadline = started + policy.deadline_seconds(declared)
         self._read = 0
         chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
         # Without a length or chunked framing a request has no body at all (RFC 9112 6.3).
         self._eof = declared == 0 or (declared is None and not chunked)
         self.sealed = False
+        self._paced, self._unpace = (None, _nothing) if self._eof else _paced_of(self._raw, self._sock)
+        if self._paced is not None:
+            base, grace, rate = self._paced.received, policy.timeout_seconds, policy.min_bytes_per_second
+            # After the grace, the body's bytes must keep up with the minimum rate.
+            self._paced.pace(lambda received: min(self._deadline, started + grace + (received - base) / rate))
 
     @property
     def complete(self) -> bool:
@@ -113,6 +218,11 @@ class GuardedInput:
         remaining = self._deadline - time.monotonic()
         if remaining <= 0:
             self._expire()
+        if self._paced is not None:
+            try:
+                return read()
+            except TimeoutError:
+                self._expire()
         if self._sock is None:
             return read()
         previous = self._sock.gettimeout()
@@ -134,10 +244,20 @@ class GuardedInput:
 
         gunicorn closes such a connection "gracefully", waiting up to 2 s for the client to
         stop sending — in its main loop, so a few stalled clients would stall every other
-        connection of the worker. With the read side shut, that wait ends at once."""
+        connection of the worker. With the read side shut, that wait ends at once. The dev
+        gateway's worker (serving this thread's connection) lingers off the main loop instead,
+        and needs the read side open to drop what still arrives (see functions.gateway)."""
+        if getattr(_serving, "paced", None) is not None:
+            return
         if self._sock is not None and not self.complete:
             with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RD)
+
+    def release(self) -> None:
+        """The request is over: its connection's reads are no longer paced by this body."""
+        if self._paced is not None:
+            self._paced.pace(None)
+            self._unpace()
 
     def seal(self) -> None:
         """Read no more of the body; gunicorn then closes the connection instead of draining it."""
@@ -169,6 +289,7 @@ class _AfterResponse:
             if close is not None:
                 close()
         finally:
+            self._guarded.release()
             if self._guarded.sealed:
                 self._guarded.stop_reading()
 
@@ -222,6 +343,11 @@ class BodyGuard:
                 guarded.seal()
                 headers = [(k, v) for k, v in headers if k.lower() != "connection"]
                 headers.append(("Connection", "close"))
+                # gunicorn drops an app's Connection header (hop-by-hop) and would announce
+                # keep-alive, then close; its response object is told directly.
+                force_close = getattr(getattr(start_response, "__self__", None), "force_close", None)
+                if callable(force_close):
+                    force_close()
             return start_response(status, headers, exc_info)
 
         return start

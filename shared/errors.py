@@ -24,6 +24,7 @@
     ├── JobError                    a job cannot finish (translated to job state in shared.worker)
     │   ├── RetryableJobError         try again later (storage hiccup)
     │   └── PermanentJobError         fail the job now (undecodable audio, unknown model)
+    │       └── QuotaExceededError    its decoded audio passed the key's daily quota
     └── RunInterruptedError         the worker stops a run on purpose between audio windows
         ├── RunCanceledError          its owner canceled or deleted the job
         └── RunReleasedError          the worker is shutting down; the job goes back to the queue
@@ -185,6 +186,10 @@ class RetryableJobError(JobError):
 class PermanentJobError(JobError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason, retryable=False)
+
+
+class QuotaExceededError(PermanentJobError):
+    """A job's decoded audio passed its key's daily quota (``shared.fairuse.charge_decoded``)."""
 
 
 class RunInterruptedError(WhisperApiError):

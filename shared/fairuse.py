@@ -30,7 +30,7 @@ import redis
 
 from shared import credentials, keys, redis_client, usage
 from shared.credentials import LIMIT_FIELDS, ApiKey
-from shared.errors import TooManyRequestsError, UnauthorizedError
+from shared.errors import QuotaExceededError, TooManyRequestsError, UnauthorizedError
 from shared.settings import FairUseSettings, JwtSettings
 
 #: Names of the per-key overrides, as stored in the key's record and given to the CLI.
@@ -68,6 +68,7 @@ if tonumber(ARGV[2]) > 0 and used + tonumber(ARGV[3]) > tonumber(ARGV[2]) then
 end
 redis.call('INCRBYFLOAT', KEYS[2], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
+redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[4])
 return {0, tostring(used + tonumber(ARGV[3]))}
 """
 
@@ -150,18 +151,24 @@ def check_rate(r: redis.Redis, key_id: str, limit: Limits) -> None:
 def guard_authentication(
     r: redis.Redis, settings: FairUseSettings, client: str, key_id: str | None
 ) -> Iterator[None]:
-    """Refuse (429) a client address or key id that failed authentication too often this
-    minute; count a failure (UnauthorizedError) of the block it wraps."""
+    """Refuse (429) a client address that failed authentication too often this minute, and
+    count a failure (UnauthorizedError) of the block it wraps. A key id guessed at too often
+    refuses only further wrong guesses: the holder presenting the right secret is let in, so
+    guessing at a known key id never locks its owner out."""
     limit = settings.auth_failures_per_minute
     names = [keys.auth_failures("addr", client)] + ([keys.auth_failures("key", key_id)] if key_id else [])
+    over: list[str] = []
     if limit > 0:
-        for name, count in zip(names, cast(list[str | None], r.mget(names)), strict=True):
-            if int(count or 0) >= limit:
-                raise _auth_refusal(limit, int(r.pttl(name)))
+        counts = cast(list[str | None], r.mget(names))
+        over = [name for name, count in zip(names, counts, strict=True) if int(count or 0) >= limit]
+        if names[0] in over:
+            raise _auth_refusal(limit, int(r.pttl(names[0])))
     try:
         yield
     except UnauthorizedError:
         _count_failure(r, settings, names)
+        if over:
+            raise _auth_refusal(limit, int(r.pttl(over[0]))) from None
         raise
 
 
@@ -282,9 +289,10 @@ def admit_job(r: redis.Redis, key_id: str, limit: Limits, audio_seconds: float) 
         list[Any],
         r.eval(
             _ADMIT,
-            2,
+            3,
             keys.usage(key_id),
             keys.audio_day(key_id, day),
+            keys.audio_quota(key_id),
             limit.max_pending_jobs,
             limit.quota_audio_seconds_per_day,
             repr(audio_seconds),
@@ -311,30 +319,94 @@ def admit_job(r: redis.Redis, key_id: str, limit: Limits, audio_seconds: float) 
         )
 
 
+def decodable_seconds(r: redis.Redis, key_id: str, declared: float) -> tuple[float, float] | None:
+    """How many seconds of a job admitted with ``declared`` seconds (already counted today) its
+    key's quota lets the worker decode, and that quota; None without a quota. A header that
+    lies about the length is found out as the audio is decoded (``PcmStream``)."""
+    day, _ = _day(time.time())
+    quota, used = cast(list[str | None], r.mget([keys.audio_quota(key_id), keys.audio_day(key_id, day)]))
+    if not quota or float(quota) <= 0:
+        return None
+    return declared + max(0.0, float(quota) - float(used or 0)), float(quota)
+
+
+def charge_decoded(r: redis.Redis, key_id: str, seconds: float) -> None:
+    """Count ``seconds`` more of decoded audio (beyond the declared length admitted) today."""
+    if seconds > 0:
+        day, _ = _day(time.time())
+        with r.pipeline(transaction=False) as pipe:
+            pipe.incrbyfloat(keys.audio_day(key_id, day), seconds)
+            pipe.expire(keys.audio_day(key_id, day), 2 * _DAY_SECONDS)
+            pipe.execute()
+
+
+def quota_exceeded(quota: float) -> QuotaExceededError:
+    """The reason a job stopped at its key's remaining daily quota."""
+    return QuotaExceededError(
+        f"the audio is longer than what is left of this key's daily audio quota of {quota:g} s "
+        "(QUOTA_AUDIO_SECONDS_PER_DAY), whatever its header said; it was decoded up to that point "
+        "and stopped; the quota resets at 00:00 UTC"
+    )
+
+
 @contextmanager
 def sync_wait(r: redis.Redis, key_id: str, limit: Limits, longest_seconds: float) -> Iterator[None]:
     """Hold one of the key's ``MAX_SYNC_WAITS_PER_KEY`` slots for a synchronous call; 429 if
     none is free. A slot outlives a crashed process by at most ``longest_seconds``."""
-    if limit.max_sync_waits <= 0:
+    refusal = _refuse(
+        f"this key already has {limit.max_sync_waits} synchronous calls waiting; "
+        "wait for one to end, or submit to /transcribe and poll",
+        "sync-waits",
+        limit.max_sync_waits,
+        0,
+        5,
+    )
+    with _slot(r, keys.sync_waits(key_id), limit.max_sync_waits, longest_seconds, refusal):
+        yield
+
+
+#: What each per-key concurrency cap counts, for its refusal: (policy name, what is open).
+_CAPS = {
+    "event-streams": "event streams open",
+    "uploads-in-flight": "uploads in flight",
+    "url-downloads": "audio_url downloads running",
+}
+
+
+@contextmanager
+def concurrent(r: redis.Redis, name: str, policy: str, limit: int, longest_seconds: float) -> Iterator[None]:
+    """Hold one of ``limit`` slots of one key (``name``, built in shared.keys: its open event
+    streams, uploads in flight or audio_url downloads) while the block runs; 429 with
+    ``Retry-After`` when none is free. Taken before the work starts, so a key's extra
+    connections cost a Redis round trip each, never a thread for long."""
+    refusal = _refuse(
+        f"this key already has {limit} {_CAPS[policy]}; wait for one to end", policy, limit, 0, 5
+    )
+    with _slot(r, name, limit, longest_seconds, refusal):
+        yield
+
+
+@contextmanager
+def _slot(
+    r: redis.Redis, name: str, limit: int, longest_seconds: float, refusal: TooManyRequestsError
+) -> Iterator[None]:
+    """A lease in the sorted set ``name`` (at most ``limit`` live; 0: no limit) for the block's
+    length; a crashed process's lease frees itself ``longest_seconds`` (+ 60 s) later."""
+    if limit <= 0:
         yield
         return
-    name, member = keys.sync_waits(key_id), secrets.token_hex(8)
-    if not _take_lease(r, name, member, limit.max_sync_waits, longest_seconds + 60):
-        raise _refuse(
-            f"this key already has {limit.max_sync_waits} synchronous calls waiting; "
-            "wait for one to end, or submit to /transcribe and poll",
-            "sync-waits",
-            limit.max_sync_waits,
-            0,
-            5,
-        )
+    member = secrets.token_hex(8)
+    if not take_lease(r, name, member, limit, longest_seconds + 60):
+        raise refusal
     try:
         yield
     finally:
         r.zrem(name, member)
 
 
-def _take_lease(r: redis.Redis, name: str, member: str, limit: int, seconds: float) -> bool:
+def take_lease(r: redis.Redis, name: str, member: str, limit: int, seconds: float) -> bool:
+    """Add ``member`` to the set of expiring leases ``name`` for ``seconds`` if fewer than
+    ``limit`` are live; whether it was added (every process counts the same leases)."""
     now = time.time()
     return bool(r.eval(_LEASE, 1, name, repr(now), limit, repr(now + seconds), member))
 
@@ -343,7 +415,7 @@ def open_upload(r: redis.Redis, settings: FairUseSettings, key_id: str, job_id: 
     """Count a presigned upload as open for ``seconds`` (until its job exists or it expires);
     429 when the key already has ``MAX_OPEN_UPLOADS_PER_KEY`` open."""
     limit = settings.max_open_uploads_per_key
-    if limit > 0 and not _take_lease(r, keys.open_uploads(key_id), job_id, limit, seconds):
+    if limit > 0 and not take_lease(r, keys.open_uploads(key_id), job_id, limit, seconds):
         raise _refuse(
             f"this key already has {limit} presigned uploads open; complete or let some expire",
             "open-uploads",

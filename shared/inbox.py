@@ -20,12 +20,13 @@ import logging
 import os
 import re
 import tempfile
+import time
 from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
 
-from shared import credentials, fairuse, job_service, jobstore, keys, parsing
+from shared import credentials, fairuse, job_service, jobstore, keys, parsing, retention
 from shared.clients import Clients
 from shared.errors import ClientError, ConflictError, NotFoundError, PayloadTooLargeError
 from shared.models import Job, JobOptions
@@ -38,6 +39,8 @@ log = logging.getLogger("whisper_api.inbox")
 
 #: How long a presigned upload URL stays valid.
 UPLOAD_URL_TTL_SECONDS = 3600
+#: How long after its URL expired a never-completed upload's object is removed.
+INBOX_GRACE_SECONDS = 3600
 _OWNER = re.compile(r"^([0-9a-f]{12})/")
 #: A presigned upload's object key: the owner's key id and the job id handed out for it.
 _UPLOAD = re.compile(r"^([0-9a-f]{12})/uploads/([0-9a-f]{1,64})$")
@@ -45,6 +48,7 @@ _UPLOAD_KEY = re.compile(r"^([0-9a-f]{12})/uploads/([0-9a-f]{28})$")
 #: Marker value while the job is being made (any other value is the job id, or a refusal).
 _IN_PROGRESS = "in-progress"
 _REFUSED = "refused:"
+_BEING_MADE = "already being turned into a job"
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,10 @@ def start_upload(
     url = inbox.presigned_put(upload_key(key_id, job_id), UPLOAD_URL_TTL_SECONDS)
     # Kept a day past the URL's expiry so a PUT that started just in time can still finish.
     r.set(keys.pending_upload(job_id), json.dumps(record), ex=UPLOAD_URL_TTL_SECONDS + 86400)
+    # An object PUT and never completed is removed once a PUT started in time has long ended.
+    retention.schedule_inbox(
+        r, upload_key(key_id, job_id), time.time() + UPLOAD_URL_TTL_SECONDS + INBOX_GRACE_SECONDS
+    )
     return {
         "id": job_id,
         "upload_url": url,
@@ -121,7 +129,11 @@ def ingest(clients: Clients, object_key: str, etag: str, size: int | None) -> Ou
         return Outcome(object_key, reason="the key does not start with an active API key id")
     marker = keys.inbox_object(hashlib.sha256(f"{inbox.bucket}\0{object_key}\0{etag}".encode()).hexdigest())
     if not r.set(marker, _IN_PROGRESS, nx=True, ex=keys.INBOX_MARKER_TTL_SECONDS):
-        return _earlier(r, cast(str | None, r.get(marker)), object_key)
+        earlier = _earlier(r, cast(str | None, r.get(marker)), object_key)
+        if earlier.reason != _BEING_MADE:
+            # Refused or already a job, and PUT again: the object is never kept (nor counted).
+            inbox.delete(object_key)
+        return earlier
     try:
         job = _make_job(clients, owner, object_key, size)
     except ClientError as exc:  # bad audio stays bad: remember the refusal, do not retry
@@ -157,7 +169,7 @@ def _owner(r: redis.Redis, object_key: str) -> str | None:
 
 def _earlier(r: redis.Redis, value: str | None, object_key: str) -> Outcome:
     if value is None or value == _IN_PROGRESS:
-        return Outcome(object_key, reason="already being turned into a job")
+        return Outcome(object_key, reason=_BEING_MADE)
     if value.startswith(_REFUSED):
         return Outcome(object_key, reason=value.removeprefix(_REFUSED))
     job = jobstore.load(r, value)

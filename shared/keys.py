@@ -44,6 +44,22 @@ def sync_waits(key_id: str) -> str:
     return f"syncwaits:{key_id}"
 
 
+#: Sorted sets of one key's open ``GET /transcribe/{id}/events`` streams, multipart uploads
+#: being received, and ``audio_url`` downloads running (member -> lease expiry, as
+#: ``sync_waits``): each capped per key (shared.fairuse.concurrent), a crashed process's
+#: leases freeing themselves.
+def event_streams(key_id: str) -> str:
+    return f"streams:{key_id}"
+
+
+def uploads_in_flight(key_id: str) -> str:
+    return f"inflight:{key_id}"
+
+
+def url_downloads(key_id: str) -> str:
+    return f"urlfetches:{key_id}"
+
+
 #: Sorted set of one key's open presigned uploads (job id -> when its URL expires).
 def open_uploads(key_id: str) -> str:
     return f"uploads:{key_id}"
@@ -52,6 +68,12 @@ def open_uploads(key_id: str) -> str:
 #: Audio seconds one key submitted on one UTC day (YYYYMMDD); kept two days, then gone.
 def audio_day(key_id: str, day: str) -> str:
     return f"audioday:{key_id}:{day}"
+
+
+#: One key's daily audio quota in seconds as its last job was admitted with (operator default
+#: or the key's own), so the worker can charge decoded seconds against it; kept two days.
+def audio_quota(key_id: str) -> str:
+    return f"audioquota:{key_id}"
 
 
 #: Pub/sub channel told each state change of one job, so a synchronous ``/v1`` call blocks
@@ -124,6 +146,17 @@ def webhook_endpoint(key_id: str) -> str:
 #: Keyed by the stable ``webhook-id`` so a job's final state is enqueued at most once.
 def webhook_delivery(message_id: str) -> str:
     return f"webhook:delivery:{message_id}"
+
+
+#: Sorted sets of the webhook deliveries in flight to one receiver host (its ports together)
+#: and for one tenant (API key id), member -> lease expiry: every dispatcher process counts the
+#: same ones (``WEBHOOK_PER_TARGET``, ``WEBHOOK_PER_TENANT``).
+def webhook_host_slots(host: str) -> str:
+    return f"webhook:slots:host:{host}"
+
+
+def webhook_tenant_slots(key_id: str) -> str:
+    return f"webhook:slots:key:{key_id}"
 
 
 #: Sorted set of message id -> unix time it is due; a claim pushes the score out by a lease,

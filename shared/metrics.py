@@ -79,10 +79,18 @@ def webhook_attempt(r: redis.Redis, delivered: bool, gave_up: bool) -> None:
         pipe.execute()
 
 
+#: The methods counted under their own name; any other is counted as ``OTHER``. Routes are the
+#: matched rules (``shared.access``), or one label for every unmatched path.
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER = "other"
+
+
 def http_request(r: redis.Redis, route: str, method: str, status: int, seconds: float) -> None:
     """Count one answered request (the access log calls this). Written by a background thread,
     so a slow or down Redis never delays an answer (a 503 for a Redis outage least of all);
     requests are dropped from the count, not queued without bound, while Redis is away."""
+    # Label values from fixed sets only: a client inventing methods must not add series.
+    method = method if method in HTTP_METHODS else OTHER
     index = bisect.bisect_left(HTTP_BUCKETS, seconds)  # the first bucket the request fits in
     pending = _sender()
     if len(pending) >= _MAX_PENDING:

@@ -80,6 +80,11 @@ def publish(pipe: redis.client.Pipeline, job_id: str, key_id: str) -> None:
     )
 
 
+def waiting_keys(r: redis.Redis, count: int) -> list[str]:
+    """Up to ``count`` API keys with jobs waiting, the next to be served first."""
+    return [str(k) for k in r.zrange(keys.QUEUE_KEYS, 0, count - 1)]
+
+
 def _job_of(r: redis.Redis, entry_id: str, fields: dict[str, Any]) -> str:
     """The job an entry stands for: its own if ``direct``, else the fair pick (bound once)."""
     job_id = str(fields.get("job_id", ""))

@@ -36,8 +36,17 @@ def schedule(r: redis.Redis, settings: RetentionSettings, job: Job, now: float |
     )
 
 
-def sweep(r: redis.Redis, store: BlobStore, now: float | None = None) -> int:
-    """Remove everything that is due; the number of items removed."""
+def schedule_inbox(r: redis.Redis, object_key: str, at: float) -> None:
+    """Plan the removal of a presigned upload's inbox object at ``at`` (unix time): one never
+    completed (nor announced by a storage event) is not kept; a completed or refused one is
+    gone by then already."""
+    r.zadd(keys.RETENTION, {f"inbox|{object_key}": at})
+
+
+def sweep(
+    r: redis.Redis, store: BlobStore, now: float | None = None, *, inbox: BlobStore | None = None
+) -> int:
+    """Remove everything that is due (inbox objects from ``inbox``); the number removed."""
     now = time.time() if now is None else now
     due: list[str] = r.zrangebyscore(keys.RETENTION, "-inf", now, start=0, num=_BATCH)  # type: ignore[assignment]
     removed = 0
@@ -45,7 +54,7 @@ def sweep(r: redis.Redis, store: BlobStore, now: float | None = None) -> int:
         if not r.zrem(keys.RETENTION, member):
             continue  # another sweeper claimed it
         try:
-            _remove(r, store, member)
+            _remove(r, store, inbox, member)
             removed += 1
         except StorageError as exc:
             log.warning("retention: could not remove %s (%s); will retry", member, exc)
@@ -53,10 +62,12 @@ def sweep(r: redis.Redis, store: BlobStore, now: float | None = None) -> int:
     return removed
 
 
-def _remove(r: redis.Redis, store: BlobStore, member: str) -> None:
+def _remove(r: redis.Redis, store: BlobStore, inbox: BlobStore | None, member: str) -> None:
     kind, _, rest = member.partition("|")
     if kind in ("audio", "result"):
         store.delete(rest)
+    elif kind == "inbox" and inbox is not None:
+        inbox.delete(rest)
     elif kind == "job":
         key_id, _, job_id = rest.partition("|")
         with r.pipeline(transaction=True) as pipe:

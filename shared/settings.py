@@ -96,6 +96,10 @@ class StorageSettings(_Base):
     aws_region: str = "us-east-1"
     aws_access_key_id: str | None = None
     aws_secret_access_key: str | None = None
+    #: A request (an upload, ``/health``) waits at most this long to connect to storage and
+    #: for each answer, in one attempt, then answers 503 (the worker waits longer, and its
+    #: queue retries).
+    storage_timeout_seconds: float = Field(default=3.0, gt=0, le=30)
 
     @field_validator("s3_endpoint_url", "s3_public_endpoint_url", mode="before")
     @classmethod
@@ -221,10 +225,14 @@ class WebhookSettings(RedisSettings, OutboundSettings):
     #: Time limit of one delivery attempt, connect to answer, however the receiver paces it; a
     #: slower receiver counts as failed.
     webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
-    #: Deliveries in flight at once per dispatcher, and to any one target (host) at once: a
+    #: Deliveries in flight at once per dispatcher, and to any one target host (its ports
+    #: together) at once: a
     #: slow receiver holds its own slots, never another tenant's.
     webhook_concurrency: int = Field(default=8, ge=1, le=64)
     webhook_per_target: int = Field(default=2, ge=1, le=64)
+    #: Deliveries in flight at once for one tenant (API key), whatever its receivers: a tenant's
+    #: tarpits on many hosts hold its own slots, never all of them.
+    webhook_per_tenant: int = Field(default=4, ge=1, le=64)
 
     @field_validator("webhook_retry_schedule", mode="before")
     @classmethod
@@ -250,6 +258,9 @@ class EdgeSettings(_Base):
     #: ``BODY_MIN_BYTES_PER_SECOND``: a client trickling its body holds a thread no longer.
     body_timeout_seconds: float = Field(default=10.0, gt=0)
     body_min_bytes_per_second: int = Field(default=256 * 1024, ge=1)
+    #: A request's head (request line and headers) must have arrived this many seconds after
+    #: its first byte (the dev gateway, functions.gateway; nginx: client_header_timeout).
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
 
 
 class FairUseSettings(_Base):
@@ -267,6 +278,12 @@ class FairUseSettings(_Base):
     max_open_uploads_per_key: int = Field(default=20, ge=0)
     #: Audio seconds one key may submit per UTC day (0: unlimited).
     quota_audio_seconds_per_day: int = Field(default=0, ge=0)
+    #: ``GET /transcribe/{id}/events`` streams one key may hold open at once.
+    max_event_streams_per_key: int = Field(default=4, ge=0)
+    #: Multipart uploads to ``POST /transcribe`` one key may be sending at once.
+    max_uploads_in_flight_per_key: int = Field(default=4, ge=0)
+    #: ``audio_url`` downloads one key may have running at once.
+    max_url_downloads_per_key: int = Field(default=2, ge=0)
     #: Proxies in front of the functions whose ``X-Forwarded-For`` is trusted for the client
     #: address (the compose gateway: 1). 0: the peer address itself.
     proxy_hops: int = Field(default=0, ge=0, le=8)
@@ -299,6 +316,10 @@ class JobsSettings(
     #: default and keeps the answer, a 504 included, as the subtitle. A retried identical call
     #: re-attaches to the running job.
     asr_wait_seconds: float = Field(default=3600.0, gt=0)
+
+    #: Bearer token ``GET /metrics`` must carry; empty: the scrape is open to whoever reaches the
+    #: function (the public gateway does not route it).
+    metrics_token: str = ""
 
     #: Bearer token storage notifications (MinIO webhook target, CloudEvents) must carry on
     #: ``POST /hooks/storage``. Empty: the hook is off.

@@ -35,7 +35,7 @@ def result_key(key_id: str, job_id: str) -> str:
 
 
 @lru_cache(maxsize=8)
-def _client(settings: StorageSettings, attempts: int) -> Any:
+def _client(settings: StorageSettings, attempts: int, timeout: float | None) -> Any:
     return boto3.client(
         "s3",
         endpoint_url=settings.s3_endpoint_url,
@@ -43,8 +43,8 @@ def _client(settings: StorageSettings, attempts: int) -> Any:
         aws_access_key_id=settings.aws_access_key_id,
         aws_secret_access_key=settings.aws_secret_access_key,
         config=Config(
-            connect_timeout=5,
-            read_timeout=30,
+            connect_timeout=timeout or 5,
+            read_timeout=timeout or 30,
             retries={"total_max_attempts": attempts, "mode": "standard"},
             s3={"addressing_style": "path"},
             # SigV4 everywhere, presigned upload URLs included (SigV2 is refused by newer regions).
@@ -70,10 +70,19 @@ class ObjectInfo:
 class BlobStore:
     """The few operations the service needs from a bucket (``S3_BUCKET`` unless told)."""
 
-    def __init__(self, settings: StorageSettings, bucket: str | None = None, *, attempts: int = 3) -> None:
+    def __init__(
+        self,
+        settings: StorageSettings,
+        bucket: str | None = None,
+        *,
+        attempts: int = 3,
+        timeout: float | None = None,
+    ) -> None:
         """``attempts``: tries per call (botocore's retries); the worker uses 1, as its queue
-        already retries a job whose storage is down (one retry layer, not two)."""
-        self._s3 = _client(settings, attempts)
+        already retries a job whose storage is down (one retry layer, not two), and so does the
+        request path, which cannot wait. ``timeout``: connect and read timeout of each try
+        (the request path: ``STORAGE_TIMEOUT_SECONDS``; None: 5 s and 30 s)."""
+        self._s3 = _client(settings, attempts, timeout)
         self._settings = settings
         self.bucket = bucket or settings.s3_bucket
 
@@ -131,7 +140,9 @@ class BlobStore:
         can differ from the one the service uses (``http://minio:9000`` inside compose)."""
         public = self._settings.s3_public_endpoint_url
         client = (
-            _client(self._settings.model_copy(update={"s3_endpoint_url": public}), 3) if public else self._s3
+            _client(self._settings.model_copy(update={"s3_endpoint_url": public}), 3, None)
+            if public
+            else self._s3
         )
         with _wrapped(f"sign an upload URL for {key}"):
             url: str = client.generate_presigned_url(

@@ -15,6 +15,7 @@ A job whose storage is down goes back to the queue with a growing delay; it neve
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -22,23 +23,25 @@ import socket
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import redis
 
-from shared import events, jobstore, keys, logs, metrics, model_ads, queue, retention, webhooks
+from shared import events, fairuse, jobstore, keys, logs, metrics, model_ads, queue, retention, webhooks
 from shared.dispatcher import Dispatcher
 from shared.engine.memory import allocator
 from shared.engine.pipeline import Engine, Progress
 from shared.errors import (
     JobError,
+    QuotaExceededError,
     RunCanceledError,
     RunReleasedError,
     StorageError,
 )
-from shared.models import Job, JobStatus
+from shared.models import Job, JobStatus, TranscriptResult
 from shared.settings import WorkerSettings
 from shared.storage import BlobStore, result_key
 
@@ -76,6 +79,8 @@ class Worker:
     _last_sweep: float = float("-inf")
     #: Whether official checkpoints missing here can be fetched (WHISPER_DOWNLOADS, probed in build).
     downloads: bool = False
+    #: The API key of each job in hand (for fair slots, ``_owed_a_slot``).
+    _keys_in_hand: dict[str, str] = field(default_factory=dict)
 
     # ---- the loop -------------------------------------------------------------------------
     def run(self, stop: threading.Event | None = None) -> None:
@@ -128,7 +133,7 @@ class Worker:
         self._maybe_sweep()
         queue.promote_due(self.r)
         self._threads = [t for t in self._threads if t.is_alive()]
-        if len(self._threads) >= self.settings.worker_concurrent_jobs:
+        if len(self._threads) >= self.settings.worker_concurrent_jobs and not self._owed_a_slot():
             self.stop.wait(0.05)  # every slot busy
             return
         entry = self._claim()
@@ -142,6 +147,20 @@ class Worker:
         thread = threading.Thread(target=self._work, args=(entry_id, job_id), name=f"job-{job_id}")
         self._threads.append(thread)
         thread.start()
+
+    def _owed_a_slot(self) -> bool:
+        """Every slot is busy: start one more job anyway when a key holds more than its share of
+        the jobs in hand while another key waits (the fair queue serves that key next). Jobs
+        share the engine's batches, so a slot more costs memory for one job, not a model; at
+        most twice ``WORKER_CONCURRENT_JOBS`` run at once."""
+        slots = self.settings.worker_concurrent_jobs
+        running = Counter(self._keys_in_hand.values())
+        if len(self._threads) >= 2 * slots or not running:
+            return False
+        top = running.most_common(1)[0][1]
+        if top * (len(running) + 1) <= slots:
+            return False  # no key holds more than its share, were one more key served
+        return any(key not in running for key in queue.waiting_keys(self.r, slots))
 
     def _work(self, entry_id: str, job_id: str) -> None:
         try:
@@ -208,15 +227,23 @@ class Worker:
         job = jobstore.load(self.r, job_id)
         if job is None or job.status.terminal:
             return True  # deleted, canceled or already done: nothing to do
+        self._keys_in_hand[job_id] = job.key_id
+        try:
+            return self._process(job, entry_id)
+        finally:
+            self._keys_in_hand.pop(job_id, None)
+
+    def _process(self, waiting: Job, entry_id: str | None) -> bool:
+        job_id = waiting.id
         run_id = secrets.token_hex(8)
         job = jobstore.transition(
             self.r,
-            job,
+            waiting,
             (JobStatus.PENDING, JobStatus.PROCESSING),
             JobStatus.PROCESSING,
             {
                 "started_at": time.time(),
-                "attempts": job.attempts + 1,
+                "attempts": waiting.attempts + 1,
                 "run_id": run_id,
                 "windows": 0,
                 "progress": 0,
@@ -251,13 +278,7 @@ class Worker:
         with tempfile.TemporaryDirectory(prefix="whisper-job-") as tmp:
             path = os.path.join(tmp, "audio")
             self._storage(f"download the audio of job {job.id}", self.store.download, job.audio_key, path)
-            result = self.engine.transcribe(
-                path,
-                job.options,
-                expected_seconds=job.duration,
-                max_seconds=self.settings.max_audio_seconds,
-                checkpoint=lambda progress: self._checkpoint(job, run_id, progress),
-            )
+            result = self._transcribe(job, run_id, path)
         key = result_key(job.key_id, job.id)
         body = result.model_dump_json().encode()
         self._storage(
@@ -282,6 +303,30 @@ class Worker:
         if done is None:
             self._discard(job, key)
         self._finished(done)
+
+    def _transcribe(self, job: Job, run_id: str, path: str) -> TranscriptResult:
+        """The engine's run, decoding at most what the key's daily quota has left (the job was
+        admitted on its declared length); what was decoded past that length is charged too."""
+        declared = job.duration or 0.0
+        limit, too_long = self.settings.max_audio_seconds, None
+        allowance = fairuse.decodable_seconds(self.r, job.key_id, declared)
+        if allowance is not None and allowance[0] < limit:
+            limit, quota = allowance
+            too_long = functools.partial(fairuse.quota_exceeded, quota)
+        try:
+            result = self.engine.transcribe(
+                path,
+                job.options,
+                expected_seconds=job.duration,
+                max_seconds=limit,
+                checkpoint=lambda progress: self._checkpoint(job, run_id, progress),
+                too_long=too_long,
+            )
+        except QuotaExceededError:
+            fairuse.charge_decoded(self.r, job.key_id, limit - declared)
+            raise
+        fairuse.charge_decoded(self.r, job.key_id, result.duration - declared)
+        return result
 
     def _discard(self, job: Job, key: str) -> None:
         """Our result lost the race: the job was deleted, canceled, or finished by another run."""
@@ -377,7 +422,8 @@ class Worker:
         now = time.monotonic()
         if now - self._last_sweep >= self.settings.retention_sweep_seconds:
             self._last_sweep = now
-            removed = retention.sweep(self.r, self.store)
+            inbox = BlobStore(self.settings, self.settings.s3_inbox_bucket, attempts=1)
+            removed = retention.sweep(self.r, self.store, inbox=inbox)
             if removed:
                 log.info("retention: removed %d expired items", removed)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack
 
 import functions_framework
 from flask import Request, Response, current_app, has_app_context
@@ -32,6 +32,7 @@ from shared import (
     inbox,
     job_service,
     jobstore,
+    keys,
     metrics,
     openai_compat,
     openai_stream,
@@ -92,7 +93,12 @@ def create_job(request: Request) -> Response:
         return create_job_from_url(request)
     key = _caller(request)
     settings = jobs_settings()
-    with receive(request, settings.max_upload_bytes) as form:
+    # The longest an upload may take at the slowest pace the edge allows (shared.edge).
+    longest = settings.body_timeout_seconds + settings.max_upload_bytes / settings.body_min_bytes_per_second
+    with (
+        _concurrent(key, keys.uploads_in_flight(key.id), "uploads-in-flight", longest),
+        receive(request, settings.max_upload_bytes) as form,
+    ):
         fields = form.fields.to_dict()
         webhook_url = parsing.parse_webhook_url(fields, settings)
         options = parsing.parse_options(fields, settings)
@@ -110,13 +116,27 @@ def create_job_from_url(request: Request) -> Response:
         raise ValidationError.for_field("audio_url", "give the URL of the audio (or upload it as multipart)")
     webhook_url = parsing.parse_webhook_url(fields, settings)
     options = parsing.parse_options(fields, settings)
-    with fetch.download(
-        audio_url,
-        settings.outbound_allow_cidrs,
-        settings.max_upload_bytes,
-        settings.audio_url_timeout_seconds,
-    ) as upload:
+    with (
+        _concurrent(key, keys.url_downloads(key.id), "url-downloads", settings.audio_url_timeout_seconds),
+        fetch.download(
+            audio_url,
+            settings.outbound_allow_cidrs,
+            settings.max_upload_bytes,
+            settings.audio_url_timeout_seconds,
+        ) as upload,
+    ):
         return _submit(request, key, options, upload, webhook_url)
+
+
+def _concurrent(key: ApiKey, name: str, policy: str, longest_seconds: float) -> AbstractContextManager[None]:
+    """One of the key's slots of ``policy`` (``MAX_*_PER_KEY``) for the block (429 if none)."""
+    c = jobs_clients()
+    limit = {
+        "uploads-in-flight": c.settings.max_uploads_in_flight_per_key,
+        "url-downloads": c.settings.max_url_downloads_per_key,
+        "event-streams": c.settings.max_event_streams_per_key,
+    }[policy]
+    return fairuse.concurrent(c.redis, name, policy, limit, longest_seconds)
 
 
 def _submit(
@@ -230,7 +250,29 @@ def job_events(request: Request, job_id: str) -> Response:
     block = min(events.KEEPALIVE_SECONDS, settings.redis_timeout_seconds / 2)
     follow = events.follow(r, job, last_event_id, block_seconds=block, max_seconds=events.MAX_STREAM_SECONDS)
     headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
-    return Response(events.stream(follow), content_type="text/event-stream", headers=headers)
+    # The key's slot is taken now (429 if it has none) and held until the stream ends.
+    slot = _concurrent(key, keys.event_streams(key.id), "event-streams", events.MAX_STREAM_SECONDS)
+    slot.__enter__()
+    return Response(_Holding(slot, events.stream(follow)), content_type="text/event-stream", headers=headers)
+
+
+class _Holding:
+    """``chunks``, with ``slot`` let go when the server closes the answer (stream ended, client
+    gone, or never started)."""
+
+    def __init__(self, slot: AbstractContextManager[None], chunks: Iterator[bytes]) -> None:
+        self._slot, self._chunks = slot, chunks
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._chunks
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._chunks, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._slot.__exit__(None, None, None)
 
 
 def get_usage(request: Request) -> Response:
@@ -287,6 +329,7 @@ def get_audio(request: Request, job_id: str) -> Response:
 
 def get_metrics(request: Request) -> Response:
     c = jobs_clients()
+    credentials.check_metrics_token(c.settings.metrics_token, request.headers.get("Authorization"))
     body = metrics.exposition(c.redis, c.settings.worker_heartbeat_seconds)
     return Response(body, content_type=metrics.CONTENT_TYPE)
 
@@ -355,7 +398,8 @@ def _asr_job(
 ) -> tuple[asr_compat.AsrRequest, TranscriptResult, str | None]:
     c = jobs_clients()
     settings = c.settings
-    key = asr_compat.authenticate(settings, c.redis, request.headers.get("Authorization"))
+    client = parsing.client_address(request, settings.proxy_hops)
+    key = asr_compat.authenticate(settings, c.redis, request.headers.get("Authorization"), client)
     access.note_key(request, key.id)
     asked = parse(asr_compat.known_args(request.args, params), settings)
     # Synchronous like /v1: the key's concurrent waits are capped before the upload is read.

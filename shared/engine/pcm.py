@@ -12,13 +12,13 @@ import select
 import subprocess
 import tempfile
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 import numpy as np
 
 from shared.audio import input_args
-from shared.errors import PermanentJobError
+from shared.errors import JobError, PermanentJobError
 
 SAMPLE_RATE = 16_000
 #: Bytes per read: 256 VAD frames of 512 samples (about 8 s of audio).
@@ -52,9 +52,12 @@ class PcmStream:
         max_seconds: float,
         command: list[str] | None = None,
         base_seconds: float = DECODE_BASE_SECONDS,
+        too_long: Callable[[], JobError] | None = None,
     ) -> None:
         """``command`` replaces the ffmpeg command line and ``base_seconds`` the deadline's fixed
-        part (tests of a hung decoder)."""
+        part (tests of a hung decoder). ``too_long``: the error past ``max_seconds`` when the
+        limit is not ``MAX_AUDIO_SECONDS`` (a key's remaining daily quota)."""
+        self.too_long = too_long
         self.path = path
         self.base_seconds = base_seconds
         self.expected = expected_seconds or 0.0
@@ -104,6 +107,8 @@ class PcmStream:
             piece = np.frombuffer(data, np.int16).astype(np.float32) / 32768.0
             self.samples += len(piece)
             if self.samples > limit:
+                if self.too_long is not None:
+                    raise self.too_long()
                 raise PermanentJobError(
                     f"the audio is longer than this server's limit of {self.max_seconds:.0f} s "
                     "(MAX_AUDIO_SECONDS), whatever its header said; split it and submit the parts"

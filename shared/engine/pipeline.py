@@ -15,6 +15,7 @@ from shared.engine.batcher import Batcher, BatchKey, ChunkResult
 from shared.engine.chunker import Chunk, Chunker
 from shared.engine.models import ModelCache
 from shared.engine.pcm import SAMPLE_RATE, PcmStream
+from shared.errors import JobError
 from shared.models import JobOptions, Segment, TranscriptResult, Word
 
 #: transcribe() stops conditioning on earlier text after a chunk decoded this hot.
@@ -54,12 +55,15 @@ class Engine:
         expected_seconds: float | None,
         max_seconds: float,
         checkpoint: Callable[[Progress], None] = lambda _progress: None,
+        too_long: Callable[[], JobError] | None = None,
     ) -> TranscriptResult:
         """Transcribe the audio file at ``path``. ``checkpoint`` is called after every chunk
         (and while long silences are scanned); it raises to stop the job there."""
         model = self.models.get(options.model)
         run = _Run(self, model, options, checkpoint)
-        stream = PcmStream(path, expected_seconds=expected_seconds, max_seconds=max_seconds)
+        stream = PcmStream(
+            path, expected_seconds=expected_seconds, max_seconds=max_seconds, too_long=too_long
+        )
         pieces = iter(stream)
         try:
             chunker = Chunker()

@@ -4,13 +4,14 @@ guard) and presigned uploads straight to the inbox bucket."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 import requests
 from standardwebhooks import Webhook
 
-from shared import jobstore, keys
+from shared import inbox, jobstore, keys, retention
 from shared.dispatcher import Dispatcher
 from shared.models import JobStatus
 from shared.settings import webhook_settings, worker_settings
@@ -209,6 +210,38 @@ def test_an_upload_that_is_not_audio_is_refused_once(jobs_client, bearer, inbox_
     assert first.get_json()["detail"] == second.get_json()["detail"]
     assert "audio" in first.get_json()["detail"]
     assert r.keys("job:*") == []
+
+
+def test_a_refused_upload_put_again_is_deleted_every_round(jobs_client, bearer, inbox_store, r):
+    # Given an upload refused (not audio) and deleted from the inbox
+    headers = bearer()
+    upload = jobs_client.post("/uploads", json={"model": "demo"}, headers=headers).get_json()
+    body = b"plain text, not audio" * 1000
+    for _ in range(5):
+        # When the same object is PUT again (its URL is still valid) and completed again
+        assert requests.put(upload["upload_url"], data=body, timeout=30).status_code == 200
+        again = jobs_client.post(f"/uploads/{upload['id']}/complete", headers=headers)
+        # Then it is refused the same way, and the inbox holds nothing afterwards
+        assert again.status_code == 409
+        assert "audio" in again.get_json()["detail"]
+        assert inbox_store._s3.list_objects_v2(Bucket=inbox_store.bucket).get("KeyCount") == 0
+    assert r.keys("job:*") == []
+
+
+def test_an_upload_never_completed_is_swept_from_the_inbox(
+    jobs_client, bearer, inbox_store, store, r, make_wav
+):
+    # Given an object PUT to its presigned URL and never completed (nor announced by an event)
+    upload = jobs_client.post("/uploads", json={"model": "demo"}, headers=bearer()).get_json()
+    assert requests.put(upload["upload_url"], data=make_wav(1.0), timeout=30).status_code == 200
+    listed = inbox_store._s3.list_objects_v2(Bucket=inbox_store.bucket)
+    assert listed.get("KeyCount") == 1
+    # Then a sweep before its URL expired (plus the grace) keeps it, and one after removes it
+    expires = time.time() + inbox.UPLOAD_URL_TTL_SECONDS + inbox.INBOX_GRACE_SECONDS
+    assert retention.sweep(r, store, expires - 60, inbox=inbox_store) == 0
+    assert inbox_store._s3.list_objects_v2(Bucket=inbox_store.bucket).get("KeyCount") == 1
+    assert retention.sweep(r, store, expires + 1, inbox=inbox_store) == 1
+    assert inbox_store._s3.list_objects_v2(Bucket=inbox_store.bucket).get("KeyCount") == 0
 
 
 def test_upload_urls_are_signed_for_the_public_endpoint(env, jobs_client, bearer, inbox_store):

@@ -4,6 +4,7 @@ stack serves them (``functions.gateway`` behind gunicorn, 2 workers x 8 threads)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -35,8 +36,15 @@ class Gateway:
 
 @pytest.fixture(scope="module")
 def gateway(service_env: dict[str, str]) -> Iterator[Gateway]:
-    redis_url = service_env["REDIS_URL"].rsplit("/", 1)[0] + "/2"
-    env = {**os.environ, **service_env, "REDIS_URL": redis_url, "BODY_TIMEOUT_SECONDS": "1.5"}
+    with served_gateway(service_env, 2, BODY_TIMEOUT_SECONDS="1.5") as served:
+        yield served
+
+
+@contextlib.contextmanager
+def served_gateway(service_env: dict[str, str], db: int, **overrides: str) -> Iterator[Gateway]:
+    """The dev stack's gateway on Redis database ``db``, with settings ``overrides``, warmed up."""
+    redis_url = service_env["REDIS_URL"].rsplit("/", 1)[0] + f"/{db}"
+    env = {**os.environ, **service_env, "REDIS_URL": redis_url, **overrides}
     port = free_port()
     proc = start_gateway(port, env, workers=2)
     served = Gateway(port, proc.pid, redis_url)

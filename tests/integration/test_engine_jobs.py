@@ -233,3 +233,29 @@ def test_keys_take_turns_so_a_new_key_is_not_queued_behind_a_backlog(env, jobs_c
     ]
     assert len(jumped) <= 1  # at most the job that was already claimed when it arrived
     assert sum(jobstore.load(r, i).status is JobStatus.PENDING for i in backlog) >= 15
+
+
+def test_a_key_holding_every_slot_leaves_one_for_another_key(
+    env, jobs_client, bearer, r, long_audio, make_wav
+):
+    # Given key A's two long jobs hold both of a worker's slots (WORKER_CONCURRENT_JOBS=2)
+    env(WORKER_CONCURRENT_JOBS="2", WORKER_BATCH_SIZE="2")
+    a = bearer("a")
+    longs = [_post(jobs_client, a, long_audio(600), name=f"l{i}.mp3").get_json()["id"] for i in range(2)]
+    with running_worker():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not all(
+            jobstore.load(r, job_id).status is JobStatus.PROCESSING for job_id in longs
+        ):
+            time.sleep(0.05)
+        # When key B submits a short job
+        short_id = _post(jobs_client, bearer("b"), make_wav(3.0)).get_json()["id"]
+        while time.monotonic() < deadline + 60:
+            short_job = jobstore.load(r, short_id)
+            if short_job.status is JobStatus.COMPLETED:
+                break
+            time.sleep(0.05)
+        states = [jobstore.load(r, job_id).status for job_id in longs]
+    # Then it is done while both of A's jobs still run: A held more than its share
+    assert short_job.status is JobStatus.COMPLETED and short_job.transcription == PHRASE
+    assert states == [JobStatus.PROCESSING, JobStatus.PROCESSING]

@@ -4,6 +4,7 @@ are still served."""
 
 from __future__ import annotations
 
+import base64
 import io
 import time
 
@@ -76,20 +77,30 @@ def test_keys_create_takes_limits_too(r, env, capsys):
     assert key.limits == {"max_pending_jobs": "7", "quota_audio_seconds_per_day": "0"}
 
 
-def test_failed_authentication_is_throttled_per_key_id(env, auth_client, api_key):
+def test_failed_authentication_is_throttled_per_key_id_never_locking_out_its_holder(
+    env, auth_client, api_key
+):
     env(AUTH_FAILURES_PER_MINUTE="3")
     key_id, plaintext = api_key("target")
     wrong = f"wapi_{key_id}_" + "x" * 43
-    for index in range(3):  # each guess from its own address: only the key id is common
-        resp = auth_client.post(
-            "/auth/token", json={"api_key": wrong}, environ_base={"REMOTE_ADDR": f"10.0.0.{index}"}
+
+    def token(credential: str, address: str):
+        return auth_client.post(
+            "/auth/token", json={"api_key": credential}, environ_base={"REMOTE_ADDR": address}
         )
-        assert resp.status_code == 401
-    refused = auth_client.post(
-        "/auth/token", json={"api_key": plaintext}, environ_base={"REMOTE_ADDR": "10.0.1.1"}
-    )
+
+    for index in range(3):  # each guess from its own address: only the key id is common
+        assert token(wrong, f"10.0.0.{index}").status_code == 401
+    # A further wrong guess at that key id, from a fresh address, is refused ...
+    refused = token(wrong, "10.0.1.1")
     _assert_refused(refused, "auth-failures", 3, 60)
     assert refused.get_json()["detail"] == "too many failed authentication attempts; wait before trying again"
+    # ... while the holder, presenting the right secret, is let in
+    assert token(plaintext, "10.0.1.2").status_code == 200
+    # and the guesser's own address stays blocked, the right secret or not, once past the limit
+    for _ in range(3):
+        token(wrong, "10.0.2.1")
+    _assert_refused(token(plaintext, "10.0.2.1"), "auth-failures", 3, 60)
 
 
 def test_failed_authentication_is_throttled_per_client_address(env, jobs_client, bearer):
@@ -201,3 +212,42 @@ def test_the_asr_routes_keep_the_key_s_fair_use_too(env, jobs_client, api_key, m
     assert queued.status_code == 202
     _assert_refused(pending, "pending-jobs", 1, None)
     assert [j.id for j in jobstore.list_owned(r, key_id, 10, None)] == [queued.get_json()["id"]]
+
+
+def test_the_asr_routes_count_against_the_rate_limit(env, jobs_client, api_key):
+    env(RATE_LIMIT_PER_MINUTE="2")
+    _, plaintext = api_key("bazarr")
+    headers = {"Authorization": f"Bearer {plaintext}"}
+    # Two calls are admitted (and refused for their unknown parameter: nothing waits) ...
+    assert jobs_client.post("/asr?bogus=1", headers=headers).status_code == 422
+    assert jobs_client.post("/detect-language?bogus=1", headers=headers).status_code == 422
+    # ... the third of the minute is not, on either route
+    _assert_refused(jobs_client.post("/asr?bogus=1", headers=headers), "requests", 2, 60)
+    _assert_refused(jobs_client.post("/detect-language?bogus=1", headers=headers), "requests", 2, 60)
+
+
+def test_the_asr_routes_throttle_failed_authentication(env, jobs_client, api_key):
+    env(AUTH_FAILURES_PER_MINUTE="3")
+    key_id, plaintext = api_key("bazarr")
+    guesser = {"REMOTE_ADDR": "192.0.2.9"}
+    for path in ("/asr", "/detect-language", "/asr"):
+        wrong = {
+            "Authorization": "Basic " + base64.b64encode(f"u:wapi_{key_id}_{'x' * 43}".encode()).decode()
+        }
+        assert jobs_client.post(path, headers=wrong, environ_base=guesser).status_code == 401
+    _assert_refused(
+        jobs_client.post(
+            "/detect-language", headers={"Authorization": "Bearer wapi_nope"}, environ_base=guesser
+        ),
+        "auth-failures",
+        3,
+        60,
+    )
+    # The holder, from elsewhere, is served (422: admitted, then its unknown parameter refused)
+    holder = {"Authorization": f"Bearer {plaintext}"}
+    assert (
+        jobs_client.post(
+            "/asr?bogus=1", headers=holder, environ_base={"REMOTE_ADDR": "192.0.2.10"}
+        ).status_code
+        == 422
+    )

@@ -188,3 +188,50 @@ def test_the_grafana_dashboard_queries_only_metrics_the_service_exposes(jobs_cli
     assert queried and queried <= series, queried - series
     scrape = yaml.safe_load((root / "prometheus" / "prometheus.yml").read_text())
     assert [c["metrics_path"] for c in scrape["scrape_configs"]] == ["/metrics", "/metrics"]
+
+
+def test_invented_methods_and_paths_add_no_metric_series(jobs_client, env):
+    # Given one junk request of each kind, counted (the series for "other" now exists)
+    def junk(n: int) -> None:
+        for i in range(n):
+            jobs_client.open(f"/junk/{i}", method=f"X{i}Y")
+            jobs_client.open("/transcribe", method=f"BREW{i}")
+
+    def series() -> list[str]:
+        # The scrape with every sample's value taken off: its series, in order.
+        return [line.rsplit(" ", 1)[0] for line in _metrics(jobs_client).splitlines()]
+
+    names = [
+        'whisper_http_requests_total{method="other",route="(unmatched)",status="404"}',
+        'whisper_http_requests_total{method="other",route="(unmatched)",status="405"}',
+    ]
+
+    def counted(total: float) -> list[float | None]:
+        deadline = budget.deadline(10)  # requests are counted by a background thread
+        while True:
+            samples = _samples(_metrics(jobs_client))
+            got = [samples.get(name) for name in names]
+            if got == [total, total] or time.monotonic() > deadline:
+                return got
+            time.sleep(0.05)
+
+    junk(1)
+    assert counted(1) == [1, 1]
+    before = series()
+    # When 300 more invented methods arrive, on unknown and known paths
+    junk(150)
+    # Then every one was counted under "other", and the scrape has exactly the same series
+    assert counted(151) == [151, 151]
+    assert series() == before
+    assert not any("BREW" in line or "X1Y" in line for line in before)
+
+
+def test_metrics_can_require_a_token(jobs_client, env):
+    env(METRICS_TOKEN="scrape-token-0123456789")
+    refused = jobs_client.get("/metrics")
+    assert (refused.status_code, refused.content_type) == (401, "application/problem+json")
+    wrong = jobs_client.get("/metrics", headers={"Authorization": "Bearer nope"})
+    assert (wrong.status_code, wrong.get_json()["detail"]) == (401, "wrong metrics token")
+    allowed = jobs_client.get("/metrics", headers={"Authorization": "Bearer scrape-token-0123456789"})
+    assert allowed.status_code == 200
+    assert b"whisper_http_requests_total" in allowed.data

@@ -4,6 +4,7 @@ other tenant's delivery."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -20,9 +21,9 @@ class Dripper:
     """A real HTTP server on loopback that answers one byte every ``interval`` seconds, for ever:
     headers first (``"HTTP/1.1 200 OK..."``), so every single read is quick."""
 
-    def __init__(self, interval: float = 0.1) -> None:
+    def __init__(self, interval: float = 0.1, host: str = "127.0.0.1") -> None:
         self.interval = interval
-        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener = socket.create_server((host, 0))
         self.port = self.listener.getsockname()[1]
         self.connections = 0
         self.closed = threading.Event()
@@ -81,28 +82,58 @@ def test_an_audio_url_that_drips_is_cut_off_at_its_deadline(env, jobs_client, be
     assert r.keys("job:*") == []
 
 
-def _queue(r, msg: str, url: str, due: float) -> None:
+def _queue(r, msg: str, url: str, due: float, tenant: str | None = None) -> None:
     r.hset(
         keys.webhook_delivery(msg),
-        mapping={"job_id": f"job-{msg}", "key_id": f"key-{msg}", "body": "{}", "url": url, "attempts": 0},
+        mapping={
+            "job_id": f"job-{msg}",
+            "key_id": tenant or f"key-{msg}",
+            "body": "{}",
+            "url": url,
+            "attempts": 0,
+        },
     )
     r.zadd(keys.WEBHOOKS_DUE, {msg: due})
 
 
-def test_a_slow_receiver_delays_no_other_tenants_delivery(env, r, dripper, receiver):
+@pytest.fixture
+def far_dripper() -> Iterator[Dripper]:
+    """A dripper on another loopback host than the test receiver's (slots are per host)."""
+    server = Dripper(host="127.0.0.2")
+    yield server
+    server.close()
+
+
+@contextlib.contextmanager
+def _dispatching(r, count: int = 1) -> Iterator[float]:
+    """``count`` dispatchers (each its own counters, as separate processes have) running in
+    threads for the block; yields when they started."""
+    stop = threading.Event()
+    loops = [
+        threading.Thread(target=Dispatcher(webhook_settings(), r).run, args=(stop,), daemon=True)
+        for _ in range(count)
+    ]
+    started = time.monotonic()
+    for loop in loops:
+        loop.start()
+    try:
+        yield started
+    finally:
+        stop.set()
+        for loop in loops:
+            loop.join(timeout=15)
+
+
+def test_a_slow_receiver_delays_no_other_tenants_delivery(env, r, far_dripper, receiver):
     env(WEBHOOK_TIMEOUT_SECONDS="3")
+    dripper = far_dripper
     # Given tenant A's receiver drips its answer, and A has more messages than its target's slots
     now = time.time()
     for index in range(4):
-        _queue(r, f"msg_slow{index}", f"http://127.0.0.1:{dripper.port}/hook", now - 10 + index)
+        _queue(r, f"msg_slow{index}", f"http://127.0.0.2:{dripper.port}/hook", now - 10 + index)
     # And tenant B's message is due just after them
     _queue(r, "msg_fast", receiver.url, now - 1)
-    stop = threading.Event()
-    dispatcher = Dispatcher(webhook_settings(), r)
-    loop = threading.Thread(target=dispatcher.run, args=(stop,), daemon=True)
-    started = time.monotonic()
-    loop.start()
-    try:
+    with _dispatching(r) as started:
         # Then B's delivery arrives at once, while A's attempts are still dripping
         assert len(receiver.wait_for(1, timeout=10)) == 1
         assert time.monotonic() - started < 1.5
@@ -116,7 +147,47 @@ def test_a_slow_receiver_delays_no_other_tenants_delivery(env, r, dripper, recei
             "timed out: the receiver took longer than 3 s"
         )
         assert 2.9 < time.monotonic() - started < 6
-    finally:
-        stop.set()
-        loop.join(timeout=15)
     assert r.hget(keys.webhook_delivery("msg_fast"), "state") == "delivered"
+
+
+def test_one_tenants_tarpits_on_many_ports_and_a_backlog_never_hold_another_tenants_webhook(env, r, receiver):
+    env(WEBHOOK_TIMEOUT_SECONDS="3")
+    # Given tenant A's receivers drip on 8 ports of one host, with 240 messages due before B's
+    tarpits = [Dripper(host="127.0.0.2") for _ in range(8)]
+    try:
+        now = time.time()
+        for index in range(240):
+            url = f"http://127.0.0.2:{tarpits[index % 8].port}/h"
+            _queue(r, f"msg_tar{index}", url, now - 300 + index, tenant="key-A")
+        _queue(r, "msg_b", receiver.url, now - 1)
+        # When three dispatchers (the caps are shared through Redis) deliver them
+        with _dispatching(r, count=3) as started:
+            # Then B's webhook arrives within 5 s, whatever A's backlog
+            assert len(receiver.wait_for(1, timeout=10)) == 1
+            assert time.monotonic() - started < 5
+            # And A's 8 ports together got no more than one host's slots, across the dispatchers
+            assert sum(t.connections for t in tarpits) == webhook_settings().webhook_per_target
+    finally:
+        for tarpit in tarpits:
+            tarpit.close()
+
+
+def test_one_tenants_tarpits_on_many_hosts_hold_at_most_the_tenants_share(env, r, receiver):
+    env(WEBHOOK_TIMEOUT_SECONDS="3")
+    # Given tenant A's receivers drip on 6 hosts, 10 messages each, due before B's
+    tarpits = [Dripper(host=f"127.0.0.{2 + i}") for i in range(6)]
+    try:
+        now = time.time()
+        for index in range(60):
+            tarpit = tarpits[index % 6]
+            url = f"http://{tarpit.listener.getsockname()[0]}:{tarpit.port}/h"
+            _queue(r, f"msg_host{index}", url, now - 100 + index, tenant="key-A")
+        _queue(r, "msg_b", receiver.url, now - 1)
+        with _dispatching(r, count=2) as started:
+            # Then B's webhook arrives at once, and A holds no more than its tenant's share
+            assert len(receiver.wait_for(1, timeout=10)) == 1
+            assert time.monotonic() - started < 5
+            assert sum(t.connections for t in tarpits) == webhook_settings().webhook_per_tenant
+    finally:
+        for tarpit in tarpits:
+            tarpit.close()

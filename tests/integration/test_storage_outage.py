@@ -17,6 +17,7 @@ from shared import jobstore, keys
 from shared.models import JobStatus
 from shared.settings import worker_settings
 from shared.worker import build
+from tests.integration.conftest import _client
 
 OUTAGE_SECONDS = 45
 
@@ -113,3 +114,25 @@ def test_ten_jobs_queued_through_a_45_second_storage_outage_all_complete(
     assert all(j.transcription == "Hello from whisper api. The quick brown fox." for j in jobs)
     assert max(j.attempts for j in jobs) > 2  # retried more often than the delivery limit allows
     assert r.xlen(keys.DEAD_LETTER_STREAM) == 0
+
+
+def test_a_hung_storage_answers_uploads_and_health_within_seconds(env, r, bearer, make_wav):
+    # Given a storage endpoint that takes connections and never answers (a hung server)
+    hung = socket.create_server(("127.0.0.1", 0), backlog=128)
+    try:
+        env(S3_ENDPOINT_URL=f"http://127.0.0.1:{hung.getsockname()[1]}", STORAGE_TIMEOUT_SECONDS="2")
+        client = _client("jobs")
+        # Then /health says storage is down, and an upload is answered 503, each in seconds
+        # (one try of STORAGE_TIMEOUT_SECONDS, not botocore's 60 s of read timeouts and retries)
+        started = time.monotonic()
+        health = client.get("/health")
+        assert (health.status_code, health.get_json()["storage"]) == (503, {"status": "down"})
+        assert time.monotonic() - started < 8
+        started = time.monotonic()
+        data = {"audio": (io.BytesIO(make_wav(1.0)), "a.wav")}
+        upload = client.post("/transcribe", data=data, headers=bearer(), content_type="multipart/form-data")
+        assert (upload.status_code, upload.headers["Retry-After"]) == (503, "5")
+        assert upload.get_json()["detail"] == "storage is unavailable; retry later"
+        assert time.monotonic() - started < 8
+    finally:
+        hung.close()
