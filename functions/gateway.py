@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterable
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,18 @@ from functions_framework import create_app
 from gunicorn.http.errors import LimitRequestHeaders, LimitRequestLine
 from gunicorn.workers.gthread import ThreadWorker
 
+from functions import realtime_relay
+from shared.settings import GatewaySettings
+
 _HERE = Path(__file__).parent
+_gateway_settings = lru_cache(maxsize=1)(GatewaySettings)
 auth_app = create_app("auth", str(_HERE / "auth" / "main.py"))  # type: ignore[no-untyped-call]
 jobs_app = create_app("jobs", str(_HERE / "jobs" / "main.py"))  # type: ignore[no-untyped-call]
 
 
 def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+    if realtime_relay.wants_relay(environ):  # a live session: relayed to a worker
+        return realtime_relay.relay(environ, start_response, _gateway_settings())
     path = environ.get("PATH_INFO", "")
     target = auth_app if path == "/auth" or path.startswith("/auth/") else jobs_app
     return target(environ, start_response)  # type: ignore[no-any-return]
