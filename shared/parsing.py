@@ -90,6 +90,7 @@ OPTION_FIELDS = (
     "word_timestamps",
     "initial_prompt",
     "condition_on_previous_text",
+    "keep_audio",
     *subtitles.FIELDS,
 )
 
@@ -109,6 +110,7 @@ class _JsonFields(BaseModel):
     word_timestamps: bool | None = None
     initial_prompt: str | None = None
     condition_on_previous_text: bool | None = None
+    keep_audio: bool | None = None
     max_line_width: int | None = None
     max_line_count: int | None = None
     max_words_per_line: int | None = None

@@ -160,13 +160,26 @@ class AudioSettings(_Base):
 
 
 class RetentionSettings(_Base):
-    #: Audio is deleted this long after its job finished (0: at once).
-    retain_audio_seconds: float = Field(default=0, ge=0)
+    #: Audio is deleted this long after its job finished (0: at once); unset: as long as its
+    #: result is kept, so the reading view plays it for as long as there is a transcript. A job
+    #: sent with ``keep_audio=false`` loses its audio when it ends either way.
+    retain_audio_seconds: float | None = Field(default=None, ge=0)
     #: Results and job records are kept this long after the job finished.
     retain_results_seconds: float = Field(default=30 * 86400, ge=0)
     retain_jobs_seconds: float = Field(default=30 * 86400, ge=0)
     #: How often a worker sweeps expired data.
     retention_sweep_seconds: float = Field(default=60, gt=0)
+
+    @field_validator("retain_audio_seconds", mode="before")
+    @classmethod
+    def _empty_follows_results(cls, value: object) -> object:
+        return None if value == "" else value
+
+    def audio_seconds(self, keep_audio: bool) -> float:
+        """How long a finished job's audio stays: none when the job opted out."""
+        if not keep_audio:
+            return 0.0
+        return self.retain_results_seconds if self.retain_audio_seconds is None else self.retain_audio_seconds
 
 
 class OutboundSettings(_Base):
