@@ -15,6 +15,7 @@ WEB_DIR = Path(__file__).with_name("web")
 ASSETS: dict[str, str] = {
     "app.js": "text/javascript; charset=utf-8",
     "i18n.js": "text/javascript; charset=utf-8",
+    "record.js": "text/javascript; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
 }
 #: The page may only load its own files and talk to its own origin; media from blob: URLs

@@ -94,7 +94,8 @@ async function enter() {
   $("sign-in").hidden = true;
   $("app").hidden = false;
   $("session").hidden = false;
-  await Promise.all([loadModels(), loadJobs(true)]);
+  await loadModels(); // first: a failed job's Retry offers these models
+  await loadJobs(true);
 }
 
 async function loadModels() {

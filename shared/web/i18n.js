@@ -28,6 +28,7 @@ const PAGE = {
   "#words-label": { en: " Word timings", ru: " Время каждого слова" },
   "#forget-label": { en: " Delete the audio when done", ru: " Удалить аудио после расшифровки" },
   "#start": { en: "Start", ru: "Начать" },
+  "#record": { en: "Record", ru: "Записать" },
   "label[for=upload-bar]": { en: "Upload", ru: "Загрузка" },
   "label[for=job-bar]": { en: "Job", ru: "Задание" },
   "#jobs-title": { en: "Your jobs", ru: "Ваши задания" },
@@ -95,6 +96,12 @@ const STRINGS = {
   "error.other": { en: "The request failed (HTTP {status}): {detail}", ru: "Запрос не выполнен (HTTP {status}): {detail}" },
   "error.wait": { en: " Try again in {seconds} s.", ru: " Повторите через {seconds} с." },
   "error.shortly": { en: " Try again shortly.", ru: " Повторите чуть позже." },
+  "record.start": { en: "Record", ru: "Записать" },
+  "record.stop": { en: "Stop and save", ru: "Остановить и сохранить" },
+  "record.unavailable": {
+    en: "Live transcription is not available on this server.",
+    ru: "Живая расшифровка на этом сервере недоступна.",
+  },
   "ui.language": { en: "Page language", ru: "Язык страницы" },
 };
 

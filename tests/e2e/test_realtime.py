@@ -296,3 +296,53 @@ def test_live_audio_counts_against_the_keys_daily_quota(live: Live) -> None:
     token = requests.post(f"{live.base_url}/auth/token", json={"api_key": key}, timeout=10).json()["token"]
     usage = requests.get(f"{live.base_url}/usage", headers={"Authorization": f"Bearer {token}"}, timeout=10)
     assert usage.json()["limits"]["audio_seconds_today"] == 2.0
+
+
+def test_the_page_streams_the_microphone_shows_the_text_live_and_keeps_the_recording(live, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    from tests.e2e.test_web_page import _sign_in, _visible, _wait, chromium
+
+    # A microphone that says the phrase, then is quiet (Chromium's fake capture device)
+    mic = tmp_path / "mic.wav"
+    mic.write_bytes(test_audio.speech_wav(9.0))
+    driver = chromium(
+        tmp_path,
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={mic}",
+    )
+    try:
+        key = live.key("dictation")
+        _sign_in(driver, live.base_url, key)
+        _wait(driver, lambda d: _visible(d, "app") and d.find_elements(By.CSS_SELECTOR, "#model option"))
+        record = driver.find_element(By.ID, "record")
+        record.click()
+        # The text shows while the page still records
+        _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#dictation li.final"), what="the live text")
+        assert driver.find_element(By.CSS_SELECTOR, "#dictation li").text == TRANSCRIPT
+        assert record.text == "Stop and save"
+        record.click()
+        # Stopped: the recording is a job of its own, readable and downloadable like any other
+        _wait(
+            driver,
+            lambda d: _visible(d, "reader") and d.find_elements(By.CSS_SELECTOR, "#transcript .segment"),
+        )
+        job_id = driver.find_element(By.CSS_SELECTOR, "#reader").get_attribute("data-job")
+        title = driver.find_element(By.ID, "reader-title").text
+        spoken = [
+            s.text.split(" ", 1)[1] for s in driver.find_elements(By.CSS_SELECTOR, "#transcript .segment")
+        ]
+    finally:
+        driver.quit()
+    assert title.startswith("dictation-") and title.endswith(".wav")
+    token = requests.post(f"{live.base_url}/auth/token", json={"api_key": key}, timeout=10).json()["token"]
+    srt = requests.get(
+        f"{live.base_url}/transcribe/{job_id}/result?format=srt",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    ).text
+    cues = [block.split("\n")[2] for block in srt.strip().split("\n\n")]
+    # The saved job says what the live session said, and the reading view shows it
+    assert " ".join(cues) == TRANSCRIPT
+    assert spoken == cues

@@ -24,13 +24,12 @@ SCREENSHOT_ENV = "WHISPER_API_SCREENSHOT"
 PLAYED = 0.3
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+def chromium(downloads: Path, *extra: str) -> object:
+    """Headless Chromium under selenium (``extra``: more command-line switches)."""
     os.environ.setdefault("SE_OFFLINE", "true")  # selenium must not look for drivers online
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service as DriverService
 
-    downloads = tmp_path_factory.mktemp("downloads")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for arg in (
@@ -41,6 +40,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
         "--mute-audio",
         "--autoplay-policy=no-user-gesture-required",
         "--window-size=1280,900",
+        *extra,
     ):
         options.add_argument(arg)
     options.add_experimental_option(
@@ -49,10 +49,16 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     driver = webdriver.Chrome(service=DriverService(CHROMEDRIVER), options=options)
     driver.set_script_timeout(30)
     driver.downloads = downloads  # type: ignore[attr-defined]
+    return driver
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    driver = chromium(tmp_path_factory.mktemp("downloads"))
     try:
         yield driver
     finally:
-        driver.quit()
+        driver.quit()  # type: ignore[attr-defined]
 
 
 def _wait(driver, condition, budget: float = 60, what: str = "the page"):
@@ -284,6 +290,7 @@ def test_on_a_phone_a_failed_job_shows_why_and_is_retried_with_another_model(ser
         assert status.text == f"failed\n{reason}"
         _fits(driver, 360)
         assert driver.find_element(By.XPATH, row + "/td[1]").location["x"] < 40  # a card, not a column
+        driver.execute_script("document.getElementById('jobs').scrollIntoView()")
         _shoot(driver, "jobs-360")
 
         # Retry with another model: a new job of the same audio completes
