@@ -9,8 +9,10 @@ that arrives beside a 3-hour one is in the next batch, not behind the 3-hour job
 
 Live feeds (Realtime sessions, ``shared.realtime``) go first: a live utterance waiting is taken
 before any batch chunk, into a batch of live utterances only, with no gathering wait; and while
-a live feed is open, batches of batch chunks hold at most ``LIVE_BATCH_CAP`` chunks, so an
-utterance that arrives while the model is busy waits for a small batch, not for one of 16.
+a live session is speaking (opened, or an utterance, in the last ``LIVE_SECONDS``), batches of
+batch chunks hold at most ``LIVE_BATCH_CAP`` chunks, so an utterance that arrives while the model
+is busy waits for a small batch, not for one of 16. A session that stays quiet costs the jobs
+nothing.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ NO_SPEECH_THRESHOLD = 0.6
 GATHER_SECONDS = 2.0
 #: Most batch chunks in one batch while live sessions are open (see the module's docstring).
 LIVE_BATCH_CAP = 2
+#: A live feed counts as speaking for this long after its last utterance.
+LIVE_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,8 @@ class Feed:
     producing: bool = True
     #: A live session's utterances: served before every batch chunk (see the module's docstring).
     live: bool = False
+    #: When a live feed stops counting as speaking (its last utterance + ``LIVE_SECONDS``).
+    speaking_until: float = 0.0
 
 
 def _mels(chunks: list[Chunk], n_mels: int, device: torch.device) -> torch.Tensor:
@@ -135,6 +141,8 @@ class Batcher:
         self._ensure_running()
         with self._cond:
             feed = Feed(next(self._ids), producing=batches_ahead and not live, live=live)
+            # A session that just opened is about to speak.
+            feed.speaking_until = time.monotonic() + LIVE_SECONDS if live else 0.0
             self._feeds[feed.id] = feed
             return feed
 
@@ -146,6 +154,8 @@ class Batcher:
             if feed.closed:
                 raise RuntimeError("feed closed")
             feed.waiting.append(request)
+            if feed.live:
+                feed.speaking_until = request.submitted + LIVE_SECONDS
             self._cond.notify_all()
         return request.future
 
@@ -227,7 +237,8 @@ class Batcher:
             feeds = [f for f in self._feeds.values() if f.waiting]
             order = sorted(feeds, key=lambda f: (f.id <= self._turn, f.id))  # round-robin
             size = self.batch_size
-            if any(f.live for f in self._feeds.values()):
+            now = time.monotonic()
+            if any(f.live and f.speaking_until > now for f in self._feeds.values()):
                 size = min(size, LIVE_BATCH_CAP)
             batch: list[_Request] = []
             while len(batch) < size:
