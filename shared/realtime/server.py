@@ -19,6 +19,7 @@ import asyncio
 import json
 import logging
 import threading
+import weakref
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -78,7 +79,11 @@ class RealtimeServer:
         self.engine = engine
         self.port = 0  # the bound port, once serving
         self.ready = threading.Event()
-        self._admitted: dict[ServerConnection, tuple[ApiKey, str]] = {}
+        #: Handshakes admitted, until their session starts (weak: a handshake that fails after
+        #: admission leaves nothing behind; its slot's lease runs out on its own).
+        self._admitted: weakref.WeakKeyDictionary[ServerConnection, tuple[ApiKey, str]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def start(self, host: str, port: int, stop: threading.Event) -> threading.Thread:
         """Serve on a thread of its own until ``stop`` is set."""
