@@ -13,6 +13,9 @@ a live session is speaking (opened, or an utterance, in the last ``LIVE_SECONDS`
 batch chunks hold at most ``LIVE_BATCH_CAP`` chunks, so an utterance that arrives while the model
 is busy waits for a small batch, not for one of 16. A session that stays quiet costs the jobs
 nothing.
+
+A job's first decoded batch holds one of its chunks (and whatever other jobs add): its first
+segments and progress show after one chunk's decoding, not after a whole batch of 16.
 """
 
 from __future__ import annotations
@@ -100,6 +103,8 @@ class Feed:
     live: bool = False
     #: When a live feed stops counting as speaking (its last utterance + ``LIVE_SECONDS``).
     speaking_until: float = 0.0
+    #: Batches this feed's chunks were decoded in (language detection not counted).
+    decoded: int = 0
 
 
 def _mels(chunks: list[Chunk], n_mels: int, device: torch.device) -> torch.Tensor:
@@ -228,7 +233,8 @@ class Batcher:
             # A batch that is not full yet waits (briefly) for jobs still reading their audio:
             # one full batch costs far less than a few small ones. A live utterance ends the wait.
             deadline = oldest.submitted + GATHER_SECONDS
-            while not self._stop.is_set() and not key.detect_only and self._short(key):
+            first = self._feeds[oldest.feed].decoded == 0  # its one chunk goes now
+            while not self._stop.is_set() and not key.detect_only and not first and self._short(key):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not self._cond.wait(remaining) or self._live_waiting():
                     break
@@ -241,14 +247,21 @@ class Batcher:
             if any(f.live and f.speaking_until > now for f in self._feeds.values()):
                 size = min(size, LIVE_BATCH_CAP)
             batch: list[_Request] = []
+            counts: dict[int, int] = {}
             while len(batch) < size:
                 took = False
                 for feed in order:
+                    if feed.decoded == 0 and counts.get(feed.id) and not key.detect_only:
+                        continue  # a job's first batch: one of its chunks
                     if feed.waiting and feed.waiting[0].key == key and len(batch) < size:
                         batch.append(feed.waiting.popleft())
+                        counts[feed.id] = counts.get(feed.id, 0) + 1
                         self._turn, took = feed.id, True
                 if not took:
                     break
+            if not key.detect_only:
+                for feed in order:
+                    feed.decoded += feed.id in counts
             self._cond.notify_all()  # feeds have room again
             return [r for r in batch if r.future.set_running_or_notify_cancel()]
 
