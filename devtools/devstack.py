@@ -153,9 +153,11 @@ def dev_env(data_dir: Path) -> dict[str, str]:
         "AWS_REGION": "us-east-1",
         "JWT_SECRET": secret_file.read_text().strip(),
         "WHISPER_MODEL_DIR": str((data_dir / "models").resolve()),
+        "REALTIME_PORT": "8765",  # the worker's live sessions, relayed at /v1/realtime
     }
     env = {**defaults, **os.environ}
     env.setdefault("WHISPER_DEFAULT_MODEL", default_model(env))
+    env["REALTIME_UPSTREAM"] = env.get("REALTIME_UPSTREAM") or f"127.0.0.1:{env['REALTIME_PORT']}"
     return env
 
 

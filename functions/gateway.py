@@ -15,7 +15,7 @@ import selectors
 import socket
 import time
 from collections.abc import Iterable
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +23,19 @@ from functions_framework import create_app
 from gunicorn.http.errors import LimitRequestHeaders, LimitRequestLine
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
+from functions import realtime_relay
 from shared import edge
-from shared.settings import EdgeSettings
+from shared.settings import EdgeSettings, GatewaySettings
 
 _HERE = Path(__file__).parent
+_gateway_settings = lru_cache(maxsize=1)(GatewaySettings)
 auth_app = create_app("auth", str(_HERE / "auth" / "main.py"))  # type: ignore[no-untyped-call]
 jobs_app = create_app("jobs", str(_HERE / "jobs" / "main.py"))  # type: ignore[no-untyped-call]
 
 
 def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+    if realtime_relay.wants_relay(environ):  # a live session: relayed to a worker
+        return realtime_relay.relay(environ, start_response, _gateway_settings())
     path = environ.get("PATH_INFO", "")
     target = auth_app if path == "/auth" or path.startswith("/auth/") else jobs_app
     return target(environ, start_response)  # type: ignore[no-any-return]

@@ -66,6 +66,7 @@ def code_settings() -> set[str]:
     from shared import settings
 
     classes = (settings.AuthSettings, settings.JobsSettings, settings.WorkerSettings)
+    classes += (settings.RealtimeSettings, settings.GatewaySettings)
     return {name.upper() for cls in classes for name in cls.model_fields}
 
 

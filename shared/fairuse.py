@@ -445,3 +445,44 @@ def quota_report(r: redis.Redis, key_id: str, limit: Limits) -> dict[str, Any]:
         "max_pending_jobs": limit.max_pending_jobs,
         "max_sync_waits": limit.max_sync_waits,
     }
+
+
+def open_live_session(r: redis.Redis, key_id: str, session_id: str, limit: int, seconds: float) -> None:
+    """Hold one of the key's ``MAX_LIVE_SESSIONS_PER_KEY`` Realtime slots for ``seconds`` (the
+    session renews it while it lives); 429 when every slot is taken."""
+    if limit > 0 and not take_lease(r, keys.live_sessions(key_id), session_id, limit, seconds):
+        raise _refuse(
+            f"this key already has {limit} live sessions open; close one first",
+            "live-sessions",
+            limit,
+            0,
+            5,
+        )
+
+
+def renew_live_session(r: redis.Redis, key_id: str, session_id: str, seconds: float) -> None:
+    r.zadd(keys.live_sessions(key_id), {session_id: time.time() + seconds})
+
+
+def close_live_session(r: redis.Redis, key_id: str, session_id: str) -> None:
+    r.zrem(keys.live_sessions(key_id), session_id)
+
+
+def count_live_audio(r: redis.Redis, key_id: str, limit: Limits, audio_seconds: float) -> None:
+    """Count ``audio_seconds`` streamed to a live session against today's quota, as a job's
+    audio is counted; 429 once the quota would pass (the session then ends)."""
+    now = time.time()
+    day, resets_at = _day(now)
+    quota = limit.quota_audio_seconds_per_day
+    names = (keys.usage(key_id), keys.audio_day(key_id, day))
+    # No pending-jobs limit (0): a live session is not a job.
+    reply = r.eval(_ADMIT, 2, *names, 0, quota, repr(audio_seconds), 2 * _DAY_SECONDS)
+    verdict, value = cast(list[Any], reply)
+    if int(verdict) == 2:
+        raise _refuse(
+            f"today's audio quota of {quota} s is used up ({float(value):g} s); it resets at 00:00 UTC",
+            "audio-seconds",
+            quota,
+            _DAY_SECONDS,
+            resets_at - now,
+        )

@@ -172,7 +172,8 @@ def result(
 
 def audio(r: redis.Redis, store: BlobStore, key_id: str, job_id: str) -> tuple[Iterator[bytes], int, str]:
     """The job's stored audio as uploaded (pieces, size, content type); 410 once it is removed
-    (finished jobs keep it for ``RETAIN_AUDIO_SECONDS``, canceled ones not at all)."""
+    (finished jobs keep it as long as their results unless ``RETAIN_AUDIO_SECONDS`` or the job's
+    ``keep_audio=false`` says otherwise; canceled ones not at all)."""
     job = jobstore.get_owned(r, key_id, job_id)
     if not store.exists(job.audio_key):
         raise GoneError(f"the audio of job {job_id} is no longer stored")

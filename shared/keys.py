@@ -65,6 +65,12 @@ def open_uploads(key_id: str) -> str:
     return f"uploads:{key_id}"
 
 
+#: Sorted set of one key's live Realtime sessions (session id -> lease expiry, renewed while the
+#: session lives): a crashed worker's sessions free their slots when the lease runs out.
+def live_sessions(key_id: str) -> str:
+    return f"livesessions:{key_id}"
+
+
 #: Audio seconds one key submitted on one UTC day (YYYYMMDD); kept two days, then gone.
 def audio_day(key_id: str, day: str) -> str:
     return f"audioday:{key_id}:{day}"

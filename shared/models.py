@@ -79,6 +79,9 @@ class JobOptions(BaseModel):
     condition_on_previous_text: bool = False
     #: How SRT and VTT results are cut into cues unless a download asks otherwise.
     subtitles: SubtitleOptions = SubtitleOptions()
+    #: False: the audio is deleted as soon as the job ends (privacy), whatever the server's
+    #: retention keeps otherwise (``shared.retention``).
+    keep_audio: bool = True
 
     @field_validator("model")
     @classmethod

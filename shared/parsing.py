@@ -58,12 +58,17 @@ def json_body(request: Request) -> Any:
 def client_address(request: Request, proxy_hops: int) -> str:
     """The client's address: the peer, or with ``proxy_hops`` trusted proxies in front, the
     address the outermost of them saw (``X-Forwarded-For`` counted from the right)."""
+    return forwarded_client(request.headers.get("X-Forwarded-For", ""), request.remote_addr, proxy_hops)
+
+
+def forwarded_client(forwarded_for: str, peer: str | None, proxy_hops: int) -> str:
+    """``client_address`` from an ``X-Forwarded-For`` value and the peer (any server's)."""
     if proxy_hops > 0:
-        forwarded = [part.strip() for part in request.headers.get("X-Forwarded-For", "").split(",")]
+        forwarded = [part.strip() for part in forwarded_for.split(",")]
         forwarded = [part for part in forwarded if part]
         if len(forwarded) >= proxy_hops:
             return forwarded[-proxy_hops]
-    return request.remote_addr or "unknown"
+    return peer or "unknown"
 
 
 def json_object(request: Request) -> dict[str, Any]:
@@ -85,6 +90,7 @@ OPTION_FIELDS = (
     "word_timestamps",
     "initial_prompt",
     "condition_on_previous_text",
+    "keep_audio",
     *subtitles.FIELDS,
 )
 
@@ -104,6 +110,7 @@ class _JsonFields(BaseModel):
     word_timestamps: bool | None = None
     initial_prompt: str | None = None
     condition_on_previous_text: bool | None = None
+    keep_audio: bool | None = None
     max_line_width: int | None = None
     max_line_count: int | None = None
     max_words_per_line: int | None = None

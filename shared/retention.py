@@ -29,7 +29,7 @@ def schedule(r: redis.Redis, settings: RetentionSettings, job: Job, now: float |
     r.zadd(
         keys.RETENTION,
         {
-            f"audio|{job.audio_key}": now + settings.retain_audio_seconds,
+            f"audio|{job.audio_key}": now + settings.audio_seconds(job.options.keep_audio),
             f"result|{result_key(job.key_id, job.id)}": now + settings.retain_results_seconds,
             f"job|{job.key_id}|{job.id}": now + settings.retain_jobs_seconds,
         },

@@ -178,13 +178,26 @@ class AudioSettings(_Base):
 
 
 class RetentionSettings(_Base):
-    #: Audio is deleted this long after its job finished (0: at once).
-    retain_audio_seconds: float = Field(default=0, ge=0)
+    #: Audio is deleted this long after its job finished (0: at once); unset: as long as its
+    #: result is kept, so the reading view plays it for as long as there is a transcript. A job
+    #: sent with ``keep_audio=false`` loses its audio when it ends either way.
+    retain_audio_seconds: float | None = Field(default=None, ge=0)
     #: Results and job records are kept this long after the job finished.
     retain_results_seconds: float = Field(default=30 * 86400, ge=0)
     retain_jobs_seconds: float = Field(default=30 * 86400, ge=0)
     #: How often a worker sweeps expired data.
     retention_sweep_seconds: float = Field(default=60, gt=0)
+
+    @field_validator("retain_audio_seconds", mode="before")
+    @classmethod
+    def _empty_follows_results(cls, value: object) -> object:
+        return None if value == "" else value
+
+    def audio_seconds(self, keep_audio: bool) -> float:
+        """How long a finished job's audio stays: none when the job opted out."""
+        if not keep_audio:
+            return 0.0
+        return self.retain_results_seconds if self.retain_audio_seconds is None else self.retain_audio_seconds
 
 
 class OutboundSettings(_Base):
@@ -384,6 +397,10 @@ class WorkerSettings(StorageSettings, ModelSettings, AudioSettings, WebhookSetti
     #: until storage answers again: an outage delays jobs, it never fails them.
     worker_storage_backoff_seconds: float = Field(default=1.0, gt=0)
     worker_storage_backoff_max_seconds: float = Field(default=30.0, gt=0)
+    #: Port of the live (Realtime) WebSocket server in the worker process; 0: none here. It
+    #: authenticates like the functions, so it also reads JWT_SECRET (RealtimeSettings).
+    realtime_port: int = Field(default=0, ge=0, le=65535)
+    realtime_host: str = "0.0.0.0"  # noqa: S104  # a container port: reached through its Service
 
     @field_validator("worker_preload_models", mode="before")
     @classmethod
@@ -444,6 +461,31 @@ def jobs_settings() -> JobsSettings:
 def webhook_settings() -> WebhookSettings:
     """The standalone webhook dispatcher's settings (``whisper-api webhooks``)."""
     return WebhookSettings()
+
+
+class RealtimeSettings(RedisSettings, JwtSettings, FairUseSettings, ModelSettings):
+    """The worker's live transcription server (``shared.realtime``): OpenAI's Realtime
+    transcription sessions over WebSocket, authenticated like every route."""
+
+    #: Live sessions one key may hold open at once.
+    max_live_sessions_per_key: int = Field(default=2, ge=0)
+    #: A session that sends nothing this long is ended (an ``error`` event, then close).
+    realtime_idle_seconds: float = Field(default=60.0, gt=0)
+    #: No session lasts longer than this (OpenAI's own limit is 30 minutes).
+    realtime_max_session_seconds: float = Field(default=1800.0, gt=0)
+
+
+class GatewaySettings(_Base):
+    """The local gateway (``functions.gateway``, ``whisper-api dev``)."""
+
+    #: host:port of a worker's Realtime server; ``/v1/realtime`` WebSockets are relayed there.
+    realtime_upstream: str = ""
+
+
+@lru_cache(maxsize=1)
+def realtime_settings() -> RealtimeSettings:
+    """The live server's settings, read once from the environment."""
+    return RealtimeSettings()  # type: ignore[call-arg]  # required values come from the env
 
 
 @lru_cache(maxsize=1)

@@ -14,6 +14,8 @@ WEB_DIR = Path(__file__).with_name("web")
 #: The page's files and their content types; nothing else is served.
 ASSETS: dict[str, str] = {
     "app.js": "text/javascript; charset=utf-8",
+    "i18n.js": "text/javascript; charset=utf-8",
+    "record.js": "text/javascript; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
 }
 #: The page may only load its own files and talk to its own origin; media from blob: URLs

@@ -5,6 +5,10 @@ Two ways in, one per-job handler (``Worker.process``):
   Stream ``jobs`` as a member of the ``workers`` consumer group;
 - push: ``transcribe_event`` is a CloudEvent function for runtimes that deliver events
   (Knative Eventing and the like); the event's data is ``{"job_id": "..."}``.
+
+With ``REALTIME_PORT`` set, the pull worker also serves live sessions
+(``GET /v1/realtime?intent=transcription``, ``shared.realtime``) beside its jobs, on the same
+model and batcher.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from cloudevents.http.event import CloudEvent
 from shared import push_events
 from shared.engine import process
 from shared.logs import configure_logging
-from shared.settings import worker_settings
+from shared.realtime.server import RealtimeServer
+from shared.settings import realtime_settings, worker_settings
 from shared.worker import Worker, build
 
 log = logging.getLogger("whisper_api.transcribe")
@@ -60,6 +65,10 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    settings = worker_settings()
+    if settings.realtime_port:
+        live = RealtimeServer(realtime_settings(), worker.r, worker.engine)
+        live.start(settings.realtime_host, settings.realtime_port, worker.stop)
     worker.run()
 
 

@@ -6,6 +6,16 @@ recording never floods the queue) and gets a ``Future`` per chunk. Each batch st
 chunk that has waited longest; the rest of the batch is filled one chunk per feed per round,
 from feeds whose chunks share the model and decoding options (``BatchKey``). So a 10-second job
 that arrives beside a 3-hour one is in the next batch, not behind the 3-hour job.
+
+Live feeds (Realtime sessions, ``shared.realtime``) go first: a live utterance waiting is taken
+before any batch chunk, into a batch of live utterances only, with no gathering wait; and while
+a live session is speaking (opened, or an utterance, in the last ``LIVE_SECONDS``), batches of
+batch chunks hold at most ``LIVE_BATCH_CAP`` chunks, so an utterance that arrives while the model
+is busy waits for a small batch, not for one of 16. A session that stays quiet costs the jobs
+nothing.
+
+A job's first decoded batch holds one of its chunks (and whatever other jobs add): its first
+segments and progress show after one chunk's decoding, not after a whole batch of 16.
 """
 
 from __future__ import annotations
@@ -38,6 +48,10 @@ LOGPROB_THRESHOLD = -1.0
 NO_SPEECH_THRESHOLD = 0.6
 #: How long a batch that is not full may wait for more chunks from jobs still reading audio.
 GATHER_SECONDS = 2.0
+#: Most batch chunks in one batch while live sessions are open (see the module's docstring).
+LIVE_BATCH_CAP = 2
+#: A live feed counts as speaking for this long after its last utterance.
+LIVE_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -87,6 +101,12 @@ class Feed:
     closed: bool = False
     #: More chunks are coming (the job is still reading its audio): worth waiting for.
     producing: bool = True
+    #: A live session's utterances: served before every batch chunk (see the module's docstring).
+    live: bool = False
+    #: When a live feed stops counting as speaking (its last utterance + ``LIVE_SECONDS``).
+    speaking_until: float = 0.0
+    #: Batches this feed's chunks were decoded in (language detection not counted).
+    decoded: int = 0
 
 
 def _mels(chunks: list[Chunk], n_mels: int, device: torch.device) -> torch.Tensor:
@@ -121,12 +141,15 @@ class Batcher:
         self.encoded_chunks = 0  # chunks the encoder ran on (tests)
 
     # ---- jobs' side -----------------------------------------------------------------------
-    def open(self, batches_ahead: bool = True) -> Feed:
+    def open(self, batches_ahead: bool = True, live: bool = False) -> Feed:
         """A feed for one job; ``batches_ahead=False`` for a job that sends a chunk only after
-        the last one's result (sequential decoding): no batch waits for it."""
+        the last one's result (sequential decoding): no batch waits for it. ``live``: a live
+        session's feed, served first."""
         self._ensure_running()
         with self._cond:
-            feed = Feed(next(self._ids), producing=batches_ahead)
+            feed = Feed(next(self._ids), producing=batches_ahead and not live, live=live)
+            # A session that just opened is about to speak.
+            feed.speaking_until = time.monotonic() + LIVE_SECONDS if live else 0.0
             self._feeds[feed.id] = feed
             return feed
 
@@ -138,6 +161,8 @@ class Batcher:
             if feed.closed:
                 raise RuntimeError("feed closed")
             feed.waiting.append(request)
+            if feed.live:
+                feed.speaking_until = request.submitted + LIVE_SECONDS
             self._cond.notify_all()
         return request.future
 
@@ -203,28 +228,55 @@ class Batcher:
             feeds = [f for f in self._feeds.values() if f.waiting]
             if not feeds:
                 return []
+            if any(f.live for f in feeds):
+                return self._take_live(feeds)
             oldest = min(feeds, key=lambda f: f.waiting[0].submitted).waiting[0]
             key = oldest.key
             # A batch that is not full yet waits (briefly) for jobs still reading their audio:
-            # one full batch costs far less than a few small ones.
+            # one full batch costs far less than a few small ones. A live utterance ends the wait.
             deadline = oldest.submitted + GATHER_SECONDS
-            while not self._stop.is_set() and not key.detect_only and self._short(key):
+            first = self._feeds[oldest.feed].decoded == 0  # its one chunk goes now
+            while not self._stop.is_set() and not key.detect_only and not first and self._short(key):
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self._cond.wait(remaining):
+                if remaining <= 0 or not self._cond.wait(remaining) or self._live_waiting():
                     break
+            if self._live_waiting():
+                return self._take_live([f for f in self._feeds.values() if f.waiting])
             feeds = [f for f in self._feeds.values() if f.waiting]
             order = sorted(feeds, key=lambda f: (f.id <= self._turn, f.id))  # round-robin
+            size = self.batch_size
+            now = time.monotonic()
+            if any(f.live and f.speaking_until > now for f in self._feeds.values()):
+                size = min(size, LIVE_BATCH_CAP)
             batch: list[_Request] = []
-            while len(batch) < self.batch_size:
+            counts: dict[int, int] = {}
+            while len(batch) < size:
                 took = False
                 for feed in order:
-                    if feed.waiting and feed.waiting[0].key == key and len(batch) < self.batch_size:
+                    if feed.decoded == 0 and counts.get(feed.id) and not key.detect_only:
+                        continue  # a job's first batch: one of its chunks
+                    if feed.waiting and feed.waiting[0].key == key and len(batch) < size:
                         batch.append(feed.waiting.popleft())
+                        counts[feed.id] = counts.get(feed.id, 0) + 1
                         self._turn, took = feed.id, True
                 if not took:
                     break
+            if not key.detect_only:
+                for feed in order:
+                    feed.decoded += feed.id in counts
             self._cond.notify_all()  # feeds have room again
             return [r for r in batch if r.future.set_running_or_notify_cancel()]
+
+    def _live_waiting(self) -> bool:
+        return any(f.live and f.waiting for f in self._feeds.values())
+
+    def _take_live(self, feeds: list[Feed]) -> list[_Request]:
+        """The oldest live utterance and the live ones that can share its batch (lock held)."""
+        live = sorted((f for f in feeds if f.live), key=lambda f: f.waiting[0].submitted)
+        key = live[0].waiting[0].key
+        batch = [f.waiting.popleft() for f in [f for f in live if f.waiting[0].key == key][: self.batch_size]]
+        self._cond.notify_all()
+        return [r for r in batch if r.future.set_running_or_notify_cancel()]
 
     def _short(self, key: BatchKey) -> bool:
         """Fewer than a batch of ``key`` chunks wait, and some job may still send more."""

@@ -19,16 +19,12 @@ class ApiError extends Error {
 
 // What each refusal means to a person; the API's own detail follows it.
 function explain(status, detail, retryAfter) {
-  const wait = retryAfter ? ` Try again in ${retryAfter} s.` : "";
+  const wait = retryAfter ? t("error.wait", { seconds: retryAfter }) : "";
   switch (status) {
-    case 401: return "You are signed out: the key was refused or the session expired. Sign in again.";
-    case 413: return `The file is too large for this server. ${detail}`;
-    case 415: return `That file is not audio this server can read. ${detail}`;
-    case 422: return `Please check the form: ${detail}`;
-    case 429: return `Too many requests for this key right now.${wait} ${detail}`;
-    case 503: return `The service is unavailable at the moment.${wait || " Try again shortly."}`;
-    case 0: return `The server could not be reached. ${detail}`;
-    default: return `The request failed (HTTP ${status}): ${detail}`;
+    case 401: case 413: case 415: case 422: case 429: case 0:
+      return t(`error.${status}`, { detail, wait });
+    case 503: return t("error.503", { wait: wait || t("error.shortly") });
+    default: return t("error.other", { status, detail });
   }
 }
 
@@ -81,7 +77,7 @@ async function signIn(event) {
     showMessage("");
     await enter();
   } catch (err) {
-    showMessage(err.status === 401 ? "That API key was not accepted." : err.message);
+    showMessage(err.status === 401 ? t("key.refused") : err.message);
   }
 }
 
@@ -98,7 +94,8 @@ async function enter() {
   $("sign-in").hidden = true;
   $("app").hidden = false;
   $("session").hidden = false;
-  await Promise.all([loadModels(), loadJobs(true)]);
+  await loadModels(); // first: a failed job's Retry offers these models
+  await loadJobs(true);
 }
 
 async function loadModels() {
@@ -109,7 +106,7 @@ async function loadModels() {
   select.replaceChildren(...models.map((id, i) => {
     const option = document.createElement("option");
     option.value = id;
-    option.textContent = i === 0 && id === "whisper-1" ? "server default" : id;
+    option.textContent = i === 0 && id === "whisper-1" ? t("model.default") : id;
     return option;
   }));
 }
@@ -122,7 +119,7 @@ function chosenFile() {
 
 function showFile() {
   const file = chosenFile();
-  $("file-name").textContent = file ? `${file.name} (${(file.size / 1e6).toFixed(1)} MB)` : "No file chosen.";
+  $("file-name").textContent = file ? `${file.name} (${(file.size / 1e6).toFixed(1)} MB)` : t("file.none");
 }
 
 function upload(form, onProgress) {
@@ -142,12 +139,13 @@ function upload(form, onProgress) {
 async function startJob(event) {
   event.preventDefault();
   const file = chosenFile();
-  if (!file) { showMessage("Choose or drop a file first."); $("file").focus(); return; }
+  if (!file) { showMessage(t("file.first")); $("file").focus(); return; }
   const form = new FormData();
   form.append("model", $("model").value === "whisper-1" ? "" : $("model").value);
-  form.append("language", $("language").value.trim());
+  form.append("language", languageCode($("language").value));
   form.append("task", $("task").value);
   form.append("word_timestamps", $("words").checked ? "true" : "false");
+  form.append("keep_audio", $("forget-audio").checked ? "false" : "true");
   form.append("audio", file, file.name);
   showMessage("");
   $("start").disabled = true;
@@ -156,12 +154,12 @@ async function startJob(event) {
   setBar("job", 0, "");
   try {
     const job = await upload(form, (sent, total) => setBar("upload", sent / total,
-      `${(sent / 1e6).toFixed(1)} of ${(total / 1e6).toFixed(1)} MB`));
-    setBar("upload", 1, "uploaded");
+      t("upload.sent", { sent: (sent / 1e6).toFixed(1), total: (total / 1e6).toFixed(1) })));
+    setBar("upload", 1, t("upload.done"));
     tabAudio.set(job.id, URL.createObjectURL(file));
     loadJobs(true);
     const final = await follow(job.id, onJobEvent);
-    if (final.status === "failed") showMessage(`The job failed: ${final.error}`);
+    if (final.status === "failed") showMessage(t("job.failed", { reason: final.error }));
     await loadJobs(true);
     if (final.status === "completed") await openReader(final.id);
   } catch (err) {
@@ -185,7 +183,7 @@ function onJobEvent(event) {
   }
   const data = event.data;
   const pct = Math.round((data.progress || 0) * 100);
-  setBar("job", data.progress || 0, data.status === "processing" ? `processing, ${pct}%` : data.status);
+  setBar("job", data.progress || 0, data.status === "processing" ? t("job.processing", { pct }) : t(`status.${data.status}`));
 }
 
 // Server-Sent Events read with fetch (EventSource cannot send the Authorization header),
@@ -272,37 +270,83 @@ function jobRow(job) {
   const row = document.createElement("tr");
   row.dataset.job = job.id;
   const name = job.filename || job.id;
-  const cells = [name, job.status, job.duration == null ? "–" : clock(job.duration),
+  const cells = [name, t(`status.${job.status}`), job.duration == null ? "–" : clock(job.duration),
     new Date(job.created_at * 1000).toLocaleString()];
-  for (const text of cells) {
+  // Each cell carries its heading: below 40rem the rows are cards, labelled by CSS.
+  const headings = ["th.file", "th.status", "th.audio", "th.created"];
+  cells.forEach((text, i) => {
     const cell = document.createElement("td");
     cell.textContent = text;
+    cell.dataset.label = tPage(headings[i]);
     row.append(cell);
-  }
+  });
   row.children[1].className = `status ${job.status}`;
+  if (job.status === "failed" && job.error) {
+    const reason = document.createElement("span");
+    reason.className = "reason";
+    reason.textContent = job.error;
+    row.children[1].append(reason);
+  }
   const actions = document.createElement("td");
   actions.className = "actions";
+  actions.dataset.label = tPage("th.actions");
   if (job.status === "completed") {
-    actions.append(button("Open", `Open the transcript of ${name}`, () => openReader(job.id)));
+    actions.append(button(t("action.open"), t("aria.open", { name }), () => openReader(job.id)));
     const select = document.createElement("select");
-    select.setAttribute("aria-label", `Download format for ${name}`);
+    select.setAttribute("aria-label", t("aria.format", { name }));
     select.replaceChildren(...FORMATS.map(([fmt]) => new Option(fmt, fmt)));
-    actions.append(select, button("Download", `Download the transcript of ${name}`,
+    actions.append(select, button(t("action.download"), t("aria.download", { name }),
       () => download(job, select.value)));
   }
+  if (job.status === "failed") actions.append(...retryControls(job, name));
   if (!FINAL.has(job.status)) {
-    actions.append(button("Cancel", `Cancel the job for ${name}`, async () => {
+    actions.append(button(t("action.cancel"), t("aria.cancel", { name }), async () => {
       await api(`/transcribe/${job.id}/cancel`, { method: "POST" });
       await loadJobs(true);
     }));
   }
-  actions.append(button("Delete", `Delete the job for ${name}`, async () => {
+  actions.append(button(t("action.delete"), t("aria.delete", { name }), async () => {
+    if (!window.confirm(t("confirm.delete", { name }))) return;
     await api(`/transcribe/${job.id}`, { method: "DELETE" });
     if ($("reader").dataset.job === job.id) closeReader();
     await loadJobs(true);
   }));
   row.append(actions);
   return row;
+}
+
+// Retry: the stored audio again, with the job's options and the model chosen beside the button.
+function retryControls(job, name) {
+  const model = document.createElement("select");
+  model.setAttribute("aria-label", t("aria.retry-model", { name }));
+  model.className = "retry-model";
+  const models = [...$("model").options].map((o) => [o.value, o.textContent]);
+  model.replaceChildren(...models.map(([id, text]) => new Option(text, id)));
+  const wanted = job.options && job.options.model;
+  if (models.some(([id]) => id === wanted)) model.value = wanted;
+  return [model, button(t("action.retry"), t("aria.retry", { name }), () => retry(job, name, model.value))];
+}
+
+async function retry(job, name, model) {
+  let audio;
+  try {
+    audio = await (await api(`/transcribe/${job.id}/audio`)).blob();
+  } catch (err) {
+    if (err.status === 410 || err.status === 404) { showMessage(t("retry.no-audio", { name })); return; }
+    throw err;
+  }
+  const options = job.options || {};
+  const form = new FormData();
+  form.append("model", model === "whisper-1" ? "" : model);
+  form.append("language", options.language || "");
+  form.append("task", options.task || "transcribe");
+  form.append("word_timestamps", options.word_timestamps ? "true" : "false");
+  form.append("audio", audio, job.filename || "audio");
+  showMessage("");
+  const created = await upload(form, () => {});
+  await loadJobs(true);
+  await follow(created.id, () => {});
+  await loadJobs(true);
 }
 
 async function loadJobs(fromStart) {
@@ -440,5 +484,9 @@ document.addEventListener("DOMContentLoaded", () => {
   $("player").addEventListener("timeupdate", () => highlight($("player").currentTime));
   $("player").addEventListener("seeked", () => highlight($("player").currentTime));
   wireDrop();
+  document.addEventListener("whisper-api:language", () => {
+    showFile();
+    if (!$("app").hidden) Promise.all([loadModels(), loadJobs(true)]).catch(fail);
+  });
   if (sessionStorage.getItem(TOKEN_KEY)) enter().catch(fail); else $("api-key").focus();
 });

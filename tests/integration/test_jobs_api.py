@@ -62,6 +62,7 @@ def test_create_answers_202_with_the_job_and_stores_audio_by_ids(jobs_client, be
             "max_words_per_line": None,
             "highlight_words": False,
         },
+        "keep_audio": True,
     }
     assert (job["model"], job["output_format"], job["language"]) == ("demo", "srt", "de")
     assert job["duration"] == 2.0 and job["bytes"] == len(audio)

@@ -144,7 +144,7 @@ def test_a_running_job_stops_within_one_window_when_canceled(
 # ---- retention ------------------------------------------------------------------------------
 
 
-def test_audio_goes_at_once_and_results_and_records_when_due(env, jobs_client, bearer, r, store, make_wav):
+def test_audio_follows_its_result_and_records_go_when_due(env, jobs_client, bearer, r, store, make_wav):
     env(RETAIN_RESULTS_SECONDS="100", RETAIN_JOBS_SECONDS="200")
     headers = bearer()
     job_id = _post(jobs_client, headers, make_wav(1.0)).get_json()["id"]
@@ -153,17 +153,36 @@ def test_audio_goes_at_once_and_results_and_records_when_due(env, jobs_client, b
     job = jobstore.load(r, job_id)
     now = time.time()
 
-    assert retention.sweep(r, store, now) == 1
-    assert _objects(store) == [result_key(job.key_id, job_id)]
+    # Audio and result stay together: the reading view plays it as long as there is a transcript.
+    assert retention.sweep(r, store, now) == 0
+    assert _objects(store) == sorted([job.audio_key, result_key(job.key_id, job_id)])
+    assert jobs_client.get(f"/transcribe/{job_id}/audio", headers=headers).status_code == 200
 
-    assert retention.sweep(r, store, now + 101) == 1
+    assert retention.sweep(r, store, now + 101) == 2
     assert _objects(store) == []
     gone = jobs_client.get(f"/transcribe/{job_id}/result", headers=headers)
     assert gone.status_code == 410
+    assert jobs_client.get(f"/transcribe/{job_id}/audio", headers=headers).status_code == 410
 
     assert retention.sweep(r, store, now + 201) == 1
     assert jobs_client.get(f"/transcribe/{job_id}", headers=headers).status_code == 404
     assert r.zcard(keys.jobs_of(job.key_id)) == 0 and r.zcard(keys.RETENTION) == 0
+
+
+@pytest.mark.parametrize(("setting", "fields"), [("", {"keep_audio": "false"}), ("0", {})])
+def test_audio_goes_when_the_job_ends_if_the_job_or_the_server_says_so(
+    env, jobs_client, bearer, r, store, make_wav, setting, fields
+):
+    env(RETAIN_RESULTS_SECONDS="100", RETAIN_AUDIO_SECONDS=setting)
+    headers = bearer()
+    created = _post(jobs_client, headers, make_wav(1.0), **fields).get_json()
+    assert created["options"]["keep_audio"] is not bool(fields)
+    build(worker_settings()).process(created["id"])
+    job = jobstore.load(r, created["id"])
+
+    assert retention.sweep(r, store, time.time()) == 1
+    assert _objects(store) == [result_key(job.key_id, job.id)]
+    assert jobs_client.get(f"/transcribe/{job.id}/audio", headers=headers).status_code == 410
 
 
 # ---- outages --------------------------------------------------------------------------------

@@ -84,3 +84,37 @@ def test_bfloat16_weights_give_the_float32_transcript_and_word_times(german: Pat
 
     assert rounded == full
     assert len(full) >= 6 and all(segment[3] for segment in full)
+
+
+def test_a_job_s_first_batch_holds_one_of_its_chunks(german: Path):
+    """So its first segments (and progress) come after one chunk's decoding, not a batch's."""
+    from devtools.audio import speech_wav
+    from shared.engine.batcher import BatchKey
+    from shared.engine.chunker import Chunk
+
+    eng = _engine(german, "openai-whisper", "float32")
+    key = BatchKey(
+        model="demo", task="transcribe", language="de", temperatures=(0.0,), prompt=(), word_timestamps=False
+    )
+    audio = next(chunks(iter([_samples(speech_wav(3.0))]))).audio
+    batcher = eng.batcher
+    feed = batcher.open()
+    try:
+        futures = [batcher.submit(feed, key, Chunk(i, 0, audio)) for i in range(3)]
+        batcher.done_producing(feed)
+        results = [f.result(timeout=120) for f in futures]
+    finally:
+        batcher.close(feed)
+        batcher.shutdown()
+    assert [r.segments[0]["text"] for r in results] == [" Hello from whisper api."] * 3
+    assert batcher.batches == 2  # [chunk 0], then [chunk 1, chunk 2]
+
+
+def _samples(wav: bytes):
+    import io
+    import wave
+
+    import numpy as np
+
+    with wave.open(io.BytesIO(wav), "rb") as w:
+        return np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768.0
