@@ -152,7 +152,7 @@ def _stack(work: Path, with_s3: bool) -> Iterator[dict[str, str]]:
 
 def _job(r: redis.Redis, key_id: str) -> str:
     now = time.time()
-    job_id = jobstore.new_job_id()
+    job_id = jobstore.new_job_id(key_id)
     job = Job(
         id=job_id,
         key_id=key_id,

@@ -49,7 +49,7 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeou
     raise TimeoutError(f"nothing listened on 127.0.0.1:{port} within {timeout} s")
 
 
-def start_redis(port: int, data_dir: Path) -> subprocess.Popen[bytes]:
+def start_redis(port: int, data_dir: Path, *extra: str) -> subprocess.Popen[bytes]:
     """A real ``redis-server`` on loopback with AOF on, so a restart loses no accepted job."""
     data_dir.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
@@ -70,12 +70,55 @@ def start_redis(port: int, data_dir: Path) -> subprocess.Popen[bytes]:
             "",
             "--protected-mode",
             "yes",
+            *extra,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     wait_for_port(port, proc)
     return proc
+
+
+def start_redis_cluster(
+    data_dir: Path, masters: int = 3, replicas: int = 1
+) -> tuple[str, list[subprocess.Popen[bytes]]]:
+    """A real Redis Cluster on loopback (``masters`` primaries with ``replicas`` each, AOF on,
+    made by ``redis-cli --cluster create``), ready for every slot: its ``redis+cluster://`` URL
+    and its servers, primaries first."""
+    ports = [free_port() for _ in range(masters * (1 + replicas))]
+    procs = []
+    for port in ports:
+        procs.append(
+            start_redis(
+                port, data_dir / str(port), "--cluster-enabled", "yes",
+                "--cluster-config-file", f"nodes-{port}.conf", "--cluster-node-timeout", "2000",
+                "--cluster-port", str(free_port()),  # the bus: not port + 10000, which may not exist
+            )
+        )  # fmt: skip
+    nodes = [f"127.0.0.1:{port}" for port in ports]
+    subprocess.run(
+        ["redis-cli", "--cluster", "create", *nodes, "--cluster-replicas", str(replicas), "--cluster-yes"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    wait_for_cluster(ports)
+    return "redis+cluster://" + ",".join(nodes), procs
+
+
+def wait_for_cluster(ports: list[int], timeout: float = 60) -> None:
+    """Block until every node of a cluster says its state is ok and knows all of it."""
+    deadline = time.monotonic() + timeout
+    for port in ports:
+        client = redis.Redis(port=port, decode_responses=True)
+        while True:
+            info = client.cluster("info")
+            if info.get("cluster_state") == "ok" and int(info.get("cluster_known_nodes", 0)) >= len(ports):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the cluster on {ports} did not come up within {timeout} s")
+            time.sleep(0.1)
+        client.close()
 
 
 def start_s3(port: int) -> subprocess.Popen[bytes]:

@@ -54,7 +54,7 @@ def create_job(
     if limits is not None:
         fairuse.admit_job(r, key_id, limits, duration)
     now = time.time()
-    job_id = job_id or jobstore.new_job_id()
+    job_id = job_id or jobstore.new_job_id(key_id)
     job = Job(
         id=job_id,
         key_id=key_id,
@@ -90,7 +90,7 @@ def submit(c: Clients, new: NewJob, idempotency_key: str | None) -> tuple[Job, b
     claimed = idempotency.claim(r, key_id, idempotency.check_key(idempotency_key), request_fingerprint)
     if claimed.existing_job_id is not None:
         return jobstore.get_owned(r, key_id, claimed.existing_job_id), True
-    job_id = jobstore.new_job_id()
+    job_id = jobstore.new_job_id(key_id)
     try:
         return create_job(c, new, job_id=job_id, guard=claimed.guard(job_id)), False
     except ConflictError:
