@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 import redis
 
 from devtools import devstore
+from shared.redis_client import cluster_nodes, is_cluster_url
 
 _DEV_S3_PORT = 9000
 
@@ -80,12 +81,15 @@ def start_redis(port: int, data_dir: Path, *extra: str) -> subprocess.Popen[byte
 
 
 def start_redis_cluster(
-    data_dir: Path, masters: int = 3, replicas: int = 1
+    data_dir: Path, masters: int = 3, replicas: int = 1, ports: list[int] | None = None
 ) -> tuple[str, list[subprocess.Popen[bytes]]]:
     """A real Redis Cluster on loopback (``masters`` primaries with ``replicas`` each, AOF on,
     made by ``redis-cli --cluster create``), ready for every slot: its ``redis+cluster://`` URL
-    and its servers, primaries first."""
-    ports = [free_port() for _ in range(masters * (1 + replicas))]
+    and its servers, primaries first. ``ports``: where (free ones if not given; 6 at least for
+    a replica each, 3 without)."""
+    if ports is not None:
+        replicas = 1 if len(ports) >= 6 else 0
+    ports = ports or [free_port() for _ in range(masters * (1 + replicas))]
     procs = []
     for port in ports:
         procs.append(
@@ -102,18 +106,20 @@ def start_redis_cluster(
         capture_output=True,
         timeout=60,
     )
-    wait_for_cluster(ports)
+    wait_for_cluster(ports, 1 + replicas)
     return "redis+cluster://" + ",".join(nodes), procs
 
 
-def wait_for_cluster(ports: list[int], timeout: float = 60) -> None:
-    """Block until every node of a cluster says its state is ok and knows all of it."""
+def wait_for_cluster(ports: list[int], copies: int = 1, timeout: float = 60) -> None:
+    """Block until every node of a cluster says its state is ok, and every slot range is served
+    by ``copies`` nodes (a primary and its replicas)."""
     deadline = time.monotonic() + timeout
     for port in ports:
         client = redis.Redis(port=port, decode_responses=True)
         while True:
             info = client.cluster("info")
-            if info.get("cluster_state") == "ok" and int(info.get("cluster_known_nodes", 0)) >= len(ports):
+            ranges = client.execute_command("CLUSTER", "SLOTS")
+            if info.get("cluster_state") == "ok" and all(len(r) - 2 >= copies for r in ranges):
                 break
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the cluster on {ports} did not come up within {timeout} s")
@@ -174,8 +180,10 @@ def start_webhooks(env: dict[str, str]) -> subprocess.Popen[bytes]:
 
 
 def _redis_answers(url: str) -> bool:
+    from shared.redis_client import from_url
+
     try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+        return bool(from_url(url, timeout=1).ping())
     except redis.RedisError:
         return False
 
@@ -213,7 +221,12 @@ def run(port: int, data_dir: str) -> int:
     try:
         url = urlparse(env["REDIS_URL"])
         if not _redis_answers(env["REDIS_URL"]):
-            procs.append(start_redis(url.port or 6379, root / "redis"))
+            if is_cluster_url(env["REDIS_URL"]):  # a local cluster on the ports it names
+                procs += start_redis_cluster(
+                    root / "redis-cluster", ports=[p for _, p in cluster_nodes(env["REDIS_URL"])]
+                )[1]
+            else:
+                procs.append(start_redis(url.port or 6379, root / "redis"))
         s3_port = urlparse(env["S3_ENDPOINT_URL"]).port or _DEV_S3_PORT
         # S3 state kept on disk beside Redis's and paired with it (devtools.devstore), so jobs and
         # their results come back together after a restart, or both start empty.

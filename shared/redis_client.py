@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlsplit
 
 import redis
 from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import RedisClusterException, SlotNotCoveredError
 
 from shared.settings import RedisSettings
 
@@ -42,12 +43,47 @@ def cluster_nodes(url: str) -> list[tuple[str, int]]:
     return nodes
 
 
+class ClusterUnavailableError(redis.ConnectionError):
+    """No node of the cluster answers, or a slot has no primary (mid-failover): Redis is away,
+    as for one server (503 + ``Retry-After``, a worker waits), not a programming error."""
+
+
+def _unavailable(exc: RedisClusterException) -> bool:
+    text = str(exc)
+    return isinstance(exc, SlotNotCoveredError) or "cannot be connected" in text or "not covered" in text
+
+
+def _translated(run: Any) -> Any:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return run(*args, **kwargs)
+        except RedisClusterException as exc:
+            if _unavailable(exc):
+                raise ClusterUnavailableError(str(exc)) from exc
+            raise
+
+    return call
+
+
+class _Cluster(RedisCluster):
+    """redis-py's cluster client whose "the cluster is away" errors are ``redis.RedisError``s
+    (redis-py raises a class of its own for them) like every other outage."""
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        return _translated(super().execute_command)(*args, **kwargs)
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
+        pipe = super().pipeline(transaction, shard_hint)  # type: ignore[no-untyped-call]
+        pipe.execute = _translated(pipe.execute)
+        return pipe
+
+
 @lru_cache(maxsize=8)
 def _cluster(url: str, timeout: float) -> RedisCluster:
     parts = urlsplit(url)
     credentials = parts.netloc.rpartition("@")[0]
     user, _, password = credentials.partition(":") if credentials else ("", "", "")
-    return RedisCluster(
+    return _Cluster(
         startup_nodes=[ClusterNode(host, port) for host, port in cluster_nodes(url)],  # type: ignore[no-untyped-call]
         username=unquote(user) or None,
         password=unquote(password) or None,
@@ -82,6 +118,11 @@ def connect(settings: RedisSettings) -> redis.Redis:
     if is_cluster_url(settings.redis_url):
         return _cluster(settings.redis_url, settings.redis_timeout_seconds)  # type: ignore[return-value]
     return _client(settings.redis_url, settings.redis_timeout_seconds)
+
+
+def from_url(url: str, timeout: float = 5.0) -> redis.Redis:
+    """A client for any ``REDIS_URL`` (tools and tests; the service uses ``connect``)."""
+    return connect(RedisSettings(redis_url=url, redis_timeout_seconds=timeout))
 
 
 def is_cluster(r: redis.Redis) -> bool:

@@ -255,3 +255,8 @@ def receiver() -> Iterator[Receiver]:
     yield state
     server.shutdown()
     server.server_close()
+
+
+def stored(r: redis.Redis, pattern: str = "*") -> list[str]:
+    """The key names matching ``pattern`` on every primary (``KEYS`` asks one node of a cluster)."""
+    return sorted(r.scan_iter(pattern))

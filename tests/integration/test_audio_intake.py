@@ -15,6 +15,7 @@ from shared.dispatcher import Dispatcher
 from shared.models import JobStatus
 from shared.settings import webhook_settings, worker_settings
 from shared.worker import build
+from tests.conftest import stored
 
 TEXT = "Hello from whisper api. The quick brown fox."
 
@@ -113,7 +114,7 @@ def test_bad_downloads_are_refused_before_a_job_exists(
 
     assert resp.status_code == status
     assert resp.get_json()["detail"] == detail
-    assert r.keys("job:*") == []
+    assert stored(r, "job:*") == []
 
 
 @pytest.mark.parametrize(
@@ -208,7 +209,7 @@ def test_an_upload_that_is_not_audio_is_refused_once(jobs_client, bearer, inbox_
     assert first.status_code == second.status_code == 409
     assert first.get_json()["detail"] == second.get_json()["detail"]
     assert "audio" in first.get_json()["detail"]
-    assert r.keys("job:*") == []
+    assert stored(r, "job:*") == []
 
 
 def test_upload_urls_are_signed_for_the_public_endpoint(env, jobs_client, bearer, inbox_store):
