@@ -118,7 +118,7 @@ def wait_for_cluster(ports: list[int], copies: int = 1, timeout: float = 60) -> 
         client = redis.Redis(port=port, decode_responses=True)
         while True:
             info = client.cluster("info")
-            ranges = client.execute_command("CLUSTER", "SLOTS")
+            ranges = client.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
             if info.get("cluster_state") == "ok" and all(len(r) - 2 >= copies for r in ranges):
                 break
             if time.monotonic() > deadline:
