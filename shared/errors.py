@@ -166,6 +166,13 @@ class StorageError(UnavailableError):
     """The S3-compatible storage failed or timed out."""
 
 
+class RedisLostDataError(UnavailableError):
+    """Redis no longer holds the data its storage belongs with (shared.stack); the reason is
+    the public detail (it names no endpoint, bucket or key)."""
+
+    retry_after_seconds = 60
+
+
 @dataclass
 class JobError(WhisperApiError):
     """A job cannot be completed; ``reason`` is shown to the job's owner."""

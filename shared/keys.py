@@ -160,6 +160,10 @@ JOB_EVENT_LOG_MAXLEN = 10_000
 #: come back together or not at all (devtools.devstore).
 DEV_STACK = "dev:stack"
 
+#: The stack id this Redis shares with its storage (shared.stack): gone from Redis while the
+#: storage still holds it, and Redis has lost its data.
+STACK_ID = "stack:id"
+
 #: Service-wide counters behind ``GET /metrics`` (hash of "name|label|..." -> number): every
 #: function and worker adds to the same figures, so one scrape of any jobs container sees them
 #: all, and a worker scaled away loses none (shared.metrics).

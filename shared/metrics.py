@@ -248,7 +248,7 @@ class RedisCollector(Collector):
                 len(health.live_workers(self.r, self.heartbeat_seconds * 3)),
             ),
             "whisper_dead_lettered_jobs": (
-                "Jobs set aside after too many deliveries (the jobs:dead stream)",
+                "Jobs set aside after too many deliveries (the {jobs}:dead stream)",
                 int(self.r.xlen(keys.DEAD_LETTER_STREAM)),
             ),
         }

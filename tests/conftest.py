@@ -21,6 +21,7 @@ import redis
 
 from devtools import audio as test_audio
 from devtools.devstack import free_port, start_redis, start_redis_cluster, start_s3
+from shared.settings import StorageSettings
 from tests import budget
 
 BUCKET = "test-bucket"
@@ -80,33 +81,41 @@ def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
 
 
 @contextlib.contextmanager
-def own_redis(request: pytest.FixtureRequest, base_url: str, db: int, data_dir: Path) -> Iterator[str]:
-    """An empty Redis of the session's kind for one group of processes: database ``db`` of the
-    session's single server, or a cluster of its own (a cluster has one database)."""
+def own_stack(
+    request: pytest.FixtureRequest, env: dict[str, str], db: int, data_dir: Path
+) -> Iterator[dict[str, str]]:
+    """An empty Redis of the session's kind and a bucket of their own, for one group of processes
+    (one stack, shared.stack): database ``db`` of the session's single server, or a cluster of
+    its own (a cluster has one database). The settings that name them."""
+    from shared.storage import BlobStore
+
+    bucket = f"{BUCKET}-{db}-{time.monotonic_ns()}"
+    BlobStore(_storage_settings(env["S3_ENDPOINT_URL"]), bucket).ensure_bucket()
     if request.config.getoption("--redis") == "cluster":
         with redis_server("cluster", data_dir) as url:
-            yield url
+            yield {"REDIS_URL": url, "S3_BUCKET": bucket}
         return
-    url = base_url.rsplit("/", 1)[0] + f"/{db}"
+    url = env["REDIS_URL"].rsplit("/", 1)[0] + f"/{db}"
     client = redis.Redis.from_url(url)
     client.flushdb()
     client.close()
-    yield url
+    yield {"REDIS_URL": url, "S3_BUCKET": bucket}
+
+
+def _storage_settings(endpoint: str) -> StorageSettings:
+    return StorageSettings(
+        s3_endpoint_url=endpoint, s3_bucket=BUCKET, aws_access_key_id="test", aws_secret_access_key="test"
+    )
 
 
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
-    from shared.settings import StorageSettings
     from shared.storage import BlobStore
 
     port = free_port()
     proc = start_s3(port)
     endpoint = f"http://127.0.0.1:{port}"
-    BlobStore(
-        StorageSettings(
-            s3_endpoint_url=endpoint, s3_bucket=BUCKET, aws_access_key_id="test", aws_secret_access_key="test"
-        )
-    ).ensure_bucket()
+    BlobStore(_storage_settings(endpoint)).ensure_bucket()
     yield endpoint
     proc.terminate()
     proc.wait(timeout=10)

@@ -18,7 +18,7 @@ import requests
 
 from devtools.devstack import free_port, start_gateway, start_worker
 from tests import budget
-from tests.conftest import ENGINES, own_redis
+from tests.conftest import ENGINES, own_stack
 
 
 @dataclass
@@ -63,8 +63,8 @@ def service(
     request: pytest.FixtureRequest, service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Service]:
     """The service with a worker of each engine in turn: every end-to-end test runs on both."""
-    with own_redis(request, service_env["REDIS_URL"], 1, tmp_path_factory.mktemp("redis-e2e")) as redis_url:
-        env = {**os.environ, **service_env, **ENGINES[request.param], "REDIS_URL": redis_url}
+    with own_stack(request, service_env, 1, tmp_path_factory.mktemp("redis-e2e")) as stack:
+        env = {**os.environ, **service_env, **ENGINES[request.param], **stack}
         port = free_port()
         gateway = start_gateway(port, env, workers=2)
         worker = start_worker(env)

@@ -15,7 +15,7 @@ from shared.redis_client import connect
 from shared.settings import RedisSettings
 from shared.worker import DUPLICATE_RESULTS
 from tests import budget
-from tests.conftest import own_redis
+from tests.conftest import own_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -80,11 +80,11 @@ class Cluster:
 
 @pytest.fixture
 def cluster(request, service_env, tmp_path):
-    with own_redis(request, service_env["REDIS_URL"], 2, tmp_path / "redis") as redis_url:
+    with own_stack(request, service_env, 2, tmp_path / "redis") as stack:
         env = {
             **os.environ,
             **service_env,
-            "REDIS_URL": redis_url,
+            **stack,
             "WORKER_VISIBILITY_TIMEOUT_MS": "1500",
             "WORKER_HEARTBEAT_SECONDS": "0.2",
         }
