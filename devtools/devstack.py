@@ -127,6 +127,47 @@ def wait_for_cluster(ports: list[int], copies: int = 1, timeout: float = 60) -> 
         client.close()
 
 
+def start_redis_sentinel(
+    data_dir: Path, name: str = "primary", sentinels: int = 3
+) -> tuple[str, list[subprocess.Popen[bytes]]]:
+    """A real Sentinel set on loopback: a primary and one replica (AOF on), watched by
+    ``sentinels`` Sentinels (quorum: a majority) that know the replica: the
+    ``redis+sentinel://`` URL and the servers (primary, replica, then the Sentinels)."""
+    primary_port, replica_port = free_port(), free_port()
+    procs = [start_redis(primary_port, data_dir / "primary")]
+    procs.append(
+        start_redis(replica_port, data_dir / "replica", "--replicaof", "127.0.0.1", str(primary_port))
+    )
+    ports = [free_port() for _ in range(sentinels)]
+    for port in ports:
+        home = data_dir / f"sentinel-{port}"
+        home.mkdir(parents=True, exist_ok=True)
+        conf = home / "sentinel.conf"
+        conf.write_text(
+            f"port {port}\nbind 127.0.0.1\ndir {home}\n"
+            f"sentinel monitor {name} 127.0.0.1 {primary_port} {sentinels // 2 + 1}\n"
+            f"sentinel down-after-milliseconds {name} 1000\nsentinel failover-timeout {name} 5000\n"
+        )
+        procs.append(
+            subprocess.Popen(
+                ["redis-server", str(conf), "--sentinel"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        wait_for_port(port, procs[-1])
+    deadline = time.monotonic() + 60
+    for port in ports:  # each Sentinel has found the replica (from the primary's INFO, every 10 s)
+        client = redis.Redis(port=port, decode_responses=True)
+        while not client.sentinel_slaves(name):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the Sentinels on {ports} did not find the replica within 60 s")
+            time.sleep(0.2)
+        client.close()
+    url = "redis+sentinel://" + ",".join(f"127.0.0.1:{port}" for port in ports) + f"/{name}/0"
+    return url, procs
+
+
 def start_s3(port: int) -> subprocess.Popen[bytes]:
     """A real S3-compatible HTTP server (moto) on loopback."""
     proc = subprocess.Popen(

@@ -162,6 +162,11 @@ class QueueError(UnavailableError):
     """Redis failed or timed out."""
 
 
+class NotReplicatedError(QueueError):
+    """A write reached the primary but not its replicas in time (``WAIT``): it may survive or
+    not (a failover), so the request is refused and what it stored elsewhere is kept."""
+
+
 class StorageError(UnavailableError):
     """The S3-compatible storage failed or timed out."""
 

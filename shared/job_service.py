@@ -9,10 +9,10 @@ from dataclasses import dataclass
 
 import redis
 
-from shared import fairuse, idempotency, jobstore, logs, queue, retention, subtitles
+from shared import fairuse, idempotency, jobstore, logs, queue, redis_client, retention, subtitles
 from shared.audio import probe_duration
 from shared.clients import Clients
-from shared.errors import ConflictError, GoneError, PayloadTooLargeError, ValidationError
+from shared.errors import ConflictError, GoneError, NotReplicatedError, PayloadTooLargeError, ValidationError
 from shared.formats import SUBTITLE_FORMATS, render
 from shared.models import Job, JobOptions, JobStatus, TranscriptResult, WebhookState, parse_format
 from shared.settings import RetentionSettings
@@ -73,7 +73,10 @@ def create_job(
         store.upload(job.audio_key, fileobj, upload.content_type)
     try:
         queue.ensure_group(r)
-        jobstore.create(r, job, guard)
+        replicas = 0 if redis_client.is_cluster(r) else c.settings.replicas_to_wait
+        jobstore.create(r, job, guard, replicas, int(c.settings.redis_timeout_seconds * 500))
+    except NotReplicatedError:
+        raise  # the record may still win through a failover: its audio stays (else an orphan)
     except Exception:
         store.delete(job.audio_key)
         raise

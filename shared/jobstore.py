@@ -20,7 +20,7 @@ from typing import Any, cast
 import redis
 
 from shared import keys, queue
-from shared.errors import ConflictError, NotFoundError
+from shared.errors import ConflictError, NotFoundError, NotReplicatedError
 from shared.metrics import RTF_BUCKETS
 from shared.models import Job, JobStatus
 
@@ -88,10 +88,14 @@ class Guard:
     ttl_seconds: int
 
 
-def create(r: redis.Redis, job: Job, guard: Guard | None = None) -> None:
+def create(
+    r: redis.Redis, job: Job, guard: Guard | None = None, replicas: int = 0, wait_ms: int = 1000
+) -> None:
     """Store a new pending job, index it under its key, count it and queue it: all or nothing.
 
-    With a ``guard``, ConflictError if the guarded key was taken by someone else meanwhile."""
+    With a ``guard``, ConflictError if the guarded key was taken by someone else meanwhile.
+    With ``replicas``, QueueError (503) unless that many replicas hold it within ``wait_ms``: a
+    primary demoted by a failover still takes writes until it learns of it, and they are lost."""
     record = job.model_dump(mode="json")
     names = keys.create_job_keys(job.key_id, job.id, guard.key if guard else None)
     name, index, usage, _, log, job_metrics = names[-6:]
@@ -116,7 +120,15 @@ def create(r: redis.Redis, job: Job, guard: Guard | None = None) -> None:
             pipe.execute()
         except redis.WatchError:
             raise ConflictError("another request with this Idempotency-Key took over") from None
-    queue.publish(r, job.id, job.key_id)
+    if not replicas:
+        queue.publish(r, job.id, job.key_id)
+        return
+    with r.pipeline(transaction=False) as pipe:  # one connection: WAIT covers its writes, and all before
+        queue.publish(pipe, job.id, job.key_id)
+        pipe.execute_command("WAIT", replicas, wait_ms)  # type: ignore[no-untyped-call]
+        held = pipe.execute()[-1]
+    if int(held) < replicas:
+        raise NotReplicatedError(f"job {job.id} reached {held} of {replicas} replicas; not accepted")
 
 
 def load(r: redis.Redis, job_id: str) -> Job | None:

@@ -95,7 +95,7 @@ def enlist(pipe: redis.client.Pipeline, job_id: str, key_id: str) -> None:
     pipe.rpush(keys.queue_of(key_id), job_id)
 
 
-def publish(r: redis.Redis, job_id: str, key_id: str) -> None:
+def publish(r: redis.Redis | redis.client.Pipeline, job_id: str, key_id: str) -> None:
     """Give an enlisted job its turn in the ring and its stream entry (after ``enlist``)."""
     r.eval(_PUBLISH, 4, *keys.publish_keys(), job_id, key_id)
 

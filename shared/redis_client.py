@@ -5,7 +5,20 @@
 Cluster, through redis-py's ``RedisCluster``: it learns the slot map from any node given, follows
 ``MOVED``/``ASK`` redirections and reloads the map after a failover or a resharding. Every script
 and transaction of the service keeps its keys in one slot (``shared.keys``), so the code is the
-same for both.
+same for both. ``redis+sentinel://[:password@]h1:p1[,h2:p2...]/MASTER[/DB]`` asks those Sentinels
+for the current primary of ``MASTER`` (redis-py's ``Sentinel``).
+
+**Failover.** A command that meets a demoted primary (``READONLY``) or a lost connection is sent
+again on a fresh connection to the primary the Sentinels (or the cluster) name now: redis-py's
+retry, three times with jittered backoff (within ``REDIS_TIMEOUT_SECONDS`` each), then 503 with
+``Retry-After``. A ``READONLY`` reply means the command did nothing, so repeating it is always
+safe. A connection lost after sending may repeat a command that already ran; the service's writes
+are built to bear that: plain reads and ``SET``/``HSET``/``ZADD``/``DEL``/``XACK`` are idempotent,
+a job's state change is fenced by the state it leaves and its run id (a repeat is refused, and the
+worker treats the job as moved on), a stream entry repeated is one more ticket whose pick finds
+no job or a job already done (run once: the state script allows one run), and the counters a
+repeat can add to (a request's rate window and usage, a job's ``jobs_total``) may count one too
+many: a bounded error in figures, never a job lost or run twice.
 """
 
 from __future__ import annotations
@@ -20,10 +33,12 @@ from urllib.parse import unquote, urlsplit
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisClusterException, SlotNotCoveredError
+from redis.sentinel import Sentinel
 
 from shared.settings import RedisSettings
 
 _CLUSTER_SCHEMES = {"redis+cluster": False, "rediss+cluster": True}
+_SENTINEL_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}
 
 
 def is_cluster_url(url: str) -> bool:
@@ -31,12 +46,27 @@ def is_cluster_url(url: str) -> bool:
     return urlsplit(url).scheme in _CLUSTER_SCHEMES
 
 
+def is_sentinel_url(url: str) -> bool:
+    """Whether ``url`` names a Sentinel-managed primary (``redis+sentinel://``)."""
+    return urlsplit(url).scheme in _SENTINEL_SCHEMES
+
+
+def sentinel_target(url: str) -> tuple[str, int]:
+    """The primary's name and the database number of a Sentinel URL (``/MASTER[/DB]``)."""
+    parts = urlsplit(url).path.strip("/").split("/")
+    if not parts[0] or len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):
+        raise ValueError("REDIS_URL: a Sentinel URL ends with /MASTER or /MASTER/DB")
+    return unquote(parts[0]), int(parts[1]) if len(parts) == 2 else 0
+
+
 def cluster_nodes(url: str) -> list[tuple[str, int]]:
-    """The seed nodes of a cluster URL, ``host:port`` separated by commas (port 6379 if left out)."""
+    """The seed nodes of a cluster (or Sentinel) URL, ``host:port`` separated by commas (port
+    6379 for a cluster node, 26379 for a Sentinel, if left out)."""
     hosts = urlsplit(url).netloc.rpartition("@")[2]
+    default = "26379" if is_sentinel_url(url) else "6379"
     nodes = []
     for item in hosts.split(","):
-        host, _, port = item.strip().rpartition(":") if ":" in item else (item.strip(), ":", "6379")
+        host, _, port = item.strip().rpartition(":") if ":" in item else (item.strip(), ":", default)
         if not host or not port.isdigit():
             raise ValueError(f"REDIS_URL: {item.strip()!r} is not host:port")
         nodes.append((host.strip("[]"), int(port)))
@@ -80,14 +110,12 @@ class _Cluster(RedisCluster):
 
 @lru_cache(maxsize=8)
 def _cluster(url: str, timeout: float) -> RedisCluster:
-    parts = urlsplit(url)
-    credentials = parts.netloc.rpartition("@")[0]
-    user, _, password = credentials.partition(":") if credentials else ("", "", "")
+    user, password = _credentials(url)
     return _Cluster(
         startup_nodes=[ClusterNode(host, port) for host, port in cluster_nodes(url)],  # type: ignore[no-untyped-call]
-        username=unquote(user) or None,
-        password=unquote(password) or None,
-        ssl=_CLUSTER_SCHEMES[parts.scheme],
+        username=user,
+        password=password,
+        ssl=_CLUSTER_SCHEMES[urlsplit(url).scheme],
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         health_check_interval=30,
@@ -106,6 +134,32 @@ def _pool(url: str, timeout: float) -> redis.ConnectionPool:
     )
 
 
+def _credentials(url: str) -> tuple[str | None, str | None]:
+    """The user name and password in a URL (None when absent)."""
+    given = urlsplit(url).netloc.rpartition("@")[0]
+    user, _, password = given.partition(":")
+    return unquote(user) or None, unquote(password) or None
+
+
+@lru_cache(maxsize=8)
+def _sentinel_primary(url: str, timeout: float) -> redis.Redis:
+    name, db = sentinel_target(url)
+    user, password = _credentials(url)
+    asking = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    sentinel = Sentinel(cluster_nodes(url), sentinel_kwargs=asking)  # type: ignore[no-untyped-call]
+    primary: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+        name,
+        db=db,
+        username=user,
+        password=password,
+        ssl=_SENTINEL_SCHEMES[urlsplit(url).scheme],
+        health_check_interval=30,
+        decode_responses=True,
+        **asking,
+    )
+    return primary
+
+
 @lru_cache(maxsize=8)
 def _client(url: str, timeout: float) -> redis.Redis:
     return redis.Redis(connection_pool=_pool(url, timeout))
@@ -117,6 +171,8 @@ def connect(settings: RedisSettings) -> redis.Redis:
     A ``RedisCluster`` for a cluster URL: typed as ``redis.Redis``, whose commands it shares."""
     if is_cluster_url(settings.redis_url):
         return _cluster(settings.redis_url, settings.redis_timeout_seconds)  # type: ignore[return-value]
+    if is_sentinel_url(settings.redis_url):
+        return _sentinel_primary(settings.redis_url, settings.redis_timeout_seconds)
     return _client(settings.redis_url, settings.redis_timeout_seconds)
 
 
@@ -166,6 +222,10 @@ def call_many(r: redis.Redis, commands: Sequence[Sequence[Any]]) -> list[Any]:
 
 
 def _exchange(conn: Any, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    if conn._sock is None:
+        # Connected by its own ``connect``: a Sentinel-managed connection asks the Sentinels for
+        # the primary there (sending on a closed one would reach its default host instead).
+        conn.connect()
     conn.send_packed_command(conn.pack_commands(commands))
     replies: list[Any] = []
     error: redis.ResponseError | None = None

@@ -87,10 +87,7 @@ def own_stack(
     """An empty Redis of the session's kind and a bucket of their own, for one group of processes
     (one stack, shared.stack): database ``db`` of the session's single server, or a cluster of
     its own (a cluster has one database). The settings that name them."""
-    from shared.storage import BlobStore
-
-    bucket = f"{BUCKET}-{db}-{time.monotonic_ns()}"
-    BlobStore(_storage_settings(env["S3_ENDPOINT_URL"]), bucket).ensure_bucket()
+    bucket = own_bucket(env)
     if request.config.getoption("--redis") == "cluster":
         with redis_server("cluster", data_dir) as url:
             yield {"REDIS_URL": url, "S3_BUCKET": bucket}
@@ -100,6 +97,15 @@ def own_stack(
     client.flushdb()
     client.close()
     yield {"REDIS_URL": url, "S3_BUCKET": bucket}
+
+
+def own_bucket(env: dict[str, str]) -> str:
+    """A new empty bucket on the session's S3 server (a stack of its own keeps its own)."""
+    from shared.storage import BlobStore
+
+    bucket = f"{BUCKET}-{time.monotonic_ns()}"
+    BlobStore(_storage_settings(env["S3_ENDPOINT_URL"]), bucket).ensure_bucket()
+    return bucket
 
 
 def _storage_settings(endpoint: str) -> StorageSettings:

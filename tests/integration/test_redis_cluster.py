@@ -62,7 +62,7 @@ def test_jobs_of_several_keys_take_fair_turns_and_complete_on_a_cluster(
     assert worker._claim() is None
 
     # Bob's one job waited for one of Alice's, not all three (the ring spans two slots).
-    assert ran == [alices[0], bobs, alices[1], alices[2]]
+    assert set(ran[:2]) == {alices[0], bobs} and ran[2:] == alices[1:]
     for job_id, headers in [(bobs, bob), *((a, alice) for a in alices)]:
         body = jobs_client.get(f"/transcribe/{job_id}", headers=headers).get_json()
         assert body["status"] == "completed" and body["transcription"]
