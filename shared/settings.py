@@ -81,6 +81,11 @@ class RedisSettings(_Base):
     #: (a failover then never loses an accepted job), else 0. Not on a cluster.
     redis_wait_replicas: int | None = None
 
+    @field_validator("redis_wait_replicas", mode="before")
+    @classmethod
+    def _empty_is_default(cls, value: object) -> object:
+        return None if value == "" else value
+
     @property
     def replicas_to_wait(self) -> int:
         if self.redis_wait_replicas is not None:
