@@ -22,8 +22,10 @@ $(STAMP): requirements.txt requirements-api.txt requirements-dev.txt pyproject.t
 run: install
 	$(VENV)/bin/whisper-api dev
 
+# Everything on one redis-server, then the end-to-end suite again on a 3 + 3 Redis Cluster.
 test: install lint typecheck check-deploy
 	$(PY) -m pytest
+	$(PY) -m pytest --redis=cluster tests/e2e --deselect tests/e2e/test_sentinel_failover.py
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from devtools.audio import speech_mp3, speech_wav
 from devtools.demo_model import build_checkpoint
 from devtools.devstack import free_port, start_gateway, start_redis, start_s3
-from shared import credentials, keys
+from shared import credentials, keys, metrics
 from shared.settings import StorageSettings
 from shared.storage import BlobStore
 from shared.worker import DUPLICATE_RESULTS
@@ -147,7 +147,7 @@ class Stack:
     def completed(self) -> int:
         """Jobs completed so far (the service's own counter, shared.metrics); -1 while Redis is down."""
         try:
-            return int(self.client().hget(keys.METRICS, "jobs_total|completed|demo") or 0)
+            return int(float(metrics.figures(self.client()).get("jobs_total|completed|demo", 0)))
         except redis.RedisError:
             return -1
 

@@ -1,6 +1,6 @@
 """The request path, measured against its ceiling: a bare functions-framework hello world.
 
-    .venv/bin/python bench/request_path.py [--runs 5] [--seconds 15] [--connections 32]
+    .venv/bin/python bench/request_path.py [--runs 5] [--seconds 15] [--connections 32] [--cluster]
     .venv/bin/python bench/request_path.py --upload-mb 250 --uploads 4
 
 1. Over the network, with wrk: ``GET /transcribe/{id}`` (a real token: signature, key state,
@@ -38,9 +38,10 @@ import redis  # noqa: E402
 import requests  # noqa: E402
 
 from bench.procs import tree_rss_bytes  # noqa: E402
-from devtools.devstack import free_port, start_redis, start_s3, wait_for_port  # noqa: E402
+from devtools.devstack import free_port, start_redis, start_redis_cluster, start_s3, wait_for_port  # noqa: E402
 from shared import credentials, jobstore, queue  # noqa: E402
 from shared.models import Job, JobOptions, JobStatus  # noqa: E402
+from shared.redis_client import from_url  # noqa: E402
 from shared.settings import StorageSettings  # noqa: E402
 from shared.storage import BlobStore  # noqa: E402
 
@@ -118,10 +119,14 @@ def _rss_mb(pid: int) -> float:
 
 
 @contextmanager
-def _stack(work: Path, with_s3: bool) -> Iterator[dict[str, str]]:
+def _stack(work: Path, with_s3: bool, cluster: bool = False) -> Iterator[dict[str, str]]:
+    """Redis (one server, or with ``cluster`` a 3 + 3 Redis Cluster), maybe S3: the settings."""
     redis_port = free_port()
     (work / "redis").mkdir()
-    procs = [start_redis(redis_port, work / "redis")]
+    if cluster:
+        redis_url, procs = start_redis_cluster(work / "redis")
+    else:
+        redis_url, procs = f"redis://127.0.0.1:{redis_port}/0", [start_redis(redis_port, work / "redis")]
     s3 = f"http://127.0.0.1:{free_port()}"
     if with_s3:
         procs.append(start_s3(int(s3.rsplit(":", 1)[1])))
@@ -130,7 +135,7 @@ def _stack(work: Path, with_s3: bool) -> Iterator[dict[str, str]]:
         "PYTHONPATH": str(ROOT),
         "ENVIRONMENT": "development",
         "LOG_LEVEL": "ERROR",
-        "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "REDIS_URL": redis_url,
         "S3_ENDPOINT_URL": s3,
         "S3_BUCKET": "bench",
         "AWS_ACCESS_KEY_ID": "bench",
@@ -152,7 +157,7 @@ def _stack(work: Path, with_s3: bool) -> Iterator[dict[str, str]]:
 
 def _job(r: redis.Redis, key_id: str) -> str:
     now = time.time()
-    job_id = jobstore.new_job_id()
+    job_id = jobstore.new_job_id(key_id)
     job = Job(
         id=job_id,
         key_id=key_id,
@@ -173,7 +178,7 @@ def _job(r: redis.Redis, key_id: str) -> str:
 def throughput(args: argparse.Namespace, env: dict[str, str], work: Path) -> None:
     from shared.settings import JwtSettings
 
-    r = redis.Redis.from_url(env["REDIS_URL"], decode_responses=True)
+    r = from_url(env["REDIS_URL"])
     key, _ = credentials.create_key(r, "bench")
     token = credentials.issue_token(JwtSettings(jwt_secret=env["JWT_SECRET"]), key).token
     job_id = _job(r, key.id)
@@ -207,7 +212,8 @@ def throughput(args: argparse.Namespace, env: dict[str, str], work: Path) -> Non
         "jobs", str(ROOT / "functions" / "jobs" / "main.py"), f"/transcribe/{job_id}", auth
     )
     cpu_hello = _cpu_per_request("hello", str(hello), "/", {})
-    print(f"wrk, {args.connections} connections, median of {args.runs} runs of {args.seconds} s:")
+    where = "a 3 + 3 Redis Cluster" if args.cluster else "one redis-server"
+    print(f"wrk, {args.connections} connections, median of {args.runs} runs of {args.seconds} s, on {where}:")
     print(f"  GET /transcribe/{{id}}  {jobs[0]:8.0f} req/s  p99 {jobs[1]:6.1f} ms")
     print(f"  hello world (ceiling)  {ceiling[0]:8.0f} req/s  p99 {ceiling[1]:6.1f} ms")
     print(f"  ratio                  {jobs[0] / ceiling[0]:8.0%}")
@@ -222,7 +228,7 @@ def uploads(args: argparse.Namespace, env: dict[str, str], work: Path) -> None:
     from shared.settings import JwtSettings
 
     BlobStore(StorageSettings(s3_endpoint_url=env["S3_ENDPOINT_URL"], s3_bucket="bench")).ensure_bucket()
-    r = redis.Redis.from_url(env["REDIS_URL"], decode_responses=True)
+    r = from_url(env["REDIS_URL"])
     key, _ = credentials.create_key(r, "bench")
     token = credentials.issue_token(JwtSettings(jwt_secret=env["JWT_SECRET"]), key).token
     audio = work / "big.wav"
@@ -282,10 +288,11 @@ def main() -> int:
         "--upload-mb", type=int, default=0, help="measure memory over uploads of this size instead"
     )
     parser.add_argument("--uploads", type=int, default=4)
+    parser.add_argument("--cluster", action="store_true", help="Redis Cluster (3 + 3) instead of one server")
     args = parser.parse_args()
     with (
         tempfile.TemporaryDirectory(prefix="whisper-http-") as tmp,
-        _stack(Path(tmp), bool(args.upload_mb)) as env,
+        _stack(Path(tmp), bool(args.upload_mb), args.cluster) as env,
     ):
         if args.upload_mb:
             uploads(args, env, Path(tmp))

@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 import redis
 
 from devtools import devstore
+from shared.redis_client import cluster_nodes, is_cluster_url
 
 _DEV_S3_PORT = 9000
 
@@ -49,7 +50,7 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeou
     raise TimeoutError(f"nothing listened on 127.0.0.1:{port} within {timeout} s")
 
 
-def start_redis(port: int, data_dir: Path) -> subprocess.Popen[bytes]:
+def start_redis(port: int, data_dir: Path, *extra: str) -> subprocess.Popen[bytes]:
     """A real ``redis-server`` on loopback with AOF on, so a restart loses no accepted job."""
     data_dir.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
@@ -70,12 +71,101 @@ def start_redis(port: int, data_dir: Path) -> subprocess.Popen[bytes]:
             "",
             "--protected-mode",
             "yes",
+            *extra,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     wait_for_port(port, proc)
     return proc
+
+
+def start_redis_cluster(
+    data_dir: Path, masters: int = 3, replicas: int = 1, ports: list[int] | None = None
+) -> tuple[str, list[subprocess.Popen[bytes]]]:
+    """A real Redis Cluster on loopback (``masters`` primaries with ``replicas`` each, AOF on,
+    made by ``redis-cli --cluster create``), ready for every slot: its ``redis+cluster://`` URL
+    and its servers, primaries first. ``ports``: where (free ones if not given; 6 at least for
+    a replica each, 3 without)."""
+    if ports is not None:
+        replicas = 1 if len(ports) >= 6 else 0
+    ports = ports or [free_port() for _ in range(masters * (1 + replicas))]
+    procs = []
+    for port in ports:
+        procs.append(
+            start_redis(
+                port, data_dir / str(port), "--cluster-enabled", "yes",
+                "--cluster-config-file", f"nodes-{port}.conf", "--cluster-node-timeout", "2000",
+                "--cluster-port", str(free_port()),  # the bus: not port + 10000, which may not exist
+            )
+        )  # fmt: skip
+    nodes = [f"127.0.0.1:{port}" for port in ports]
+    subprocess.run(
+        ["redis-cli", "--cluster", "create", *nodes, "--cluster-replicas", str(replicas), "--cluster-yes"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    wait_for_cluster(ports, 1 + replicas)
+    return "redis+cluster://" + ",".join(nodes), procs
+
+
+def wait_for_cluster(ports: list[int], copies: int = 1, timeout: float = 60) -> None:
+    """Block until every node of a cluster says its state is ok, and every slot range is served
+    by ``copies`` nodes (a primary and its replicas)."""
+    deadline = time.monotonic() + timeout
+    for port in ports:
+        client = redis.Redis(port=port, decode_responses=True)
+        while True:
+            info = client.cluster("info")
+            ranges = client.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
+            if info.get("cluster_state") == "ok" and all(len(r) - 2 >= copies for r in ranges):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the cluster on {ports} did not come up within {timeout} s")
+            time.sleep(0.1)
+        client.close()
+
+
+def start_redis_sentinel(
+    data_dir: Path, name: str = "primary", sentinels: int = 3
+) -> tuple[str, list[subprocess.Popen[bytes]]]:
+    """A real Sentinel set on loopback: a primary and one replica (AOF on), watched by
+    ``sentinels`` Sentinels (quorum: a majority) that know the replica: the
+    ``redis+sentinel://`` URL and the servers (primary, replica, then the Sentinels)."""
+    primary_port, replica_port = free_port(), free_port()
+    procs = [start_redis(primary_port, data_dir / "primary")]
+    procs.append(
+        start_redis(replica_port, data_dir / "replica", "--replicaof", "127.0.0.1", str(primary_port))
+    )
+    ports = [free_port() for _ in range(sentinels)]
+    for port in ports:
+        home = data_dir / f"sentinel-{port}"
+        home.mkdir(parents=True, exist_ok=True)
+        conf = home / "sentinel.conf"
+        conf.write_text(
+            f"port {port}\nbind 127.0.0.1\ndir {home}\n"
+            f"sentinel monitor {name} 127.0.0.1 {primary_port} {sentinels // 2 + 1}\n"
+            f"sentinel down-after-milliseconds {name} 1000\nsentinel failover-timeout {name} 5000\n"
+        )
+        procs.append(
+            subprocess.Popen(
+                ["redis-server", str(conf), "--sentinel"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        wait_for_port(port, procs[-1])
+    deadline = time.monotonic() + 60
+    for port in ports:  # each Sentinel has found the replica (from the primary's INFO, every 10 s)
+        client = redis.Redis(port=port, decode_responses=True)
+        while not client.sentinel_slaves(name):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the Sentinels on {ports} did not find the replica within 60 s")
+            time.sleep(0.2)
+        client.close()
+    url = "redis+sentinel://" + ",".join(f"127.0.0.1:{port}" for port in ports) + f"/{name}/0"
+    return url, procs
 
 
 def start_s3(port: int) -> subprocess.Popen[bytes]:
@@ -131,8 +221,10 @@ def start_webhooks(env: dict[str, str]) -> subprocess.Popen[bytes]:
 
 
 def _redis_answers(url: str) -> bool:
+    from shared.redis_client import from_url
+
     try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+        return bool(from_url(url, timeout=1).ping())
     except redis.RedisError:
         return False
 
@@ -189,7 +281,12 @@ def run(port: int, data_dir: str) -> int:
     try:
         url = urlparse(env["REDIS_URL"])
         if not _redis_answers(env["REDIS_URL"]):
-            procs.append(start_redis(url.port or 6379, root / "redis"))
+            if is_cluster_url(env["REDIS_URL"]):  # a local cluster on the ports it names
+                procs += start_redis_cluster(
+                    root / "redis-cluster", ports=[p for _, p in cluster_nodes(env["REDIS_URL"])]
+                )[1]
+            else:
+                procs.append(start_redis(url.port or 6379, root / "redis"))
         s3_port = urlparse(env["S3_ENDPOINT_URL"]).port or _DEV_S3_PORT
         # S3 state kept on disk beside Redis's and paired with it (devtools.devstore), so jobs and
         # their results come back together after a restart, or both start empty.

@@ -29,6 +29,7 @@ from typing import Any
 import redis
 
 from shared import keys
+from shared.redis_client import from_url
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -153,7 +154,7 @@ def serve(port: int, state_path: Path, redis_url: str, buckets: Iterable[str]) -
     state = StateFile(state_path)
     stored = state.load()
     try:
-        if pair(redis.Redis.from_url(redis_url, socket_connect_timeout=5), state) and stored:
+        if pair(from_url(redis_url), state) and stored:
             restore(stored)
     except PairingError as exc:
         print(f"whisper-api dev: {exc}", file=sys.stderr, flush=True)

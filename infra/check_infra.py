@@ -392,21 +392,26 @@ def reference_problems(docs: list[tuple[str, int, Any]]) -> list[str]:
     return problems
 
 
-def keda_problems(docs: list[tuple[str, int, Any]]) -> list[str]:
-    """The worker scales on the `jobs` stream / `workers` group, pending-entries mode included."""
+def keda_problems(docs: list[tuple[str, int, Any]], scaler: str = "redis-streams") -> list[str]:
+    """The worker scales on the `{jobs}` stream / `workers` group, pending-entries mode included,
+    with ``scaler`` (KEDA's scaler for the Redis kind: single, Sentinel or Cluster)."""
     triggers = [
         t
         for so in _by_kind(docs, "ScaledObject").values()
         for t in so["spec"].get("triggers", [])
-        if t.get("type") == "redis-streams"
+        if t.get("type") == scaler
     ]
+    if len(triggers) != sum(
+        len(so["spec"].get("triggers", [])) for so in _by_kind(docs, "ScaledObject").values()
+    ):
+        return [f"a ScaledObject trigger that is not {scaler}"]
     on_stream = [
         t["metadata"]
         for t in triggers
-        if t["metadata"].get("stream") == "jobs" and t["metadata"].get("consumerGroup") == "workers"
+        if t["metadata"].get("stream") == "{jobs}" and t["metadata"].get("consumerGroup") == "workers"
     ]
     if not any("pendingEntriesCount" in m for m in on_stream):
-        return ["no redis-streams trigger on stream jobs / group workers with pendingEntriesCount"]
+        return [f"no {scaler} trigger on stream {{jobs}} / group workers with pendingEntriesCount"]
     return []
 
 
@@ -446,7 +451,7 @@ def check_k8s(report: Report) -> list[tuple[str, int, Any]]:
         lambda: reference_problems(docs),
     )
     report.run(
-        "infra/k8s: KEDA ScaledObject on stream jobs, group workers, pending entries",
+        "infra/k8s: KEDA ScaledObject on stream {jobs}, group workers, pending entries",
         lambda: keda_problems(docs),
     )
     report.run("infra/k8s: worker has a GPU limit and the model PVC", lambda: worker_gpu_problems(docs))
@@ -484,6 +489,25 @@ def check_body_limits(report: Report, docs: list[tuple[str, int, Any]]) -> None:
                 big,
             ),
         )
+    for name, scaler in REDIS_COMPONENTS.items():
+        report.run(
+            f"infra/k8s/components/{name}: renders with overlays/cpu, KEDA {scaler} on {{jobs}}",
+            lambda name=name, scaler=scaler: _redis_component_problems(name, scaler),  # type: ignore[misc]
+        )
+
+
+#: The Redis kinds as kustomize components, and KEDA's scaler for each (the base: redis-streams).
+REDIS_COMPONENTS = {"redis-sentinel": "redis-sentinel-streams", "redis-cluster": "redis-cluster-streams"}
+
+
+def _redis_component_problems(name: str, scaler: str) -> list[str]:
+    rendered = render_kustomization(K8S_DIR / "overlays" / "cpu", (f"../../components/{name}",))
+    problems = keda_problems([("", 0, d) for d in rendered], scaler)
+    for so in [d for d in rendered if d["kind"] == "ScaledObject"]:
+        problems += [
+            f"{t['name']}: no addresses" for t in so["spec"]["triggers"] if not t["metadata"].get("addresses")
+        ]
+    return problems
 
 
 # ---- kustomize overlays (CPU and GPU workers) ------------------------------------------------

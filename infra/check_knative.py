@@ -242,7 +242,7 @@ def rule_problems() -> list[str]:
         ref = source["spec"]["sink"].get("ref", {})
         if ref.get("kind") == "Broker" and ref.get("name") not in by_kind.get("Broker", {}):
             problems.append(f"RedisStreamSource/{name}: no Broker {ref.get('name')}")
-        if source["spec"]["stream"] != "jobs":
+        if source["spec"]["stream"] != "{jobs}":
             problems.append(f"RedisStreamSource/{name}: not on the jobs stream")
     dispatcher = by_kind.get("Deployment", {}).get("webhooks")
     if dispatcher is None or dispatcher["spec"]["template"]["spec"]["containers"][0]["command"] != [

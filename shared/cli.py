@@ -13,6 +13,8 @@ whisper-api dev                       # the whole service locally (see devtools/
 whisper-api models demo PATH          # write the offline demo checkpoint
 whisper-api models pull NAME [NAME..] # official checkpoints into WHISPER_MODEL_DIR, SHA-256 checked
 whisper-api models list               # models on disk here, loaded by workers, offered by the API
+whisper-api storage orphans [--remove] [--min-age SECONDS]
+                                      # stored audio and results no job record points at
 
 Client commands (a server's URL and an API key; see shared/client_cli.py):
 
@@ -205,6 +207,27 @@ def _models_list() -> int:
     return 0
 
 
+def _storage(args: argparse.Namespace) -> int:
+    from shared import stack
+    from shared.settings import worker_settings
+    from shared.storage import BlobStore
+
+    settings = worker_settings()
+    r, store = connect(settings), BlobStore(settings)
+    count = total = 0
+    for name, size in list(stack.orphans(r, store, args.min_age)):
+        print(f"{name}\t{size}")
+        count, total = count + 1, total + size
+        if args.remove:
+            store.delete(name)
+    done = "removed" if args.remove else "found"
+    print(f"{count} objects without a job record {done} ({total / 1e6:.1f} MB)", file=sys.stderr)
+    if args.remove and stack.lost(r, store):
+        stack_id = stack.acknowledge(r, store)
+        print(f"Redis and storage paired again as stack {stack_id}: the lost work is gone", file=sys.stderr)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="whisper-api", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -248,6 +271,15 @@ def parser() -> argparse.ArgumentParser:
     convert.add_argument("names", nargs="+", metavar="NAME")
     convert.add_argument("--dir", type=Path, help="where NAME.pt is (default: WHISPER_MODEL_DIR)")
     models.set_defaults(run=_models)
+
+    storage = sub.add_parser("storage", help="storage upkeep")
+    storage_actions = storage.add_subparsers(dest="action", required=True)
+    found = storage_actions.add_parser("orphans", help="stored audio and results no job record points at")
+    found.add_argument(
+        "--remove", action="store_true", help="remove them (and, after a Redis that forgot, re-pair)"
+    )
+    found.add_argument("--min-age", type=float, default=3600, help="only objects at least this old (seconds)")
+    storage.set_defaults(run=_storage)
 
     client_cli.add_commands(sub)
     return top

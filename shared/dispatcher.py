@@ -56,38 +56,24 @@ JITTER = 0.2
 MAX_RESPONSE_BYTES = 4096
 
 _CLAIM = """
-local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
 if not score or tonumber(score) > tonumber(ARGV[2]) then return 0 end
-if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('ZREM', KEYS[1], ARGV[1]) return 0 end
-redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
-redis.call('HSET', KEYS[2], 'lease', ARGV[4])
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('ZREM', KEYS[2], ARGV[1]) return 0 end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('HSET', KEYS[1], 'lease', ARGV[4])
 return 1
 """
 
 _RECORD = """
-if redis.call('HGET', KEYS[2], 'lease') ~= ARGV[2] then return 0 end
-local attempts = redis.call('HINCRBY', KEYS[2], 'attempts', 1)
-redis.call('HSET', KEYS[2], 'state', ARGV[3], 'last_status', ARGV[4], 'last_error', ARGV[5], 'lease', '')
+if redis.call('HGET', KEYS[1], 'lease') ~= ARGV[2] then return 0 end
+local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSET', KEYS[1], 'state', ARGV[3], 'last_status', ARGV[4], 'last_error', ARGV[5], 'lease', '')
 if ARGV[3] == 'pending' then
-  redis.call('ZADD', KEYS[1], ARGV[6], ARGV[1])
+  redis.call('ZADD', KEYS[2], ARGV[6], ARGV[1])
 else
-  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
 end
-if ARGV[3] == 'delivered' then redis.call('HSET', KEYS[2], 'delivered_at', ARGV[7]) end
-local raw = redis.call('GET', KEYS[3])
-if raw then
-  local job = cjson.decode(raw)
-  local hook = job['webhook']
-  if type(hook) == 'table' then
-    hook['state'] = ARGV[3]
-    hook['attempts'] = attempts
-    hook['last_status'] = ARGV[4] ~= '' and tonumber(ARGV[4]) or cjson.null
-    hook['last_error'] = ARGV[5] ~= '' and ARGV[5] or cjson.null
-    if ARGV[3] == 'delivered' then hook['delivered_at'] = tonumber(ARGV[7]) end
-    job['webhook'] = hook
-    redis.call('SET', KEYS[3], cjson.encode(job), 'KEEPTTL')
-  end
-end
+if ARGV[3] == 'delivered' then redis.call('HSET', KEYS[1], 'delivered_at', ARGV[7]) end
 return attempts
 """
 
@@ -242,8 +228,7 @@ class Dispatcher:
         won = self.r.eval(
             _CLAIM,
             2,
-            keys.WEBHOOKS_DUE,
-            keys.webhook_delivery(msg),
+            *keys.webhook_keys(msg),
             msg,
             repr(now),
             repr(now + self.lease_seconds),
@@ -298,21 +283,22 @@ class Dispatcher:
             next_due = self.clock() + schedule[attempts - 1] * random.uniform(1 - JITTER, 1 + JITTER)  # noqa: S311
         result: Any = self.r.eval(
             _RECORD,
-            3,
-            keys.WEBHOOKS_DUE,
-            keys.webhook_delivery(msg),
-            keys.job(job_id),
+            2,
+            *keys.webhook_keys(msg),
             msg,
             token,
             state,
             "" if attempt.status is None else str(attempt.status),
             attempt.error or "",
             repr(next_due),
-            repr(self.clock()),
+            repr(now := self.clock()),
         )
         if not result:
             log.warning("webhook %s: lease lost before its outcome was recorded", msg)
             return
+        shown: dict[str, Any] = {"state": state, "attempts": int(result)}
+        shown |= {"last_status": attempt.status, "last_error": attempt.error}
+        webhooks.show_state(self.r, job_id, shown | ({"delivered_at": now} if state == "delivered" else {}))
         metrics.webhook_attempt(self.r, delivered=state == "delivered", gave_up=state in ("failed", "gone"))
         log.info("webhook %s attempt %s: %s (%s)", msg, attempts, state, attempt.status or attempt.error)
 

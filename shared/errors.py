@@ -163,8 +163,20 @@ class QueueError(UnavailableError):
     """Redis failed or timed out."""
 
 
+class NotReplicatedError(QueueError):
+    """A write reached the primary but not its replicas in time (``WAIT``): it may survive or
+    not (a failover), so the request is refused and what it stored elsewhere is kept."""
+
+
 class StorageError(UnavailableError):
     """The S3-compatible storage failed or timed out."""
+
+
+class RedisLostDataError(UnavailableError):
+    """Redis no longer holds the data its storage belongs with (shared.stack); the reason is
+    the public detail (it names no endpoint, bucket or key)."""
+
+    retry_after_seconds = 60
 
 
 @dataclass

@@ -73,30 +73,27 @@ return {0, tostring(used + tonumber(ARGV[3]))}
 """
 
 
-# A request with a well-signed token, in one round trip: the client address is not blocked for
-# failed authentications, the key exists and is not revoked, the request fits its rate limit
-# (the key's own or ARGV[2]); then it is counted in the window and in the key's usage.
-# Returns {verdict, milliseconds to wait, rate limit, the key's record as a flat list} and, once
-# admitted, the value of KEYS[5] when given (the route's first read, in the same round trip).
+# A request with a well-signed token, in one round trip: the key exists and is not revoked,
+# the request fits its rate limit (the key's own or ARGV[1]); then it is counted in the window
+# and in the key's usage. Returns {verdict, milliseconds to wait, rate limit, the key's record as
+# a flat list} and, once admitted, the value of KEYS[4] when given (the route's first read, in
+# the same round trip). Every key is the key's own (one slot); the client address's failed
+# authentications (another slot) are read beside it, in the same round trip on one Redis.
 _ADMISSION = """
-local fails = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tonumber(ARGV[1]) > 0 and fails >= tonumber(ARGV[1]) then
-  return {'blocked', redis.call('PTTL', KEYS[1]), 0, {}}
-end
-local record = redis.call('HGETALL', KEYS[2])
+local record = redis.call('HGETALL', KEYS[1])
 local fields = {}
 for i = 1, #record, 2 do fields[record[i]] = record[i + 1] end
 if #record == 0 or fields['revoked_at'] then return {'revoked', 0, 0, {}} end
-local limit = tonumber(fields['rate_limit_per_minute'] or ARGV[2])
+local limit = tonumber(fields['rate_limit_per_minute'] or ARGV[1])
 if limit > 0 then
-  local count = tonumber(redis.call('GET', KEYS[3]) or '0')
-  if count >= limit then return {'limited', redis.call('PTTL', KEYS[3]), limit, {}} end
-  if redis.call('INCR', KEYS[3]) == 1 then redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[3]) * 1000) end
+  local count = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if count >= limit then return {'limited', redis.call('PTTL', KEYS[2]), limit, {}} end
+  if redis.call('INCR', KEYS[2]) == 1 then redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]) * 1000) end
 end
-redis.call('HINCRBY', KEYS[4], 'requests', 1)
-redis.call('HSET', KEYS[4], 'last_used_at', ARGV[4])
+redis.call('HINCRBY', KEYS[3], 'requests', 1)
+redis.call('HSET', KEYS[3], 'last_used_at', ARGV[3])
 local read = false
-if KEYS[5] then read = redis.call('GET', KEYS[5]) end
+if KEYS[4] then read = redis.call('GET', KEYS[4]) end
 return {'ok', 0, limit, record, read}
 """
 
@@ -159,7 +156,10 @@ def guard_authentication(
     names = [keys.auth_failures("addr", client)] + ([keys.auth_failures("key", key_id)] if key_id else [])
     over: list[str] = []
     if limit > 0:
-        counts = cast(list[str | None], r.mget(names))
+        with r.pipeline(transaction=False) as pipe:  # one slot each (two nodes of a cluster)
+            for name in names:
+                pipe.get(name)
+            counts = cast(list[str | None], pipe.execute())
         over = [name for name, count in zip(names, counts, strict=True) if int(count or 0) >= limit]
         if names[0] in over:
             raise _auth_refusal(limit, int(r.pttl(names[0])))
@@ -201,18 +201,22 @@ def admit_token(
     except UnauthorizedError:
         _count_failure(r, settings, [keys.auth_failures("addr", client)])
         raise
-    names = [keys.auth_failures("addr", client), keys.api_key(key_id), keys.rate(key_id), keys.usage(key_id)]
-    names += [read] if read else []
-    limits = [settings.auth_failures_per_minute, settings.rate_limit_per_minute, _WINDOW_SECONDS]
-    reply = cast(list[Any], _run_admission(r, names, [*limits, repr(time.time())]))
-    verdict, wait_ms, limit, flat = reply[:4]
-    if verdict == "blocked":
-        raise _auth_refusal(settings.auth_failures_per_minute, int(wait_ms))
+    own = read is not None and keys.key_slot(read) == keys.tenant_slot(key_id)
+    names = keys.admission_keys(key_id, read if own else None)
+    blocks = keys.auth_failures("addr", client)
+    args = [settings.rate_limit_per_minute, _WINDOW_SECONDS, repr(time.time())]
+    failures, reply = _run_admission(r, blocks, names, args)
+    limit = settings.auth_failures_per_minute
+    if limit > 0 and int(failures or 0) >= limit:
+        raise _auth_refusal(limit, int(r.pttl(blocks)))
+    verdict, wait_ms, rate_limit, flat = reply[:4]
     if verdict == "revoked":
-        _count_failure(r, settings, [keys.auth_failures("addr", client)])
+        _count_failure(r, settings, [blocks])
         raise UnauthorizedError(credentials.REVOKED)
     if verdict == "limited":
-        raise _rate_refusal(int(limit), int(wait_ms))
+        raise _rate_refusal(int(rate_limit), int(wait_ms))
+    if read is not None and not own:  # not the caller's (its jobs are in its slot): look anyway
+        reply[4] = r.get(read)
     record = dict(zip(flat[::2], flat[1::2], strict=True))
     return credentials.key_from_record(key_id, record), reply[4]
 
@@ -252,14 +256,17 @@ def _rate_refusal(quota: int, wait_ms: int) -> TooManyRequestsError:
 _ADMISSION_SHA = hashlib.sha1(_ADMISSION.encode(), usedforsecurity=False).hexdigest()
 
 
-def _run_admission(r: redis.Redis, names: list[str], args: list[Any]) -> Any:
-    """Run the admission script by its digest on this thread's own connection (the hot path:
-    ``redis_client.call``); a server that does not know it yet (new, or restarted) is sent it."""
+def _run_admission(r: redis.Redis, blocks: str, names: list[str], args: list[Any]) -> tuple[Any, list[Any]]:
+    """The client address's failed authentications, and the admission script's reply, run by
+    its digest in one round trip on this thread's own connection (the hot path:
+    ``redis_client.call_many``); a server that does not know it yet (new, restarted) is sent it."""
+    commands = [("GET", blocks), ("EVALSHA", _ADMISSION_SHA, len(names), *names, *args)]
     try:
-        return redis_client.call(r, "EVALSHA", _ADMISSION_SHA, len(names), *names, *args)
+        failures, reply = redis_client.call_many(r, commands)
     except redis.exceptions.NoScriptError:
-        redis_client.call(r, "SCRIPT", "LOAD", _ADMISSION)
-        return redis_client.call(r, "EVALSHA", _ADMISSION_SHA, len(names), *names, *args)
+        redis_client.load_script(r, _ADMISSION)
+        failures, reply = redis_client.call_many(r, commands)
+    return failures, cast(list[Any], reply)
 
 
 def key_id_hint(credential: str) -> str | None:
@@ -290,9 +297,7 @@ def admit_job(r: redis.Redis, key_id: str, limit: Limits, audio_seconds: float) 
         r.eval(
             _ADMIT,
             3,
-            keys.usage(key_id),
-            keys.audio_day(key_id, day),
-            keys.audio_quota(key_id),
+            *keys.admit_job_keys(key_id, day),
             limit.max_pending_jobs,
             limit.quota_audio_seconds_per_day,
             repr(audio_seconds),
@@ -474,9 +479,10 @@ def count_live_audio(r: redis.Redis, key_id: str, limit: Limits, audio_seconds: 
     now = time.time()
     day, resets_at = _day(now)
     quota = limit.quota_audio_seconds_per_day
-    names = (keys.usage(key_id), keys.audio_day(key_id, day))
     # No pending-jobs limit (0): a live session is not a job.
-    reply = r.eval(_ADMIT, 2, *names, 0, quota, repr(audio_seconds), 2 * _DAY_SECONDS)
+    reply = r.eval(
+        _ADMIT, 3, *keys.admit_job_keys(key_id, day), 0, quota, repr(audio_seconds), 2 * _DAY_SECONDS
+    )
     verdict, value = cast(list[Any], reply)
     if int(verdict) == 2:
         raise _refuse(

@@ -8,7 +8,7 @@ from typing import Any
 
 import redis
 
-from shared import keys, model_ads
+from shared import keys, model_ads, stack
 from shared.errors import StorageError
 from shared.storage import BlobStore
 
@@ -38,7 +38,8 @@ def check(r: redis.Redis, store: BlobStore, heartbeat_seconds: float) -> tuple[b
     report: dict[str, Any] = {}
     try:
         r.ping()
-        report["redis"] = {"status": "up"}
+        lost = stack.lost(r, store)
+        report["redis"] = {"status": "lost", "detail": lost} if lost else {"status": "up"}
     except redis.RedisError as exc:
         log.warning("health: redis is down: %s", exc)
         report["redis"] = {"status": "down"}
@@ -64,7 +65,7 @@ def check(r: redis.Redis, store: BlobStore, heartbeat_seconds: float) -> tuple[b
     failing = [
         name
         for name, part in report.items()
-        if isinstance(part, dict) and part.get("status") in ("down", "unknown")
+        if isinstance(part, dict) and part.get("status") in ("down", "unknown", "lost")
     ]
     healthy = not failing
     return healthy, {"status": "ok" if healthy else "unavailable", "failing": failing, **report}

@@ -19,6 +19,7 @@ from shared.errors import (
     ClientError,
     FieldError,
     PayloadTooLargeError,
+    RedisLostDataError,
     StorageError,
     UnavailableError,
     ValidationError,
@@ -87,6 +88,9 @@ def to_response(exc: Exception) -> Response:
         allow = {name: value for name, value in exc.get_headers() if name.lower() == "allow"}
         return problem(code, exc.name, exc.description or exc.name, headers=allow or None)
     retry = {"Retry-After": str(UnavailableError.retry_after_seconds)}
+    if isinstance(exc, RedisLostDataError):
+        retry = {"Retry-After": str(exc.retry_after_seconds)}
+        return problem(503, "Service Unavailable", str(exc), headers=retry)
     if isinstance(exc, UnavailableError):
         # The cause (endpoint URLs, buckets, object keys) is the operator's, in the log.
         log.warning("unavailable: %s", exc)

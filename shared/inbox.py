@@ -81,7 +81,7 @@ def start_upload(
 ) -> dict[str, Any]:
     """Hand out a job id and a presigned PUT URL; the job starts once the object lands.
     429 when the key has ``MAX_OPEN_UPLOADS_PER_KEY`` uploads open already."""
-    job_id = jobstore.new_job_id()
+    job_id = jobstore.new_job_id(key_id)
     fairuse.open_upload(r, settings, key_id, job_id, UPLOAD_URL_TTL_SECONDS + 60)
     record = {"key_id": key_id, "options": options.model_dump(mode="json"), "webhook_url": webhook_url}
     url = inbox.presigned_put(upload_key(key_id, job_id), UPLOAD_URL_TTL_SECONDS)

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 
 import redis
 
-from shared import fairuse, idempotency, jobstore, logs, queue, retention, subtitles
+from shared import fairuse, idempotency, jobstore, logs, queue, redis_client, retention, subtitles
 from shared.audio import probe_duration
 from shared.clients import Clients
-from shared.errors import ConflictError, GoneError, PayloadTooLargeError, ValidationError
+from shared.errors import ConflictError, GoneError, NotReplicatedError, PayloadTooLargeError, ValidationError
 from shared.formats import SUBTITLE_FORMATS, render
 from shared.models import Job, JobOptions, JobStatus, TranscriptResult, WebhookState, parse_format
 from shared.settings import RetentionSettings
@@ -54,7 +54,7 @@ def create_job(
     if limits is not None:
         fairuse.admit_job(r, key_id, limits, duration)
     now = time.time()
-    job_id = job_id or jobstore.new_job_id()
+    job_id = job_id or jobstore.new_job_id(key_id)
     job = Job(
         id=job_id,
         key_id=key_id,
@@ -73,7 +73,10 @@ def create_job(
         store.upload(job.audio_key, fileobj, upload.content_type)
     try:
         queue.ensure_group(r)
-        jobstore.create(r, job, guard)
+        replicas = 0 if redis_client.is_cluster(r) else c.settings.replicas_to_wait
+        jobstore.create(r, job, guard, replicas, int(c.settings.redis_timeout_seconds * 500))
+    except NotReplicatedError:
+        raise  # the record may still win through a failover: its audio stays (else an orphan)
     except Exception:
         store.delete(job.audio_key)
         raise
@@ -90,7 +93,7 @@ def submit(c: Clients, new: NewJob, idempotency_key: str | None) -> tuple[Job, b
     claimed = idempotency.claim(r, key_id, idempotency.check_key(idempotency_key), request_fingerprint)
     if claimed.existing_job_id is not None:
         return jobstore.get_owned(r, key_id, claimed.existing_job_id), True
-    job_id = jobstore.new_job_id()
+    job_id = jobstore.new_job_id(key_id)
     try:
         return create_job(c, new, job_id=job_id, guard=claimed.guard(job_id)), False
     except ConflictError:

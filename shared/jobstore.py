@@ -6,14 +6,13 @@ refuses a change from a state it was not asked to leave. That is what stops a la
 worker from overwriting a newer state. Each change is also published on the job's events
 channel (``keys.job_events``) for callers that wait on a job, appended to the job's event
 log (``keys.job_event_log``, read by ``shared.events``), and counted in the service-wide
-metrics hash (``keys.METRICS``: jobs by status and model, audio and processing seconds, the
+metrics of its key (``keys.tenant_metrics``: jobs by status and model, audio and processing seconds, the
 real-time factor), in the same step, so ``GET /metrics`` counts every change exactly once.
 """
 
 from __future__ import annotations
 
 import json
-import secrets
 import time
 from dataclasses import dataclass
 from typing import Any, cast
@@ -21,7 +20,7 @@ from typing import Any, cast
 import redis
 
 from shared import keys, queue
-from shared.errors import ConflictError, NotFoundError
+from shared.errors import ConflictError, NotFoundError, NotReplicatedError
 from shared.metrics import RTF_BUCKETS
 from shared.models import Job, JobStatus
 
@@ -71,9 +70,10 @@ return {1, encoded}
 """
 
 
-def new_job_id() -> str:
-    """Time-ordered (newest sorts last) and unguessable: 12 hex of ms time + 16 random hex."""
-    return f"{int(time.time() * 1000):012x}{secrets.token_hex(8)}"
+def new_job_id(key_id: str) -> str:
+    """A new id for a job of ``key_id``: time-ordered, unguessable, in the key's slot
+    (``keys.new_job_id``)."""
+    return keys.new_job_id(key_id)
 
 
 @dataclass(frozen=True)
@@ -88,11 +88,17 @@ class Guard:
     ttl_seconds: int
 
 
-def create(r: redis.Redis, job: Job, guard: Guard | None = None) -> None:
+def create(
+    r: redis.Redis, job: Job, guard: Guard | None = None, replicas: int = 0, wait_ms: int = 1000
+) -> None:
     """Store a new pending job, index it under its key, count it and queue it: all or nothing.
 
-    With a ``guard``, ConflictError if the guarded key was taken by someone else meanwhile."""
+    With a ``guard``, ConflictError if the guarded key was taken by someone else meanwhile.
+    With ``replicas``, QueueError (503) unless that many replicas hold it within ``wait_ms``: a
+    primary demoted by a failover still takes writes until it learns of it, and they are lost."""
     record = job.model_dump(mode="json")
+    names = keys.create_job_keys(job.key_id, job.id, guard.key if guard else None)
+    name, index, usage, _, log, job_metrics = names[-6:]
     with r.pipeline(transaction=True) as pipe:
         if guard is not None:
             pipe.watch(guard.key)  # type: ignore[no-untyped-call]
@@ -101,20 +107,28 @@ def create(r: redis.Redis, job: Job, guard: Guard | None = None) -> None:
                 raise ConflictError("another request with this Idempotency-Key took over")
             pipe.multi()
             pipe.set(guard.key, guard.value, ex=guard.ttl_seconds)
-        pipe.set(keys.job(job.id), json.dumps(record))
-        pipe.zadd(keys.jobs_of(job.key_id), {job.id: 0})
-        pipe.hincrby(keys.usage(job.key_id), "jobs_total", 1)
-        pipe.hincrby(keys.usage(job.key_id), "jobs_pending", 1)
-        pipe.hincrby(keys.usage(job.key_id), "bytes_uploaded", job.bytes)
-        queue.publish(pipe, job.id, job.key_id)
-        log = keys.job_event_log(job.id)
+        pipe.set(name, json.dumps(record))
+        pipe.zadd(index, {job.id: 0})
+        pipe.hincrby(usage, "jobs_total", 1)
+        pipe.hincrby(usage, "jobs_pending", 1)
+        pipe.hincrby(usage, "bytes_uploaded", job.bytes)
+        queue.enlist(pipe, job.id, job.key_id)
         pipe.xadd(log, {"kind": "status", "job": json.dumps(record)}, maxlen=keys.JOB_EVENT_LOG_MAXLEN)
         pipe.expire(log, keys.JOB_EVENT_LOG_TTL_SECONDS)
-        pipe.hincrby(keys.METRICS, f"jobs_total|{JobStatus.PENDING.value}|{job.options.model}", 1)
+        pipe.hincrby(job_metrics, f"jobs_total|{JobStatus.PENDING.value}|{job.options.model}", 1)
         try:
             pipe.execute()
         except redis.WatchError:
             raise ConflictError("another request with this Idempotency-Key took over") from None
+    if not replicas:
+        queue.publish(r, job.id, job.key_id)
+        return
+    with r.pipeline(transaction=False) as pipe:  # one connection: WAIT covers its writes, and all before
+        queue.publish(pipe, job.id, job.key_id)
+        pipe.execute_command("WAIT", replicas, wait_ms)  # type: ignore[no-untyped-call]
+        held = pipe.execute()[-1]
+    if int(held) < replicas:
+        raise NotReplicatedError(f"job {job.id} reached {held} of {replicas} replicas; not accepted")
 
 
 def load(r: redis.Redis, job_id: str) -> Job | None:
@@ -172,10 +186,7 @@ def transition(
     result: Any = r.eval(
         _TRANSITION,
         4,
-        keys.job(job.id),
-        keys.usage(job.key_id),
-        keys.job_event_log(job.id),
-        keys.METRICS,
+        *keys.transition_keys(job.key_id, job.id),
         " ".join(s.value for s in allowed_from),
         to.value,
         json.dumps(changes),
@@ -204,7 +215,13 @@ def delete(r: redis.Redis, job: Job) -> None:
     """Remove the record and its index entry; a job that never finished counts as canceled."""
     if not job.status.terminal:
         cancel(r, job)
+    forget(r, job.key_id, job.id)
+
+
+def forget(r: redis.Redis, key_id: str, job_id: str) -> None:
+    """Remove a job's record, event log and index entry, together."""
+    name, log, index = keys.forget_job_keys(key_id, job_id)
     with r.pipeline(transaction=True) as pipe:
-        pipe.delete(keys.job(job.id), keys.job_event_log(job.id))
-        pipe.zrem(keys.jobs_of(job.key_id), job.id)
+        pipe.delete(name, log)
+        pipe.zrem(index, job_id)
         pipe.execute()

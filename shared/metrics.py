@@ -183,6 +183,21 @@ def _oldest_waiting_seconds(r: redis.Redis) -> float:
     return max(0.0, time.time() - millis / 1000)
 
 
+def figures(r: redis.Redis) -> dict[str, str]:
+    """Every counter: the service's own hash plus each key's job figures, added up (one hash
+    per key so a job's change counts in its own slot, ``keys.tenant_metrics``)."""
+    with r.pipeline(transaction=False) as pipe:
+        pipe.hgetall(keys.METRICS)
+        for key_id in sorted(cast(set[str], r.smembers(keys.API_KEYS))):
+            pipe.hgetall(keys.tenant_metrics(key_id))
+        parts = cast(list[dict[str, str]], pipe.execute())
+    total: dict[str, float] = defaultdict(float)
+    for part in parts:
+        for field, value in part.items():
+            total[field] += float(value)
+    return {field: repr(value) for field, value in total.items()}
+
+
 class RedisCollector(Collector):
     """Every figure, read from Redis at scrape time."""
 
@@ -191,7 +206,7 @@ class RedisCollector(Collector):
         self.heartbeat_seconds = heartbeat_seconds
 
     def collect(self) -> Iterator[Metric]:
-        raw = cast(dict[str, str], self.r.hgetall(keys.METRICS))
+        raw = figures(self.r)
         yield from self._counters(raw)
         yield from self._histograms(raw)
         yield from self._gauges()
@@ -241,7 +256,7 @@ class RedisCollector(Collector):
                 len(health.live_workers(self.r, self.heartbeat_seconds * 3)),
             ),
             "whisper_dead_lettered_jobs": (
-                "Jobs set aside after too many deliveries (the jobs:dead stream)",
+                "Jobs set aside after too many deliveries (the {jobs}:dead stream)",
                 int(self.r.xlen(keys.DEAD_LETTER_STREAM)),
             ),
         }

@@ -45,39 +45,59 @@ def ensure_group(r: redis.Redis) -> None:
             raise
 
 
+# Fair turns span two slots (the ring in ``{jobs}``, each key's list in its own), so a publish
+# and a pick are two scripts each, ordered so that the ring never promises a job that is not in
+# its key's list: a job is pushed (with its record) before its turn is counted and its entry
+# written; a turn is taken from the ring before a job is popped. The ring's count of a key's
+# waiting jobs is thus at most its list's length, and an entry that finds the list empty (a
+# publish cut short by a crash) runs the job it names, as a ``direct`` entry would.
+
 # A key new to the queue is scored just before the current turn: it is served next, after the
 # keys that have waited longer.
 _PUBLISH = """
-redis.call('RPUSH', KEYS[1], ARGV[1])
+redis.call('HINCRBY', KEYS[1], ARGV[2], 1)
 if not redis.call('ZSCORE', KEYS[2], ARGV[2]) then
   redis.call('ZADD', KEYS[2], tonumber(redis.call('GET', KEYS[3]) or '0') - 0.5, ARGV[2])
 end
-redis.call('XADD', KEYS[4], '*', 'job_id', ARGV[1])
+redis.call('XADD', KEYS[4], '*', 'job_id', ARGV[1], 'key_id', ARGV[2])
 """
 
+# The key whose turn it is, bound to the entry once (a reclaimed entry keeps its turn).
 _PICK = """
 local bound = redis.call('GET', KEYS[1])
 if bound then return bound end
 local first = redis.call('ZRANGE', KEYS[2], 0, 0)
-if #first == 0 then return ARGV[1] end
-local list = ARGV[3] .. first[1]
-local job = redis.call('LPOP', list)
-if redis.call('LLEN', list) == 0 then
-  redis.call('ZREM', KEYS[2], first[1])
+if #first == 0 then return false end
+local key_id = first[1]
+if redis.call('HINCRBY', KEYS[3], key_id, -1) <= 0 then
+  redis.call('HDEL', KEYS[3], key_id)
+  redis.call('ZREM', KEYS[2], key_id)
 else
-  redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[3]), first[1])
+  redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[4]), key_id)
 end
-if not job then return ARGV[1] end
-redis.call('SET', KEYS[1], job, 'EX', ARGV[2])
+redis.call('SET', KEYS[1], key_id, 'EX', ARGV[1])
+return key_id
+"""
+
+# That key's next job, bound to the entry once.
+_TAKE = """
+local bound = redis.call('GET', KEYS[2])
+if bound then return bound end
+local job = redis.call('LPOP', KEYS[1])
+if not job then return false end
+redis.call('SET', KEYS[2], job, 'EX', ARGV[1])
 return job
 """
 
 
-def publish(pipe: redis.client.Pipeline, job_id: str, key_id: str) -> None:
-    """Queue a job inside the caller's transaction (with its record)."""
-    pipe.eval(
-        _PUBLISH, 4, keys.queue_of(key_id), keys.QUEUE_KEYS, keys.QUEUE_TURN, keys.JOBS_STREAM, job_id, key_id
-    )
+def enlist(pipe: redis.client.Pipeline, job_id: str, key_id: str) -> None:
+    """Put a job in its key's list, inside the caller's transaction (with its record)."""
+    pipe.rpush(keys.queue_of(key_id), job_id)
+
+
+def publish(r: redis.Redis | redis.client.Pipeline, job_id: str, key_id: str) -> None:
+    """Give an enlisted job its turn in the ring and its stream entry (after ``enlist``)."""
+    r.eval(_PUBLISH, 4, *keys.publish_keys(), job_id, key_id)
 
 
 def waiting_keys(r: redis.Redis, count: int) -> list[str]:
@@ -90,17 +110,12 @@ def _job_of(r: redis.Redis, entry_id: str, fields: dict[str, Any]) -> str:
     job_id = str(fields.get("job_id", ""))
     if fields.get("direct"):
         return job_id
-    picked = r.eval(
-        _PICK,
-        3,
-        keys.queue_ticket(entry_id),
-        keys.QUEUE_KEYS,
-        keys.QUEUE_TURN,
-        job_id,
-        keys.QUEUE_TICKET_TTL_SECONDS,
-        keys.queue_of(""),
-    )
-    return str(picked)
+    ttl = keys.QUEUE_TICKET_TTL_SECONDS
+    key_id = r.eval(_PICK, 4, *keys.pick_keys(entry_id), ttl)
+    if not key_id:
+        return job_id
+    picked = r.eval(_TAKE, 2, *keys.take_keys(str(key_id), entry_id), ttl)
+    return str(picked) if picked else job_id
 
 
 def reclaim(r: redis.Redis, consumer: str, idle_ms: int) -> Delivery | None:
@@ -132,9 +147,17 @@ def keep_alive(r: redis.Redis, consumer: str, entry_ids: list[str]) -> None:
 def ack(r: redis.Redis, entry_id: str) -> None:
     """The job reached a final state (or needs no work): the entry is done."""
     with r.pipeline(transaction=True) as pipe:
+        pipe.get(keys.queue_ticket(entry_id))
         pipe.xack(keys.JOBS_STREAM, keys.JOBS_GROUP, entry_id)
-        pipe.delete(keys.queue_ticket(entry_id))
-        pipe.execute()
+        _retire_ticket(pipe, entry_id)
+        key_id = pipe.execute()[0]
+    if key_id:  # the job it took is in the key's slot: a second step (else it expires by TTL)
+        r.delete(keys.queue_job_ticket(str(key_id), entry_id))
+
+
+def _retire_ticket(pipe: redis.client.Pipeline, entry_id: str) -> None:
+    """Drop an entry's turn; the job it took (in its key's slot) goes after (or by its TTL)."""
+    pipe.delete(keys.queue_ticket(entry_id))
 
 
 def hand_back(r: redis.Redis, entry_id: str | None, job_id: str) -> None:
@@ -143,7 +166,7 @@ def hand_back(r: redis.Redis, entry_id: str | None, job_id: str) -> None:
         pipe.xadd(keys.JOBS_STREAM, {"job_id": job_id, "direct": "1"})
         if entry_id is not None:
             pipe.xack(keys.JOBS_STREAM, keys.JOBS_GROUP, entry_id)
-            pipe.delete(keys.queue_ticket(entry_id))
+            _retire_ticket(pipe, entry_id)
         pipe.execute()
 
 
@@ -153,7 +176,7 @@ def delay(r: redis.Redis, entry_id: str | None, job_id: str, seconds: float) -> 
         pipe.zadd(keys.JOBS_DELAYED, {job_id: time.time() + seconds})
         if entry_id is not None:
             pipe.xack(keys.JOBS_STREAM, keys.JOBS_GROUP, entry_id)
-            pipe.delete(keys.queue_ticket(entry_id))
+            _retire_ticket(pipe, entry_id)
         pipe.execute()
 
 
@@ -171,7 +194,7 @@ return #due
 
 def promote_due(r: redis.Redis) -> int:
     """Queue again the delayed jobs whose time has come; how many."""
-    return int(r.eval(_PROMOTE, 2, keys.JOBS_DELAYED, keys.JOBS_STREAM, time.time()))
+    return int(r.eval(_PROMOTE, 2, *keys.promote_keys(), time.time()))
 
 
 def dead_letter(r: redis.Redis, delivery: Delivery) -> None:
@@ -179,7 +202,7 @@ def dead_letter(r: redis.Redis, delivery: Delivery) -> None:
     with r.pipeline(transaction=True) as pipe:
         pipe.xadd(keys.DEAD_LETTER_STREAM, {"job_id": delivery.job_id, "entry_id": delivery.entry_id})
         pipe.xack(keys.JOBS_STREAM, keys.JOBS_GROUP, delivery.entry_id)
-        pipe.delete(keys.queue_ticket(delivery.entry_id))
+        _retire_ticket(pipe, delivery.entry_id)
         pipe.execute()
 
 

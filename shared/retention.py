@@ -12,7 +12,7 @@ import time
 
 import redis
 
-from shared import keys
+from shared import jobstore, keys
 from shared.errors import StorageError
 from shared.models import Job
 from shared.settings import RetentionSettings
@@ -70,7 +70,4 @@ def _remove(r: redis.Redis, store: BlobStore, inbox: BlobStore | None, member: s
         inbox.delete(rest)
     elif kind == "job":
         key_id, _, job_id = rest.partition("|")
-        with r.pipeline(transaction=True) as pipe:
-            pipe.delete(keys.job(job_id))
-            pipe.zrem(keys.jobs_of(key_id), job_id)
-            pipe.execute()
+        jobstore.forget(r, key_id, job_id)

@@ -77,6 +77,20 @@ class RedisSettings(_Base):
     redis_url: str = "redis://127.0.0.1:6379/0"
     #: Bounded so an outage turns into a quick 503 rather than a hung request.
     redis_timeout_seconds: float = 5.0
+    #: Replicas that must hold a new job before its 202 (``WAIT``); empty: 1 for a Sentinel URL
+    #: (a failover then never loses an accepted job), else 0. Not on a cluster.
+    redis_wait_replicas: int | None = None
+
+    @field_validator("redis_wait_replicas", mode="before")
+    @classmethod
+    def _empty_is_default(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @property
+    def replicas_to_wait(self) -> int:
+        if self.redis_wait_replicas is not None:
+            return self.redis_wait_replicas
+        return 1 if urlsplit(self.redis_url).scheme.endswith("+sentinel") else 0
 
     @model_validator(mode="after")
     def _real_redis_password(self) -> RedisSettings:

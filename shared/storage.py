@@ -158,6 +158,13 @@ class BlobStore:
                 Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True}
             )
 
+    def listing(self, prefix: str) -> Iterator[tuple[str, int, float]]:
+        """Every object under ``prefix``: (key, size, when last modified as unix time)."""
+        with _wrapped(f"list {prefix}"):
+            for page in self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+                for item in page.get("Contents", []):
+                    yield item["Key"], int(item["Size"]), item["LastModified"].timestamp()
+
     def check(self) -> None:
         """Raise StorageError unless the bucket is reachable."""
         with _wrapped(f"reach bucket {self.bucket}"):

@@ -35,16 +35,35 @@ _ENQUEUE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'job_id', ARGV[2], 'key_id', ARGV[3], 'url', ARGV[4], 'body', ARGV[5],
            'attempts', 0, 'state', 'pending', 'created_at', ARGV[6])
-redis.call('EXPIRE', KEYS[1], ARGV[8])
+redis.call('EXPIRE', KEYS[1], ARGV[7])
 redis.call('ZADD', KEYS[2], ARGV[6], ARGV[1])
-local raw = redis.call('GET', KEYS[3])
-if raw then
-  local job = cjson.decode(raw)
-  job['webhook'] = cjson.decode(ARGV[7])
-  redis.call('SET', KEYS[3], cjson.encode(job), 'KEEPTTL')
-end
 return 1
 """
+
+# The delivery's state as the job's record shows it (``webhook``): set anew (ARGV[2] = 'set')
+# or, when the job has one, updated field by field. The message lives in the ``{webhooks}`` slot
+# and the job in its key's, so this is a second step after the message's own: the record may
+# lag its message by a crash, the message (what gets sent) never by anything.
+_SHOW = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local job = cjson.decode(raw)
+local state = cjson.decode(ARGV[1])
+if ARGV[2] == 'set' then
+  job['webhook'] = state
+elseif type(job['webhook']) == 'table' then
+  for k, v in pairs(state) do job['webhook'][k] = v end
+else
+  return 0
+end
+redis.call('SET', KEYS[1], cjson.encode(job), 'KEEPTTL')
+return 1
+"""
+
+
+def show_state(r: redis.Redis, job_id: str, state: dict[str, Any], replace: bool = False) -> None:
+    """Write a delivery's state into its job's record (all of it, or the fields given)."""
+    r.eval(_SHOW, 1, keys.job(job_id), json.dumps(state), "set" if replace else "update")
 
 
 @dataclass(frozen=True)
@@ -164,17 +183,16 @@ def enqueue(r: redis.Redis, job: Job) -> bool:
     state = WebhookState(url=url, state="pending")
     queued = r.eval(
         _ENQUEUE,
-        3,
-        keys.webhook_delivery(msg),
-        keys.WEBHOOKS_DUE,
-        keys.job(job.id),
+        2,
+        *keys.webhook_keys(msg),
         msg,
         job.id,
         job.key_id,
         url,
         event_body(job).decode(),
         repr(time.time()),
-        state.model_dump_json(),
         str(keys.WEBHOOK_DELIVERY_TTL_SECONDS),
     )
+    if queued:
+        show_state(r, job.id, state.model_dump(mode="json"), replace=True)
     return bool(queued)

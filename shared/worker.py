@@ -30,7 +30,19 @@ from typing import Any, TypeVar
 
 import redis
 
-from shared import events, fairuse, jobstore, keys, logs, metrics, model_ads, queue, retention, webhooks
+from shared import (
+    events,
+    fairuse,
+    jobstore,
+    keys,
+    logs,
+    metrics,
+    model_ads,
+    queue,
+    retention,
+    stack,
+    webhooks,
+)
 from shared.dispatcher import Dispatcher
 from shared.engine.memory import allocator
 from shared.engine.pipeline import Engine, Progress
@@ -88,6 +100,10 @@ class Worker:
         to finish; past it, they are handed back to the queue for another worker."""
         if stop is not None:
             self.stop = stop
+        try:  # Redis and storage are one stack; a Redis that lost the storage's data is logged
+            stack.pair(self.r, self.store)
+        except (redis.RedisError, StorageError) as exc:
+            log.warning("could not check the stack id of Redis and storage: %s", exc)
         beat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
         beat.start()
         # Webhooks go out from their own thread: a slow receiver never holds up transcription.

@@ -6,6 +6,8 @@ session on free loopback ports (never the machine's own Redis), and torn down at
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
 import threading
 import time
@@ -15,9 +17,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import redis
 
 from devtools import audio as test_audio
-from devtools.devstack import free_port, start_redis, start_s3
+from devtools.devstack import free_port, start_redis, start_redis_cluster, start_s3
+from shared.settings import StorageSettings
 from tests import budget
 
 BUCKET = "test-bucket"
@@ -36,28 +40,88 @@ def _time_budget(request: pytest.FixtureRequest) -> None:
     budget.start(float(limit or 0))
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--redis",
+        choices=("single", "cluster"),
+        default=os.environ.get("TEST_REDIS", "single"),
+        help="run against one redis-server or a 3-master + 3-replica Redis Cluster (TEST_REDIS)",
+    )
+
+
+@contextlib.contextmanager
+def redis_server(kind: str, data_dir: Path) -> Iterator[str]:
+    """A real Redis of ``kind`` ("single" or "cluster") for as long as the block runs: its URL."""
+    if kind == "cluster":
+        url, procs = start_redis_cluster(data_dir)
+    else:
+        port = free_port()
+        procs = [start_redis(port, data_dir)]
+        url = f"redis://127.0.0.1:{port}/0"
+    try:
+        yield url
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=10)
+
+
 @pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    proc = start_redis(port, tmp_path_factory.mktemp("redis"))
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(timeout=10)
+def redis_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with redis_server(request.config.getoption("--redis"), tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis Cluster whatever ``--redis`` says, for the tests of cluster behaviour itself."""
+    with redis_server("cluster", tmp_path_factory.mktemp("redis-cluster")) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def own_stack(
+    request: pytest.FixtureRequest, env: dict[str, str], db: int, data_dir: Path
+) -> Iterator[dict[str, str]]:
+    """An empty Redis of the session's kind and a bucket of their own, for one group of processes
+    (one stack, shared.stack): database ``db`` of the session's single server, or a cluster of
+    its own (a cluster has one database). The settings that name them."""
+    bucket = own_bucket(env)
+    if request.config.getoption("--redis") == "cluster":
+        with redis_server("cluster", data_dir) as url:
+            yield {"REDIS_URL": url, "S3_BUCKET": bucket}
+        return
+    url = env["REDIS_URL"].rsplit("/", 1)[0] + f"/{db}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    client.close()
+    yield {"REDIS_URL": url, "S3_BUCKET": bucket}
+
+
+def own_bucket(env: dict[str, str]) -> str:
+    """A new empty bucket on the session's S3 server (a stack of its own keeps its own)."""
+    from shared.storage import BlobStore
+
+    bucket = f"{BUCKET}-{time.monotonic_ns()}"
+    BlobStore(_storage_settings(env["S3_ENDPOINT_URL"]), bucket).ensure_bucket()
+    return bucket
+
+
+def _storage_settings(endpoint: str) -> StorageSettings:
+    return StorageSettings(
+        s3_endpoint_url=endpoint, s3_bucket=BUCKET, aws_access_key_id="test", aws_secret_access_key="test"
+    )
 
 
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
-    from shared.settings import StorageSettings
     from shared.storage import BlobStore
 
     port = free_port()
     proc = start_s3(port)
     endpoint = f"http://127.0.0.1:{port}"
-    BlobStore(
-        StorageSettings(
-            s3_endpoint_url=endpoint, s3_bucket=BUCKET, aws_access_key_id="test", aws_secret_access_key="test"
-        )
-    ).ensure_bucket()
+    BlobStore(_storage_settings(endpoint)).ensure_bucket()
     yield endpoint
     proc.terminate()
     proc.wait(timeout=10)
@@ -208,3 +272,8 @@ def receiver() -> Iterator[Receiver]:
     yield state
     server.shutdown()
     server.server_close()
+
+
+def stored(r: redis.Redis, pattern: str = "*") -> list[str]:
+    """The key names matching ``pattern`` on every primary (``KEYS`` asks one node of a cluster)."""
+    return sorted(r.scan_iter(pattern))

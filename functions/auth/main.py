@@ -10,7 +10,7 @@ from flask import Request, Response, current_app, has_app_context
 from pydantic import BaseModel, ConfigDict
 from werkzeug.exceptions import MethodNotAllowed
 
-from shared import access, credentials, edge, fairuse, parsing
+from shared import access, credentials, edge, fairuse, parsing, stack
 from shared.errors import NotFoundError, UnauthorizedError, ValidationError
 from shared.http import guarded, json_response, to_response
 from shared.logs import configure_logging
@@ -58,8 +58,16 @@ def auth(request: Request) -> Response:
     settings = auth_settings()
     r = connect(settings)
     client = parsing.client_address(request, settings.proxy_hops)
-    key = fairuse.admit(r, settings, client, payload.api_key, functools.partial(credentials.verify_key, r))
+    try:
+        key = fairuse.admit(
+            r, settings, client, payload.api_key, functools.partial(credentials.verify_key, r)
+        )
+    except UnauthorizedError as exc:
+        if str(exc) == "unknown API key":  # a well-formed key Redis does not hold: may have forgotten
+            stack.raise_if_lost(r, None)
+        raise
     access.note_key(request, key.id)
+    stack.note(r)
     issued = credentials.issue_token(settings, key)
     return json_response(
         {"token": issued.token, "token_type": "bearer", "expires_in": issued.expires_in},

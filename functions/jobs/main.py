@@ -38,6 +38,7 @@ from shared import (
     openai_stream,
     openapi,
     parsing,
+    stack,
     storage_events,
     subtitles,
     usage,
@@ -46,7 +47,7 @@ from shared import (
 )
 from shared.clients import jobs_clients
 from shared.credentials import ApiKey
-from shared.errors import ValidationError
+from shared.errors import UnauthorizedError, ValidationError
 from shared.http import guarded, json_response, query_args, to_response
 from shared.logs import configure_logging
 from shared.models import JobOptions, Task, TranscriptResult
@@ -83,7 +84,12 @@ def _admit(request: Request, read: str | None = None) -> tuple[ApiKey, str | Non
     c = jobs_clients()
     client = parsing.client_address(request, c.settings.proxy_hops)
     token = credentials.bearer(request.headers.get("Authorization"))
-    key, value = fairuse.admit_token(c.redis, c.settings, c.settings, client, token, read)
+    try:
+        key, value = fairuse.admit_token(c.redis, c.settings, c.settings, client, token, read)
+    except UnauthorizedError as exc:
+        if str(exc) == credentials.REVOKED:  # a well-signed token's key is gone: Redis may have forgotten
+            stack.raise_if_lost(c.redis, c.store)
+        raise
     access.note_key(request, key.id)
     return key, value
 

@@ -14,12 +14,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-import redis
 import requests
 
 from devtools.devstack import free_port, start_gateway, start_worker
 from tests import budget
-from tests.conftest import ENGINES
+from tests.conftest import ENGINES, own_stack
 
 
 @dataclass
@@ -60,21 +59,22 @@ class Service:
 
 
 @pytest.fixture(scope="package", params=list(ENGINES))
-def service(request: pytest.FixtureRequest, service_env: dict[str, str]) -> Iterator[Service]:
+def service(
+    request: pytest.FixtureRequest, service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Service]:
     """The service with a worker of each engine in turn: every end-to-end test runs on both."""
-    redis_url = service_env["REDIS_URL"].rsplit("/", 1)[0] + "/1"
-    env = {**os.environ, **service_env, **ENGINES[request.param], "REDIS_URL": redis_url}
-    redis.Redis.from_url(env["REDIS_URL"]).flushdb()
-    port = free_port()
-    gateway = start_gateway(port, env, workers=2)
-    worker = start_worker(env)
-    try:
-        yield Service(f"http://127.0.0.1:{port}", env, worker)
-    finally:
-        for proc in (worker, gateway):
-            proc.terminate()
-        for proc in (worker, gateway):
-            proc.wait(timeout=30)
+    with own_stack(request, service_env, 1, tmp_path_factory.mktemp("redis-e2e")) as stack:
+        env = {**os.environ, **service_env, **ENGINES[request.param], **stack}
+        port = free_port()
+        gateway = start_gateway(port, env, workers=2)
+        worker = start_worker(env)
+        try:
+            yield Service(f"http://127.0.0.1:{port}", env, worker)
+        finally:
+            for proc in (worker, gateway):
+                proc.terminate()
+            for proc in (worker, gateway):
+                proc.wait(timeout=30)
 
 
 @pytest.fixture

@@ -8,12 +8,14 @@ import subprocess
 import time
 
 import pytest
-import redis
 import requests
 
 from devtools.devstack import free_port, start_gateway, start_worker
+from shared.redis_client import connect
+from shared.settings import RedisSettings
 from shared.worker import DUPLICATE_RESULTS
 from tests import budget
+from tests.conftest import own_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -23,8 +25,7 @@ class Cluster:
 
     def __init__(self, env: dict[str, str]) -> None:
         self.env = env
-        self.r = redis.Redis.from_url(env["REDIS_URL"], decode_responses=True)
-        self.r.flushdb()
+        self.r = connect(RedisSettings(redis_url=env["REDIS_URL"]))
         port = free_port()
         self.gateway = start_gateway(port, env, workers=1)
         self.base_url = f"http://127.0.0.1:{port}"
@@ -78,17 +79,18 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster(service_env):
-    env = {
-        **os.environ,
-        **service_env,
-        "REDIS_URL": service_env["REDIS_URL"].rsplit("/", 1)[0] + "/2",
-        "WORKER_VISIBILITY_TIMEOUT_MS": "1500",
-        "WORKER_HEARTBEAT_SECONDS": "0.2",
-    }
-    c = Cluster(env)
-    yield c
-    c.close()
+def cluster(request, service_env, tmp_path):
+    with own_stack(request, service_env, 2, tmp_path / "redis") as stack:
+        env = {
+            **os.environ,
+            **service_env,
+            **stack,
+            "WORKER_VISIBILITY_TIMEOUT_MS": "1500",
+            "WORKER_HEARTBEAT_SECONDS": "0.2",
+        }
+        c = Cluster(env)
+        yield c
+        c.close()
 
 
 def test_a_sigkilled_worker_s_job_is_reclaimed_and_completed_by_another(cluster, long_audio):

@@ -16,6 +16,7 @@ from shared.dispatcher import Dispatcher
 from shared.models import JobStatus
 from shared.settings import webhook_settings, worker_settings
 from shared.worker import build
+from tests.conftest import stored
 
 TEXT = "Hello from whisper api. The quick brown fox."
 
@@ -114,7 +115,7 @@ def test_bad_downloads_are_refused_before_a_job_exists(
 
     assert resp.status_code == status
     assert resp.get_json()["detail"] == detail
-    assert r.keys("job:*") == []
+    assert stored(r, "job:*") == []
 
 
 @pytest.mark.parametrize(
@@ -209,7 +210,7 @@ def test_an_upload_that_is_not_audio_is_refused_once(jobs_client, bearer, inbox_
     assert first.status_code == second.status_code == 409
     assert first.get_json()["detail"] == second.get_json()["detail"]
     assert "audio" in first.get_json()["detail"]
-    assert r.keys("job:*") == []
+    assert stored(r, "job:*") == []
 
 
 def test_a_refused_upload_put_again_is_deleted_every_round(jobs_client, bearer, inbox_store, r):

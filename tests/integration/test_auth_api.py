@@ -8,7 +8,7 @@ import jwt
 import pytest
 
 from shared import credentials
-from tests.conftest import JWT_SECRET
+from tests.conftest import JWT_SECRET, stored
 
 
 def test_a_valid_key_gets_a_bearer_token_with_all_claims(auth_client, api_key):
@@ -75,7 +75,7 @@ def test_a_revoked_key_and_its_tokens_are_refused_at_once(auth_client, jobs_clie
 
 def test_keys_are_stored_only_as_a_hash(r, api_key):
     key_id, plaintext = api_key("carol")
-    dump = {k: r.hgetall(k) if r.type(k) == "hash" else None for k in r.keys("*")}
+    dump = {k: r.hgetall(k) if r.type(k) == "hash" else None for k in stored(r, "*")}
     assert plaintext not in repr(dump)
     assert plaintext.startswith(f"wapi_{key_id}_")
 

@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import redis
 
 from bench.procs import tree_rss_bytes
 from devtools.devstack import free_port, start_gateway, wait_for_port
 from shared import credentials
+from shared.redis_client import from_url
+from tests.conftest import own_stack
 
 
 @dataclass
@@ -35,25 +36,34 @@ class Gateway:
 
 
 @pytest.fixture(scope="module")
-def gateway(service_env: dict[str, str]) -> Iterator[Gateway]:
-    with served_gateway(service_env, 2, BODY_TIMEOUT_SECONDS="1.5") as served:
+def gateway(
+    request: pytest.FixtureRequest, service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
+    with served_gateway(request, service_env, 2, tmp_path_factory, BODY_TIMEOUT_SECONDS="1.5") as served:
         yield served
 
 
 @contextlib.contextmanager
-def served_gateway(service_env: dict[str, str], db: int, **overrides: str) -> Iterator[Gateway]:
-    """The dev stack's gateway on Redis database ``db``, with settings ``overrides``, warmed up."""
-    redis_url = service_env["REDIS_URL"].rsplit("/", 1)[0] + f"/{db}"
-    env = {**os.environ, **service_env, "REDIS_URL": redis_url, **overrides}
-    port = free_port()
-    proc = start_gateway(port, env, workers=2)
-    served = Gateway(port, proc.pid, redis_url)
-    try:
-        _warm_up(served)
-        yield served
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+def served_gateway(
+    request: pytest.FixtureRequest,
+    service_env: dict[str, str],
+    db: int,
+    tmp_path_factory: pytest.TempPathFactory,
+    **overrides: str,
+) -> Iterator[Gateway]:
+    """The dev stack's gateway on a stack of its own (database ``db`` of the session's Redis, or
+    a cluster of its own), with settings ``overrides``, warmed up."""
+    with own_stack(request, service_env, db, tmp_path_factory.mktemp("redis-edge")) as stack:
+        env = {**os.environ, **service_env, **stack, **overrides}
+        port = free_port()
+        proc = start_gateway(port, env, workers=2)
+        served = Gateway(port, proc.pid, stack["REDIS_URL"])
+        try:
+            _warm_up(served)
+            yield served
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
 
 
 def _warm_up(gateway: Gateway) -> None:
@@ -244,7 +254,7 @@ def test_sixteen_stalled_uploads_leave_health_answering(gateway):
 
 
 def test_a_small_route_keeps_its_connection_alive_when_the_body_was_read(gateway):
-    r = redis.Redis.from_url(gateway.redis_url, decode_responses=True)
+    r = from_url(gateway.redis_url)
     _, plaintext = credentials.create_key(r, "edge")
     body = json.dumps({"api_key": plaintext}).encode()
     sock = _connect(gateway)

@@ -11,10 +11,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
-import redis
 import requests
 
 from shared import credentials
+from shared.redis_client import from_url
 from tests import budget
 from tests.integration.test_edge import (
     JSON,
@@ -31,13 +31,15 @@ DEADLINES = {"BODY_TIMEOUT_SECONDS": "1.5", "HEADER_TIMEOUT_SECONDS": "1.5"}
 
 
 @pytest.fixture(scope="module")
-def gateway(service_env: dict[str, str]) -> Iterator[Gateway]:
-    with served_gateway(service_env, 3, **DEADLINES) as served:
+def gateway(
+    request: pytest.FixtureRequest, service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
+    with served_gateway(request, service_env, 3, tmp_path_factory, **DEADLINES) as served:
         yield served
 
 
 def _token(gateway: Gateway) -> str:
-    r = redis.Redis.from_url(gateway.redis_url, decode_responses=True)
+    r = from_url(gateway.redis_url)
     _, plaintext = credentials.create_key(r, "paced")
     url = f"http://127.0.0.1:{gateway.port}/auth/token"
     answer = requests.post(url, json={"api_key": plaintext}, timeout=budget.seconds(10))

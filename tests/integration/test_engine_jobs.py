@@ -20,7 +20,7 @@ from shared.models import JobStatus
 from shared.settings import worker_settings
 from shared.storage import result_key
 from shared.worker import build
-from tests.conftest import ENGINES
+from tests.conftest import ENGINES, stored
 
 PHRASE = "Hello from whisper api. The quick brown fox."
 
@@ -74,7 +74,7 @@ def test_a_recording_longer_than_the_limit_is_refused_at_intake(env, jobs_client
         "the recording is 3 s long; this server transcribes at most 2 s per job (MAX_AUDIO_SECONDS); "
         "split it and submit the parts"
     )
-    assert r.keys("job:*") == [] and _objects(store) == []
+    assert stored(r, "job:*") == [] and _objects(store) == []
 
 
 def test_a_playlist_is_refused_at_intake_with_415(jobs_client, bearer, r, store, playlist):
@@ -82,7 +82,7 @@ def test_a_playlist_is_refused_at_intake_with_415(jobs_client, bearer, r, store,
 
     assert resp.status_code == 415
     assert resp.get_json()["detail"].startswith("the file is not decodable audio")
-    assert r.keys("job:*") == [] and _objects(store) == []
+    assert stored(r, "job:*") == [] and _objects(store) == []
 
 
 def test_a_playlist_that_reaches_the_worker_another_way_fails_the_job(

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from shared import credentials, fairuse, jobstore
+from shared import credentials, fairuse, jobstore, keys
 from shared.cli import main as cli
 from shared.settings import jobs_settings
 
@@ -168,10 +168,10 @@ def test_concurrent_synchronous_calls_per_key_are_capped(env, jobs_client, api_k
 
 def test_a_crashed_callers_sync_slot_frees_itself(env, r):
     limits = fairuse.limits(jobs_settings().model_copy(update={"max_sync_waits_per_key": 1}))
-    r.zadd("syncwaits:k1", {"crashed": time.time() - 1})  # a lease that ran out
+    r.zadd(keys.sync_waits("k1"), {"crashed": time.time() - 1})  # a lease that ran out
     with fairuse.sync_wait(r, "k1", limits, 60):
-        assert r.zcard("syncwaits:k1") == 1
-    assert r.zcard("syncwaits:k1") == 0
+        assert r.zcard(keys.sync_waits("k1")) == 1
+    assert r.zcard(keys.sync_waits("k1")) == 0
 
 
 def test_the_daily_audio_quota_is_enforced_and_shown_in_usage(env, jobs_client, bearer, make_wav):

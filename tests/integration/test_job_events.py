@@ -9,7 +9,7 @@ import json
 import threading
 import time
 
-from shared import events, jobstore
+from shared import events, jobstore, keys
 from shared.models import JobStatus, Segment, Word
 
 
@@ -134,7 +134,7 @@ def test_a_log_that_expired_starts_from_the_job_record(jobs_client, bearer, r, m
     job_id = _new_job(jobs_client, headers, make_wav(0.5))
     job = jobstore.load(r, job_id)
     jobstore.transition(r, job, (JobStatus.PENDING,), JobStatus.FAILED, {"error": "bad audio"})
-    r.delete(f"job-log:{job_id}")
+    r.delete(keys.job_event_log(job_id))
 
     got = _parse(jobs_client.get(f"/transcribe/{job_id}/events", headers=headers).get_data())
 

@@ -9,6 +9,7 @@ import pytest
 
 from shared import keys, model_ads
 from shared.storage import audio_key
+from tests.conftest import stored
 
 
 def _submit(client, headers, audio: bytes | None, filename: str = "talk.wav", **fields):
@@ -107,7 +108,7 @@ def test_bad_options_get_422_naming_the_field_and_leave_nothing(
     assert resp.content_type == "application/problem+json"
     body = resp.get_json()
     assert [e["field"] for e in body["errors"]] == [field]
-    assert _objects(store) == [] and r.keys("job:*") == []
+    assert _objects(store) == [] and stored(r, "job:*") == []
 
 
 def test_missing_and_empty_files_get_422(jobs_client, bearer, r, store):
@@ -117,7 +118,7 @@ def test_missing_and_empty_files_get_422(jobs_client, bearer, r, store):
     for resp in (missing, empty):
         assert resp.status_code == 422
         assert resp.get_json()["errors"][0]["field"] == "audio"
-    assert _objects(store) == [] and r.keys("job:*") == []
+    assert _objects(store) == [] and stored(r, "job:*") == []
 
 
 def test_a_file_under_another_field_name_gets_422_naming_both(jobs_client, bearer, r, make_wav):
@@ -133,7 +134,7 @@ def test_a_file_under_another_field_name_gets_422_naming_both(jobs_client, beare
             "pointer": "#/audio",
         }
     ]
-    assert r.keys("job:*") == []
+    assert stored(r, "job:*") == []
 
 
 def test_a_file_that_is_not_audio_gets_415(jobs_client, bearer, r, store):
@@ -141,7 +142,7 @@ def test_a_file_that_is_not_audio_gets_415(jobs_client, bearer, r, store):
 
     assert resp.status_code == 415
     assert "not decodable audio" in resp.get_json()["detail"]
-    assert _objects(store) == [] and r.keys("job:*") == []
+    assert _objects(store) == [] and stored(r, "job:*") == []
 
 
 def test_a_malformed_multipart_body_gets_422(jobs_client, bearer):
@@ -167,7 +168,7 @@ def test_uploads_over_the_limit_get_413(env, jobs_client, bearer, r, store, make
     assert resp.status_code == 413
     assert resp.content_type == "application/problem+json"
 
-    assert _objects(store) == [] and r.keys("job:*") == []
+    assert _objects(store) == [] and stored(r, "job:*") == []
 
 
 def test_list_shows_only_the_callers_jobs_newest_first_with_a_cursor(jobs_client, bearer, make_wav):
@@ -203,7 +204,7 @@ def test_delete_removes_the_record_and_the_audio(jobs_client, bearer, r, store, 
     assert jobs_client.delete(f"/transcribe/{job['id']}", headers=headers).status_code == 204
 
     assert jobs_client.get(f"/transcribe/{job['id']}", headers=headers).status_code == 404
-    assert _objects(store) == [] and r.keys("job:*") == []
+    assert _objects(store) == [] and stored(r, "job:*") == []
     usage = jobs_client.get("/usage", headers=headers).get_json()
     assert usage["jobs"]["pending"] == 0 and usage["jobs"]["canceled"] == 1
 

@@ -15,6 +15,7 @@ import pytest
 from shared import keys
 from shared.dispatcher import Dispatcher
 from shared.settings import webhook_settings
+from tests.conftest import stored
 
 
 class Dripper:
@@ -79,7 +80,7 @@ def test_an_audio_url_that_drips_is_cut_off_at_its_deadline(env, jobs_client, be
         "audio_url: the download took longer than 1.5 s",
     )
     assert 1.4 < elapsed < 4
-    assert r.keys("job:*") == []
+    assert stored(r, "job:*") == []
 
 
 def _queue(r, msg: str, url: str, due: float, tenant: str | None = None) -> None:

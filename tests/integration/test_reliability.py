@@ -15,7 +15,7 @@ from shared.models import JobStatus
 from shared.settings import worker_settings
 from shared.storage import result_key
 from shared.worker import build
-from tests.conftest import ENGINES
+from tests.conftest import ENGINES, stored
 
 
 def _post(client, headers, audio: bytes, idem: str | None = None, **fields):
@@ -42,8 +42,8 @@ def test_same_key_and_request_give_the_same_job_once(jobs_client, bearer, r, sto
     assert first.status_code == again.status_code == 202
     assert again.get_json()["id"] == first.get_json()["id"]
     assert again.headers["Idempotent-Replayed"] == "true"
-    assert len(r.keys("job:*")) == 1 and len(_objects(store)) == 1 and r.xlen(keys.JOBS_STREAM) == 1
-    assert 0 < r.ttl(r.keys("idem:*")[0]) <= 24 * 3600
+    assert len(stored(r, "job:*")) == 1 and len(_objects(store)) == 1 and r.xlen(keys.JOBS_STREAM) == 1
+    assert 0 < r.ttl(stored(r, "idem:*")[0]) <= 24 * 3600
 
 
 def test_same_key_with_a_different_request_is_422(jobs_client, bearer, r, make_wav):
@@ -56,7 +56,7 @@ def test_same_key_with_a_different_request_is_422(jobs_client, bearer, r, make_w
     for resp in (other_audio, other_option):
         assert resp.status_code == 422
         assert resp.get_json()["errors"][0]["field"] == "Idempotency-Key"
-    assert len(r.keys("job:*")) == 1
+    assert len(stored(r, "job:*")) == 1
 
 
 def test_same_key_while_the_first_is_in_flight_is_409(jobs_client, bearer, r, make_wav):
@@ -76,14 +76,14 @@ def test_same_key_while_the_first_is_in_flight_is_409(jobs_client, bearer, r, ma
     resp = _post(jobs_client, headers, audio, idem="busy")
 
     assert resp.status_code == 409
-    assert r.keys("job:*") == []
+    assert stored(r, "job:*") == []
 
 
 def test_idempotency_keys_are_scoped_per_api_key(jobs_client, bearer, r, make_wav):
     audio = make_wav(1.0)
     a = _post(jobs_client, bearer("a"), audio, idem="same").get_json()["id"]
     b = _post(jobs_client, bearer("b"), audio, idem="same").get_json()["id"]
-    assert a != b and len(r.keys("job:*")) == 2
+    assert a != b and len(stored(r, "job:*")) == 2
 
 
 # ---- cancellation ---------------------------------------------------------------------------
@@ -292,7 +292,7 @@ def test_storage_down_is_503_for_uploads(env, jobs_client, bearer, r, make_wav):
     env(S3_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}")
     resp = _post(jobs_client, headers, make_wav(1.0))
     assert resp.status_code == 503 and resp.headers["Retry-After"] == "5"
-    assert r.keys("job:*") == []
+    assert stored(r, "job:*") == []
 
 
 def test_storage_down_puts_the_job_back_in_the_queue_with_a_growing_delay(

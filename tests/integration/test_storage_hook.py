@@ -10,7 +10,8 @@ import requests
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
 
-from shared import jobstore
+from shared import jobstore, keys
+from tests.conftest import stored
 
 TOKEN = "hook-token-0123456789abcdef0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -83,7 +84,7 @@ def test_a_minio_notification_starts_one_job_per_object(jobs_client, owner, drop
         2.0,
         "demo",
     )
-    assert r.keys("job:*") == [f"job:{made['job_id']}"]
+    assert stored(r, "job:*") == [keys.job(made["job_id"])]
     assert inbox_store.head(key) is None  # the audio now lives with the job
 
 
@@ -111,7 +112,7 @@ def test_objects_without_an_active_owner_or_outside_the_inbox_are_skipped(
         {"key": revoked, "skipped": "the key does not start with an active API key id"},
         {"key": f"{owner}/x.wav", "skipped": "bucket 'some-other-bucket' is not the inbox"},
     ]
-    assert r.keys("job:*") == []
+    assert stored(r, "job:*") == []
 
 
 def test_removals_and_other_events_start_nothing(jobs_client, owner, dropped, inbox_store, r):
@@ -119,7 +120,7 @@ def test_removals_and_other_events_start_nothing(jobs_client, owner, dropped, in
     body = minio_event(inbox_store.bucket, key, etag, size, name="s3:ObjectRemoved:Delete")
     resp = jobs_client.post("/hooks/storage", json=body, headers=AUTH)
     assert resp.status_code == 200 and resp.get_json() == {"objects": []}
-    assert r.keys("job:*") == []
+    assert stored(r, "job:*") == []
 
 
 def test_an_object_that_is_not_audio_is_refused_once(jobs_client, owner, dropped, inbox_store, r):
@@ -132,7 +133,7 @@ def test_an_object_that_is_not_audio_is_refused_once(jobs_client, owner, dropped
     assert first == second
     [skipped] = first["objects"]
     assert skipped["key"] == key and "audio" in skipped["skipped"]
-    assert r.keys("job:*") == []
+    assert stored(r, "job:*") == []
 
 
 @pytest.mark.parametrize("mode", [to_binary, to_structured])

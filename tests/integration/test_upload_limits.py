@@ -6,6 +6,7 @@ from __future__ import annotations
 import requests
 
 from shared import keys
+from tests.conftest import stored
 
 
 def _inbox_keys(inbox_store) -> list[str]:
@@ -30,7 +31,7 @@ def test_an_oversized_presigned_upload_is_refused_and_deleted(
     assert (first.status_code, first.get_json()["detail"]) == (409, detail)
     assert (second.status_code, second.get_json()["detail"]) == (409, detail)
     assert _inbox_keys(inbox_store) == []  # not kept in the inbox
-    assert r.keys("job:*") == []
+    assert stored(r, "job:*") == []
 
 
 def test_open_uploads_per_key_are_capped(env, jobs_client, bearer, inbox_store, make_wav, r):
