@@ -1,0 +1,101 @@
+"""Speaker diarization: how right (DER) and how costly (time added to a job), in one run.
+
+    .venv/bin/python bench/diarize.py                         # 2/3/4 speakers, 3 conversations each
+    .venv/bin/python bench/diarize.py --per-count 1 --seconds 120 --sizes tiny
+
+Conversations are built here from distinct espeak-ng voices (``devtools.conversation``): turns
+of 1-20 s, pauses of 0.1-1.5 s, 15 % of the turns overlapping the one before by 0.3-1 s. Each
+is diarized the way the worker does it (ffmpeg -> silero VAD chunks -> GE2E windows over the
+speech regions -> clustering), with the speaker count given and estimated, and scored with
+``bench.der`` (0.25 s collar, overlaps scored). One-speaker recordings must come out as one
+speaker. Then one conversation is transcribed by the engine at each --sizes' real dimensions
+(``devtools.demo_model.build_sized_checkpoint``), with and without ``diarize``, side by side:
+the added time is the cost a user pays.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.der import score
+from devtools.conversation import conversation, write_wav
+from shared.engine.models import in_own_thread as solo
+
+
+def diarize_file(
+    path: Path, encoder: object, num: int | None
+) -> tuple[list[tuple[float, float, str]], float]:
+    """Turns of the recording at ``path`` and the seconds it took (decoding included)."""
+    from shared.engine.chunker import Chunker
+    from shared.engine.diarizer import Diarizer
+    from shared.engine.pcm import PcmStream
+
+    started = time.perf_counter()
+    diarizer = Diarizer(encoder)  # type: ignore[arg-type]
+    stream = PcmStream(str(path), expected_seconds=None, max_seconds=1e9)
+    chunker = Chunker()
+    for piece in stream:
+        for chunk in chunker.feed(piece):
+            diarizer.add(chunk.start, chunk.audio, chunk.speech)
+    for chunk in chunker.finish(stream.samples):
+        diarizer.add(chunk.start, chunk.audio, chunk.speech)
+    turns = diarizer.turns(num_speakers=num)
+    return [(t.start, t.end, t.speaker) for t in turns], time.perf_counter() - started
+
+
+def quality(counts: list[int], per_count: int, seconds: float, work: Path) -> None:
+    from shared.engine.diarizer import SpeakerEncoder
+
+    encoder = SpeakerEncoder("cpu")
+    print(
+        f"{'speakers':>8} {'seed':>4} {'audio s':>7} {'DER given':>9} {'DER est.':>8} {'found':>5} "
+        f"{'x real time':>11}"
+    )
+    given_all: list[float] = []
+    est_all: list[float] = []
+    for speakers in counts:
+        for seed in range(per_count):
+            conv = conversation(speakers, seconds, seed=100 * speakers + seed)
+            path = work / f"conv{speakers}_{seed}.wav"
+            write_wav(path, conv.audio)
+            hyp_given, _ = solo(lambda p=path, n=speakers: diarize_file(p, encoder, n))
+            hyp_est, took = solo(lambda p=path: diarize_file(p, encoder, None))
+            given, est = score(conv.turns, hyp_given), score(conv.turns, hyp_est)
+            found = len({s for _, _, s in hyp_est})
+            duration = len(conv.audio) / 16000
+            if speakers > 1:
+                given_all.append(given.der)
+                est_all.append(est.der)
+            print(
+                f"{speakers:>8} {seed:>4} {duration:>7.1f} {given.der:>9.1%} {est.der:>8.1%} {found:>5} "
+                f"{duration / took:>10.0f}x"
+            )
+    if given_all:
+        print(
+            f"mean DER over the 2+ speaker conversations: {statistics.mean(given_all):.1%} "
+            "with the count given, "
+            f"{statistics.mean(est_all):.1%} estimated"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--counts", default="1,2,3,4", help="speaker counts (default 1,2,3,4)")
+    parser.add_argument("--per-count", type=int, default=3, help="conversations per count")
+    parser.add_argument("--seconds", type=float, default=150.0, help="length of each conversation")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        quality([int(c) for c in args.counts.split(",")], args.per_count, args.seconds, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
