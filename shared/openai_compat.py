@@ -43,8 +43,12 @@ from shared.models import Job, JobOptions, JobStatus, Task, TranscriptResult
 from shared.settings import JobsSettings, ModelSettings
 from shared.storage import BlobStore, result_key
 
-#: OpenAI's ``response_format`` values this service renders (not ``diarized_json``).
-RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+#: OpenAI's ``response_format`` values this service renders.
+RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json", "diarized_json")
+#: Speakers labelled (``diarize=true``), answered in OpenAI's ``diarized_json`` shape.
+DIARIZED = "diarized_json"
+#: OpenAI's diarizing model: this deployment's default model with diarization.
+OPENAI_DIARIZE_MODEL = "gpt-4o-transcribe-diarize"
 #: OpenAI's ``timestamp_granularities[]`` values.
 GRANULARITIES = ("segment", "word")
 GRANULARITIES_FIELD = "timestamp_granularities[]"
@@ -106,9 +110,12 @@ def parse_request(fields: MultiDict[str, str], task: Task, settings: ModelSettin
         raise ValidationError.for_field(STREAM_FIELD, "must be true or false")
     granularities = _granularities(fields.getlist(GRANULARITIES_FIELD), response_format)
     raw: dict[str, Any] = {native: fields[name] for name, native in _OPTION_FIELDS.items() if name in fields}
-    if raw["model"] == OPENAI_MODEL:
+    if raw["model"] in (OPENAI_MODEL, OPENAI_DIARIZE_MODEL):
         raw["model"] = settings.whisper_default_model
-    raw |= {"task": task.value, "output_format": response_format, "word_timestamps": "word" in granularities}
+    native_format = "json" if response_format == DIARIZED else response_format
+    raw |= {"task": task.value, "output_format": native_format, "word_timestamps": "word" in granularities}
+    if response_format == DIARIZED:
+        raw["diarize"] = True
     try:
         options = parsing.parse_options(raw, settings)
     except ValidationError as exc:
@@ -173,6 +180,8 @@ def result_body(store: BlobStore, job: Job, request: AudioRequest) -> tuple[str,
         return json.dumps({"text": result.text}), "application/json"
     if fmt == "verbose_json":
         return json.dumps(_verbose(result, request.granularities)), "application/json"
+    if fmt == DIARIZED:
+        return json.dumps(_diarized(result)), "application/json"
     if fmt == "srt":
         return to_srt(result), _TEXT_PLAIN
     if fmt == "vtt":
@@ -188,6 +197,43 @@ def _verbose(result: TranscriptResult, granularities: frozenset[str]) -> dict[st
     if granularities and "segment" not in granularities:
         del body["segments"]
     return body
+
+
+def _diarized(result: TranscriptResult) -> dict[str, Any]:
+    """OpenAI's ``diarized_json``: segments with ``speaker``, labelled A, B, ... in order of
+    appearance as OpenAI labels them."""
+    letters: dict[str, str] = {}
+    for seg in result.segments:
+        if seg.speaker is not None and seg.speaker not in letters:
+            letters[seg.speaker] = _letters(len(letters))
+    segments = [
+        {
+            "type": "transcript.text.segment",
+            "id": f"seg_{seg.id}",
+            "start": seg.start,
+            "end": seg.end,
+            "text": seg.text.strip(),
+            "speaker": letters.get(seg.speaker or "", "A"),
+        }
+        for seg in result.segments
+    ]
+    return {
+        "task": "transcribe",
+        "duration": result.duration,
+        "text": result.text,
+        "segments": segments,
+        "usage": {"type": "duration", "seconds": round(result.duration)},
+    }
+
+
+def _letters(index: int) -> str:
+    """A, B, ..., Z, AA, AB, ... (spreadsheet columns)."""
+    name = ""
+    index += 1
+    while index:
+        index, rest = divmod(index - 1, 26)
+        name = chr(ord("A") + rest) + name
+    return name
 
 
 def model_list(settings: ModelSettings) -> dict[str, Any]:

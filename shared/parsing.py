@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from shared import subtitles, webhooks
 from shared.catalog import allowed_models
 from shared.errors import FieldError, ValidationError
-from shared.models import JobOptions
+from shared.models import JobOptions, ResultFormat
 from shared.settings import ModelSettings, OutboundSettings
 
 Model = TypeVar("Model", bound=pydantic.BaseModel)
@@ -86,6 +86,10 @@ OPTION_FIELDS = (
     "initial_prompt",
     "condition_on_previous_text",
     *subtitles.FIELDS,
+    "diarize",
+    "num_speakers",
+    "min_speakers",
+    "max_speakers",
 )
 
 
@@ -108,6 +112,10 @@ class _JsonFields(BaseModel):
     max_line_count: int | None = None
     max_words_per_line: int | None = None
     highlight_words: bool | None = None
+    diarize: bool | None = None
+    num_speakers: int | None = None
+    min_speakers: int | None = None
+    max_speakers: int | None = None
     webhook_url: str | None = None
 
     @field_validator("output_format", "task")
@@ -142,6 +150,8 @@ def parse_options(raw: dict[str, Any], settings: ModelSettings) -> JobOptions:
         raise ValidationError.for_field(
             "model", f"unknown model {options.model!r}; choose one of {', '.join(allowed_models(settings))}"
         )
+    if options.output_format == ResultFormat.RTTM and not options.diarize:
+        raise ValidationError.for_field("output_format", "rttm needs diarize=true")
     if cut.active and not options.word_timestamps:
         raise ValidationError.for_field(
             next(iter(cut.model_dump(exclude_defaults=True))), "subtitle options need word_timestamps=true"

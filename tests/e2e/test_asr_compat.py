@@ -85,7 +85,8 @@ def test_detect_language_names_the_language_and_its_code(service, speech_wav):
     ("params", "field"),
     [
         ({"output": "docx"}, "output"),
-        ({"diarize": "true"}, "diarize"),
+        ({"diarize": "maybe"}, "diarize"),
+        ({"diarize": "true", "min_speakers": "3", "max_speakers": "2"}, "body"),
         ({"encode": "maybe"}, "encode"),
         ({"language": "klingon"}, "language"),
         ({"model": "demo"}, "model"),
