@@ -12,6 +12,7 @@ import subprocess
 import wave
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -89,9 +90,10 @@ def conversation(
     return Conversation(mix, turns)
 
 
-def write_wav(path: Path, audio: np.ndarray) -> None:
+def write_wav(target: Path | BinaryIO, audio: np.ndarray) -> None:
+    """``audio`` as a 16-bit mono WAV file at ``target`` (a path or a binary file object)."""
     pcm = (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2")
-    with wave.open(str(path), "wb") as out:
+    with wave.open(str(target) if isinstance(target, Path) else target, "wb") as out:
         out.setnchannels(1)
         out.setsampwidth(2)
         out.setframerate(RATE)
