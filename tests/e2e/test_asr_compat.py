@@ -119,3 +119,9 @@ def test_openai_stream_is_accepted_and_ignored_as_for_whisper_1(service, speech_
     )
     assert resp.status_code == 200, resp.text
     assert resp.json() == {"text": TEXT}
+
+
+def test_asr_diarize_prefixes_the_speaker_as_whisperx_does(service, auth_headers, speech_wav):
+    resp = _asr(service, auth_headers(), speech_wav, diarize="true", min_speakers="1", max_speakers="2")
+    assert resp.status_code == 200, resp.text
+    assert resp.text == "[SPEAKER_00]: Hello from whisper api.\nThe quick brown fox.\n"

@@ -176,3 +176,17 @@ def test_sdk_calls_are_normal_jobs_listed_and_counted(service, api_key, make_wav
     assert job["model"] == "demo"
     result = requests.get(f"{service.base_url}/transcribe/{job['id']}/result", headers=headers, timeout=10)
     assert result.text == SRT
+
+
+def test_diarized_json_labels_the_speaker_in_openai_s_shape(client, make_wav):
+    transcript = client.audio.transcriptions.create(
+        model="demo", file=_audio(make_wav), response_format="diarized_json"
+    )
+    body = transcript.model_dump()
+    assert body["task"] == "transcribe" and body["text"] == TEXT
+    assert [
+        (s["type"], s["id"], s["start"], s["end"], s["text"], s["speaker"]) for s in body["segments"]
+    ] == [
+        ("transcript.text.segment", f"seg_{i}", start, end, text.strip(), "A")
+        for i, (start, end, text) in enumerate(SEGMENTS)
+    ]
