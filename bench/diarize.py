@@ -85,6 +85,43 @@ def quality(counts: list[int], per_count: int, seconds: float, work: Path) -> No
         )
 
 
+def cost(sizes: list[str], seconds: float, runs: int, work: Path) -> None:
+    """One conversation through the engine at each size, with and without ``diarize``."""
+    from bench.engine import SCRIPT, _engine
+    from devtools.demo_model import build_sized_checkpoint
+
+    conv = conversation(3, seconds, seed=7)
+    path = work / "cost.wav"
+    write_wav(path, conv.audio)
+    duration = len(conv.audio) / 16000
+    print(f"\n{duration:.0f} s of 3-speaker conversation through the engine (median of {runs}):")
+    print(f"{'size':>5} {'plain s':>8} {'diarized s':>10} {'added':>6}")
+    for size in sizes:
+        model_dir = work / size
+        model_dir.mkdir(exist_ok=True)
+        solo(lambda d=model_dir, s=size: build_sized_checkpoint(d / f"{s}.pt", s, SCRIPT))
+        engine = _engine(model_dir, 0)
+        times: dict[bool, list[float]] = {False: [], True: []}
+        for diarize in (False, True):  # warm: model, VAD session, speaker encoder
+            solo(lambda d=diarize, e=engine, z=size: _job(e, path, z, d))
+        for _ in range(runs):
+            for diarize in (False, True):
+                started = time.perf_counter()
+                solo(lambda d=diarize, e=engine, z=size: _job(e, path, z, d))
+                times[diarize].append(time.perf_counter() - started)
+        engine.batcher.shutdown()  # type: ignore[attr-defined]
+        plain, diarized = statistics.median(times[False]), statistics.median(times[True])
+        print(f"{size:>5} {plain:>8.2f} {diarized:>10.2f} {diarized / plain - 1:>6.1%}")
+
+
+def _job(engine: object, path: Path, size: str, diarize: bool) -> int:
+    from shared.models import JobOptions
+
+    options = JobOptions(model=size, diarize=diarize)
+    result = engine.transcribe(str(path), options, expected_seconds=None, max_seconds=1e9)  # type: ignore[attr-defined]
+    return len(result.segments)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -92,9 +129,13 @@ def main() -> None:
     parser.add_argument("--counts", default="1,2,3,4", help="speaker counts (default 1,2,3,4)")
     parser.add_argument("--per-count", type=int, default=3, help="conversations per count")
     parser.add_argument("--seconds", type=float, default=150.0, help="length of each conversation")
+    parser.add_argument("--sizes", default="base", help="model sizes for the added time ('' skips it)")
+    parser.add_argument("--runs", type=int, default=3, help="runs per contender (the median is printed)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         quality([int(c) for c in args.counts.split(",")], args.per_count, args.seconds, Path(tmp))
+        if args.sizes:
+            cost(args.sizes.split(","), args.seconds, args.runs, Path(tmp))
 
 
 if __name__ == "__main__":

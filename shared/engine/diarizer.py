@@ -211,30 +211,49 @@ def cluster(
 
 
 def _average_linkage(x: np.ndarray, num: int | None, low: int, high: int) -> list[list[int]]:
-    """Clusters (lists of row indexes) merged closest-first. Only clusters of ``MIN_CLUSTER`` of
-    the windows or more count as speakers (the rest, stray windows over overlaps, coughs and
-    turn edges, join the nearest speaker afterwards): merging stops before two speakers would
-    merge into fewer than ``num``, or, without it, further apart than ``THRESHOLD`` (the count
-    kept within ``low``..``high``)."""
+    """Clusters (lists of row indexes) from average-linkage merging. Only clusters of
+    ``MIN_CLUSTER`` of the windows or more count as speakers (the rest, stray windows over
+    overlaps, coughs and turn edges, join the nearest speaker afterwards). The count is where two
+    speakers further apart than ``THRESHOLD`` would merge (kept within ``low``..``high``). A
+    given ``num`` keeps the ``num`` largest of those (a cluster too many is most often an
+    outlier, which the closest-pair merge would keep at the cost of two real voices), or, if
+    there are fewer, the last state of the merging that had ``num``."""
     n = len(x)
     big = max(2, round(MIN_CLUSTER * n))
     dist = 1.0 - np.clip(x @ x.T, -1.0, 1.0).astype(np.float64)
     np.fill_diagonal(dist, np.inf)
-    groups: dict[int, list[int]] = {i: [i] for i in range(n)}
-    while len(groups) > 1:
+    sizes = np.ones(n, np.int64)
+    merges: list[tuple[int, int]] = []
+    estimated: int | None = None  # merges to replay for the estimated count
+    with_num: int | None = None  # ... for the last state with num speakers
+    speakers = 0
+    for step in range(n - 1):
         i, j = divmod(int(np.argmin(dist)), n)
-        speakers = sum(len(g) >= big for g in groups.values())
-        if len(groups[i]) >= big and len(groups[j]) >= big:
-            if num is not None and speakers <= num:
-                break
-            if num is None and (speakers <= low or (speakers <= high and dist[i, j] > THRESHOLD)):
-                break
-        ni, nj = len(groups[i]), len(groups[j])
+        if sizes[i] >= big and sizes[j] >= big:
+            if speakers == num:
+                with_num = step
+            if estimated is None and (speakers <= low or (speakers <= high and dist[i, j] > THRESHOLD)):
+                estimated = step
+                if num is None:
+                    break
+        ni, nj = sizes[i], sizes[j]
         dist[i] = (dist[i] * ni + dist[j] * nj) / (ni + nj)  # Lance-Williams, average linkage
         dist[:, i] = dist[i]
         dist[i, i] = np.inf
         dist[j, :] = np.inf
         dist[:, j] = np.inf
+        speakers += int(ni + nj >= big) - int(ni >= big) - int(nj >= big)
+        sizes[i], sizes[j] = ni + nj, 0
+        merges.append((i, j))
+    found = _replay(n, merges, estimated if estimated is not None else len(merges), big)
+    if num is None or len(found) >= num:
+        return sorted(found, key=len, reverse=True)[: num or len(found)]
+    return _replay(n, merges, with_num if with_num is not None else n - num, big)
+
+
+def _replay(n: int, merges: list[tuple[int, int]], steps: int, big: int) -> list[list[int]]:
+    groups: dict[int, list[int]] = {i: [i] for i in range(n)}
+    for i, j in merges[:steps]:
         groups[i] += groups.pop(j)
     large = [g for g in groups.values() if len(g) >= big]
     return large or list(groups.values())
