@@ -22,7 +22,7 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from shared import credentials, fairuse, http, jobstore, keys, parsing
-from shared.catalog import allowed_models
+from shared.catalog import allowed_models, diarization_offered
 from shared.credentials import ApiKey
 from shared.errors import (
     FieldError,
@@ -199,6 +199,11 @@ def _verbose(result: TranscriptResult, granularities: frozenset[str]) -> dict[st
     return body
 
 
+def _diarizing(settings: ModelSettings) -> list[str]:
+    """OpenAI's diarizing model's name, listed when the workers label speakers."""
+    return [OPENAI_DIARIZE_MODEL] if diarization_offered(settings) else []
+
+
 def _diarized(result: TranscriptResult) -> dict[str, Any]:
     """OpenAI's ``diarized_json``: segments with ``speaker``, labelled A, B, ... in order of
     appearance as OpenAI labels them."""
@@ -244,7 +249,7 @@ def model_list(settings: ModelSettings) -> dict[str, Any]:
         "data": [
             # OpenAI's "created" is a release time; none is known for a checkpoint, hence 0.
             {"id": name, "object": "model", "created": 0, "owned_by": "whisper-api"}
-            for name in [OPENAI_MODEL, *allowed_models(settings)]
+            for name in [OPENAI_MODEL, *_diarizing(settings), *allowed_models(settings)]
         ],
     }
 

@@ -12,7 +12,7 @@ from flask import Request
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from shared import subtitles, webhooks
-from shared.catalog import allowed_models
+from shared.catalog import allowed_models, diarization_offered
 from shared.errors import FieldError, ValidationError
 from shared.models import JobOptions, ResultFormat
 from shared.settings import ModelSettings, OutboundSettings
@@ -149,6 +149,10 @@ def parse_options(raw: dict[str, Any], settings: ModelSettings) -> JobOptions:
     if options.model not in allowed_models(settings):
         raise ValidationError.for_field(
             "model", f"unknown model {options.model!r}; choose one of {', '.join(allowed_models(settings))}"
+        )
+    if options.diarize and diarization_offered(settings) is False:
+        raise ValidationError.for_field(
+            "diarize", "the workers do not offer speaker labelling (their image lacks resemblyzer)"
         )
     if options.output_format == ResultFormat.RTTM and not options.diarize:
         raise ValidationError.for_field("output_format", "rttm needs diarize=true")

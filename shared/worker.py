@@ -30,6 +30,7 @@ import redis
 
 from shared import events, jobstore, keys, logs, metrics, model_ads, queue, retention, webhooks
 from shared.dispatcher import Dispatcher
+from shared.engine import diarizer
 from shared.engine.memory import allocator
 from shared.engine.pipeline import Engine, Progress
 from shared.errors import (
@@ -195,7 +196,9 @@ class Worker:
                 # not) and the checkpoints in WHISPER_MODEL_DIR, looked at afresh every beat.
                 servable = model_ads.servable_here(self.settings, downloads=True)
                 models = self.engine.models
-                model_ads.advertise(self.r, self.name, servable, models.loaded(), models.runner.engine)
+                model_ads.advertise(
+                    self.r, self.name, servable, models.loaded(), models.runner.engine, diarizer.available()
+                )
             except redis.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
             time.sleep(self.settings.worker_heartbeat_seconds)
@@ -406,7 +409,10 @@ def build(settings: WorkerSettings) -> Worker:
             metrics.model_loaded(r, name, seconds)
 
     models = ModelCache(settings, on_load=count_load)
-    for name in settings.worker_preload_models:
-        models.get(name)
     engine = Engine(models, settings.batch_size(models.device, models.runner.compute_type))
+    for name in settings.worker_preload_models:
+        if name == diarizer.PRELOAD_NAME:
+            engine.speaker_encoder()
+        else:
+            models.get(name)
     return Worker(settings, r, BlobStore(settings, attempts=1), engine)

@@ -44,6 +44,8 @@ MIN_CLUSTER = 0.02
 #: Two clusters whose windows are this far apart on average (cosine distance) are two speakers,
 #: when the count is not given (bench/diarize.py tunes it).
 THRESHOLD = 0.3
+#: In WORKER_PRELOAD_MODELS, this name loads the speaker encoder at start-up.
+PRELOAD_NAME = "diarizer"
 #: resemblyzer raises quiet speech to this level before its mel spectrogram (dBFS).
 _TARGET_DBFS = -30.0
 

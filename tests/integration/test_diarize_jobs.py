@@ -109,3 +109,25 @@ def test_rttm_of_an_undiarized_job_is_refused_at_download(jobs_client, bearer, r
     resp = jobs_client.get(f"/transcribe/{job_id}/result?format=rttm", headers=headers)
     assert resp.status_code == 422
     assert "diarize=true" in resp.get_json()["detail"]
+
+
+def test_health_and_models_say_whether_the_workers_label_speakers(jobs_client, bearer, r, make_wav):
+    import time
+
+    from shared import keys, model_ads
+
+    r.zadd(keys.WORKERS, {"w1": time.time()})
+    model_ads.advertise(r, "w1", ["demo"], [], "openai-whisper", diarize=False)
+    headers = bearer()
+    assert jobs_client.get("/health").get_json()["workers"]["diarize"] is False
+    assert "gpt-4o-transcribe-diarize" not in [
+        m["id"] for m in jobs_client.get("/v1/models", headers=headers).get_json()["data"]
+    ]
+    refused = _post(jobs_client, headers, make_wav(1.0), diarize="true")
+    assert refused.status_code == 422 and refused.get_json()["errors"][0]["field"] == "diarize"
+
+    model_ads.advertise(r, "w1", ["demo"], [], "openai-whisper", diarize=True)
+    assert jobs_client.get("/health").get_json()["workers"]["diarize"] is True
+    ids = [m["id"] for m in jobs_client.get("/v1/models", headers=headers).get_json()["data"]]
+    assert ids[:2] == ["whisper-1", "gpt-4o-transcribe-diarize"]
+    assert _post(jobs_client, headers, make_wav(1.0), diarize="true").status_code == 202
