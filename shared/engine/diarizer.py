@@ -39,8 +39,11 @@ MIN_SPEECH = 0.4
 JOIN_GAP = 0.5
 #: Clustering runs over at most this many windows (its cost is quadratic in them).
 MAX_POINTS = 1200
-#: A cluster holding less than this share of the windows is not a speaker of its own.
-MIN_CLUSTER = 0.02
+#: A speaker is a cluster of at least this many windows (8 s of speech at HOP 0.4) or, in a
+#: short recording, this share of them; and never less than MIN_CLUSTER of them. Smaller
+#: clusters are stray windows (overlaps, turn edges), which bench/diarize.py showed splitting
+#: one voice into two at distances up to 0.35.
+MIN_WINDOWS, MIN_SHARE, MIN_CLUSTER = 20, 0.06, 0.02
 #: Two clusters whose windows are this far apart on average (cosine distance) are two speakers,
 #: when the count is not given (bench/diarize.py tunes it).
 THRESHOLD = 0.3
@@ -213,15 +216,15 @@ def cluster(
 
 
 def _average_linkage(x: np.ndarray, num: int | None, low: int, high: int) -> list[list[int]]:
-    """Clusters (lists of row indexes) from average-linkage merging. Only clusters of
-    ``MIN_CLUSTER`` of the windows or more count as speakers (the rest, stray windows over
-    overlaps, coughs and turn edges, join the nearest speaker afterwards). The count is where two
+    """Clusters (lists of row indexes) from average-linkage merging. Only big enough clusters
+    count as speakers (``MIN_WINDOWS``; the rest, stray windows over overlaps, coughs and turn
+    edges, join the nearest speaker afterwards). The count is where two
     speakers further apart than ``THRESHOLD`` would merge (kept within ``low``..``high``). A
     given ``num`` keeps the ``num`` largest of those (a cluster too many is most often an
     outlier, which the closest-pair merge would keep at the cost of two real voices), or, if
     there are fewer, the last state of the merging that had ``num``."""
     n = len(x)
-    big = max(2, round(MIN_CLUSTER * n))
+    big = max(2, round(MIN_CLUSTER * n), min(MIN_WINDOWS, round(MIN_SHARE * n)))
     dist = 1.0 - np.clip(x @ x.T, -1.0, 1.0).astype(np.float64)
     np.fill_diagonal(dist, np.inf)
     sizes = np.ones(n, np.int64)

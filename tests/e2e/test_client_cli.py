@@ -187,3 +187,17 @@ def test_without_an_events_stream_the_job_is_polled(client_env, without_events, 
     assert any(
         b.startswith("transcribe polled.wav [") and "100% completed" in b for b in done.stderr.splitlines()
     )
+
+
+def test_transcribe_with_speakers_labels_them(client_env, tmp_path, speech_wav):
+    source = tmp_path / "call.wav"
+    source.write_bytes(speech_wav)
+    out = tmp_path / "call.rttm"
+
+    done = _run(
+        client_env, "transcribe", str(source), "--speakers", "1", "--format", "rttm", "-o", str(out), "-q"
+    )
+
+    assert done.returncode == 0, done.stderr
+    [line] = out.read_text().splitlines()
+    assert line.split()[:3] == ["SPEAKER", "audio", "1"] and line.split()[7] == "SPEAKER_00"
