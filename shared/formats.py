@@ -125,6 +125,27 @@ def _no_speaker(fields: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
+def with_names(result: TranscriptResult, names: dict[str, str]) -> TranscriptResult:
+    """``result`` with its speakers called by the names their owner gave them."""
+    if not names:
+        return result
+    segments = [
+        seg.model_copy(
+            update={
+                "speaker": names.get(seg.speaker, seg.speaker) if seg.speaker else None,
+                "words": None
+                if seg.words is None
+                else [
+                    w.model_copy(update={"speaker": names.get(w.speaker, w.speaker)}) if w.speaker else w
+                    for w in seg.words
+                ],
+            }
+        )
+        for seg in result.segments
+    ]
+    return result.model_copy(update={"segments": segments})
+
+
 _RENDERERS: dict[ResultFormat, Callable[[TranscriptResult, SubtitleOptions], str]] = {
     ResultFormat.JSON: lambda result, _: to_json(result),
     ResultFormat.VERBOSE_JSON: lambda result, _: json.dumps(verbose(result)),

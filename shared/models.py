@@ -167,6 +167,9 @@ class Job(BaseModel):
     webhook: WebhookState | None = None
     #: ``X-Request-ID`` of the request that created the job: worker and webhook logs carry it.
     request_id: str | None = None
+    #: The owner's names for a diarized job's speakers (``SPEAKER_00`` -> ``Alice``), used in
+    #: every download.
+    speaker_names: dict[str, str] = {}
 
     def public(self) -> dict[str, Any]:
         """The job as clients see it: the old service's flat field names plus ``options``."""

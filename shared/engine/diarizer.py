@@ -218,47 +218,60 @@ def cluster(
 def _average_linkage(x: np.ndarray, num: int | None, low: int, high: int) -> list[list[int]]:
     """Clusters (lists of row indexes) from average-linkage merging. Only big enough clusters
     count as speakers (``MIN_WINDOWS``; the rest, stray windows over overlaps, coughs and turn
-    edges, join the nearest speaker afterwards). The count is where two
-    speakers further apart than ``THRESHOLD`` would merge (kept within ``low``..``high``). A
-    given ``num`` keeps the ``num`` largest of those (a cluster too many is most often an
-    outlier, which the closest-pair merge would keep at the cost of two real voices), or, if
-    there are fewer, the last state of the merging that had ``num``."""
+    edges, join the nearest speaker afterwards). The count is where two speakers further apart
+    than ``THRESHOLD`` would merge (kept within ``low``..``high``). A given ``num`` keeps the
+    ``num`` largest of those (a cluster too many is most often an outlier, which merging the
+    closest pair would keep at the cost of two real voices); if there are fewer, smaller
+    clusters count as speakers until there are ``num`` (someone who said little)."""
     n = len(x)
+    merges = _merges(x)
     big = max(2, round(MIN_CLUSTER * n), min(MIN_WINDOWS, round(MIN_SHARE * n)))
+    while True:
+        found = _replay(n, merges, _estimate(merges, big, low, high), big)
+        if num is None or len(found) >= num:
+            return sorted(found, key=len, reverse=True)[: num or len(found)]
+        if big <= 2:
+            return _replay(n, merges, n - num, 1)
+        big = max(2, big // 2)
+
+
+def _merges(x: np.ndarray) -> list[tuple[int, int, float]]:
+    """The whole average-linkage merge sequence of ``x``: (kept row, merged row, distance)."""
+    n = len(x)
     dist = 1.0 - np.clip(x @ x.T, -1.0, 1.0).astype(np.float64)
     np.fill_diagonal(dist, np.inf)
     sizes = np.ones(n, np.int64)
-    merges: list[tuple[int, int]] = []
-    estimated: int | None = None  # merges to replay for the estimated count
-    with_num: int | None = None  # ... for the last state with num speakers
-    speakers = 0
-    for step in range(n - 1):
+    merges: list[tuple[int, int, float]] = []
+    for _ in range(n - 1):
         i, j = divmod(int(np.argmin(dist)), n)
-        if sizes[i] >= big and sizes[j] >= big:
-            if speakers == num:
-                with_num = step
-            if estimated is None and (speakers <= low or (speakers <= high and dist[i, j] > THRESHOLD)):
-                estimated = step
-                if num is None:
-                    break
+        merges.append((i, j, float(dist[i, j])))
         ni, nj = sizes[i], sizes[j]
         dist[i] = (dist[i] * ni + dist[j] * nj) / (ni + nj)  # Lance-Williams, average linkage
         dist[:, i] = dist[i]
         dist[i, i] = np.inf
         dist[j, :] = np.inf
         dist[:, j] = np.inf
+        sizes[i], sizes[j] = ni + nj, 0
+    return merges
+
+
+def _estimate(merges: list[tuple[int, int, float]], big: int, low: int, high: int) -> int:
+    """How many merges to make: up to the first that would join two speakers (clusters of
+    ``big`` or more) further apart than ``THRESHOLD``, the count kept within ``low``..``high``."""
+    sizes = np.ones(len(merges) + 1, np.int64)
+    speakers = 0
+    for step, (i, j, d) in enumerate(merges):
+        ni, nj = sizes[i], sizes[j]
+        if ni >= big and nj >= big and (speakers <= low or (speakers <= high and d > THRESHOLD)):
+            return step
         speakers += int(ni + nj >= big) - int(ni >= big) - int(nj >= big)
         sizes[i], sizes[j] = ni + nj, 0
-        merges.append((i, j))
-    found = _replay(n, merges, estimated if estimated is not None else len(merges), big)
-    if num is None or len(found) >= num:
-        return sorted(found, key=len, reverse=True)[: num or len(found)]
-    return _replay(n, merges, with_num if with_num is not None else n - num, big)
+    return len(merges)
 
 
-def _replay(n: int, merges: list[tuple[int, int]], steps: int, big: int) -> list[list[int]]:
+def _replay(n: int, merges: list[tuple[int, int, float]], steps: int, big: int) -> list[list[int]]:
     groups: dict[int, list[int]] = {i: [i] for i in range(n)}
-    for i, j in merges[:steps]:
+    for i, j, _ in merges[:steps]:
         groups[i] += groups.pop(j)
     large = [g for g in groups.values() if len(g) >= big]
     return large or list(groups.values())

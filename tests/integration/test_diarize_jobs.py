@@ -131,3 +131,33 @@ def test_health_and_models_say_whether_the_workers_label_speakers(jobs_client, b
     ids = [m["id"] for m in jobs_client.get("/v1/models", headers=headers).get_json()["data"]]
     assert ids[:2] == ["whisper-1", "gpt-4o-transcribe-diarize"]
     assert _post(jobs_client, headers, make_wav(1.0), diarize="true").status_code == 202
+
+
+def test_named_speakers_are_kept_with_the_job_and_used_in_later_downloads(jobs_client, bearer, r, two_voices):
+    headers = bearer()
+    job_id = _post(jobs_client, headers, two_voices, diarize="true", num_speakers="2").get_json()["id"]
+    assert build(worker_settings()).process(job_id) is True
+
+    named = jobs_client.put(
+        f"/transcribe/{job_id}/speakers", json={"SPEAKER_00": "Alice", "SPEAKER_01": "Bob"}, headers=headers
+    )
+    assert named.status_code == 200, named.get_data(as_text=True)
+    assert named.get_json()["speaker_names"] == {"SPEAKER_00": "Alice", "SPEAKER_01": "Bob"}
+    jobs_client.put(f"/transcribe/{job_id}/speakers", json={"SPEAKER_01": ""}, headers=headers)
+
+    text = jobs_client.get(f"/transcribe/{job_id}/result?format=text", headers=headers).get_data(as_text=True)
+    a, b = PHRASE
+    assert text == f"[Alice]: {a}\n{b}\n[SPEAKER_01]: {a}\n{b}\n"
+    assert jobs_client.get(f"/transcribe/{job_id}", headers=headers).get_json()["speaker_names"] == {
+        "SPEAKER_00": "Alice"
+    }
+    bad = jobs_client.put(f"/transcribe/{job_id}/speakers", json={"alice": "Bob"}, headers=headers)
+    assert bad.status_code == 422 and bad.get_json()["errors"][0]["field"] == "alice"
+
+
+def test_speakers_of_an_undiarized_job_cannot_be_named(jobs_client, bearer, r, make_wav):
+    headers = bearer()
+    job_id = _post(jobs_client, headers, make_wav(2.0)).get_json()["id"]
+    assert build(worker_settings()).process(job_id) is True
+    resp = jobs_client.put(f"/transcribe/{job_id}/speakers", json={"SPEAKER_00": "Alice"}, headers=headers)
+    assert resp.status_code == 409
