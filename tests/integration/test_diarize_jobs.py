@@ -161,3 +161,28 @@ def test_speakers_of_an_undiarized_job_cannot_be_named(jobs_client, bearer, r, m
     assert build(worker_settings()).process(job_id) is True
     resp = jobs_client.put(f"/transcribe/{job_id}/speakers", json={"SPEAKER_00": "Alice"}, headers=headers)
     assert resp.status_code == 409
+
+
+def test_a_presigned_upload_carries_the_speaker_options_to_its_job(
+    jobs_client, bearer, r, inbox_store, make_wav
+):
+    import requests
+
+    headers = bearer()
+    wrong = jobs_client.post("/uploads", json={"model": "demo", "diarize": "yes"}, headers=headers)
+    assert wrong.status_code == 422 and wrong.get_json()["errors"][0]["field"] == "diarize"
+    started = jobs_client.post(
+        "/uploads", json={"model": "demo", "diarize": True, "num_speakers": 1}, headers=headers
+    )
+    assert started.status_code == 201, started.get_json()
+    upload = started.get_json()
+    assert requests.put(upload["upload_url"], data=make_wav(3.0), timeout=30).status_code == 200
+    done = jobs_client.post(f"/uploads/{upload['id']}/complete", headers=headers)
+    assert done.status_code == 202
+    assert (done.get_json()["options"]["diarize"], done.get_json()["options"]["num_speakers"]) == (True, 1)
+
+    assert build(worker_settings()).process(upload["id"]) is True
+    text = jobs_client.get(f"/transcribe/{upload['id']}/result?format=text", headers=headers).get_data(
+        as_text=True
+    )
+    assert text == f"[SPEAKER_00]: {PHRASE[0]}\n{PHRASE[1]}\n"
