@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -122,6 +123,37 @@ def _job(engine: object, path: Path, size: str, diarize: bool) -> int:
     return len(result.segments)
 
 
+def memory(hours: float, work: Path) -> None:
+    """Peak RSS of a process that diarizes a 1-minute and an ``hours``-long recording (the same
+    conversation looped, a 16 kbit/s MP3), each in a fresh process."""
+    conv = conversation(3, 60, seed=11)
+    unit = work / "unit.wav"
+    write_wav(unit, conv.audio)
+    print("\npeak RSS of diarizing (a fresh process each; count estimated): audio, RSS, time, speakers")
+    for seconds in (60.0, hours * 3600):
+        path = work / f"long{seconds:.0f}.mp3"
+        subprocess.run(
+            ["ffmpeg", "-v", "error", "-y", "-stream_loop", "-1", "-i", str(unit), "-t", str(seconds),
+             "-ac", "1", "-ar", "16000", "-b:a", "16k", str(path)],
+            check=True,
+        )  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, __file__, "--rss-child", str(path)], check=True, capture_output=True, text=True
+        ).stdout.split()
+        peak = int(out[0]) / 1024
+        print(f"{seconds / 60:>8.0f} min {peak:>8.0f} MiB {float(out[1]):>8.1f} s {out[2]:>4} speakers")
+
+
+def _rss_child(path: Path) -> None:
+    import resource
+
+    from shared.engine.diarizer import SpeakerEncoder
+
+    turns, took = diarize_file(path, SpeakerEncoder("cpu"), None)
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(peak_kib, round(took, 1), len({s for _, _, s in turns}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -131,8 +163,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=150.0, help="length of each conversation")
     parser.add_argument("--sizes", default="base", help="model sizes for the added time ('' skips it)")
     parser.add_argument("--runs", type=int, default=3, help="runs per contender (the median is printed)")
+    parser.add_argument("--rss-hours", type=float, default=0.0, help="also peak RSS on this long a recording")
+    parser.add_argument("--rss-child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rss_child:
+        _rss_child(args.rss_child)
+        return
     with tempfile.TemporaryDirectory() as tmp:
+        if args.rss_hours:
+            memory(args.rss_hours, Path(tmp))
         quality([int(c) for c in args.counts.split(",")], args.per_count, args.seconds, Path(tmp))
         if args.sizes:
             cost(args.sizes.split(","), args.seconds, args.runs, Path(tmp))
