@@ -59,10 +59,14 @@ def to_srt(result: TranscriptResult, options: SubtitleOptions = _PER_SEGMENT) ->
     )
 
 
+def _voice(speaker: str | None) -> str:
+    """A WebVTT voice tag (its annotation cannot hold ``>``)."""
+    return f"<v {speaker.replace('>', '')}>" if speaker else ""
+
+
 def to_vtt(result: TranscriptResult, options: SubtitleOptions = _PER_SEGMENT) -> str:
     body = "".join(
-        f"{timestamp(cue.start, '.')} --> {timestamp(cue.end, '.')}\n"
-        f"{f'<v {cue.speaker}>' if cue.speaker else ''}{cue.text}\n\n"
+        f"{timestamp(cue.start, '.')} --> {timestamp(cue.end, '.')}\n{_voice(cue.speaker)}{cue.text}\n\n"
         for cue in cues(result, options)
     )
     return f"WEBVTT\n\n{body}"
@@ -91,7 +95,8 @@ def to_rttm(result: TranscriptResult, uri: str = "audio") -> str:
         if turns and turns[-1][2] == seg.speaker:
             turns[-1][1] = seg.end
         else:
-            turns.append([seg.start, seg.end, seg.speaker or "SPEAKER_00"])
+            # A name given to a speaker may hold spaces; RTTM's fields are separated by them.
+            turns.append([seg.start, seg.end, "_".join((seg.speaker or "SPEAKER_00").split())])
     return "".join(
         f"SPEAKER {uri} 1 {float(a):.3f} {float(b) - float(a):.3f} <NA> <NA> {who} <NA> <NA>\n"
         for a, b, who in turns

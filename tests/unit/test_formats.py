@@ -181,3 +181,12 @@ def test_json_and_verbose_json_carry_speakers_only_when_diarized(diarized, resul
     plain = json.loads(render(result, ResultFormat.VERBOSE_JSON)[0])
     assert all("speaker" not in s for s in [*plain["segments"], *plain["words"]])
     assert "speaker" not in render(result, ResultFormat.JSON)[0]
+
+
+def test_given_names_are_made_safe_for_vtt_and_rttm(diarized):
+    from shared.formats import with_names
+
+    named = with_names(diarized, {"SPEAKER_00": "Ann <Lee>", "SPEAKER_01": "Bo"})
+    assert "<v Ann <Lee>Hi.\n" in render(named, ResultFormat.VTT)[0]
+    assert render(named, ResultFormat.RTTM)[0].splitlines()[0].split()[7] == "Ann_<Lee>"
+    assert render(named, ResultFormat.TEXT)[0] == "[Ann <Lee>]: Hi.\nStill me.\n[Bo]: Hello.\n"
