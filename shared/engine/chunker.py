@@ -185,7 +185,7 @@ class Chunker:
         audio = self._buf[start - self._buf_start : end - self._buf_start].copy()
         speech = tuple((max(a, start), min(b, end)) for a, b in self._regions if a < end and b > start)
         # Speech cut at ``end`` continues in the next chunk.
-        self._regions = [[end, b] for a, b in self._regions if b > end]
+        self._regions = [[max(a, end), b] for a, b in self._regions if b > end]
         chunk = Chunk(self._index, start, audio, speech)
         self._index += 1
         self._prev_end = end
