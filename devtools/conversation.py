@@ -65,15 +65,19 @@ def utterance(text: str, voice: tuple[str, int, int]) -> np.ndarray:
 def conversation(
     speakers: int, seconds: float, seed: int, *, overlap: float = 0.15, voices: tuple[int, ...] = ()
 ) -> Conversation:
-    """About ``seconds`` of ``speakers`` people taking turns of 1-20 s; a fraction ``overlap`` of
-    the turns start up to 1 s before the previous one ends, the others after a 0.1-1.5 s pause."""
+    """About ``seconds`` of ``speakers`` people taking turns of 1-20 s (the next speaker one of
+    the two who said least); a fraction ``overlap`` of the turns start up to 1 s before the
+    previous one ends, the others after a 0.1-1.5 s pause."""
     rng = random.Random(seed)  # noqa: S311  # reproducible test audio, not secrets
     cast = [VOICES[v] for v in voices] if voices else rng.sample(VOICES, speakers)
     pieces: list[tuple[int, np.ndarray]] = []
     turns: list[tuple[float, float, str]] = []
     t, who = 0.5, -1
+    spoken = [0.0] * speakers
     while t < seconds:
-        who = rng.choice([s for s in range(speakers) if s != who] or [0])
+        # Anyone but the last speaker, most likely one who has said least: everyone takes part.
+        others = sorted((s for s in range(speakers) if s != who), key=lambda s: spoken[s]) or [0]
+        who = rng.choice(others[:2])
         words = max(2, round(rng.uniform(1.0, 20.0) * 2.4))
         audio = utterance(" ".join(rng.choice(_WORDS) for _ in range(words)), cast[who])
         if turns and rng.random() < overlap:
@@ -83,6 +87,7 @@ def conversation(
         at = round(start * RATE)
         pieces.append((at, audio))
         turns.append((at / RATE, (at + len(audio)) / RATE, f"voice{who}"))
+        spoken[who] += len(audio) / RATE
         t = turns[-1][1]
     mix = np.zeros(max(a + len(x) for a, x in pieces) + RATE // 2, np.float32)
     for at, audio in pieces:

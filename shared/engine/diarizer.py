@@ -43,7 +43,7 @@ MAX_POINTS = 1200
 #: short recording, this share of them; and never less than MIN_CLUSTER of them. Smaller
 #: clusters are stray windows (overlaps, turn edges), which bench/diarize.py showed splitting
 #: one voice into two at distances up to 0.35.
-MIN_WINDOWS, MIN_SHARE, MIN_CLUSTER = 20, 0.06, 0.02
+MIN_WINDOWS, MIN_SHARE, MIN_CLUSTER = 20, 0.1, 0.02
 #: Two clusters whose windows are this far apart on average (cosine distance) are two speakers,
 #: when the count is not given (bench/diarize.py tunes it).
 THRESHOLD = 0.3
