@@ -9,12 +9,13 @@ DEB_PACKAGES := ffmpeg redis-server espeak-ng chromium chromium-driver nginx-lig
 
 # Debian packages (only those missing; without apt-get, what to install instead), then a virtualenv with torch first, then the rest.
 install: $(STAMP)
-$(STAMP): requirements.txt requirements-api.txt requirements-dev.txt pyproject.toml
+$(STAMP): requirements.txt requirements-api.txt requirements-dev.txt requirements-nodeps.txt pyproject.toml
 	@bash infra/system-packages.sh $(DEB_PACKAGES)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$$(grep -E '^torch==' requirements.txt)"
 	$(PIP) install -q -r requirements-dev.txt
+	$(PIP) install -q --no-deps -r requirements-nodeps.txt
 	$(PIP) install -q --no-deps -e .
 	touch $(STAMP)
 

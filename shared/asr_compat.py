@@ -132,8 +132,7 @@ def parse_asr(args: MultiDict[str, str], settings: ModelSettings) -> AsrRequest:
     output = args.get("output", "txt")
     if output not in OUTPUTS:
         raise ValidationError.for_field("output", f"must be one of {', '.join(OUTPUTS)}")
-    if _flag(args, "diarize", False):
-        raise ValidationError.for_field("diarize", "speaker diarization is not offered by this server")
+    diarize = _flag(args, "diarize", False)
     _flag(args, "vad_filter", False)  # accepted as that service accepts it; see the README
     if len(args.get("initial_prompt", "")) > ASR_PROMPT_MAX_CHARS:
         raise ValidationError.for_field("initial_prompt", f"at most {ASR_PROMPT_MAX_CHARS} characters")
@@ -144,6 +143,12 @@ def parse_asr(args: MultiDict[str, str], settings: ModelSettings) -> AsrRequest:
         "word_timestamps": _flag(args, "word_timestamps", False),
         "output_format": OUTPUTS[output].value,
     }
+    if diarize:  # the speaker bounds mean something only then, as in that service
+        raw |= {
+            "diarize": True,
+            "min_speakers": args.get("min_speakers"),
+            "max_speakers": args.get("max_speakers"),
+        }
     options = parsing.parse_options(raw, settings)
     return AsrRequest(options, output, _flag(args, "encode", True), _video_file(args))
 

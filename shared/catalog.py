@@ -17,11 +17,20 @@ from shared.settings import ModelSettings, RedisSettings
 def allowed_models(settings: ModelSettings) -> list[str]:
     """What clients may ask for: what the workers advertise (``shared.model_ads``), or with no
     advertisement, the operator's list plus the checkpoints present in WHISPER_MODEL_DIR."""
-    offer = None
-    if isinstance(settings, RedisSettings):  # the jobs function's settings reach Redis
-        live_seconds = 3 * getattr(settings, "worker_heartbeat_seconds", 5.0)
-        offer = model_ads.current(connect(settings), live_seconds)
-    return model_ads.offered(settings, offer)
+    return model_ads.offered(settings, _offer(settings))
+
+
+def diarization_offered(settings: ModelSettings) -> bool | None:
+    """Whether the workers advertise speaker labelling; None when no worker advertised."""
+    offer = _offer(settings)
+    return None if offer is None else offer.diarize
+
+
+def _offer(settings: ModelSettings) -> model_ads.Offer | None:
+    if not isinstance(settings, RedisSettings):  # only the jobs function's settings reach Redis
+        return None
+    live_seconds = 3 * getattr(settings, "worker_heartbeat_seconds", 5.0)
+    return model_ads.current(connect(settings), live_seconds)
 
 
 def model_path(settings: ModelSettings, name: str) -> Path | None:

@@ -25,7 +25,7 @@ from typing import Any, TextIO
 from shared.client import ApiError, Client, SseEvent, follow
 
 DEFAULT_URL = "http://127.0.0.1:8080"
-FORMATS = ("json", "text", "srt", "vtt", "tsv", "verbose_json")
+FORMATS = ("json", "text", "srt", "vtt", "tsv", "verbose_json", "rttm")
 _EXTENSIONS = {"text": "txt", "verbose_json": "json"}
 #: How long an interrupted upload's job is looked for (the server may still be storing it).
 _SWEEP_SECONDS = 10.0
@@ -112,6 +112,10 @@ def _job_fields(args: argparse.Namespace) -> dict[str, str]:
         fields["language"] = args.language
     if args.word_timestamps:
         fields["word_timestamps"] = "true"
+    if args.diarize or args.speakers:
+        fields["diarize"] = "true"
+    if args.speakers:
+        fields["num_speakers"] = str(args.speakers)
     return fields
 
 
@@ -297,6 +301,10 @@ def add_commands(sub: Any) -> None:
     transcribe.add_argument("--task", choices=("transcribe", "translate"), default="transcribe")
     transcribe.add_argument("--format", choices=FORMATS, default="srt")
     transcribe.add_argument("--word-timestamps", action="store_true", help="time each word")
+    transcribe.add_argument("--diarize", action="store_true", help="label who speaks when (SPEAKER_00, ...)")
+    transcribe.add_argument(
+        "--speakers", type=int, metavar="N", help="the number of speakers (implies --diarize)"
+    )
     transcribe.add_argument("-o", "--output", help="output file ('-' for stdout), or a directory")
     transcribe.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     _connection_options(transcribe)

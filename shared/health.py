@@ -58,6 +58,7 @@ def check(r: redis.Redis, store: BlobStore, heartbeat_seconds: float) -> tuple[b
             "status": "up" if workers else "down",
             "live": len(workers),
             "engines": sorted(offer.engines) if offer else [],
+            "diarize": bool(offer and offer.diarize),
         }
         report["queue"] = queue_depth(r)
     else:

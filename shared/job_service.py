@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -13,7 +15,7 @@ from shared import fairuse, idempotency, jobstore, logs, queue, redis_client, re
 from shared.audio import probe_duration
 from shared.clients import Clients
 from shared.errors import ConflictError, GoneError, NotReplicatedError, PayloadTooLargeError, ValidationError
-from shared.formats import SUBTITLE_FORMATS, render
+from shared.formats import SUBTITLE_FORMATS, render, with_names
 from shared.models import Job, JobOptions, JobStatus, TranscriptResult, WebhookState, parse_format
 from shared.settings import RetentionSettings
 from shared.storage import BlobStore, audio_key, result_key
@@ -169,7 +171,7 @@ def result(
     key = result_key(key_id, job.id)
     if not store.exists(key):
         raise GoneError(f"the result of job {job_id} has expired under this server's retention policy")
-    stored = stored_result(store, job)
+    stored = with_names(stored_result(store, job), job.speaker_names)
     return render(stored, chosen, job.options.subtitles.merged(cut or subtitles.SubtitleOptions()))
 
 
@@ -187,3 +189,38 @@ def audio(r: redis.Redis, store: BlobStore, key_id: str, job_id: str) -> tuple[I
 def stored_result(store: BlobStore, job: Job) -> TranscriptResult:
     """The canonical result of a completed job, as the worker stored it."""
     return TranscriptResult.model_validate_json(store.get_bytes(result_key(job.key_id, job.id)))
+
+
+#: A speaker's label as the diarizer writes it, and the most names a job keeps.
+_SPEAKER_LABEL = re.compile(r"^SPEAKER_\d{2}$")
+_MAX_NAMES, _MAX_NAME_CHARS = 32, 64
+
+
+def name_speakers(r: redis.Redis, key_id: str, job_id: str, names: dict[str, Any]) -> Job:
+    """Store the owner's names for a completed job's speakers (``{"SPEAKER_00": "Alice"}``;
+    an empty name drops one); later downloads use them."""
+    job = jobstore.get_owned(r, key_id, job_id)
+    merged = dict(job.speaker_names)
+    for label, name in names.items():
+        if not _SPEAKER_LABEL.match(label):
+            raise ValidationError.for_field(label, "a speaker label such as SPEAKER_00")
+        if not isinstance(name, str) or len(name) > _MAX_NAME_CHARS or not name.isprintable():
+            raise ValidationError.for_field(
+                label, f"a name of at most {_MAX_NAME_CHARS} printable characters"
+            )
+        if name.strip():
+            merged[label] = name.strip()
+        else:
+            merged.pop(label, None)
+    if len(merged) > _MAX_NAMES:
+        raise ValidationError.for_field("body", f"at most {_MAX_NAMES} speakers")
+    if job.status is not JobStatus.COMPLETED or not job.options.diarize:
+        raise ConflictError(
+            f"job {job_id} has no speakers to name (a completed job created with diarize=true)"
+        )
+    updated = jobstore.transition(
+        r, job, (JobStatus.COMPLETED,), JobStatus.COMPLETED, {"speaker_names": merged}
+    )
+    if updated is None:
+        raise ConflictError(f"job {job_id} changed meanwhile; try again")
+    return updated

@@ -44,6 +44,8 @@ class Offer:
     workers: int = 0
     #: The engines the live workers run (``WHISPER_ENGINE``): openai-whisper, faster-whisper.
     engines: frozenset[str] = field(default_factory=frozenset)
+    #: Whether the advertising workers can label speakers (``diarize=true``).
+    diarize: bool = False
 
 
 def servable_here(
@@ -98,10 +100,22 @@ def _whisper_cache() -> Path:
 
 
 def advertise(
-    r: redis.Redis, worker: str, servable: list[str], loaded: list[str], engine: str = "openai-whisper"
+    r: redis.Redis,
+    worker: str,
+    servable: list[str],
+    loaded: list[str],
+    engine: str = "openai-whisper",
+    diarize: bool = False,
 ) -> None:
-    """Record what ``worker`` can serve, holds loaded now, and runs them with (every heartbeat)."""
-    ad = {"servable": sorted(servable), "loaded": sorted(loaded), "engine": engine, "at": time.time()}
+    """Record what ``worker`` can serve, holds loaded now, runs them with, and whether it can
+    label speakers (every heartbeat)."""
+    ad = {
+        "servable": sorted(servable),
+        "loaded": sorted(loaded),
+        "engine": engine,
+        "diarize": diarize,
+        "at": time.time(),
+    }
     r.hset(keys.MODEL_ADS, worker, json.dumps(ad))
 
 
@@ -128,6 +142,7 @@ def current(r: redis.Redis, live_seconds: float) -> Offer | None:
         loaded=frozenset(n for ad in live for n in ad["loaded"]),
         workers=len(live),
         engines=frozenset(ad.get("engine", "openai-whisper") for ad in live),
+        diarize=any(ad.get("diarize", False) for ad in chosen),
     )
 
 

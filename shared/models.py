@@ -6,7 +6,7 @@ import re
 from enum import Enum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.languages import normalize_language
 from shared.subtitles import SubtitleOptions
@@ -41,10 +41,15 @@ class ResultFormat(str, Enum):
     VTT = "vtt"
     TSV = "tsv"
     VERBOSE_JSON = "verbose_json"
+    #: Who spoke when, NIST's Rich Transcription Time Marked lines (diarized jobs).
+    RTTM = "rttm"
 
 
 #: Names the old service (and whisper's CLI) used for the same formats.
 FORMAT_ALIASES = {"txt": ResultFormat.TEXT}
+
+#: The most speakers a job may ask for (or be bounded by).
+MAX_SPEAKERS = 32
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -82,6 +87,11 @@ class JobOptions(BaseModel):
     #: False: the audio is deleted as soon as the job ends (privacy), whatever the server's
     #: retention keeps otherwise (``shared.retention``).
     keep_audio: bool = True
+    #: Label who speaks when (``speaker`` on segments and words); the count exactly, or bounds.
+    diarize: bool = False
+    num_speakers: int | None = Field(default=None, ge=1, le=MAX_SPEAKERS)
+    min_speakers: int | None = Field(default=None, ge=1, le=MAX_SPEAKERS)
+    max_speakers: int | None = Field(default=None, ge=1, le=MAX_SPEAKERS)
 
     @field_validator("model")
     @classmethod
@@ -90,6 +100,12 @@ class JobOptions(BaseModel):
         if not _MODEL_NAME.match(value) or ".." in value:
             raise ValueError("must be a model name (letters, digits, '.', '_', '-'), not a path")
         return value
+
+    @model_validator(mode="after")
+    def _speaker_bounds(self) -> JobOptions:
+        if self.min_speakers and self.max_speakers and self.min_speakers > self.max_speakers:
+            raise ValueError("min_speakers must not be more than max_speakers")
+        return self
 
     @field_validator("language", mode="before")
     @classmethod
@@ -154,6 +170,9 @@ class Job(BaseModel):
     webhook: WebhookState | None = None
     #: ``X-Request-ID`` of the request that created the job: worker and webhook logs carry it.
     request_id: str | None = None
+    #: The owner's names for a diarized job's speakers (``SPEAKER_00`` -> ``Alice``), used in
+    #: every download.
+    speaker_names: dict[str, str] = {}
 
     def public(self) -> dict[str, Any]:
         """The job as clients see it: the old service's flat field names plus ``options``."""
@@ -179,6 +198,8 @@ class Segment(BaseModel):
     compression_ratio: float = 0.0
     no_speech_prob: float = 0.0
     words: list[Word] | None = None
+    #: Who said it (``SPEAKER_00``, ... or the name the owner gave), on diarized jobs only.
+    speaker: str | None = None
 
 
 class Word(BaseModel):
@@ -186,6 +207,7 @@ class Word(BaseModel):
     start: float
     end: float
     probability: float = 0.0
+    speaker: str | None = None
 
 
 class TranscriptResult(BaseModel):

@@ -22,7 +22,7 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from shared import credentials, fairuse, http, jobstore, keys, parsing
-from shared.catalog import allowed_models
+from shared.catalog import allowed_models, diarization_offered
 from shared.credentials import ApiKey
 from shared.errors import (
     FieldError,
@@ -43,8 +43,12 @@ from shared.models import Job, JobOptions, JobStatus, Task, TranscriptResult
 from shared.settings import JobsSettings, ModelSettings
 from shared.storage import BlobStore, result_key
 
-#: OpenAI's ``response_format`` values this service renders (not ``diarized_json``).
-RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+#: OpenAI's ``response_format`` values this service renders.
+RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json", "diarized_json")
+#: Speakers labelled (``diarize=true``), answered in OpenAI's ``diarized_json`` shape.
+DIARIZED = "diarized_json"
+#: OpenAI's diarizing model: this deployment's default model with diarization.
+OPENAI_DIARIZE_MODEL = "gpt-4o-transcribe-diarize"
 #: OpenAI's ``timestamp_granularities[]`` values.
 GRANULARITIES = ("segment", "word")
 GRANULARITIES_FIELD = "timestamp_granularities[]"
@@ -118,7 +122,10 @@ def parse_request(fields: MultiDict[str, str], task: Task, settings: ModelSettin
     granularities = _granularities(fields.getlist(GRANULARITIES_FIELD), response_format)
     raw: dict[str, Any] = {native: fields[name] for name, native in _OPTION_FIELDS.items() if name in fields}
     raw["model"] = model_for(raw["model"], settings)
-    raw |= {"task": task.value, "output_format": response_format, "word_timestamps": "word" in granularities}
+    native_format = "json" if response_format == DIARIZED else response_format
+    raw |= {"task": task.value, "output_format": native_format, "word_timestamps": "word" in granularities}
+    if response_format == DIARIZED:
+        raw["diarize"] = True
     try:
         options = parsing.parse_options(raw, settings)
     except ValidationError as exc:
@@ -128,11 +135,11 @@ def parse_request(fields: MultiDict[str, str], task: Task, settings: ModelSettin
 
 def model_for(name: str, settings: ModelSettings) -> str:
     """The model that runs for ``name``: its ``MODEL_ALIASES`` entry; for OpenAI's own names
-    without one, ``WHISPER_DEFAULT_MODEL``; any other name as it is."""
+    (its diarizing one included) without one, ``WHISPER_DEFAULT_MODEL``; any other name as it is."""
     aliases = dict(settings.model_aliases)
     if name in aliases:
         return aliases[name]
-    return settings.whisper_default_model if name in OPENAI_MODELS else name
+    return settings.whisper_default_model if name in (*OPENAI_MODELS, OPENAI_DIARIZE_MODEL) else name
 
 
 def _granularities(values: list[str], response_format: str) -> frozenset[str]:
@@ -192,6 +199,8 @@ def result_body(store: BlobStore, job: Job, request: AudioRequest) -> tuple[str,
         return json.dumps({"text": result.text}), "application/json"
     if fmt == "verbose_json":
         return json.dumps(_verbose(result, request.granularities)), "application/json"
+    if fmt == DIARIZED:
+        return json.dumps(_diarized(result)), "application/json"
     if fmt == "srt":
         return to_srt(result), _TEXT_PLAIN
     if fmt == "vtt":
@@ -214,18 +223,65 @@ def _verbose(result: TranscriptResult, granularities: frozenset[str]) -> dict[st
 ALIAS_OWNER = "alias"
 
 
+def _diarizing(settings: ModelSettings) -> list[str]:
+    """OpenAI's diarizing model's name, listed when the workers label speakers."""
+    return [OPENAI_DIARIZE_MODEL] if diarization_offered(settings) else []
+
+
+def _diarized(result: TranscriptResult) -> dict[str, Any]:
+    """OpenAI's ``diarized_json``: segments with ``speaker``, labelled A, B, ... in order of
+    appearance as OpenAI labels them."""
+    letters: dict[str, str] = {}
+    for seg in result.segments:
+        if seg.speaker is not None and seg.speaker not in letters:
+            letters[seg.speaker] = _letters(len(letters))
+    segments = [
+        {
+            "type": "transcript.text.segment",
+            "id": f"seg_{seg.id}",
+            "start": seg.start,
+            "end": seg.end,
+            "text": seg.text.strip(),
+            "speaker": letters.get(seg.speaker or "", "A"),
+        }
+        for seg in result.segments
+    ]
+    return {
+        "task": "transcribe",
+        "duration": result.duration,
+        "text": result.text,
+        "segments": segments,
+        "usage": {"type": "duration", "seconds": round(result.duration)},
+    }
+
+
+def _letters(index: int) -> str:
+    """A, B, ..., Z, AA, AB, ... (spreadsheet columns)."""
+    name = ""
+    index += 1
+    while index:
+        index, rest = divmod(index - 1, 26)
+        name = chr(ord("A") + rest) + name
+    return name
+
+
 def model_list(settings: ModelSettings) -> dict[str, Any]:
     """``GET /v1/models``: the models this deployment accepts, in OpenAI's list shape, OpenAI's
     own names (and MODEL_ALIASES') first."""
     offered = allowed_models(settings)
     own = [alias for alias, _ in settings.model_aliases]
     aliases = [name for name in dict.fromkeys((*OPENAI_MODELS, *own)) if name not in offered]
+    aliases += _diarizing(settings)
     return {
         "object": "list",
         "data": [
             # OpenAI's "created" is a release time; none is known for a checkpoint, hence 0.
             {"id": name, "object": "model", "created": 0, "owned_by": owner}
-            for names, owner in ((aliases, ALIAS_OWNER), (offered, "whisper-api"))
+            for names, owner in (
+                (aliases, ALIAS_OWNER),
+                (_diarizing(settings), ALIAS_OWNER),
+                (offered, "whisper-api"),
+            )
             for name in names
         ],
     }

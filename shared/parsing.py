@@ -12,9 +12,9 @@ from flask import Request
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from shared import subtitles, webhooks
-from shared.catalog import allowed_models
+from shared.catalog import allowed_models, diarization_offered
 from shared.errors import FieldError, ValidationError
-from shared.models import JobOptions
+from shared.models import JobOptions, ResultFormat
 from shared.settings import ModelSettings, OutboundSettings
 
 Model = TypeVar("Model", bound=pydantic.BaseModel)
@@ -92,6 +92,10 @@ OPTION_FIELDS = (
     "condition_on_previous_text",
     "keep_audio",
     *subtitles.FIELDS,
+    "diarize",
+    "num_speakers",
+    "min_speakers",
+    "max_speakers",
 )
 
 
@@ -115,6 +119,10 @@ class _JsonFields(BaseModel):
     max_line_count: int | None = None
     max_words_per_line: int | None = None
     highlight_words: bool | None = None
+    diarize: bool | None = None
+    num_speakers: int | None = None
+    min_speakers: int | None = None
+    max_speakers: int | None = None
     webhook_url: str | None = None
 
     @field_validator("output_format", "task")
@@ -149,6 +157,12 @@ def parse_options(raw: dict[str, Any], settings: ModelSettings) -> JobOptions:
         raise ValidationError.for_field(
             "model", f"unknown model {options.model!r}; choose one of {', '.join(allowed_models(settings))}"
         )
+    if options.diarize and diarization_offered(settings) is False:
+        raise ValidationError.for_field(
+            "diarize", "the workers do not offer speaker labelling (their image lacks resemblyzer)"
+        )
+    if options.output_format == ResultFormat.RTTM and not options.diarize:
+        raise ValidationError.for_field("output_format", "rttm needs diarize=true")
     if cut.active and not options.word_timestamps:
         raise ValidationError.for_field(
             next(iter(cut.model_dump(exclude_defaults=True))), "subtitle options need word_timestamps=true"

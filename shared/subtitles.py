@@ -58,12 +58,16 @@ class Cue:
     start: float
     end: float
     text: str
+    speaker: str | None = None
 
 
 def cues(result: TranscriptResult, options: SubtitleOptions) -> list[Cue]:
     """The cues of ``result``: per segment, or cut from words when ``options`` ask for it."""
     if not options.active:
-        return [Cue(seg.start, seg.end, seg.text.strip().replace("-->", "->")) for seg in result.segments]
+        return [
+            Cue(seg.start, seg.end, seg.text.strip().replace("-->", "->"), seg.speaker)
+            for seg in result.segments
+        ]
     if any(seg.words is None for seg in result.segments):
         raise ValidationError.for_field(
             _first_set(options),
@@ -75,7 +79,7 @@ def cues(result: TranscriptResult, options: SubtitleOptions) -> list[Cue]:
         if options.highlight_words:
             out.extend(_highlighted(subtitle))
         else:
-            out.append(Cue(subtitle[0].start, subtitle[-1].end, text))
+            out.append(Cue(subtitle[0].start, subtitle[-1].end, text, subtitle[0].speaker))
     return out
 
 
@@ -127,9 +131,9 @@ def _highlighted(subtitle: list[Word]) -> Iterator[Cue]:
     for i, word in enumerate(subtitle):
         start, end = round(word.start, 3), round(word.end, 3)
         if last != start:
-            yield Cue(last, start, plain)
+            yield Cue(last, start, plain, subtitle[0].speaker)
         marked = [re.sub(r"^(\s*)(.*)$", r"\1<u>\2</u>", t) if j == i else t for j, t in enumerate(texts)]
-        yield Cue(start, end, "".join(marked))
+        yield Cue(start, end, "".join(marked), subtitle[0].speaker)
         last = end
 
 

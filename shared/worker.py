@@ -44,6 +44,7 @@ from shared import (
     webhooks,
 )
 from shared.dispatcher import Dispatcher
+from shared.engine import diarizer
 from shared.engine.memory import allocator
 from shared.engine.pipeline import Engine, Progress
 from shared.errors import (
@@ -232,7 +233,9 @@ class Worker:
                 # fetch them (WHISPER_DOWNLOADS), the official names in WHISPER_MODELS.
                 servable = model_ads.servable_here(self.settings, downloads=self.downloads)
                 models = self.engine.models
-                model_ads.advertise(self.r, self.name, servable, models.loaded(), models.runner.engine)
+                model_ads.advertise(
+                    self.r, self.name, servable, models.loaded(), models.runner.engine, diarizer.available()
+                )
             except redis.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
             time.sleep(self.settings.worker_heartbeat_seconds)
@@ -470,9 +473,12 @@ def build(settings: WorkerSettings) -> Worker:
             metrics.model_loaded(r, name, seconds)
 
     models = ModelCache(settings, on_load=count_load)
-    for name in settings.worker_preload_models:
-        models.get(name)
     engine = Engine(models, settings.batch_size(models.device, models.runner.compute_type))
+    for name in settings.worker_preload_models:
+        if name == diarizer.PRELOAD_NAME:
+            engine.speaker_encoder()
+        else:
+            models.get(name)
     downloads = model_ads.can_download(settings.whisper_downloads)
     if not downloads:
         log.info("offering only the checkpoints on disk: official models cannot be downloaded here")

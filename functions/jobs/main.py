@@ -245,6 +245,13 @@ def get_result(request: Request, job_id: str) -> Response:
     return Response(body, content_type=content_type)
 
 
+def name_speakers(request: Request, job_id: str) -> Response:
+    key = _caller(request)
+    c = jobs_clients()
+    job = job_service.name_speakers(c.redis, key.id, job_id, parsing.json_object(request))
+    return json_response(job.public())
+
+
 def job_events(request: Request, job_id: str) -> Response:
     """Server-Sent Events of one job: replayed, then live, until it ends (``shared.events``)."""
     key = _caller(request)
@@ -436,6 +443,7 @@ _ROUTES = Map(
         Rule("/transcribe/<job_id>/cancel", methods=["POST"], endpoint=cancel_job),
         Rule("/transcribe/<job_id>/events", methods=["GET"], endpoint=job_events),
         Rule("/transcribe/<job_id>/audio", methods=["GET"], endpoint=get_audio),
+        Rule("/transcribe/<job_id>/speakers", methods=["PUT"], endpoint=name_speakers),
         Rule("/", methods=["GET"], endpoint=get_page),
         Rule("/web/<name>", methods=["GET"], endpoint=get_page_asset),
         Rule("/uploads", methods=["POST"], endpoint=start_upload),

@@ -47,6 +47,8 @@ class Chunk:
     index: int
     start: int
     audio: Samples
+    #: (start, end) recording samples of the VAD's speech inside the chunk (the diarizer's input).
+    speech: tuple[tuple[int, int], ...] = ()
 
     @property
     def end(self) -> int:
@@ -112,6 +114,7 @@ class Chunker:
         self._speech_end = 0  # end of the last speech frame
         self._pauses: list[tuple[int, int]] = []  # (start, end) of pauses inside the open chunk
         self._pause_start: int | None = None
+        self._regions: list[list[int]] = []  # [start, end] of speech inside the open chunk
         self._prev_end = 0
         self._index = 0
         self.scanned = 0  # samples the VAD has looked at
@@ -149,7 +152,11 @@ class Chunker:
         if self._start is None:
             self._start = _grid(max(self._prev_end, at - PAD))
             self._pauses, self._pause_start = [], None
-        elif self._pause_start is not None:
+        if self._regions and self._regions[-1][1] == at:
+            self._regions[-1][1] = at + FRAME
+        else:
+            self._regions.append([at, at + FRAME])
+        if self._pause_start is not None:
             if at - self._pause_start >= MIN_PAUSE:
                 self._pauses.append((self._pause_start, at))
             self._pause_start = None
@@ -176,7 +183,10 @@ class Chunker:
         start = self._start
         end = min(end, start + MAX_CHUNK, self._buf_start + len(self._buf))
         audio = self._buf[start - self._buf_start : end - self._buf_start].copy()
-        chunk = Chunk(self._index, start, audio)
+        speech = tuple((max(a, start), min(b, end)) for a, b in self._regions if a < end and b > start)
+        # Speech cut at ``end`` continues in the next chunk.
+        self._regions = [[max(a, end), b] for a, b in self._regions if b > end]
+        chunk = Chunk(self._index, start, audio, speech)
         self._index += 1
         self._prev_end = end
         self._start, self._pause_start = None, None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -11,9 +12,11 @@ from typing import Any
 import numpy as np
 import whisper
 
+from shared.engine import speakers
 from shared.engine.batcher import Batcher, BatchKey, ChunkResult
 from shared.engine.chunker import Chunk, Chunker
-from shared.engine.models import ModelCache
+from shared.engine.diarizer import Diarizer, SpeakerEncoder
+from shared.engine.models import ModelCache, in_own_thread
 from shared.engine.pcm import SAMPLE_RATE, PcmStream
 from shared.errors import JobError
 from shared.models import JobOptions, Segment, TranscriptResult, Word
@@ -42,6 +45,16 @@ class Engine:
     def __init__(self, models: ModelCache, batch_size: int) -> None:
         self.models = models
         self.batcher = Batcher(models, batch_size)
+        self._encoder: SpeakerEncoder | None = None
+        self._encoder_lock = threading.Lock()
+
+    def speaker_encoder(self) -> SpeakerEncoder:
+        """The diarizer's speaker encoder, loaded on first use (or at start-up) on the models'
+        device, once per worker."""
+        with self._encoder_lock:
+            if self._encoder is None:
+                self._encoder = in_own_thread(lambda: SpeakerEncoder(self.models.device))
+            return self._encoder
 
     def unload_idle(self, idle_seconds: float) -> list[str]:
         """Unload models unused for ``idle_seconds``."""
@@ -61,6 +74,7 @@ class Engine:
         (and while long silences are scanned); it raises to stop the job there."""
         model = self.models.get(options.model)
         run = _Run(self, model, options, checkpoint)
+        diarizer = Diarizer(self.speaker_encoder()) if options.diarize else None
         stream = PcmStream(
             path, expected_seconds=expected_seconds, max_seconds=max_seconds, too_long=too_long
         )
@@ -70,15 +84,28 @@ class Engine:
             for piece in pieces:
                 for chunk in chunker.feed(piece):
                     run.submit(chunk)
+                    _embed(diarizer, chunk)
                 run.scanned(chunker.scanned)
             for chunk in chunker.finish(stream.samples):
                 run.submit(chunk)
+                _embed(diarizer, chunk)
             self.batcher.done_producing(run.feed)
             run.drain(block=True)
         finally:
             self.batcher.close(run.feed)
             pieces.close()  # stops ffmpeg at once when the job ends early (cancel, failure)
-        return run.result(stream.samples / SAMPLE_RATE)
+        result = run.result(stream.samples / SAMPLE_RATE)
+        if diarizer is None:
+            return result
+        turns = diarizer.turns(options.num_speakers, options.min_speakers, options.max_speakers)
+        return speakers.label(result, turns)
+
+
+def _embed(diarizer: Diarizer | None, chunk: Chunk) -> None:
+    """The chunk's speaker windows, embedded while the batcher decodes it; on a thread that ends
+    with the call (``in_own_thread``: a job thread keeps no OpenMP team of its own)."""
+    if diarizer is not None and chunk.speech:
+        in_own_thread(lambda: diarizer.add(chunk.start, chunk.audio, chunk.speech))
 
 
 class _Run:

@@ -3,7 +3,8 @@
 "use strict";
 
 const TOKEN_KEY = "whisper-api.token";
-const FORMATS = [["srt", "srt"], ["vtt", "vtt"], ["text", "txt"], ["json", "json"], ["verbose_json", "json"], ["tsv", "tsv"]];
+const FORMATS = [["srt", "srt"], ["vtt", "vtt"], ["text", "txt"], ["json", "json"], ["verbose_json", "json"], ["tsv", "tsv"], ["rttm", "rttm"]];
+const SPEAKER_COLOURS = 8; // .speaker-0 ... .speaker-7 in app.css
 const FINAL = new Set(["completed", "failed", "canceled"]);
 const $ = (id) => document.getElementById(id);
 const tabAudio = new Map(); // job id -> object URL of the file uploaded in this tab
@@ -146,6 +147,9 @@ async function startJob(event) {
   form.append("task", $("task").value);
   form.append("word_timestamps", $("words").checked ? "true" : "false");
   form.append("keep_audio", $("forget-audio").checked ? "false" : "true");
+  const count = $("speaker-count").value.trim();
+  if ($("diarize").checked || count) form.append("diarize", "true");
+  if (count) form.append("num_speakers", count);
   form.append("audio", file, file.name);
   showMessage("");
   $("start").disabled = true;
@@ -384,8 +388,24 @@ async function audioUrl(jobId) {
   }
 }
 
-function segmentItem(segment) {
+// A diarized segment's speaker: its label (SPEAKER_01) and the name shown (the owner's, if any).
+function speakerOf(segment, names) {
+  if (!segment.speaker) return null;
+  const label = Object.keys(names).find((l) => names[l] === segment.speaker) || segment.speaker;
+  const number = Number((label.match(/(\d+)$/) || [0, 0])[1]);
+  return { label, name: segment.speaker, colour: number % SPEAKER_COLOURS };
+}
+
+function segmentItem(segment, speaker) {
   const item = document.createElement("li");
+  if (speaker) {
+    item.className = `speaker-${speaker.colour}`;
+    item.dataset.speaker = speaker.label;
+    const who = document.createElement("span");
+    who.className = "speaker";
+    who.textContent = speaker.name;
+    item.append(who);
+  }
   const seg = document.createElement("button");
   seg.type = "button";
   seg.className = "segment";
@@ -427,7 +447,10 @@ async function openReader(jobId) {
   const reader = $("reader");
   reader.dataset.job = jobId;
   $("reader-title").textContent = job.filename || job.id;
-  $("transcript").replaceChildren(...result.segments.map(segmentItem));
+  const names = job.speaker_names || {};
+  const speakers = result.segments.map((s) => speakerOf(s, names));
+  $("transcript").replaceChildren(...result.segments.map((s, i) => segmentItem(s, speakers[i])));
+  showSpeakerNames(jobId, speakers.filter(Boolean), names);
   const url = await audioUrl(jobId);
   const player = $("player");
   if (url) player.src = url; else player.removeAttribute("src");
@@ -437,6 +460,36 @@ async function openReader(jobId) {
   reader.scrollIntoView({ block: "start" });
   const first = $("transcript").querySelector(".segment");
   if (first) first.focus({ preventScroll: true });
+}
+
+function showSpeakerNames(jobId, speakers, names) {
+  const labels = [...new Set(speakers.map((s) => s.label))].sort();
+  const fields = labels.map((label) => {
+    const field = document.createElement("label");
+    field.className = `speaker-${speakers.find((s) => s.label === label).colour}`;
+    const input = document.createElement("input");
+    input.name = label;
+    input.value = names[label] || "";
+    input.placeholder = label;
+    input.maxLength = 64;
+    field.append(`${label} `, input);
+    return field;
+  });
+  $("speaker-fields").replaceChildren(...fields);
+  const form = $("speaker-names");
+  form.hidden = labels.length === 0;
+  form.onsubmit = async (event) => {
+    event.preventDefault();
+    const body = Object.fromEntries(labels.map((l) => [l, form.elements[l].value.trim()]));
+    try {
+      await api(`/transcribe/${jobId}/speakers`, {
+        method: "PUT", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+      });
+      await openReader(jobId);
+    } catch (err) {
+      fail(err);
+    }
+  };
 }
 
 function closeReader() {

@@ -27,6 +27,8 @@ const PAGE = {
   "#task option[value=translate]": { en: "Translate to English", ru: "Перевести на английский" },
   "#words-label": { en: " Word timings", ru: " Время каждого слова" },
   "#forget-label": { en: " Delete the audio when done", ru: " Удалить аудио после расшифровки" },
+  "#diarize-label": { en: " Speakers", ru: " Говорящие" },
+  "#speaker-count-label": { en: "How many speakers ", ru: "Сколько говорящих " },
   "#start": { en: "Start", ru: "Начать" },
   "#record": { en: "Record", ru: "Записать" },
   "label[for=upload-bar]": { en: "Upload", ru: "Загрузка" },
@@ -180,7 +182,8 @@ function addLanguagePicker() {
 
 document.addEventListener("DOMContentLoaded", () => {
   const labelled = [["model", "model-label"], ["language", "language-label"], ["task", "task-label"],
-    ["words", "words-label"], ["forget-audio", "forget-label"]];
+    ["words", "words-label"], ["forget-audio", "forget-label"], ["diarize", "diarize-label"],
+    ["speaker-count", "speaker-count-label"]];
   for (const [id, text] of labelled) {
     const label = document.getElementById(id) && document.getElementById(id).closest("label");
     if (label) label.id = text;

@@ -90,7 +90,8 @@ def test_detect_language_names_the_language_and_its_code(service, speech_wav):
     ("params", "field"),
     [
         ({"output": "docx"}, "output"),
-        ({"diarize": "true"}, "diarize"),
+        ({"diarize": "maybe"}, "diarize"),
+        ({"diarize": "true", "min_speakers": "3", "max_speakers": "2"}, "body"),
         ({"encode": "maybe"}, "encode"),
         ({"language": "klingon"}, "language"),
         ({"initial_prompt": "x" * 251}, "initial_prompt"),
@@ -167,3 +168,9 @@ def test_openai_stream_answers_server_sent_events_on_the_wire(service, speech_wa
     # espeak's 1.703 s at 50 encoder positions a second, rounded up; every decoded token counted
     assert done["usage"]["input_tokens"] == 86 and done["usage"]["type"] == "tokens"
     assert done["usage"]["total_tokens"] == 86 + done["usage"]["output_tokens"] > 86
+
+
+def test_asr_diarize_prefixes_the_speaker_as_whisperx_does(service, auth_headers, speech_wav):
+    resp = _asr(service, auth_headers(), speech_wav, diarize="true", min_speakers="1", max_speakers="2")
+    assert resp.status_code == 200, resp.text
+    assert resp.text == "[SPEAKER_00]: Hello from whisper api.\nThe quick brown fox.\n"

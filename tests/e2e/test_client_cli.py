@@ -222,3 +222,17 @@ def test_output_to_a_fifo_or_through_a_symlink_is_written_in_place(client_env, t
     assert link.is_symlink() and os.readlink(link) == str(real)
     assert real.read_text() == SRT
     assert sorted(p.name for p in real.parent.iterdir()) == ["talk.srt"]  # no .part left behind
+
+
+def test_transcribe_with_speakers_labels_them(client_env, tmp_path, speech_wav):
+    source = tmp_path / "call.wav"
+    source.write_bytes(speech_wav)
+    out = tmp_path / "call.rttm"
+
+    done = _run(
+        client_env, "transcribe", str(source), "--speakers", "1", "--format", "rttm", "-o", str(out), "-q"
+    )
+
+    assert done.returncode == 0, done.stderr
+    [line] = out.read_text().splitlines()
+    assert line.split()[:3] == ["SPEAKER", "audio", "1"] and line.split()[7] == "SPEAKER_00"

@@ -65,6 +65,8 @@ def test_models_list_names_what_the_offline_worker_can_load(service, client):
         ("whisper-1", "alias"),
         ("gpt-4o-transcribe", "alias"),
         ("gpt-4o-mini-transcribe", "alias"),
+        # the worker labels speakers, so OpenAI's diarizing model is offered too
+        ("gpt-4o-transcribe-diarize", "alias"),
         ("demo", "whisper-api"),
     ]
 
@@ -301,3 +303,17 @@ def test_gpt_4o_names_and_chunking_strategy_run_the_default_model(service, api_k
     headers = {"Authorization": f"Bearer {_token(service, api_key)}"}
     newest = requests.get(f"{service.base_url}/transcribe?limit=2", headers=headers, timeout=10).json()
     assert [j["model"] for j in newest["jobs"]] == ["demo", "demo"]
+
+
+def test_diarized_json_labels_the_speaker_in_openai_s_shape(client, make_wav):
+    transcript = client.audio.transcriptions.create(
+        model="demo", file=_audio(make_wav), response_format="diarized_json"
+    )
+    body = transcript.model_dump()
+    assert body["task"] == "transcribe" and body["text"] == TEXT
+    assert [
+        (s["type"], s["id"], s["start"], s["end"], s["text"], s["speaker"]) for s in body["segments"]
+    ] == [
+        ("transcript.text.segment", f"seg_{i}", start, end, text.strip(), "A")
+        for i, (start, end, text) in enumerate(SEGMENTS)
+    ]

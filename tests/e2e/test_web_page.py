@@ -359,3 +359,42 @@ def test_the_page_speaks_russian_and_takes_language_names_in_it(service, browser
     finally:
         driver.execute_script("localStorage.clear()")
         driver.set_window_size(1280, 900)
+
+
+def test_speakers_are_coloured_and_renamed_for_later_downloads(service, browser, tmp_path, speech_wav):
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    key = service.cli("keys", "create", "--name", "web-speakers").strip().splitlines()[-1]
+    audio = tmp_path / "call.wav"
+    audio.write_bytes(speech_wav)
+    _sign_in(driver, service.base_url, key)
+    _wait(driver, lambda d: _visible(d, "app") and d.find_elements(By.CSS_SELECTOR, "#model option"))
+    driver.find_element(By.ID, "diarize").click()
+    driver.find_element(By.ID, "speaker-count").send_keys("1")
+    driver.find_element(By.ID, "file").send_keys(str(audio))
+    driver.find_element(By.ID, "start").click()
+
+    # Read in one script: the reading view may be drawn again while the test looks.
+    read = (
+        "return [...document.querySelectorAll('#transcript li')].map((li) => [li.dataset.speaker,"
+        " li.className, getComputedStyle(li).borderLeftColor, li.querySelector('.speaker').textContent])"
+    )
+    expected = [["SPEAKER_00", "speaker-0", "rgb(31, 95, 191)", "SPEAKER_00"]] * 2
+    _wait(
+        driver,
+        lambda d: _visible(d, "speaker-names") and d.execute_script(read) == expected,
+        what="the speakers",
+    )
+
+    field = driver.find_element(By.CSS_SELECTOR, "#speaker-fields input[name=SPEAKER_00]")
+    field.send_keys("Alice")
+    driver.find_element(By.CSS_SELECTOR, "#speaker-names button[type=submit]").click()
+    renamed = [["SPEAKER_00", "speaker-0", "rgb(31, 95, 191)", "Alice"]] * 2
+    _wait(driver, lambda d: d.execute_script(read) == renamed, what="the new name")
+    job_id = driver.find_element(By.ID, "reader").get_attribute("data-job")
+    token = {"Authorization": f"Bearer {service.token_for(key)}"}
+    text = requests.get(
+        f"{service.base_url}/transcribe/{job_id}/result?format=text", headers=token, timeout=10
+    )
+    assert text.text == "[Alice]: Hello from whisper api.\nThe quick brown fox.\n"

@@ -135,3 +135,23 @@ def test_long_speech_is_cut_at_a_pause_into_chunks_of_at_most_30_s(tmp_path):
     for cut in [c.end for c in found[:-1]]:  # in silence: 20 ms either side are quiet
         around = audio[cut - 320 : cut + 320]
         assert np.sqrt(np.mean(around**2)) < 0.01
+
+
+def test_chunks_carry_their_speech_regions_for_the_diarizer(tmp_path):
+    path = tmp_path / "long.mp3"
+    test_audio.speech_mp3(65, path)
+    stream = PcmStream(str(path), expected_seconds=None, max_seconds=1e6)
+    pieces = list(stream)
+    chunker = Chunker()
+    found = [c for piece in pieces for c in chunker.feed(piece)]
+    found += list(chunker.finish(stream.samples))
+    audio = np.concatenate(pieces)
+
+    for chunk in found:
+        regions = list(chunk.speech)
+        assert regions and all(chunk.start <= a < b <= chunk.end for a, b in regions)
+        assert all(b1 < a2 for (_, b1), (a2, _) in itertools.pairwise(regions))  # apart, in order
+        assert all(np.sqrt(np.mean(audio[a:b] ** 2)) > 0.01 for a, b in regions)  # voiced
+    # Speech cut where a chunk ends goes on in the next: together the regions are all the speech.
+    voiced = sum(b - a for c in found for a, b in c.speech)
+    assert 0.6 * stream.samples < voiced < stream.samples
