@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
-import redis
 
 from shared import model_ads
+from shared.redis_client import from_url
 from tests import budget
 
 pytestmark = pytest.mark.e2e
@@ -51,7 +51,7 @@ def base_model(service):
     shutil.copyfile(model_dir / "demo.pt", model_dir / "base.pt")
     # The worker cannot download (WHISPER_DOWNLOADS=never): base is offered once its next
     # heartbeat has seen the file.
-    r = redis.Redis.from_url(service.env["REDIS_URL"])
+    r = from_url(service.env["REDIS_URL"])
     deadline = budget.deadline(30)
     while "base" not in (model_ads.current(r, 15) or model_ads.Offer()).servable:
         assert time.monotonic() < deadline, "the worker never advertised base.pt"

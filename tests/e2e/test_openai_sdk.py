@@ -11,11 +11,11 @@ import time
 
 import openai
 import pytest
-import redis
 import requests
 from openai import AsyncOpenAI, OpenAI
 
 from shared import model_ads
+from shared.redis_client import from_url
 from tests import budget, contract
 from tests.e2e.test_service import SRT, TEXT, VTT
 
@@ -73,7 +73,7 @@ def test_models_list_names_what_the_offline_worker_can_load(service, client):
 
 def _wait_for_the_worker_s_offer(service) -> None:
     """Before a worker's first heartbeat the API offers WHISPER_MODELS; after it, its offer."""
-    r = redis.Redis.from_url(service.env["REDIS_URL"])
+    r = from_url(service.env["REDIS_URL"])
     deadline = budget.deadline(60)
     while model_ads.current(r, 15) is None:
         assert time.monotonic() < deadline, "the worker never advertised its models"

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import redis
 import requests
 from openai import OpenAI
 from websockets.exceptions import ConnectionClosedOK, InvalidStatus
@@ -30,6 +29,7 @@ from devtools import audio as test_audio
 from devtools.demo_model import DEFAULT_SEGMENTS
 from devtools.devstack import free_port, start_gateway, start_worker, wait_for_port
 from tests import budget
+from tests.conftest import own_stack
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -55,20 +55,25 @@ class Live:
 
 
 @pytest.fixture(scope="module")
-def live(service_env: dict[str, str]) -> Iterator[Live]:
-    redis_url = service_env["REDIS_URL"].rsplit("/", 1)[0] + "/3"
+def live(
+    request: pytest.FixtureRequest, service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Live]:
+    with own_stack(request, service_env, 3, tmp_path_factory.mktemp("redis-live")) as stack:
+        yield from _live(service_env, stack)
+
+
+def _live(service_env: dict[str, str], stack: dict[str, str]) -> Iterator[Live]:
     realtime = free_port()
     env = {
         **os.environ,
         **service_env,
-        "REDIS_URL": redis_url,
+        **stack,
         "REALTIME_PORT": str(realtime),
         "REALTIME_HOST": "127.0.0.1",
         "REALTIME_UPSTREAM": f"127.0.0.1:{realtime}",
         "REALTIME_IDLE_SECONDS": "3",
         "MAX_LIVE_SESSIONS_PER_KEY": "1",
     }
-    redis.Redis.from_url(redis_url).flushdb()
     port = free_port()
     gateway = start_gateway(port, env, workers=1)
     worker = start_worker(env)
