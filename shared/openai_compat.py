@@ -279,7 +279,6 @@ def model_list(settings: ModelSettings) -> dict[str, Any]:
             {"id": name, "object": "model", "created": 0, "owned_by": owner}
             for names, owner in (
                 (aliases, ALIAS_OWNER),
-                (_diarizing(settings), ALIAS_OWNER),
                 (offered, "whisper-api"),
             )
             for name in names

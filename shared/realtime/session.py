@@ -65,6 +65,8 @@ class LiveSession:
         self.limits = fairuse.limits(self.settings, key.limits)
         self.index = 0
         self.outstanding = 0  # utterances committed and not yet answered
+        #: The last client event or transcript answered (monotonic): idle is quiet on both sides.
+        self.last_activity = time.monotonic()
 
     async def send(self, message: dict[str, Any]) -> None:
         await self.ws.send(json.dumps(message))
@@ -92,12 +94,14 @@ class LiveSession:
         started = time.monotonic()
         limit, idle = self.settings.realtime_max_session_seconds, self.settings.realtime_idle_seconds
         while True:
-            left = started + limit - time.monotonic()
+            now = time.monotonic()
+            left = started + limit - now
+            quiet = idle - (now - self.last_activity)
             try:
-                message = await asyncio.wait_for(self.ws.recv(), min(idle, max(left, 0.0)))
+                message = await asyncio.wait_for(self.ws.recv(), max(min(quiet, left), 0.0))
             except TimeoutError:
-                if left > idle and self.outstanding:
-                    continue  # waiting for its transcripts is not idling
+                if left > idle and (self.outstanding or time.monotonic() - self.last_activity < idle):
+                    continue  # waiting for its transcripts, or just answered: not idling
                 if left <= idle:
                     minutes = f"{limit / 60:g} minutes"
                     raise _EndSessionError(
@@ -109,6 +113,7 @@ class LiveSession:
                         code="session_idle_timeout",
                     )
                 ) from None
+            self.last_activity = time.monotonic()
             for reply in await self._handle(message):
                 await self.send(reply)
 
@@ -224,6 +229,7 @@ class LiveSession:
                 await self._answer(utterance)
             finally:
                 self.outstanding -= 1
+                self.last_activity = time.monotonic()  # the idle clock starts after the answer
 
     async def _answer(self, utterance: Utterance) -> None:
         try:

@@ -44,8 +44,10 @@ async function startRecording() {
   const context = new AudioContext({ sampleRate: RATE });
   const source = context.createMediaStreamSource(stream);
   const tap = context.createScriptProcessor(4096, 1, 1);
-  const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const socket = new WebSocket(`${scheme}://${location.host}/v1/realtime?intent=transcription`,
+  // This page's own origin, over ws: or wss: as the page is http: or https:.
+  const url = new URL("/v1/realtime?intent=transcription", location.href);
+  url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+  const socket = new WebSocket(url.href,
     ["realtime", `openai-insecure-api-key.${token}`]);
   const pieces = [];
   recording = { stream, context, tap, socket, pieces, open: 0 };

@@ -106,8 +106,8 @@ def test_the_document_protects_every_route_but_the_public_ones():
         ("GET", "/"),
         ("GET", "/web/{name}"),
     }
-    # 15 native (storage hook included), 3 under /v1, 2 of whisper-asr-webservice's
-    assert len(_protected_operations()) == 20
+    # 16 native (storage hook and speaker names included), 3 under /v1, 2 of whisper-asr-webservice's
+    assert len(_protected_operations()) == 21
 
 
 @pytest.mark.parametrize(("method", "path"), _protected_operations())

@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from shared import model_ads
+from shared.redis_client import from_url
+from tests import budget
 from tests.e2e.test_service import SRT
 
 pytestmark = pytest.mark.e2e
@@ -267,23 +270,43 @@ def _fits(driver, width: int) -> None:
     assert edges and all(left >= 0 and right <= width for left, right in edges), edges
 
 
-def test_on_a_phone_a_failed_job_shows_why_and_is_retried_with_another_model(service, browser, make_wav):
+@pytest.fixture
+def broken_tiny(service) -> Iterator[None]:
+    """A ``tiny.pt`` that is no checkpoint, offered by the worker (it is on disk) until the test ends."""
+    checkpoint = Path(service.env["WHISPER_MODEL_DIR"]) / "tiny.pt"
+    checkpoint.write_bytes(b"not a checkpoint")
+    r = from_url(service.env["REDIS_URL"])
+    deadline = budget.deadline(30)
+    try:
+        while "tiny" not in (model_ads.current(r, 15) or model_ads.Offer()).servable:
+            assert time.monotonic() < deadline, "the worker never advertised tiny.pt"
+            time.sleep(0.1)
+        yield
+    finally:
+        checkpoint.unlink()
+
+
+def test_on_a_phone_a_failed_job_shows_why_and_is_retried_with_another_model(
+    service, browser, make_wav, broken_tiny
+):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
     driver = browser
     key = service.cli("keys", "create", "--name", "web-phone").strip().splitlines()[-1]
     token = {"Authorization": f"Bearer {service.token_for(key)}"}
-    # Given a job that failed: "tiny" is allowed but this offline worker cannot load it
-    failed = requests.post(
+    # Given a job that failed: "tiny" is offered (its file is on disk) but cannot be loaded
+    answer = requests.post(
         f"{service.base_url}/transcribe",
         headers=token,
         files={"audio": ("memo.wav", make_wav(1.0))},
         data={"model": "tiny"},
         timeout=30,
-    ).json()
+    )
+    assert answer.status_code == 202, answer.text
+    failed = answer.json()
     reason = service.wait_for(failed["id"], token)["error"]
-    assert reason
+    assert "tiny" in reason
 
     driver.set_window_size(360, 800)
     try:

@@ -129,7 +129,12 @@ def test_health_and_models_say_whether_the_workers_label_speakers(jobs_client, b
     model_ads.advertise(r, "w1", ["demo"], [], "openai-whisper", diarize=True)
     assert jobs_client.get("/health").get_json()["workers"]["diarize"] is True
     ids = [m["id"] for m in jobs_client.get("/v1/models", headers=headers).get_json()["data"]]
-    assert ids[:2] == ["whisper-1", "gpt-4o-transcribe-diarize"]
+    assert ids[:4] == [
+        "whisper-1",
+        "gpt-4o-transcribe",
+        "gpt-4o-mini-transcribe",
+        "gpt-4o-transcribe-diarize",
+    ]
     assert _post(jobs_client, headers, make_wav(1.0), diarize="true").status_code == 202
 
 

@@ -218,12 +218,12 @@ def test_the_asr_routes_count_against_the_rate_limit(env, jobs_client, api_key):
     env(RATE_LIMIT_PER_MINUTE="2")
     _, plaintext = api_key("bazarr")
     headers = {"Authorization": f"Bearer {plaintext}"}
-    # Two calls are admitted (and refused for their unknown parameter: nothing waits) ...
-    assert jobs_client.post("/asr?bogus=1", headers=headers).status_code == 422
-    assert jobs_client.post("/detect-language?bogus=1", headers=headers).status_code == 422
+    # Two calls are admitted (and refused for a bad parameter: nothing waits) ...
+    assert jobs_client.post("/asr?encode=maybe", headers=headers).status_code == 422
+    assert jobs_client.post("/detect-language?encode=maybe", headers=headers).status_code == 422
     # ... the third of the minute is not, on either route
-    _assert_refused(jobs_client.post("/asr?bogus=1", headers=headers), "requests", 2, 60)
-    _assert_refused(jobs_client.post("/detect-language?bogus=1", headers=headers), "requests", 2, 60)
+    _assert_refused(jobs_client.post("/asr?encode=maybe", headers=headers), "requests", 2, 60)
+    _assert_refused(jobs_client.post("/detect-language?encode=maybe", headers=headers), "requests", 2, 60)
 
 
 def test_the_asr_routes_throttle_failed_authentication(env, jobs_client, api_key):
@@ -243,11 +243,11 @@ def test_the_asr_routes_throttle_failed_authentication(env, jobs_client, api_key
         3,
         60,
     )
-    # The holder, from elsewhere, is served (422: admitted, then its unknown parameter refused)
+    # The holder, from elsewhere, is served (422: admitted, then its bad parameter refused)
     holder = {"Authorization": f"Bearer {plaintext}"}
     assert (
         jobs_client.post(
-            "/asr?bogus=1", headers=holder, environ_base={"REMOTE_ADDR": "192.0.2.10"}
+            "/asr?encode=maybe", headers=holder, environ_base={"REMOTE_ADDR": "192.0.2.10"}
         ).status_code
         == 422
     )
