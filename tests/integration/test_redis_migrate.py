@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
-from shared import cli, keys, migrate
+from shared import cli, keys, migrate, queue
 from shared.settings import worker_settings
 from shared.storage import audio_key, result_key
 from shared.worker import build
@@ -242,3 +242,51 @@ def test_a_worker_starting_on_an_old_layout_logs_the_command(r, store, caplog):
     assert len([rec for rec in caplog.records if rec.name == "whisper_api.migrate"]) == 1
     assert "`whisper-api redis migrate`" in migrate.OLD_LAYOUT
     migrate._warned.clear()
+
+
+def test_a_job_set_aside_for_a_storage_outage_runs_on_a_new_worker_after_the_migration(
+    r, store, jobs_client, auth_client, make_wav, capsys
+):
+    """The old worker's ``_postpone``: the job back to pending, in ``jobs:delayed``, its entry
+    acknowledged. Moved, a new worker queues it again by id and completes it."""
+    _write_old_layout(r, store)
+    waiting = "018f0a1b2c40" + "0123456789abcdef"
+    wav = make_wav(1.0)
+    record = _old_job() | {
+        "id": waiting,
+        "status": "pending",
+        "started_at": None,
+        "completed_at": None,
+        "audio_key": audio_key(KEY_ID, waiting),
+        "transcription": None,
+        "language": None,
+        "duration": None,
+        "bytes": len(wav),
+        "windows": 0,
+        "progress": 0.0,
+    }
+    r.set(f"job:{waiting}", json.dumps(record))
+    r.zadd(f"jobs:{KEY_ID}", {waiting: 0})
+    r.hincrby(f"usage:{KEY_ID}", "jobs_total", 1)
+    r.hincrby(f"usage:{KEY_ID}", "jobs_pending", 1)
+    r.zadd("jobs:delayed", {waiting: CREATED})  # long due
+    store.put_bytes(audio_key(KEY_ID, waiting), wav, "audio/wav")
+
+    assert cli.main(["redis", "migrate"]) == 0
+    assert "moved 2 job key(s)\n" in capsys.readouterr().out
+    assert r.zrange(keys.JOBS_DELAYED, 0, -1) == [waiting]
+
+    worker = build(worker_settings())
+    queue.ensure_group(r)  # as a worker does when it starts
+    assert queue.promote_due(r) == 1
+    claimed = worker._claim()
+    assert claimed is not None and claimed[1] == waiting
+    worker._work(*claimed)
+    assert worker._claim() is None
+
+    token = auth_client.post("/auth/token", json={"api_key": PLAINTEXT}).get_json()["token"]
+    headers = {"Authorization": f"Bearer {token}"}
+    body = jobs_client.get(f"/transcribe/{waiting}", headers=headers).get_json()
+    assert body["status"] == "completed" and body["transcription"]
+    usage = jobs_client.get("/usage", headers=headers).get_json()
+    assert usage["jobs"]["total"] == 2 and usage["jobs"]["completed"] == 2 and usage["jobs"]["pending"] == 0
