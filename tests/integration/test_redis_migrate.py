@@ -10,15 +10,19 @@ import hashlib
 import json
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
 import redis
+from standardwebhooks import Webhook
 
 from shared import cli, keys, migrate, queue
-from shared.settings import worker_settings
+from shared.dispatcher import Dispatcher
+from shared.settings import webhook_settings, worker_settings
 from shared.storage import audio_key, result_key
 from shared.worker import build
+from tests import budget
 from tests.conftest import redis_server
 
 KEY_ID = "0a1b2c3d4e5f"
@@ -26,6 +30,7 @@ PLAINTEXT = f"wapi_{KEY_ID}_{'A' * 21}-{'b' * 21}"  # the old format: 12 hex id,
 JOB_ID = "018f0a1b2c3d" + "9e8d7c6b5a4f3e2d"  # old ids: 12 hex of ms time + 16 random hex
 IDEM_DIGEST = hashlib.sha256(b"client-retry-1").hexdigest()
 CREATED = 1_700_000_000.25
+SECRET = "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3"  # the webhook endpoint's signing secret
 TEXT = " Hello from before the upgrade."
 
 
@@ -119,7 +124,7 @@ def _write_old_layout(r: redis.Redis, store) -> None:
         f"webhook:endpoint:{KEY_ID}",
         mapping={
             "url": "https://hooks.example.com/old",
-            "secret": "whsec_" + "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3",
+            "secret": SECRET,
         },
     )
     r.set(f"idem:{KEY_ID}:{IDEM_DIGEST}", json.dumps({"fingerprint": "f" * 64, "job_id": JOB_ID}), ex=86400)
@@ -290,3 +295,48 @@ def test_a_job_set_aside_for_a_storage_outage_runs_on_a_new_worker_after_the_mig
     assert body["status"] == "completed" and body["transcription"]
     usage = jobs_client.get("/usage", headers=headers).get_json()
     assert usage["jobs"]["total"] == 2 and usage["jobs"]["completed"] == 2 and usage["jobs"]["pending"] == 0
+
+
+def test_a_webhook_message_due_before_the_upgrade_is_sent_signed_with_the_old_secret(
+    r, store, jobs_client, auth_client, receiver, capsys
+):
+    """The old ``webhooks.enqueue``: a delivery hash and its due time; the job shows it waiting."""
+    _write_old_layout(r, store)
+    message = f"msg_{JOB_ID}_completed"
+    r.set(f"job:{JOB_ID}", json.dumps(_old_job() | {"webhook": {"url": receiver.url, "state": "pending"}}))
+    event = {"type": "transcription.completed", "timestamp": "2023-11-14T22:13:23.250Z"}
+    body = json.dumps(event | {"data": {"id": JOB_ID, "status": "completed"}}, separators=(",", ":"))
+    r.hset(
+        f"webhook:delivery:{message}",
+        mapping={
+            "job_id": JOB_ID,
+            "key_id": KEY_ID,
+            "url": receiver.url,
+            "body": body,
+            "attempts": 0,
+            "state": "pending",
+            "created_at": repr(CREATED + 3),
+        },
+    )
+    r.expire(f"webhook:delivery:{message}", keys.WEBHOOK_DELIVERY_TTL_SECONDS)
+    r.zadd("webhooks:due", {message: CREATED + 3})
+
+    assert cli.main(["redis", "migrate"]) == 0
+    out = capsys.readouterr().out
+    assert "moved 1 webhook delivery key(s)\nmoved 1 webhook schedule key(s)\n" in out
+
+    dispatcher = Dispatcher(webhook_settings(), r)
+    deadline = budget.deadline(10)
+    while r.zcard(keys.WEBHOOKS_DUE) and time.monotonic() < deadline:
+        if not dispatcher.run_once():
+            time.sleep(0.05)
+    [got] = receiver.requests
+    assert got.headers["webhook-id"] == message and got.body.decode() == body
+    assert Webhook(SECRET).verify(got.body, got.headers)["data"]["id"] == JOB_ID
+    token = auth_client.post("/auth/token", json={"api_key": PLAINTEXT}).get_json()["token"]
+    hook = jobs_client.get(f"/transcribe/{JOB_ID}", headers={"Authorization": f"Bearer {token}"}).get_json()
+    assert (hook["webhook"]["state"], hook["webhook"]["attempts"], hook["webhook"]["last_status"]) == (
+        "delivered",
+        1,
+        204,
+    )
