@@ -15,6 +15,7 @@ whisper-api models pull NAME [NAME..] # official checkpoints into WHISPER_MODEL_
 whisper-api models list               # models on disk here, loaded by workers, offered by the API
 whisper-api storage orphans [--remove] [--min-age SECONDS]
                                       # stored audio and results no job record points at
+whisper-api redis migrate [--dry-run] # a Redis of a release before the cluster layout, renamed
 
 Client commands (a server's URL and an API key; see shared/client_cli.py):
 
@@ -228,6 +229,17 @@ def _storage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _redis(args: argparse.Namespace) -> int:
+    from shared import migrate
+
+    settings = redis_settings()
+    migrate.refuse_cluster(settings.redis_url)  # before connecting: a cluster URL is no Redis to read
+    report = migrate.migrate(connect(settings), settings.redis_url, dry_run=args.dry_run)
+    for line in migrate.describe(report, args.dry_run):
+        print(line)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="whisper-api", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -280,6 +292,12 @@ def parser() -> argparse.ArgumentParser:
     )
     found.add_argument("--min-age", type=float, default=3600, help="only objects at least this old (seconds)")
     storage.set_defaults(run=_storage)
+
+    upkeep = sub.add_parser("redis", help="Redis upkeep")
+    redis_actions = upkeep.add_subparsers(dest="action", required=True)
+    move = redis_actions.add_parser("migrate", help="rename a Redis of a release before the cluster layout")
+    move.add_argument("--dry-run", action="store_true", help="only say what would be moved")
+    upkeep.set_defaults(run=_redis)
 
     client_cli.add_commands(sub)
     return top

@@ -8,7 +8,7 @@ from typing import Any
 
 import redis
 
-from shared import keys, model_ads, stack
+from shared import keys, migrate, model_ads, stack
 from shared.errors import StorageError
 from shared.storage import BlobStore
 
@@ -39,7 +39,11 @@ def check(r: redis.Redis, store: BlobStore, heartbeat_seconds: float) -> tuple[b
     try:
         r.ping()
         lost = stack.lost(r, store)
-        report["redis"] = {"status": "lost", "detail": lost} if lost else {"status": "up"}
+        old = None if lost else migrate.warn_if_old(r)
+        if lost or old:
+            report["redis"] = {"status": "lost" if lost else "old_layout", "detail": lost or old}
+        else:
+            report["redis"] = {"status": "up"}
     except redis.RedisError as exc:
         log.warning("health: redis is down: %s", exc)
         report["redis"] = {"status": "down"}
@@ -50,7 +54,7 @@ def check(r: redis.Redis, store: BlobStore, heartbeat_seconds: float) -> tuple[b
     except StorageError as exc:
         log.warning("health: storage is down: %s", exc)
         report["storage"] = {"status": "down"}
-    if report["redis"]["status"] == "up":
+    if report["redis"]["status"] in ("up", "old_layout"):
         # Three missed heartbeats and a worker is presumed gone.
         workers = live_workers(r, heartbeat_seconds * 3)
         offer = model_ads.current(r, heartbeat_seconds * 3)
@@ -66,7 +70,7 @@ def check(r: redis.Redis, store: BlobStore, heartbeat_seconds: float) -> tuple[b
     failing = [
         name
         for name, part in report.items()
-        if isinstance(part, dict) and part.get("status") in ("down", "unknown", "lost")
+        if isinstance(part, dict) and part.get("status") in ("down", "unknown", "lost", "old_layout")
     ]
     healthy = not failing
     return healthy, {"status": "ok" if healthy else "unavailable", "failing": failing, **report}

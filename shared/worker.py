@@ -37,6 +37,7 @@ from shared import (
     keys,
     logs,
     metrics,
+    migrate,
     model_ads,
     queue,
     retention,
@@ -103,6 +104,7 @@ class Worker:
             self.stop = stop
         try:  # Redis and storage are one stack; a Redis that lost the storage's data is logged
             stack.pair(self.r, self.store)
+            migrate.warn_if_old(self.r)  # a Redis of the old layout: logged, naming the command
         except (redis.RedisError, StorageError) as exc:
             log.warning("could not check the stack id of Redis and storage: %s", exc)
         beat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
