@@ -478,6 +478,34 @@ def event_streams(stack: Stack, headers: dict[str, str]) -> str:
     return f"16 streams of one key (limit 4) -> {dict(found)}"
 
 
+def held_answers(stack: Stack, streams: int = 200, waits: int = 50, keys_: int = 50) -> str:
+    """Many keys, each within its caps, together hold far more long answers than the threaded
+    gateway has threads (2 x 8): ``streams`` event streams and ``waits`` synchronous /asr calls,
+    held for 10 s while the bystander polls."""
+    tokens = [stack.token(stack.key(f"holder-{n}")[1]) for n in range(keys_)]
+    data = {"audio": ("a.wav", tone_wav(1.0), "audio/wav")}
+    jobs = [
+        requests.post(f"{stack.base}/transcribe", files=data, headers=t, timeout=30).json()["id"]
+        for t in tokens
+    ]
+    wav = tone_wav(0.5)
+    boundary = "h0ld"
+    part = 'Content-Disposition: form-data; name="audio_file"; filename="a.wav"'
+    body = f"--{boundary}\r\n{part}\r\n\r\n".encode() + wav + f"\r\n--{boundary}--\r\n".encode()
+    form = {"Content-Type": f"multipart/form-data; boundary={boundary}", "Content-Length": str(len(body))}
+    started = time.monotonic()
+    with _connections(stack, streams + waits) as socks:
+        for n, sock in enumerate(socks[:streams]):
+            sock.sendall(_head("GET", f"/transcribe/{jobs[n % keys_]}/events", tokens[n % keys_]))
+        for n, sock in enumerate(socks[streams:]):
+            sock.sendall(_head("POST", "/asr?output=json", {**tokens[n % keys_], **form}) + body)
+        found = _answers(socks[:streams], budget=30)
+        time.sleep(10)
+        waiting = sum(int(stack.r.zcard(keys.sync_waits(k.id))) for k in credentials.list_keys(stack.r))
+        held = time.monotonic() - started
+    return f"{streams} streams -> {dict(found)}, {waiting}/{waits} /asr waiting, all held {held:.0f} s"
+
+
 def dripping_downloads(stack: Stack, headers: dict[str, str]) -> str:
     with _dripper() as port:
         body = f'{{"audio_url": "http://127.0.0.1:{port}/a.wav"}}'.encode()
@@ -626,7 +654,7 @@ def _storage(env: dict[str, str]) -> StorageSettings:
 
 
 @contextmanager
-def local_stack(work: Path) -> Iterator[Stack]:
+def local_stack(work: Path, async_gateway: bool = True) -> Iterator[Stack]:
     redis_port, s3_port, port = free_port(), free_port(), free_port()
     (work / "redis").mkdir()
     procs = [start_redis(redis_port, work / "redis"), start_s3(s3_port)]
@@ -659,6 +687,8 @@ def local_stack(work: Path) -> Iterator[Stack]:
         # own address is throttled, not everyone on loopback.
         "PROXY_HOPS": "1",
     }
+    if not async_gateway:  # every answer on the threaded gateway, as before issue #22's second pass
+        env["LONG_ANSWERS_SOCKET"] = ""
     for bucket in ("bench", "bench-inbox"):
         BlobStore(_storage(env), bucket).ensure_bucket()
     procs.append(start_gateway(port, env, workers=2))
@@ -678,8 +708,17 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--only", default="", help="run the attacks whose name contains this text")
-    only = parser.parse_args().only
-    with tempfile.TemporaryDirectory(prefix="whisper-abuse-") as tmp, local_stack(Path(tmp)) as stack:
+    parser.add_argument(
+        "--threads-only",
+        action="store_true",
+        help="serve every answer on the threaded gateway (no async gateway): the comparison",
+    )
+    args = parser.parse_args()
+    only = args.only
+    with (
+        tempfile.TemporaryDirectory(prefix="whisper-abuse-") as tmp,
+        local_stack(Path(tmp), async_gateway=not args.threads_only) as stack,
+    ):
         other_id, other_key = stack.key("bystander")
         credentials.set_limits(stack.r, other_id, {"rate_limit_per_minute": 0})
         bystander = Bystander(stack, stack.token(other_key))
@@ -719,6 +758,7 @@ def main() -> int:
             ("32-connection header slowloris", lambda: header_slowloris(stack)),
             ("32 uploads from one key, 5 MB declared, 1 byte/s", lambda: trickled_uploads(stack, streamer)),
             ("16 event streams from one key", lambda: event_streams(stack, streamer)),
+            ("200 event streams and 50 /asr waits from 50 keys", lambda: held_answers(stack)),
             ("32 dripping audio_url downloads from one key", lambda: dripping_downloads(stack, fetcher)),
             ("refused uploads on a keep-alive session", lambda: keep_alive_refusals(stack, streamer)),
             (

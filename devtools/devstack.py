@@ -18,6 +18,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import wave
 from pathlib import Path
@@ -25,7 +26,7 @@ from urllib.parse import urlparse
 
 import redis
 
-from devtools import devstore
+from devtools import devstore, gateway_hooks
 from shared.redis_client import cluster_nodes, is_cluster_url
 
 _DEV_S3_PORT = 9000
@@ -180,7 +181,11 @@ def start_s3(port: int) -> subprocess.Popen[bytes]:
 
 
 def start_gateway(port: int, env: dict[str, str], workers: int = 2) -> subprocess.Popen[bytes]:
-    """The HTTP functions behind one port (gunicorn + ``functions.gateway``)."""
+    """The HTTP functions behind one port (gunicorn + ``functions.gateway``), and beside them
+    the async gateway that serves the answers that last (``devtools.gateway_hooks``)."""
+    if "LONG_ANSWERS_SOCKET" not in env:
+        sockets = Path(tempfile.mkdtemp(prefix="whisper-api-"))
+        env = {**env, "LONG_ANSWERS_SOCKET": str(sockets / "long-answers.sock")}
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -192,22 +197,28 @@ def start_gateway(port: int, env: dict[str, str], workers: int = 2) -> subproces
             str(workers),
             "--threads",
             "8",
-            "--timeout",
-            "120",
-            "--graceful-timeout",
-            "10",
-            # gunicorn's longest request line (functions-framework sets none; nginx caps it in
-            # the deployed shape), answered as problem+json past it.
-            "--limit-request-line",
-            "8190",
+            *gateway_hooks.GUNICORN_LIMITS,
             "--worker-class",
             "functions.gateway.ProblemWorker",
+            "--config",
+            "python:devtools.gateway_hooks",
             "functions.gateway:app",
         ],
         env=env,
     )
     wait_for_port(port, proc, timeout=60)
+    if env["LONG_ANSWERS_SOCKET"]:
+        wait_for_path(Path(env["LONG_ANSWERS_SOCKET"]), proc, timeout=60)
     return proc
+
+
+def wait_for_path(path: Path, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """Until ``path`` exists (a Unix socket bound), or fail if ``proc`` exits first."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{path} did not appear")
+        time.sleep(0.1)
 
 
 def start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:

@@ -23,7 +23,7 @@ from functions_framework import create_app
 from gunicorn.http.errors import LimitRequestHeaders, LimitRequestLine
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
-from functions import realtime_relay
+from functions import long_answers, realtime_relay
 from shared import edge
 from shared.settings import EdgeSettings, GatewaySettings
 
@@ -65,12 +65,9 @@ def _problem_bytes(status: int, title: str, detail: str) -> bytes:
     return head.encode("latin-1") + body
 
 
-#: A closed connection's unread request bytes are read and dropped for at most this long and
-#: this much (off any thread), so the kernel sends FIN, not RST: an RST would also discard the
-#: answer still unread in the peer's buffer (nginx then reports 502 instead of our 401). Past
-#: it the connection is closed anyway: a refused upload is not read to its end.
-_LINGER_SECONDS = 5.0
-_LINGER_BYTES = 4 * 1024 * 1024
+#: How a closed connection lingers (the async gateway's too): see functions.long_answers.
+_LINGER_SECONDS = long_answers.LINGER_SECONDS
+_LINGER_BYTES = long_answers.LINGER_BYTES
 
 
 class _Conn(TConn):  # type: ignore[misc]
@@ -147,6 +144,8 @@ class ProblemWorker(ThreadWorker):  # type: ignore[misc]
         awaited = edge.awaited_body(bytes(conn.early), self._max_body, self._max_head)
         if awaited is None:
             self._unpark(conn)
+            if self._hand_off(conn):
+                return
             conn.data_ready = True
             self.enqueue_req(conn)
         elif awaited >= 0 and before == -1:
@@ -157,6 +156,21 @@ class ProblemWorker(ThreadWorker):  # type: ignore[misc]
                 self.edge_settings.body_min_bytes_per_second,
             )
             self.parked[conn] = time.monotonic() + policy.deadline_seconds(awaited)
+
+    def _hand_off(self, conn: TConn) -> bool:
+        """Send a request whose answer may last to the async gateway (``LONG_ANSWERS_SOCKET``,
+        ``functions.long_answers``), connection and all: there it costs a greenlet, here it
+        would hold a thread. False where there is none or it cannot take it: served here."""
+        path = _gateway_settings().long_answers_socket
+        if not path or not edge.long_lived(bytes(conn.early)):
+            return False
+        try:
+            long_answers.send_handoff(path, conn.sock, conn.client, bytes(conn.early), timeout=0.5)
+        except OSError as exc:
+            self.log.warning("served a long answer here: the async gateway refused it (%s)", exc)
+            return False
+        self._drop(conn)  # closes this process's copy of the connection only
+        return True
 
     @property
     def _max_body(self) -> int:

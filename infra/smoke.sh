@@ -17,7 +17,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BASE_IMAGE=${BASE_IMAGE:-localhost/debian:bookworm}
 PREFIX=${PREFIX:-localhost/whisper-api}
 REDIS_PORT=${REDIS_PORT:-16379} S3_PORT=${S3_PORT:-19000}
-AUTH_PORT=${AUTH_PORT:-18081} JOBS_PORT=${JOBS_PORT:-18082} GATEWAY_PORT=${GATEWAY_PORT:-18080}
+AUTH_PORT=${AUTH_PORT:-18081} JOBS_PORT=${JOBS_PORT:-18082} LONG_PORT=${LONG_PORT:-18083} GATEWAY_PORT=${GATEWAY_PORT:-18080}
 BUILD=(podman build --isolation=chroot --network=host --build-arg "BASE_IMAGE=$BASE_IMAGE")
 # shellcheck disable=SC2206  # deliberately split: extra flags from the caller
 BUILD+=(${BUILD_VOLUMES:-} ${BUILD_ARGS:-})
@@ -104,7 +104,10 @@ for bucket in (s.s3_bucket, s.s3_inbox_bucket):
 "'
 start auth -- "$PREFIX/api:local" functions-framework --source=functions/auth/main.py --target=auth --port="$AUTH_PORT"
 start jobs -- "$PREFIX/api:local" functions-framework --source=functions/jobs/main.py --target=jobs --port="$JOBS_PORT"
+start jobs-long -e REDIS_MAX_CONNECTIONS=4096 -- "$PREFIX/api:local" gunicorn --bind "127.0.0.1:$LONG_PORT" --workers 1 \
+  --worker-connections 4096 --worker-class functions.long_answers.LongAnswerWorker functions.gateway:app
 sed -e "s|http://auth:8080|http://127.0.0.1:$AUTH_PORT|; s|http://jobs:8080|http://127.0.0.1:$JOBS_PORT|" \
+    -e "s|http://jobs-long:8080|http://127.0.0.1:$LONG_PORT|" \
     -e "s|listen 8080;|listen $GATEWAY_PORT;|; /resolver \${NGINX_LOCAL_RESOLVERS}/d; s|/var/log/nginx/access.log|/dev/stdout|" \
     -e "s|/var/log/nginx/error.log|/dev/stderr|" "$ROOT/infra/gateway/nginx.conf" > "$WORK/nginx.conf"
 start gateway -v "$WORK/nginx.conf:/smoke/nginx.conf:ro" -- "$PREFIX/smoke-deps:local" nginx -c /smoke/nginx.conf -g 'daemon off;'

@@ -392,3 +392,20 @@ def policies(settings: EdgeSettings, max_upload_bytes: int = 0) -> Callable[[str
         return upload if is_upload else small
 
     return policy_for
+
+
+#: Routes whose answer may last (an event stream, a synchronous transcription, an upload or an
+#: ``audio_url`` download): served by the async gateway (``functions.long_answers``), where an
+#: open one costs a greenlet and a socket, not a thread. The same list routes them in nginx.
+_LONG_LIVED = re.compile(
+    r"(GET /transcribe/[^/]+/events"
+    r"|POST /(transcribe|asr|detect-language|v1/audio/(transcriptions|translations)))/?"
+)
+
+
+def long_lived(head: bytes) -> bool:
+    """Whether the request whose head starts ``head`` is one whose answer may last."""
+    line = head.split(b"\r\n", 1)[0].decode("latin-1")
+    method, _, rest = line.partition(" ")
+    target = rest.partition(" ")[0].partition("?")[0]
+    return _LONG_LIVED.fullmatch(f"{method} {target}") is not None

@@ -24,6 +24,7 @@ many: a bounded error in figures, never a job lost or run twice.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Sequence
 from functools import lru_cache
@@ -124,9 +125,10 @@ def _cluster(url: str, timeout: float) -> RedisCluster:
 
 
 @lru_cache(maxsize=8)
-def _pool(url: str, timeout: float) -> redis.ConnectionPool:
+def _pool(url: str, timeout: float, max_connections: int) -> redis.ConnectionPool:
     return redis.ConnectionPool.from_url(
         url,
+        max_connections=max_connections,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         health_check_interval=30,
@@ -161,8 +163,8 @@ def _sentinel_primary(url: str, timeout: float) -> redis.Redis:
 
 
 @lru_cache(maxsize=8)
-def _client(url: str, timeout: float) -> redis.Redis:
-    return redis.Redis(connection_pool=_pool(url, timeout))
+def _client(url: str, timeout: float, max_connections: int) -> redis.Redis:
+    return redis.Redis(connection_pool=_pool(url, timeout, max_connections))
 
 
 def connect(settings: RedisSettings) -> redis.Redis:
@@ -173,7 +175,7 @@ def connect(settings: RedisSettings) -> redis.Redis:
         return _cluster(settings.redis_url, settings.redis_timeout_seconds)  # type: ignore[return-value]
     if is_sentinel_url(settings.redis_url):
         return _sentinel_primary(settings.redis_url, settings.redis_timeout_seconds)
-    return _client(settings.redis_url, settings.redis_timeout_seconds)
+    return _client(settings.redis_url, settings.redis_timeout_seconds, settings.redis_max_connections)
 
 
 def from_url(url: str, timeout: float = 5.0) -> redis.Redis:
@@ -186,6 +188,17 @@ def is_cluster(r: redis.Redis) -> bool:
 
 
 _THREAD = threading.local()
+
+
+def _green() -> bool:
+    """Whether this process runs under gevent's monkey-patching (the async gateway,
+    ``functions.long_answers``): there ``threading.local`` is per greenlet, one per request."""
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and bool(monkey.is_module_patched("threading"))
+
+
+#: Read once: this module is imported after the patching, in the worker.
+_GREEN = _green()
 
 
 def call(r: redis.Redis, *args: Any) -> Any:
@@ -206,6 +219,8 @@ def call_many(r: redis.Redis, commands: Sequence[Sequence[Any]]) -> list[Any]:
     reply raises once every reply is read. On a cluster, one at a time, each to its node."""
     if is_cluster(r):
         return [r.execute_command(*args) for args in commands]  # type: ignore[no-untyped-call]
+    if _GREEN:  # a connection per greenlet would be one per request: the pool's instead
+        return _pooled_exchange(r.connection_pool, commands)
     conn, reused = _own_connection(r.connection_pool)
     try:
         return _exchange(conn, commands)
@@ -257,3 +272,14 @@ def _own_connection(pool: redis.ConnectionPool) -> tuple[Any, bool]:
         return conn, True
     conn = owned[pool] = pool.connection_class(**pool.connection_kwargs)
     return conn, False
+
+
+def _pooled_exchange(pool: redis.ConnectionPool, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    conn: Any = pool.get_connection()  # redis-py's Connection, untyped
+    try:
+        return _exchange(conn, commands)
+    except BaseException:
+        conn.disconnect()  # never leave a reply unread for the next command
+        raise
+    finally:
+        pool.release(conn)

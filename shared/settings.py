@@ -77,6 +77,9 @@ class RedisSettings(_Base):
     redis_url: str = "redis://127.0.0.1:6379/0"
     #: Bounded so an outage turns into a quick 503 rather than a hung request.
     redis_timeout_seconds: float = 5.0
+    #: Connections a process may open to Redis at once. Each open event stream holds one while
+    #: it waits for events: the async gateway, which holds thousands, sets more.
+    redis_max_connections: int = Field(default=100, ge=1)
     #: Replicas that must hold a new job before its 202 (``WAIT``); empty: 1 for a Sentinel URL
     #: (a failover then never loses an accepted job), else 0. Not on a cluster.
     redis_wait_replicas: int | None = None
@@ -494,6 +497,10 @@ class GatewaySettings(_Base):
 
     #: host:port of a worker's Realtime server; ``/v1/realtime`` WebSockets are relayed there.
     realtime_upstream: str = ""
+    #: Unix socket of the async gateway (``functions.long_answers``): requests that last (event
+    #: streams, synchronous waits, uploads and ``audio_url`` downloads) are handed to it, their
+    #: connection and all, once their head is in. Empty: served by this worker's threads.
+    long_answers_socket: str = ""
 
 
 @lru_cache(maxsize=1)

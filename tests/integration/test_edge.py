@@ -300,6 +300,7 @@ def nginx(gateway: Gateway, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         "listen 8080;": f"listen 127.0.0.1:{port};",
         "http://auth:8080": upstream,
         "http://jobs:8080": upstream,
+        "http://jobs-long:8080": upstream,
     }.items():
         assert old in conf, old
         conf = conf.replace(old, new)

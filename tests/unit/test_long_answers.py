@@ -1,0 +1,69 @@
+"""Which requests the async gateway serves, and the handoff of a connection to it."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from functions.long_answers import _Prefixed, receive_handoff, send_handoff
+from shared.edge import long_lived
+
+
+@pytest.mark.parametrize(
+    ("line", "lasts"),
+    [
+        (b"GET /transcribe/abc123/events HTTP/1.1", True),
+        (b"GET /transcribe/abc123/events?x=1 HTTP/1.1", True),
+        (b"POST /transcribe HTTP/1.1", True),
+        (b"POST /transcribe/ HTTP/1.1", True),
+        (b"POST /asr?output=json HTTP/1.1", True),
+        (b"POST /detect-language HTTP/1.1", True),
+        (b"POST /v1/audio/transcriptions HTTP/1.1", True),
+        (b"POST /v1/audio/translations/ HTTP/1.1", True),
+        (b"GET /transcribe HTTP/1.1", False),
+        (b"GET /transcribe/abc123 HTTP/1.1", False),
+        (b"GET /transcribe/a/b/events HTTP/1.1", False),
+        (b"POST /transcribe/abc123/cancel HTTP/1.1", False),
+        (b"GET /health HTTP/1.1", False),
+        (b"POST /auth/token HTTP/1.1", False),
+        (b"POST /asrx HTTP/1.1", False),
+    ],
+)
+def test_the_routes_whose_answers_last(line: bytes, lasts: bool) -> None:
+    assert long_lived(line + b"\r\nHost: x\r\n\r\n") is lasts
+
+
+def test_a_connection_is_handed_over_with_what_was_read_and_the_client_address(tmp_path: Path) -> None:
+    path = str(tmp_path / "h.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen()
+    client, server_side = socket.socketpair()
+    got: list[tuple[socket.socket, object, bytes]] = []
+
+    def take() -> None:
+        link, _ = listener.accept()
+        got.append(receive_handoff(link))
+        link.close()
+
+    taker = threading.Thread(target=take)
+    taker.start()
+    early = b"GET /transcribe/j/events HTTP/1.1\r\n" + b"x" * 100_000
+    send_handoff(path, server_side, ("203.0.113.7", 5555), early, timeout=5)
+    server_side.close()  # the sender's copy: the connection lives on in the receiver's
+    taker.join(5)
+    conn, addr, read = got[0]
+    assert (addr, read) == (("203.0.113.7", 5555), early)
+    # The handed connection is the client's: what one side sends, the other receives
+    client.sendall(b"more")
+    prefixed = _Prefixed(conn, read[:10])
+    assert prefixed.recv(4) == b"GET "
+    assert prefixed.recv(100) == b"/trans"
+    assert prefixed.recv(100) == b"more"
+    conn.sendall(b"answer")
+    assert client.recv(100) == b"answer"
+    for sock in (conn, client, listener):
+        sock.close()
