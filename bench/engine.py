@@ -88,7 +88,14 @@ def _engine(model_dir: Path, batch: int, engine: str = "openai-whisper", compute
 def _run_engine(engine: object, path: Path, size: str) -> int:
     from shared.models import JobOptions
 
-    result = engine.transcribe(str(path), JobOptions(model=size), expected_seconds=None, max_seconds=1e9)  # type: ignore[attr-defined]
+    # ``partial``: the worker's progress inside a batch (its Redis write left out).
+    result = engine.transcribe(  # type: ignore[attr-defined]
+        str(path),
+        JobOptions(model=size),
+        expected_seconds=None,
+        max_seconds=1e9,
+        partial=lambda _seconds: None,
+    )
     return sum(len([t for t in s.tokens]) for s in result.segments)
 
 

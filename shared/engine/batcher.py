@@ -15,7 +15,10 @@ is busy waits for a small batch, not for one of 16. A session that stays quiet c
 nothing.
 
 A job's first decoded batch holds one of its chunks (and whatever other jobs add): its first
-segments and progress show after one chunk's decoding, not after a whole batch of 16.
+segments and progress show after one chunk's decoding, not after a whole batch of 16. Inside a
+batch, a feed's ``on_reached`` hears how far each of its chunks' text has got as the decoder
+goes (the openai-whisper engine; CTranslate2 returns a batch at once), so a job's progress moves
+with every segment decoded, not once per batch, and the batch stays whole.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -107,6 +111,9 @@ class Feed:
     speaking_until: float = 0.0
     #: Batches this feed's chunks were decoded in (language detection not counted).
     decoded: int = 0
+    #: Hears, while a batch decodes, how far into each of its chunks the text has got
+    #: ({chunk index: seconds into the chunk}); called on the batcher's thread.
+    on_reached: Callable[[dict[int, float]], None] | None = None
 
 
 def _mels(chunks: list[Chunk], n_mels: int, device: torch.device) -> torch.Tensor:
@@ -141,13 +148,20 @@ class Batcher:
         self.encoded_chunks = 0  # chunks the encoder ran on (tests)
 
     # ---- jobs' side -----------------------------------------------------------------------
-    def open(self, batches_ahead: bool = True, live: bool = False) -> Feed:
+    def open(
+        self,
+        batches_ahead: bool = True,
+        live: bool = False,
+        on_reached: Callable[[dict[int, float]], None] | None = None,
+    ) -> Feed:
         """A feed for one job; ``batches_ahead=False`` for a job that sends a chunk only after
         the last one's result (sequential decoding): no batch waits for it. ``live``: a live
-        session's feed, served first."""
+        session's feed, served first. ``on_reached``: see ``Feed``."""
         self._ensure_running()
         with self._cond:
-            feed = Feed(next(self._ids), producing=batches_ahead and not live, live=live)
+            feed = Feed(
+                next(self._ids), producing=batches_ahead and not live, live=live, on_reached=on_reached
+            )
             # A session that just opened is about to speak.
             feed.speaking_until = time.monotonic() + LIVE_SECONDS if live else 0.0
             self._feeds[feed.id] = feed
@@ -308,7 +322,8 @@ class Batcher:
                 tokenizer = get_tokenizer(
                     model.is_multilingual, num_languages=model.num_languages, language=language, task=key.task
                 )
-                decoded = self._with_fallback(model, features, rows, tokenizer, key)
+                reached = self._reporter(batch, rows)
+                decoded = self._with_fallback(model, features, rows, tokenizer, key, reached)
                 timed = []
                 for i, d in zip(rows, decoded, strict=True):
                     chunk = batch[i].chunk
@@ -342,15 +357,50 @@ class Batcher:
             return [(key.language, None)] * n
         return list(self.models.runner.detect(model, features))
 
+    def _reporter(self, batch: list[_Request], rows: list[int]) -> Callable[[list[float]], None] | None:
+        """What tells the feeds of ``rows`` how far their chunks have got (None: no feed asks)."""
+        with self._cond:
+            feeds = {i: self._feeds.get(batch[i].feed) for i in rows}
+        hooks = {i: feed.on_reached for i, feed in feeds.items() if feed and feed.on_reached}
+        if not hooks:
+            return None
+
+        def report(seconds: list[float]) -> None:
+            by_hook: dict[Callable[[dict[int, float]], None], dict[int, float]] = {}
+            for i, got in zip(rows, seconds, strict=True):
+                if i in hooks:
+                    chunk = batch[i].chunk
+                    by_hook.setdefault(hooks[i], {})[chunk.index] = min(got, len(chunk.audio) / SAMPLE_RATE)
+            for hook, reached in by_hook.items():
+                try:
+                    hook(reached)
+                except Exception:  # a report is not worth a batch
+                    log.exception("a job's progress report failed; its decoding goes on")
+
+        return report
+
     def _with_fallback(
-        self, model: Any, features: Any, rows: list[int], tokenizer: Tokenizer, key: BatchKey
+        self,
+        model: Any,
+        features: Any,
+        rows: list[int],
+        tokenizer: Tokenizer,
+        key: BatchKey,
+        reached: Callable[[list[float]], None] | None = None,
     ) -> list[Decoded]:
-        """transcribe()'s temperature fallback, per chunk, re-using the encoder output."""
+        """transcribe()'s temperature fallback, per chunk, re-using the encoder output;
+        ``reached`` hears the first pass (the retries go over ground already reported)."""
         results: dict[int, Decoded] = {}
         todo = rows
         for temperature in key.temperatures:
             decoded = self.models.runner.decode(
-                model, features, todo, tokenizer, list(key.prompt), temperature
+                model,
+                features,
+                todo,
+                tokenizer,
+                list(key.prompt),
+                temperature,
+                reached if todo is rows else None,
             )
             retry = []
             for i, d in zip(todo, decoded, strict=True):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,7 +177,9 @@ class CT2Runner:
         tokenizer: Tokenizer,
         prompt: list[int],
         temperature: float,
+        reached: Callable[[list[float]], None] | None = None,
     ) -> list[Decoded]:
+        # ``reached`` is never called: CTranslate2's generate() returns the batch at once.
         # whisper's prompt: <|startofprev|> and the last half-context of earlier text, then
         # <|startoftranscript|><|lang|><|task|>.
         start = list(tokenizer.sot_sequence)

@@ -24,6 +24,7 @@ timestamp rules with max_initial_timestamp 1.0), but spends less per token:
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +34,7 @@ from whisper.tokenizer import Tokenizer
 
 #: DecodingOptions defaults that transcribe() uses.
 MAX_INITIAL_TIMESTAMP_INDEX = 50  # 1.0 s / 0.02 s
+TIME_PRECISION = 0.02  # seconds per timestamp token
 _NEG_INF = float("-inf")
 
 
@@ -260,8 +262,11 @@ class LeanDecoder:
         prompt: list[int],
         temperature: float,
         generator: torch.Generator | None = None,
+        reached: Callable[[list[float]], None] | None = None,
     ) -> list[Decoded]:
-        """Decode every row of ``features`` (n, audio_ctx, width) with the same prompt."""
+        """Decode every row of ``features`` (n, audio_ctx, width) with the same prompt.
+        ``reached``, if given, hears at each synchronisation how far into its audio each row's
+        text has got (seconds, its last timestamp token) whenever that changed."""
         initial = self.initial_tokens(prompt)
         n, begin = features.shape[0], len(initial)
         sample_len = self.model.dims.n_text_ctx // 2
@@ -275,6 +280,8 @@ class LeanDecoder:
         sum_logprobs = torch.zeros(n, device=device)
         last_ts = torch.full((n,), -1, dtype=torch.long, device=device)
         done = torch.zeros(n, dtype=torch.bool, device=device)
+        furthest = torch.full((n,), -1, dtype=torch.long, device=device)  # last_ts of every row
+        told: list[float] = [0.0] * n
 
         hidden = self._forward(cache, tokens, 0)
         sot_index = initial.index(self.tokenizer.sot)
@@ -301,6 +308,12 @@ class LeanDecoder:
             if position >= length:
                 break
             if (step + 1) % self.sync_every == 0:
+                if reached is not None:
+                    furthest[rows] = last_ts
+                    seconds = [max(0, t - self.ts_begin) * TIME_PRECISION for t in furthest.tolist()]
+                    if seconds != told:
+                        told = seconds
+                        reached(seconds)
                 active = ~done[rows]
                 if not bool(active.any()):
                     break

@@ -57,6 +57,7 @@ class Runner(Protocol):
         tokenizer: Any,
         prompt: list[int],
         temperature: float,
+        reached: Callable[[list[float]], None] | None = None,
     ) -> list[Any]: ...
     def add_words(
         self,

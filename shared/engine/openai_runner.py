@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -113,7 +113,9 @@ class OpenAIRunner:
         tokenizer: Tokenizer,
         prompt: list[int],
         temperature: float,
+        reached: Callable[[list[float]], None] | None = None,
     ) -> list[Decoded]:
+        """``reached``: see ``LeanDecoder.decode`` (how far each row has got, as it goes)."""
         key = (id(model), str(tokenizer.language), str(tokenizer.task))
         decoder = self._decoders.get(key)
         if decoder is None or decoder.model is not model:
@@ -121,7 +123,7 @@ class OpenAIRunner:
             if prepared is None or prepared.model is not model:
                 prepared = self._prepared[id(model)] = Prepared(model)
             decoder = self._decoders[key] = LeanDecoder(model, tokenizer, prepared)
-        return decoder.decode(features[rows], prompt, temperature)
+        return decoder.decode(features[rows], prompt, temperature, reached=reached)
 
     @staticmethod
     def add_words(

@@ -69,11 +69,15 @@ class Engine:
         max_seconds: float,
         checkpoint: Callable[[Progress], None] = lambda _progress: None,
         too_long: Callable[[], JobError] | None = None,
+        partial: Callable[[float], None] | None = None,
     ) -> TranscriptResult:
         """Transcribe the audio file at ``path``. ``checkpoint`` is called after every chunk
-        (and while long silences are scanned); it raises to stop the job there."""
+        (and while long silences are scanned); it raises to stop the job there. ``partial``
+        hears the audio seconds done while a batch decodes, between checkpoints (on the
+        batcher's thread: it must be quick and must not raise); every figure that either
+        hears is at least the one before."""
         model = self.models.get(options.model)
-        run = _Run(self, model, options, checkpoint)
+        run = _Run(self, model, options, checkpoint, partial)
         diarizer = Diarizer(self.speaker_encoder()) if options.diarize else None
         stream = PcmStream(
             path, expected_seconds=expected_seconds, max_seconds=max_seconds, too_long=too_long
@@ -112,10 +116,23 @@ class _Run:
     """The state of one job inside the engine."""
 
     def __init__(
-        self, engine: Engine, model: Any, options: JobOptions, checkpoint: Callable[[Progress], None]
+        self,
+        engine: Engine,
+        model: Any,
+        options: JobOptions,
+        checkpoint: Callable[[Progress], None],
+        partial: Callable[[float], None] | None = None,
     ) -> None:
         self.engine, self.model, self.options, self.checkpoint = engine, model, options, checkpoint
-        self.feed = engine.batcher.open(batches_ahead=not options.condition_on_previous_text)
+        self.partial = partial
+        #: Seconds decoded into each chunk of the batch being decoded ({chunk index: seconds}).
+        self.reached: dict[int, float] = {}
+        self.shown = 0.0  # the last figure ``partial`` heard
+        self.lock = threading.Lock()  # ``reached`` and the reports: the job's and the batcher's thread
+        self.feed = engine.batcher.open(
+            batches_ahead=not options.condition_on_previous_text,
+            on_reached=self._reached if partial is not None else None,
+        )
         self.language = options.language
         self.language_probability: float | None = None
         self.pending: deque[tuple[Chunk, Future[ChunkResult]]] = deque()
@@ -168,9 +185,25 @@ class _Run:
                 for i, seg in enumerate(result.segments)
             ]
             self.segments += new
-            self.done_seconds = chunk.end / SAMPLE_RATE
-            self.reported = self.done_seconds
-            self.checkpoint(Progress(self.done_seconds, len(self.results), new))
+            with self.lock:
+                self.reached.pop(chunk.index, None)
+                self.done_seconds = chunk.end / SAMPLE_RATE
+                self.reported = self.done_seconds
+                # The chunks still decoding count as far as they have got, so this figure is
+                # never below one ``partial`` heard.
+                seconds = self.done_seconds + sum(self.reached.values())
+                self.shown = max(self.shown, seconds)
+                self.checkpoint(Progress(seconds, len(self.results), new))
+
+    def _reached(self, reached: dict[int, float]) -> None:
+        """The batcher's thread, inside a batch: how far this job's chunks have got."""
+        assert self.partial is not None
+        with self.lock:
+            self.reached.update(reached)
+            seconds = self.done_seconds + sum(self.reached.values())
+            if seconds > self.shown:
+                self.shown = seconds
+                self.partial(seconds)
 
     def scanned(self, samples: int) -> None:
         self.drain(block=False)

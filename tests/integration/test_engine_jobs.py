@@ -259,3 +259,35 @@ def test_a_key_holding_every_slot_leaves_one_for_another_key(
     # Then it is done while both of A's jobs still run: A held more than its share
     assert short_job.status is JobStatus.COMPLETED and short_job.transcription == PHRASE
     assert states == [JobStatus.PROCESSING, JobStatus.PROCESSING]
+
+
+def test_progress_moves_inside_a_batch_with_each_segment_decoded(
+    engine, jobs_client, bearer, r, long_audio, tmp_path
+):
+    """90 s of speech in four chunks: the first decoded alone, the other three in one batch. On the
+    openai-whisper engine progress moves with each segment the decoder closes (the demo script:
+    two per chunk, ending 1.2 s and 2.4 s into it), inside every batch; CTranslate2 returns a
+    batch at once, so there it moves once per chunk, when the batch's results land."""
+    from shared.engine.chunker import chunks
+    from shared.engine.pcm import SAMPLE_RATE, PcmStream
+    from tests.integration.test_job_events import _parse
+
+    audio, headers = long_audio(90), bearer()
+    (tmp_path / "talk.mp3").write_bytes(audio)
+    stream = PcmStream(str(tmp_path / "talk.mp3"), expected_seconds=None, max_seconds=3600)
+    ends = [chunk.end / SAMPLE_RATE for chunk in chunks(iter(stream))]
+    job_id = _post(jobs_client, headers, audio, name="talk.mp3").get_json()["id"]
+
+    assert build(worker_settings()).process(job_id) is True
+
+    got = _parse(jobs_client.get(f"/transcribe/{job_id}/events", headers=headers).get_data())
+    declared = got[0][2]["duration"]
+    progress = [data["progress"] for _, name, data in got if name == "progress"]
+    if engine == "openai-whisper":
+        seconds = [1.2, 2.4, ends[0], ends[0] + 3 * 1.2, ends[0] + 3 * 2.4]
+        seconds += [ends[1] + 2 * 2.4, ends[2] + 2.4, ends[3]]  # the batch's chunks land in turn
+    else:
+        seconds = ends
+    assert len(ends) == 4 and progress == [round(round(s / declared, 4), 3) for s in seconds]
+    assert [data["id"] for _, name, data in got if name == "segment"] == list(range(8))
+    assert got[-1][2]["status"] == "completed"

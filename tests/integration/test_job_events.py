@@ -160,5 +160,6 @@ def test_a_real_worker_streams_each_chunks_segments_and_its_progress(env, jobs_c
     assert [s["text"] for s in segments] == [" Hello from whisper api.", " The quick brown fox."] * 3
     assert [s["id"] for s in segments] == list(range(6))
     assert [(s["start"], s["end"]) for s in segments[:2]] == [(0.0, 1.2), (1.2, 2.4)]
-    assert len(progress) == 3 and progress == sorted(progress) and 0 < progress[0] < progress[-1] <= 1.0
+    # Once per chunk, and in between as the decoder's segments end (test_engine_jobs has the figures).
+    assert len(progress) > 3 and progress == sorted(set(progress)) and 0 < progress[0] < progress[-1] <= 1.0
     assert got[-1][1] == "end" and got[-1][2]["status"] == "completed"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 import whisper
@@ -61,6 +63,23 @@ def test_sampling_at_a_temperature_follows_the_timestamp_rules(model, mels):
 
 def _decoded(tokens: list[int]) -> Decoded:
     return Decoded(tokens, "", -0.1, 0.01, 0.0, 1.2)
+
+
+def test_reached_hears_each_rows_last_timestamp_as_it_goes_and_changes_no_token(model, mels):
+    tokenizer = get_tokenizer(True, num_languages=model.num_languages, language="en", task="transcribe")
+    decoder = LeanDecoder(model, tokenizer)
+    features = encode(model, mels)
+    heard: list[list[float]] = []
+
+    rows = decoder.decode(features, [], 0.0, reached=heard.append)
+
+    assert [r.tokens for r in rows] == [r.tokens for r in decoder.decode(features, [], 0.0)]
+    begin = tokenizer.timestamp_begin
+    last = [max([t for t in r.tokens if t >= begin], default=begin) for r in rows]
+    assert heard[-1] == [(t - begin) * 0.02 for t in last]  # where each row's text ended
+    assert all(a != b for a, b in itertools.pairwise(heard))  # only changes are told
+    for row in range(len(rows)):
+        assert [h[row] for h in heard] == sorted(h[row] for h in heard)  # never backwards
 
 
 def test_tokens_become_segments_with_times_in_the_recording():
