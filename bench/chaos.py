@@ -112,6 +112,8 @@ class Stack:
             "LOG_LEVEL": "ERROR",
             # The client polls every job twice a second: far past any fair-use rate limit.
             "RATE_LIMIT_PER_MINUTE": "0",
+            # Its clients upload many files at once from one key: no cap on uploads in flight.
+            "MAX_UPLOADS_IN_FLIGHT_PER_KEY": "0",
         }
         self.redis = start_redis(self.redis_port, workdir / "redis")
         self.s3 = start_s3(s3_port)

@@ -58,6 +58,11 @@ def base_model(service):
         time.sleep(0.1)
     yield
     (model_dir / "base.pt").unlink()
+    # ... and no longer once its next heartbeat has seen it gone (later tests list the offer)
+    deadline = budget.deadline(30)
+    while "base" in (model_ads.current(r, 15) or model_ads.Offer()).servable:
+        assert time.monotonic() < deadline, "the worker kept advertising base.pt"
+        time.sleep(0.1)
 
 
 def test_the_copy_is_the_seed_verbatim():

@@ -284,6 +284,11 @@ def broken_tiny(service) -> Iterator[None]:
         yield
     finally:
         checkpoint.unlink()
+        # later tests list the offer: wait for the heartbeat that no longer sees tiny.pt
+        gone_by = budget.deadline(30)
+        while "tiny" in (model_ads.current(r, 15) or model_ads.Offer()).servable:
+            assert time.monotonic() < gone_by, "the worker kept advertising tiny.pt"
+            time.sleep(0.1)
 
 
 def test_on_a_phone_a_failed_job_shows_why_and_is_retried_with_another_model(

@@ -19,6 +19,7 @@ import pytest
 import redis
 
 from shared import credentials, keys
+from shared.redis_client import from_url
 from tests import budget
 from tests.integration.test_edge import JSON, Gateway, _connect, _head, _read_answer, served_gateway
 
@@ -28,9 +29,13 @@ KEYS = 10
 
 
 @pytest.fixture(scope="module")
-def gateway(service_env: dict[str, str]) -> Iterator[Gateway]:
+def gateway(
+    request: pytest.FixtureRequest, service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
     caps = {name: "1000" for name in ("MAX_EVENT_STREAMS_PER_KEY", "MAX_SYNC_WAITS_PER_KEY")}
-    with served_gateway(service_env, 6, MAX_PENDING_JOBS_PER_KEY="1000", **caps) as served:
+    with served_gateway(
+        request, service_env, 6, tmp_path_factory, MAX_PENDING_JOBS_PER_KEY="1000", **caps
+    ) as served:
         yield served
 
 
@@ -104,7 +109,7 @@ def _stream_head(sock: socket.socket) -> bytes:
 
 @pytest.mark.timeout(300)
 def test_hundreds_of_open_streams_and_waits_leave_health_and_other_tenants_served(gateway):
-    r = redis.Redis.from_url(gateway.redis_url, decode_responses=True)
+    r = from_url(gateway.redis_url)
     tokens = [_token(gateway, r, f"tenant-{n}") for n in range(KEYS + 1)]
     tenants, other = tokens[:KEYS], tokens[KEYS]
     jobs = [_job(gateway, token) for token in tenants]
