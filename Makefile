@@ -7,9 +7,10 @@ DEB_PACKAGES := ffmpeg redis-server espeak-ng chromium chromium-driver nginx-lig
 
 .PHONY: install run test lint typecheck check-deploy clean
 
-# Debian packages (only those missing; without apt-get, what to install instead), then a virtualenv with torch first, then the rest.
+# Debian packages (only those missing; without apt-get, what to install instead), then a virtualenv with torch first, then the rest;
+# then the e2e tests' Node packages (Node.js and npm are not Debian packages here: NodeSource's nodejs bundles npm).
 install: $(STAMP)
-$(STAMP): requirements.txt requirements-api.txt requirements-dev.txt requirements-nodeps.txt pyproject.toml
+$(STAMP): requirements.txt requirements-api.txt requirements-dev.txt requirements-nodeps.txt pyproject.toml tests/e2e/node/package-lock.json
 	@bash infra/system-packages.sh $(DEB_PACKAGES)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
@@ -17,6 +18,8 @@ $(STAMP): requirements.txt requirements-api.txt requirements-dev.txt requirement
 	$(PIP) install -q -r requirements-dev.txt
 	$(PIP) install -q --no-deps -r requirements-nodeps.txt
 	$(PIP) install -q --no-deps -e .
+	@command -v npm >/dev/null 2>&1 || { echo "make: npm is missing: install Node.js 20 or later with npm (the e2e tests run the openai npm SDK)" >&2; exit 1; }
+	npm ci --prefix tests/e2e/node --no-audit --no-fund
 	touch $(STAMP)
 
 # The whole service on http://127.0.0.1:8080: Redis, an S3-compatible server, the functions, a worker.

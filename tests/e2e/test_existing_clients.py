@@ -17,6 +17,11 @@ The requests are taken from the clients' own source:
   ``detect_lang_offset`` on ``/detect-language``, which this server honours the same way.
 
 - Open WebUI's OpenAI STT engine: ``requests.post`` of ``verbose_json`` with segment timings.
+- The official openai npm SDK (``tests/e2e/node/sdk.mjs``, installed by ``make install``): json,
+  ``verbose_json`` with segment timings and ``stream: true``, run by Node in a subprocess.
+- LibreChat's OpenAI STT provider (``api/server/services/Files/Audio/STTService.js``): axios
+  posts ``{file, model, language}`` as multipart (form-data, the recording as a stream of
+  unknown length, so chunked) and keeps ``response.data.text.trim()``.
 
 The official OpenAI SDK and Home Assistant's STT entity are in ``test_openai_sdk.py``; the Go
 README's curls in ``test_go_readme_verbatim.py``.
@@ -24,7 +29,13 @@ README's curls in ``test_go_readme_verbatim.py``.
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import shutil
+import subprocess
 import time
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -32,7 +43,8 @@ import requests
 
 from tests import budget
 from tests.e2e.test_asr_compat import _pcm
-from tests.e2e.test_service import SRT
+from tests.e2e.test_openai_sdk import SEGMENTS
+from tests.e2e.test_service import SRT, TEXT
 
 pytestmark = pytest.mark.e2e
 
@@ -170,3 +182,107 @@ def test_open_webui_stt_posts_verbose_json_and_reads_text_and_segments(service, 
         (0, 0.0, 1.2, " Hello from whisper api."),
         (1, 1.2, 2.4, " The quick brown fox."),
     ]
+
+
+NODE_SDK = Path(__file__).parent / "node" / "sdk.mjs"
+
+
+def _node_sdk(service, key: str, mode: str, audio: Path) -> object:
+    """What the npm SDK hands a Node app for one call (see sdk.mjs), as JSON."""
+    node = shutil.which("node")
+    assert node, "node is not installed: run `make install`"
+    env = {"PATH": os.environ["PATH"], "OPENAI_BASE_URL": f"{service.base_url}/v1", "OPENAI_API_KEY": key}
+    run = subprocess.run(
+        [node, str(NODE_SDK), mode, str(audio)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=budget.seconds(100),
+    )
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout)
+
+
+def test_npm_sdk_json_and_verbose_json_with_segments(service, key, make_wav, tmp_path):
+    audio = tmp_path / "speech.wav"
+    audio.write_bytes(make_wav(3.0))
+
+    transcript = _node_sdk(service, key, "json", audio)
+    verbose = _node_sdk(service, key, "verbose_json", audio)
+
+    assert transcript == {"text": TEXT}
+    assert (verbose["task"], verbose["language"], verbose["duration"], verbose["text"]) == (
+        "transcribe",
+        "english",
+        3.0,
+        TEXT,
+    )
+    assert [(s["id"], s["start"], s["end"], s["text"]) for s in verbose["segments"]] == [
+        (i, *segment) for i, segment in enumerate(SEGMENTS)
+    ]
+
+
+def test_npm_sdk_stream_gives_a_delta_per_segment_then_the_text_and_usage(service, key, long_audio, tmp_path):
+    audio = tmp_path / "talk.mp3"
+    audio.write_bytes(long_audio(300))
+
+    events = _node_sdk(service, key, "stream", audio)
+
+    assert isinstance(events, list)
+    [job] = _jobs(service, key)
+    headers = {"Authorization": f"Bearer {service.token_for(key)}"}
+    url = f"{service.base_url}/transcribe/{job['id']}/result?format=json"
+    result = requests.get(url, headers=headers, timeout=10).json()
+    *deltas, done = events
+    assert [e["type"] for e in deltas] == ["transcript.text.delta"] * len(result["segments"])
+    assert [e["delta"] for e in deltas] == [s["text"] for s in result["segments"]]
+    assert len(deltas) >= 20
+    assert (done["type"], done["text"]) == ("transcript.text.done", result["text"])
+    output_tokens = sum(len(s["tokens"]) for s in result["segments"])
+    input_tokens = math.ceil(job["duration"] * 50)
+    assert done["usage"] == {
+        "type": "tokens",
+        "input_tokens": input_tokens,
+        "input_token_details": {"audio_tokens": input_tokens, "text_tokens": 0},
+        "output_tokens": output_tokens,
+        "total_tokens": input_tokens + output_tokens,
+    }
+    assert job["status"] == "completed"
+
+
+def test_librechat_stt_posts_a_chunked_form_and_reads_the_text(service, key, make_wav, tmp_path):
+    """LibreChat's request byte for byte: axios with ``Content-Type: multipart/form-data`` turns
+    ``{file, model, language}`` into a form-data body (its boundary, the browser's webm
+    recording as ``audio.webm`` of type ``audio/webm``, ``en-US`` cut to ``en``) and, the stream's
+    length unknown, sends it chunked; it keeps ``response.data.text.trim()``."""
+    webm = tmp_path / "recording.webm"
+    to_webm = ["ffmpeg", "-v", "error", "-f", "wav", "-i", "-", "-c:a", "libopus", str(webm)]
+    subprocess.run(to_webm, input=make_wav(3.0), check=True, timeout=budget.seconds(30))
+    boundary = "--------------------------" + "0123456789abcdef01234567"
+    fields = [
+        ('name="file"; filename="audio.webm"\r\nContent-Type: audio/webm', webm.read_bytes()),
+        ('name="model"', b"whisper-1"),
+        ('name="language"', b"en"),
+    ]
+    body = (
+        b"".join(
+            f"--{boundary}\r\nContent-Disposition: form-data; {head}\r\n\r\n".encode() + value + b"\r\n"
+            for head, value in fields
+        )
+        + f"--{boundary}--\r\n".encode()
+    )
+    headers = {
+        "Accept": "application/json, text/plain, */*",
+        "Content-Type": f"multipart/form-data; boundary={boundary}",
+        "Authorization": f"Bearer {key}",
+        "User-Agent": "axios/1.8.4",
+        "Accept-Encoding": "gzip, compress, deflate, br",
+    }
+
+    chunks = iter([body[:1000], body[1000:]])  # a generator body: requests sends it chunked
+    url = f"{service.base_url}/v1/audio/transcriptions"
+    response = requests.post(url, data=chunks, headers=headers, timeout=budget.seconds(100))
+
+    assert response.request.headers["Transfer-Encoding"] == "chunked"
+    assert response.status_code == 200, response.text  # LibreChat: anything else is an error
+    assert response.json()["text"].strip() == TEXT
