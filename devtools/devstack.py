@@ -27,7 +27,9 @@ from urllib.parse import urlparse
 import redis
 
 from devtools import devstore, gateway_hooks
+from shared import model_ads
 from shared.redis_client import cluster_nodes, is_cluster_url
+from shared.settings import ModelSettings
 
 _DEV_S3_PORT = 9000
 
@@ -268,9 +270,6 @@ def default_model(env: dict[str, str]) -> str:
     """The server's default model for a local run: whisper's ``base`` where its checkpoint is
     here or can be downloaded, else the demo checkpoint the dev stack writes, so the page's
     "server default", the CLI without ``--model``, ``whisper-1`` and ``/asr`` work offline too."""
-    from shared import model_ads
-    from shared.settings import ModelSettings
-
     official = str(ModelSettings.model_fields["whisper_default_model"].default)
     here = model_ads.servable_here(ModelSettings(whisper_model_dir=Path(env["WHISPER_MODEL_DIR"])))
     if official in here or model_ads.can_download(env.get("WHISPER_DOWNLOADS", "auto")):

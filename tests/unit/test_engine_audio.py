@@ -116,15 +116,21 @@ def test_speech_between_long_silences_makes_one_chunk_each_on_the_20_ms_grid(tmp
     np.testing.assert_array_equal(found[1].audio, audio[found[1].start : found[1].end])
 
 
-def test_long_speech_is_cut_at_a_pause_into_chunks_of_at_most_30_s(tmp_path):
-    path = tmp_path / "long.mp3"
-    test_audio.speech_mp3(100, path)
+def _chunked(path):
+    """The file streamed through the chunker: its stream, all its samples and the chunks."""
     stream = PcmStream(str(path), expected_seconds=None, max_seconds=1e6)
     pieces = list(stream)
     chunker = Chunker()
     found = [c for piece in pieces for c in chunker.feed(piece)]
     found += list(chunker.finish(stream.samples))
     audio = np.concatenate(pieces)
+    return stream, audio, found
+
+
+def test_long_speech_is_cut_at_a_pause_into_chunks_of_at_most_30_s(tmp_path):
+    path = tmp_path / "long.mp3"
+    test_audio.speech_mp3(100, path)
+    stream, audio, found = _chunked(path)
 
     assert all(len(c.audio) <= MAX_CHUNK for c in found)
     assert all(a.end == b.start for a, b in itertools.pairwise(found))  # speech all along
@@ -140,12 +146,7 @@ def test_long_speech_is_cut_at_a_pause_into_chunks_of_at_most_30_s(tmp_path):
 def test_chunks_carry_their_speech_regions_for_the_diarizer(tmp_path):
     path = tmp_path / "long.mp3"
     test_audio.speech_mp3(65, path)
-    stream = PcmStream(str(path), expected_seconds=None, max_seconds=1e6)
-    pieces = list(stream)
-    chunker = Chunker()
-    found = [c for piece in pieces for c in chunker.feed(piece)]
-    found += list(chunker.finish(stream.samples))
-    audio = np.concatenate(pieces)
+    stream, audio, found = _chunked(path)
 
     for chunk in found:
         regions = list(chunk.speech)
