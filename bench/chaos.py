@@ -181,7 +181,8 @@ class Stack:
 
 
 def _submit(stack: Stack, headers: dict[str, str], audio: bytes, deadline: float) -> str | None:
-    """POST until a 202, retrying 503s and dropped connections with one Idempotency-Key."""
+    """POST until a 202, retrying 503s, 408s (a body that reached a stalled gateway too slowly:
+    nothing was accepted) and dropped connections with one Idempotency-Key."""
     idem = {"Idempotency-Key": uuid.uuid4().hex}
     while time.monotonic() < deadline:
         try:
@@ -197,7 +198,7 @@ def _submit(stack: Stack, headers: dict[str, str], audio: bytes, deadline: float
             continue
         if resp.status_code == 202:
             return str(resp.json()["id"])
-        if resp.status_code in (409, 503):
+        if resp.status_code in (408, 409, 503):
             time.sleep(0.5)
             continue
         raise RuntimeError(f"unexpected {resp.status_code}: {resp.text}")
