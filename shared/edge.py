@@ -29,7 +29,7 @@ from typing import Any, NoReturn
 
 from flask import Flask, Response
 
-from shared.errors import PayloadTooLargeError, RequestTimeoutError
+from shared.errors import IncompleteBodyError, PayloadTooLargeError, RequestTimeoutError
 from shared.settings import EdgeSettings
 
 #: The environ key under which the guarded stream is kept, so ``seal`` can find it.
@@ -208,6 +208,8 @@ class GuardedInput:
 
     def _account(self, data: bytes) -> None:
         if not data:
+            if self._declared is not None and self._read < self._declared:
+                self._cut_off(f"{self._read} of its {self._declared} bytes arrived")
             self._eof = True
         self._read += len(data)
         if self._read > self._limit:
@@ -219,25 +221,33 @@ class GuardedInput:
         if remaining <= 0:
             self._expire()
         if self._paced is not None:
-            try:
-                return read()
-            except TimeoutError:
-                self._expire()
+            return self._guarded(read)
         if self._sock is None:
-            return read()
+            return self._guarded(read)
         previous = self._sock.gettimeout()
         self._sock.settimeout(remaining)
         try:
-            return read()
-        except TimeoutError:
-            self._expire()
+            return self._guarded(read)
         finally:
             with contextlib.suppress(OSError):  # the client is gone; nothing to restore
                 self._sock.settimeout(previous)
 
+    def _guarded(self, read: Callable[[], bytes]) -> bytes:
+        try:
+            return read()
+        except TimeoutError:
+            self._expire()
+        except OSError:  # a reset, or gunicorn's NoMoreData inside a chunked body
+            self._cut_off("the connection ended before its last chunk or byte")
+
     def _expire(self) -> NoReturn:
         self.seal()
         raise RequestTimeoutError("the request body did not arrive in time")
+
+    def _cut_off(self, what: str) -> NoReturn:
+        """The client went away mid-body: what did arrive is never parsed as if it were all."""
+        self.seal()
+        raise IncompleteBodyError(f"the request body ended early ({what}); nothing was accepted")
 
     def stop_reading(self) -> None:
         """After the answer went out: refuse the unread rest of the body at the socket.

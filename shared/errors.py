@@ -12,6 +12,7 @@
     │   ├── BlockedTargetError        422, a URL the service must not contact (shared.netguard)
     │   ├── PayloadTooLargeError      413
     │   ├── RequestTimeoutError       408, a body that did not arrive in time (shared.edge)
+    │   ├── IncompleteBodyError       400, a body cut off before its declared end (shared.edge)
     │   ├── TooManyRequestsError      429, a per-key limit (shared.fairuse), with its headers
     │   ├── UnsupportedMediaError     415
     │   └── JobOutcomeError           a synchronous (/v1) call's job gave no transcript; names the job
@@ -118,6 +119,11 @@ class RequestTimeoutError(ClientError):
 
     status = 408
     title = "Request Timeout"
+
+
+class IncompleteBodyError(ClientError):
+    """The connection ended (or broke) before the body's declared ``Content-Length`` or its
+    last chunk arrived: a client that went away mid-upload. Nothing of it is used."""
 
 
 class UnsupportedMediaError(ClientError):

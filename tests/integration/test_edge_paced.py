@@ -176,3 +176,48 @@ def test_a_refused_upload_closes_its_keep_alive_session_cleanly_a_hundred_times(
             except (requests.RequestException, AssertionError) as exc:
                 failures.append(repr(exc))
     assert failures == []
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+def test_an_upload_cut_off_by_its_client_creates_no_job_and_its_retry_does(gateway, make_wav, framing):
+    # Given a key's upload whose form is whole (its closing boundary sent) but whose connection
+    # ends early: 100 bytes short of its declared Content-Length, or before the last chunk
+    # (past MAX_BODY_BYTES, so it streams to a thread: a smaller one is dropped while parked)
+    token = _token(gateway)
+    auth = {"Authorization": f"Bearer {token}"}
+    audio = make_wav(3.0)
+    form = (
+        b'--b\r\nContent-Disposition: form-data; name="audio"; filename="a.wav"\r\n\r\n'
+        + audio
+        + b"\r\n--b--\r\n"
+    )
+    key = f"cut-{framing}"
+    headers = {**auth, "Content-Type": "multipart/form-data; boundary=b", "Idempotency-Key": key}
+    sock = _connect(gateway)
+    if framing == "length":
+        sock.sendall(_head("POST", "/transcribe", {**headers, "Content-Length": str(len(form) + 100)}))
+        sock.sendall(form)
+        detail = f"{len(form)} of its {len(form) + 100} bytes arrived"
+    else:
+        sock.sendall(_head("POST", "/transcribe", {**headers, "Transfer-Encoding": "chunked"}))
+        sock.sendall(b"%x\r\n" % len(form) + form + b"\r\n")
+        detail = "the connection ended before its last chunk or byte"
+    sock.shutdown(socket.SHUT_WR)
+    # Then it is answered 400, and what did arrive was not taken for the whole body
+    answer = _read_answer(sock, time.monotonic(), budget=budget.seconds(15))
+    sock.close()
+    assert answer.status == 400, answer.body
+    expected = f"the request body ended early ({detail}); nothing was accepted"
+    assert json.loads(answer.body)["detail"] == expected
+    base = f"http://127.0.0.1:{gateway.port}"
+    listed = requests.get(f"{base}/transcribe", headers=auth, timeout=budget.seconds(10)).json()["jobs"]
+    assert listed == []
+    # And the client's retry with the same Idempotency-Key (a different body) creates the job
+    retry = requests.post(
+        f"{base}/transcribe",
+        headers={**auth, "Idempotency-Key": key},
+        files={"audio": ("a.wav", make_wav(1.5))},
+        timeout=budget.seconds(30),
+    )
+    assert retry.status_code == 202, retry.text
+    assert "Idempotent-Replayed" not in retry.headers
