@@ -34,8 +34,12 @@ from gunicorn.workers.ggevent import GeventWorker
 LINGER_SECONDS = 5.0
 LINGER_BYTES = 4 * 1024 * 1024
 
-#: A handoff: ``<u32 length><JSON {"addr": [host, port]}><the bytes already read>``, with the
-#: client's connection as the one file descriptor of its first message.
+#: A handoff: ``<u32 length><JSON {"addr": [host, port], "bytes": N}><the N bytes already
+#: read>``, with the client's connection as the one file descriptor of its first message. The
+#: descriptor travels first, so a sender that gives up later (its timeout) has already sent it:
+#: a handoff is taken only when all N bytes came, and otherwise its copy of the connection is
+#: closed untouched — the sender serves it (two readers of one connection would each parse
+#: part of its body).
 _HANDOFF_HEAD = struct.Struct("!I")
 _HANDOFF_MAX_BYTES = 16 * 1024 * 1024
 
@@ -43,14 +47,19 @@ _HANDOFF_MAX_BYTES = 16 * 1024 * 1024
 def send_handoff(path: str, conn: socket.socket, addr: Any, early: bytes, timeout: float) -> None:
     """Hand ``conn`` (and what was read from it) to the async gateway at ``path``; raises
     ``OSError`` when it cannot be (the caller then serves the request itself)."""
-    meta = json.dumps({"addr": list(addr) if isinstance(addr, tuple) else None}).encode()
-    payload = _HANDOFF_HEAD.pack(len(meta)) + meta + early
+    payload = handoff_payload(addr, early)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as link:
         link.settimeout(timeout)
         link.connect(path)
         sent = socket.send_fds(link, [payload[:65536]], [conn.fileno()])
         link.sendall(payload[sent:])
         # Closing now is safe: a descriptor in flight stays open until the other side takes it.
+
+
+def handoff_payload(addr: Any, early: bytes) -> bytes:
+    """What a handoff sends besides the descriptor (``_HANDOFF_HEAD``)."""
+    meta = json.dumps({"addr": list(addr) if isinstance(addr, tuple) else None, "bytes": len(early)}).encode()
+    return _HANDOFF_HEAD.pack(len(meta)) + meta + early
 
 
 def receive_handoff(link: socket.socket) -> tuple[socket.socket, Any, bytes]:
@@ -69,11 +78,14 @@ def receive_handoff(link: socket.socket) -> tuple[socket.socket, Any, bytes]:
                 raise ConnectionError("a handoff too large")
         (size,) = _HANDOFF_HEAD.unpack_from(buf)
         meta = json.loads(bytes(buf[_HANDOFF_HEAD.size : _HANDOFF_HEAD.size + size]))
+        early = bytes(buf[_HANDOFF_HEAD.size + size :])
+        if len(early) != meta["bytes"]:
+            raise ConnectionError("a handoff cut short: its sender serves the connection")
     except BaseException:
-        client.close()
+        client.close()  # this process's copy only: no shutdown, the sender may still serve it
         raise
     addr = tuple(meta["addr"]) if meta.get("addr") else ("", 0)
-    return client, addr, bytes(buf[_HANDOFF_HEAD.size + size :])
+    return client, addr, early
 
 
 class LongAnswerWorker(GeventWorker):  # type: ignore[misc]
@@ -88,7 +100,7 @@ class LongAnswerWorker(GeventWorker):  # type: ignore[misc]
         if listener.family == socket.AF_UNIX:
             try:
                 conn, addr, early = receive_handoff(client)
-            except (OSError, ValueError, ConnectionError, struct.error) as exc:
+            except (OSError, ValueError, KeyError, struct.error) as exc:
                 self.log.warning("refused a handoff: %s", exc)
                 client.close()
                 return

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from functions.long_answers import _Prefixed, receive_handoff, send_handoff
+from functions.long_answers import _Prefixed, handoff_payload, receive_handoff, send_handoff
 from shared.edge import long_lived
 
 
@@ -66,4 +66,38 @@ def test_a_connection_is_handed_over_with_what_was_read_and_the_client_address(t
     conn.sendall(b"answer")
     assert client.recv(100) == b"answer"
     for sock in (conn, client, listener):
+        sock.close()
+
+
+def test_a_handoff_cut_short_is_refused_and_leaves_the_connection_to_its_sender(tmp_path: Path) -> None:
+    # Given a sender that got the connection and part of the bytes it had read across, then
+    # gave up (its timeout) and serves the request itself
+    path = str(tmp_path / "h.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen()
+    client, server_side = socket.socketpair()
+    payload = handoff_payload(("203.0.113.7", 5555), b"POST /transcribe HTTP/1.1\r\n" + b"x" * 100_000)
+
+    def send_part() -> None:
+        # What send_handoff sends, stopped 1,000 bytes short
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as link:
+            link.connect(path)
+            socket.send_fds(link, [payload[:65536]], [server_side.fileno()])
+            link.sendall(payload[65536:-1000])
+
+    sender = threading.Thread(target=send_part)
+    sender.start()
+    link, _ = listener.accept()
+    # Then the receiver refuses it, closing only its own copy of the connection
+    with pytest.raises(ConnectionError, match="a handoff cut short: its sender serves the connection"):
+        receive_handoff(link)
+    sender.join(5)
+    # And the connection still works for its sender: nothing shut it down
+    client.sendall(b"more")
+    server_side.settimeout(5)
+    assert server_side.recv(100) == b"more"
+    server_side.sendall(b"answer")
+    assert client.recv(100) == b"answer"
+    for sock in (link, client, server_side, listener):
         sock.close()
