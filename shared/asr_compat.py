@@ -30,7 +30,7 @@ from urllib.parse import quote
 import redis
 from werkzeug.datastructures import MultiDict
 
-from shared import credentials, fairuse, idempotency, job_service, openai_compat, parsing
+from shared import credentials, fairuse, idempotency, job_service, openai_compat, parsing, quota
 from shared.clients import Clients
 from shared.credentials import ApiKey
 from shared.errors import NotFoundError, UnauthorizedError, UnsupportedMediaError, ValidationError
@@ -196,7 +196,7 @@ def _submit(c: Clients, key: ApiKey, ready: Upload, options: JobOptions) -> Job:
     started, unless it failed or is gone, else a new one. A client that gave up waiting and
     retries (Bazarr, subgen: they have no job id to poll) waits for the first job again instead
     of starting a second. Done as an ``Idempotency-Key`` derived from the request."""
-    limits = fairuse.limits(c.settings, key.limits)
+    limits = quota.limits(c.settings, key.limits)
     new = job_service.NewJob(key.id, options, ready, limits=limits)
     retry_key = f"asr-{idempotency.fingerprint(options, ready.path)}"
     try:

@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from shared import client_cli, credentials
+from shared import client_cli, credentials, quota
 from shared.errors import WhisperApiError
 from shared.redis_client import connect
 from shared.settings import redis_settings
@@ -73,7 +73,7 @@ def _limit(raw: str) -> int | None:
 
 def _limit_values(args: argparse.Namespace) -> dict[str, int | None]:
     """The limits given on the command line (absent flags leave a limit as it is)."""
-    given = {name: getattr(args, name, _UNSET) for name in credentials.LIMIT_FIELDS}
+    given = {name: getattr(args, name, _UNSET) for name in quota.LIMIT_FIELDS}
     return {name: value for name, value in given.items() if value is not _UNSET}
 
 
@@ -81,7 +81,7 @@ _UNSET: Any = object()
 
 
 def _add_limit_flags(command: argparse.ArgumentParser) -> None:
-    for name in credentials.LIMIT_FIELDS:
+    for name in quota.LIMIT_FIELDS:
         command.add_argument(f"--{name.replace('_', '-')}", dest=name, type=_limit, default=_UNSET)
 
 

@@ -18,6 +18,7 @@ import redis
 
 from shared import keys
 from shared.errors import NotFoundError, UnauthorizedError
+from shared.quota import LIMIT_FIELDS
 from shared.settings import JwtSettings
 
 #: Keys look like ``wapi_<12 hex id>_<43 urlsafe chars>``: recognisable in logs and secret
@@ -26,10 +27,6 @@ KEY_PREFIX = "wapi_"
 _KEY_FORMAT = re.compile(r"^wapi_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 _ALGORITHM = "HS256"
 _REQUIRED_CLAIMS = ["sub", "iat", "exp", "iss", "aud", "jti"]
-
-
-#: A key's own fair-use limits, stored in its record (see shared.fairuse); absent: the default.
-LIMIT_FIELDS = ("rate_limit_per_minute", "max_pending_jobs", "max_sync_waits", "quota_audio_seconds_per_day")
 
 
 @dataclass(frozen=True)

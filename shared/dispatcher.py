@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 import redis
 import urllib3
 
-from shared import fairuse, jobstore, keys, logs, metrics, netguard, webhooks
+from shared import jobstore, keys, leases, logs, metrics, netguard, webhooks
 from shared.errors import BlockedTargetError
 from shared.settings import WebhookSettings
 
@@ -190,7 +190,7 @@ class Dispatcher:
         limits = ((host, self.settings.webhook_per_target), (tenant, self.settings.webhook_per_tenant))
         held: list[str] = []
         for name, limit in limits:
-            if not fairuse.take_lease(self.r, name, slot.member, limit, self.lease_seconds):
+            if not leases.take_lease(self.r, name, slot.member, limit, self.lease_seconds):
                 taken.add(name)
                 self._free_slot(slot, held)
                 return False

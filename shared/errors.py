@@ -35,6 +35,7 @@ Third-party exceptions are wrapped once, where they happen (``raise StorageError
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 
@@ -104,7 +105,8 @@ class PayloadTooLargeError(ClientError):
 
 
 class TooManyRequestsError(ClientError):
-    """A per-key limit (shared.fairuse); ``headers`` say when to retry and which limit."""
+    """A per-key limit (shared.fairuse, shared.quota); ``headers`` say when to retry and which
+    limit."""
 
     status = 429
     title = "Too Many Requests"
@@ -112,6 +114,23 @@ class TooManyRequestsError(ClientError):
     def __init__(self, detail: str, headers: dict[str, str]) -> None:
         super().__init__(detail)
         self.headers = headers
+
+    @classmethod
+    def for_limit(
+        cls, detail: str, policy: str, quota: int, window: int, retry_after: float
+    ) -> TooManyRequestsError:
+        """A refusal by the limit ``policy`` (``quota`` per ``window`` seconds; 0: a cap),
+        with ``Retry-After`` and the IETF ``RateLimit-Policy`` / ``RateLimit`` headers
+        (draft-ietf-httpapi-ratelimit-headers)."""
+        wait = max(1, math.ceil(retry_after))
+        return cls(
+            detail,
+            headers={
+                "Retry-After": str(wait),
+                "RateLimit-Policy": f'"{policy}";q={quota}' + (f";w={window}" if window else ""),
+                "RateLimit": f'"{policy}";r=0;t={wait}',
+            },
+        )
 
 
 class RequestTimeoutError(ClientError):
@@ -207,7 +226,7 @@ class PermanentJobError(JobError):
 
 
 class QuotaExceededError(PermanentJobError):
-    """A job's decoded audio passed its key's daily quota (``shared.fairuse.charge_decoded``)."""
+    """A job's decoded audio passed its key's daily quota (``shared.quota.charge_decoded``)."""
 
 
 class RunInterruptedError(WhisperApiError):

@@ -26,7 +26,7 @@ from typing import Any, cast
 
 import redis
 
-from shared import credentials, fairuse, job_service, jobstore, keys, parsing, retention
+from shared import credentials, fairuse, job_service, jobstore, keys, parsing, quota, retention
 from shared.clients import Clients
 from shared.errors import ClientError, ConflictError, NotFoundError, PayloadTooLargeError
 from shared.models import Job, JobOptions
@@ -190,7 +190,7 @@ def _make_job(clients: Clients, owner: str, object_key: str, size: int | None) -
             path, os.path.getsize(path), os.path.basename(object_key)[:255], "application/octet-stream"
         )
         key = credentials.find_key(r, owner)
-        limits = fairuse.limits(settings, key.limits if key else None)
+        limits = quota.limits(settings, key.limits if key else None)
         new = job_service.NewJob(owner, options, upload, webhook_url, limits)
         return job_service.create_job(clients, new, job_id=job_id)
 

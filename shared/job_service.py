@@ -11,7 +11,7 @@ from typing import Any
 
 import redis
 
-from shared import fairuse, idempotency, jobstore, logs, queue, redis_client, retention, subtitles
+from shared import idempotency, jobstore, logs, queue, quota, redis_client, retention, subtitles
 from shared.audio import probe_duration
 from shared.clients import Clients
 from shared.errors import ConflictError, GoneError, NotReplicatedError, PayloadTooLargeError, ValidationError
@@ -34,7 +34,7 @@ class NewJob:
     #: Already checked by the outbound guard; receives the final state.
     webhook_url: str | None = None
     #: The key's fair use: the job is refused with 429 past its pending jobs or its day's audio.
-    limits: fairuse.Limits | None = None
+    limits: quota.Limits | None = None
 
 
 def create_job(
@@ -54,7 +54,7 @@ def create_job(
             f"{max_seconds:.0f} s per job (MAX_AUDIO_SECONDS); split it and submit the parts"
         )
     if limits is not None:
-        fairuse.admit_job(r, key_id, limits, duration)
+        quota.admit_job(r, key_id, limits, duration)
     now = time.time()
     job_id = job_id or jobstore.new_job_id(key_id)
     job = Job(

@@ -32,7 +32,6 @@ import redis
 
 from shared import (
     events,
-    fairuse,
     jobstore,
     keys,
     logs,
@@ -40,6 +39,7 @@ from shared import (
     migrate,
     model_ads,
     queue,
+    quota,
     retention,
     stack,
     webhooks,
@@ -330,10 +330,10 @@ class Worker:
         admitted on its declared length); what was decoded past that length is charged too."""
         declared = job.duration or 0.0
         limit, too_long = self.settings.max_audio_seconds, None
-        allowance = fairuse.decodable_seconds(self.r, job.key_id, declared)
+        allowance = quota.decodable_seconds(self.r, job.key_id, declared)
         if allowance is not None and allowance[0] < limit:
-            limit, quota = allowance
-            too_long = functools.partial(fairuse.quota_exceeded, quota)
+            limit, daily = allowance
+            too_long = functools.partial(quota.quota_exceeded, daily)
         try:
             result = self.engine.transcribe(
                 path,
@@ -345,9 +345,9 @@ class Worker:
                 partial=self._partial(job, run_id),
             )
         except QuotaExceededError:
-            fairuse.charge_decoded(self.r, job.key_id, limit - declared)
+            quota.charge_decoded(self.r, job.key_id, limit - declared)
             raise
-        fairuse.charge_decoded(self.r, job.key_id, result.duration - declared)
+        quota.charge_decoded(self.r, job.key_id, result.duration - declared)
         return result
 
     def _discard(self, job: Job, key: str) -> None:

@@ -38,6 +38,7 @@ from shared import (
     openai_stream,
     openapi,
     parsing,
+    quota,
     stack,
     storage_events,
     subtitles,
@@ -150,7 +151,7 @@ def _submit(
 ) -> Response:
     """Create the job (or replay it, for a repeated Idempotency-Key) and answer 202."""
     c = jobs_clients()
-    new = job_service.NewJob(key.id, options, upload, webhook_url, fairuse.limits(c.settings, key.limits))
+    new = job_service.NewJob(key.id, options, upload, webhook_url, quota.limits(c.settings, key.limits))
     job, replayed = job_service.submit(c, new, request.headers.get("Idempotency-Key"))
     headers = {"Location": f"/transcribe/{job.id}"}
     if replayed:
@@ -291,7 +292,7 @@ class _Holding:
 def get_usage(request: Request) -> Response:
     key = _caller(request)
     c = jobs_clients()
-    limits = fairuse.quota_report(c.redis, key.id, fairuse.limits(c.settings, key.limits))
+    limits = quota.quota_report(c.redis, key.id, quota.limits(c.settings, key.limits))
     return json_response({**usage.read(c.redis, key.id), "limits": limits})
 
 
@@ -373,7 +374,7 @@ def _openai_audio(request: Request, task: Task) -> Response:
     settings, r, store = c.settings, c.redis, c.store
     key = openai_compat.authenticate(settings, r, request)
     access.note_key(request, key.id)
-    limits = fairuse.limits(settings, key.limits)
+    limits = quota.limits(settings, key.limits)
     with ExitStack() as held:
         # The slot is taken before the upload is read: a key's extra calls cost nothing.
         held.enter_context(fairuse.sync_wait(r, key.id, limits, settings.openai_wait_seconds))
@@ -416,7 +417,7 @@ def _asr_job(
     access.note_key(request, key.id)
     asked = parse(asr_compat.known_args(request.args, params), settings)
     # Synchronous like /v1: the key's concurrent waits are capped before the upload is read.
-    limits = fairuse.limits(settings, key.limits)
+    limits = quota.limits(settings, key.limits)
     with (
         fairuse.sync_wait(c.redis, key.id, limits, settings.asr_wait_seconds),
         receive(request, settings.max_upload_bytes, file_field=asr_compat.FILE_FIELD) as form,

@@ -18,7 +18,7 @@ import whisper
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from shared import fairuse, model_ads
+from shared import fairuse, model_ads, quota
 from shared.credentials import ApiKey
 from shared.engine.batcher import BatchKey
 from shared.engine.chunker import Chunk
@@ -62,7 +62,7 @@ class LiveSession:
         self.queue: asyncio.Queue[Utterance | None] = asyncio.Queue()
         self.uncounted = 0.0  # audio seconds not yet counted against the quota
         self.renewed = time.monotonic()
-        self.limits = fairuse.limits(self.settings, key.limits)
+        self.limits = quota.limits(self.settings, key.limits)
         self.index = 0
         self.outstanding = 0  # utterances committed and not yet answered
         #: The last client event or transcript answered (monotonic): idle is quiet on both sides.
@@ -217,7 +217,7 @@ class LiveSession:
     def _account(self, seconds: float, renew: bool) -> None:
         r, key_id = self.server.r, self.key.id
         if seconds:
-            fairuse.count_live_audio(r, key_id, self.limits, seconds)
+            quota.count_live_audio(r, key_id, self.limits, seconds)
         if renew:
             fairuse.renew_live_session(r, key_id, self.id, self.server.lease_seconds)
             self.renewed = time.monotonic()

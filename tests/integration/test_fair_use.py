@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from shared import credentials, fairuse, jobstore, keys
+from shared import credentials, fairuse, jobstore, keys, quota
 from shared.cli import main as cli
 from shared.settings import jobs_settings
 
@@ -141,7 +141,7 @@ def test_pending_jobs_per_key_are_capped(env, jobs_client, bearer, make_wav, r):
     assert _upload(jobs_client, other, make_wav).status_code == 202
     # A finished job frees its place
     key_id = jobs_client.get("/usage", headers=greedy).get_json()["key_id"]
-    assert fairuse.pending_jobs(r, key_id) == 2
+    assert quota.pending_jobs(r, key_id) == 2
     job = jobstore.list_owned(r, key_id, 1, None)[0]
     assert jobstore.cancel(r, job) is not None
     assert _upload(jobs_client, greedy, make_wav).status_code == 202
@@ -150,7 +150,7 @@ def test_pending_jobs_per_key_are_capped(env, jobs_client, bearer, make_wav, r):
 def test_concurrent_synchronous_calls_per_key_are_capped(env, jobs_client, api_key, make_wav, r):
     env(MAX_SYNC_WAITS_PER_KEY="1")
     key_id, plaintext = api_key("sync")
-    limits = fairuse.limits(jobs_settings())
+    limits = quota.limits(jobs_settings())
     data = {"file": (io.BytesIO(make_wav(1.0)), "a.wav"), "model": "whisper-1"}
     headers = {"Authorization": f"Bearer {plaintext}"}
     with fairuse.sync_wait(r, key_id, limits, 60):  # one call of this key is waiting
@@ -167,7 +167,7 @@ def test_concurrent_synchronous_calls_per_key_are_capped(env, jobs_client, api_k
 
 
 def test_a_crashed_callers_sync_slot_frees_itself(env, r):
-    limits = fairuse.limits(jobs_settings().model_copy(update={"max_sync_waits_per_key": 1}))
+    limits = quota.limits(jobs_settings().model_copy(update={"max_sync_waits_per_key": 1}))
     r.zadd(keys.sync_waits("k1"), {"crashed": time.time() - 1})  # a lease that ran out
     with fairuse.sync_wait(r, "k1", limits, 60):
         assert r.zcard(keys.sync_waits("k1")) == 1
@@ -201,7 +201,7 @@ def test_the_asr_routes_keep_the_key_s_fair_use_too(env, jobs_client, api_key, m
         data = {"audio_file": (io.BytesIO(make_wav(1.0)), "a.wav")}
         return jobs_client.post(path, data=data, headers=headers, content_type="multipart/form-data")
 
-    with fairuse.sync_wait(r, key_id, fairuse.limits(jobs_settings()), 60):  # one call waits
+    with fairuse.sync_wait(r, key_id, quota.limits(jobs_settings()), 60):  # one call waits
         waits = [asr("/asr"), asr("/detect-language")]
     token = credentials.issue_token(jobs_settings(), credentials.verify_key(r, plaintext)).token
     queued = _upload(jobs_client, {"Authorization": f"Bearer {token}"}, make_wav)  # the pending cap

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from shared import fairuse, jobstore
+from shared import jobstore, quota
 from shared.audio import probe_duration
 from shared.models import JobStatus
 from shared.settings import jobs_settings, worker_settings
@@ -58,7 +58,7 @@ def test_a_container_lying_about_its_length_is_stopped_at_the_quota(
         "and stopped; the quota resets at 00:00 UTC"
     )
     # And today's audio counts what was decoded: the quota's 60 s, not the 120 s the file held
-    report = fairuse.quota_report(r, job.key_id, fairuse.limits(jobs_settings()))
+    report = quota.quota_report(r, job.key_id, quota.limits(jobs_settings()))
     assert report["audio_seconds_today"] == pytest.approx(60.0, abs=0.01)
     assert report["audio_seconds_left"] == pytest.approx(0.0, abs=0.01)
     # And a further job is refused at intake
@@ -74,5 +74,5 @@ def test_an_honest_job_within_the_quota_is_charged_its_length_once(
     assert build(worker_settings()).process(job_id) is True
     job = jobstore.load(r, job_id)
     assert job.status is JobStatus.COMPLETED
-    report = fairuse.quota_report(r, job.key_id, fairuse.limits(jobs_settings()))
+    report = quota.quota_report(r, job.key_id, quota.limits(jobs_settings()))
     assert report["audio_seconds_today"] == pytest.approx(40.0, abs=0.1)
