@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from shared.errors import ValidationError
-from shared.models import ResultFormat, TranscriptResult
-from shared.subtitles import SubtitleOptions, cues
+from shared.models import ResultFormat, SubtitleOptions, TranscriptResult
+from shared.subtitles import cues
 
 #: Formats that are cut into cues, and so take ``SubtitleOptions``.
 SUBTITLE_FORMATS = (ResultFormat.SRT, ResultFormat.VTT)

@@ -11,12 +11,20 @@ from typing import Any
 
 import redis
 
-from shared import idempotency, jobstore, logs, queue, quota, redis_client, retention, subtitles
+from shared import idempotency, jobstore, logs, queue, quota, redis_client, retention
 from shared.audio import probe_duration
 from shared.clients import Clients
 from shared.errors import ConflictError, GoneError, NotReplicatedError, PayloadTooLargeError, ValidationError
 from shared.formats import SUBTITLE_FORMATS, render, with_names
-from shared.models import Job, JobOptions, JobStatus, TranscriptResult, WebhookState, parse_format
+from shared.models import (
+    Job,
+    JobOptions,
+    JobStatus,
+    SubtitleOptions,
+    TranscriptResult,
+    WebhookState,
+    parse_format,
+)
 from shared.settings import RetentionSettings
 from shared.storage import BlobStore, audio_key, result_key
 from shared.uploads import Upload
@@ -155,7 +163,7 @@ def result(
     key_id: str,
     job_id: str,
     fmt: str | None,
-    cut: subtitles.SubtitleOptions | None = None,
+    cut: SubtitleOptions | None = None,
 ) -> tuple[str, str]:
     """The job's transcript rendered in ``fmt`` (default: the job's output_format); ``cut``
     overrides the job's subtitle options for SRT and VTT."""
@@ -172,7 +180,7 @@ def result(
     if not store.exists(key):
         raise GoneError(f"the result of job {job_id} has expired under this server's retention policy")
     stored = with_names(stored_result(store, job), job.speaker_names)
-    return render(stored, chosen, job.options.subtitles.merged(cut or subtitles.SubtitleOptions()))
+    return render(stored, chosen, job.options.subtitles.merged(cut or SubtitleOptions()))
 
 
 def audio(r: redis.Redis, store: BlobStore, key_id: str, job_id: str) -> tuple[Iterator[bytes], int, str]:

@@ -9,7 +9,6 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.languages import normalize_language
-from shared.subtitles import SubtitleOptions
 
 
 class JobStatus(str, Enum):
@@ -64,6 +63,36 @@ def parse_format(value: str) -> ResultFormat:
     except ValueError:
         names = ", ".join(f.value for f in ResultFormat)
         raise ValueError(f"must be one of {names}") from None
+
+
+#: whisper's stand-in for "no limit" in its subtitle options.
+SUBTITLE_UNLIMITED = 1000
+#: The subtitle option names, as request fields and query parameters.
+SUBTITLE_FIELDS = ("max_line_width", "max_line_count", "max_words_per_line", "highlight_words")
+
+
+class SubtitleOptions(BaseModel):
+    """How SRT and VTT cues are cut from word timings; all unset means one cue per segment."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: Characters per line before a line break.
+    max_line_width: int | None = Field(default=None, ge=1, le=SUBTITLE_UNLIMITED)
+    #: Lines per cue (with ``max_line_width``); more start a new cue.
+    max_line_count: int | None = Field(default=None, ge=1, le=100)
+    #: Words per line (without ``max_line_width``).
+    max_words_per_line: int | None = Field(default=None, ge=1, le=SUBTITLE_UNLIMITED)
+    #: One cue per word, that word underlined (``<u>``), karaoke style.
+    highlight_words: bool = False
+
+    @property
+    def active(self) -> bool:
+        """Whether cues come from word timings rather than from segments."""
+        return self != SubtitleOptions()
+
+    def merged(self, override: SubtitleOptions) -> SubtitleOptions:
+        """These options with every value ``override`` sets taken from it."""
+        return self.model_copy(update=override.model_dump(exclude_unset=True))
 
 
 class JobOptions(BaseModel):

@@ -5,16 +5,17 @@ cases (``shared.job_service``) get values already checked."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import pydantic
 from flask import Request
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from shared import subtitles, webhooks
+from shared import webhooks
 from shared.catalog import allowed_models, diarization_offered
 from shared.errors import FieldError, ValidationError
-from shared.models import JobOptions, ResultFormat
+from shared.models import SUBTITLE_FIELDS, JobOptions, ResultFormat, SubtitleOptions
 from shared.settings import ModelSettings, OutboundSettings
 
 Model = TypeVar("Model", bound=pydantic.BaseModel)
@@ -36,6 +37,12 @@ def validate(model: type[Model], raw: Any) -> Model:
         return model.model_validate(raw)
     except pydantic.ValidationError as exc:
         raise validation_error(exc) from None
+
+
+def parse_subtitles(raw: Mapping[str, object]) -> SubtitleOptions:
+    """Subtitle options from request fields (form strings or JSON values); 422 names the field."""
+    given = {name: raw[name] for name in SUBTITLE_FIELDS if raw.get(name) not in (None, "")}
+    return validate(SubtitleOptions, given)
 
 
 def loads(raw: bytes | str) -> Any:
@@ -91,7 +98,7 @@ OPTION_FIELDS = (
     "initial_prompt",
     "condition_on_previous_text",
     "keep_audio",
-    *subtitles.FIELDS,
+    *SUBTITLE_FIELDS,
     "diarize",
     "num_speakers",
     "min_speakers",
@@ -144,8 +151,8 @@ def parse_options(raw: dict[str, Any], settings: ModelSettings) -> JobOptions:
     unknown = sorted(set(raw) - set(OPTION_FIELDS))
     if unknown:
         raise ValidationError.for_field(unknown[0], "unknown field")
-    cut = subtitles.parse(raw)
-    values = {k: v for k, v in raw.items() if v not in (None, "") and k not in subtitles.FIELDS}
+    cut = parse_subtitles(raw)
+    values = {k: v for k, v in raw.items() if v not in (None, "") and k not in SUBTITLE_FIELDS}
     values.setdefault("model", settings.whisper_default_model)
     values["subtitles"] = cut
     options = validate(JobOptions, values)

@@ -10,47 +10,14 @@ a cue is a segment, as before.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-from pydantic import BaseModel, ConfigDict, Field
 
 from shared.errors import ValidationError
+from shared.models import SUBTITLE_FIELDS, SUBTITLE_UNLIMITED, SubtitleOptions, TranscriptResult, Word
 
-if TYPE_CHECKING:  # shared.models embeds SubtitleOptions in JobOptions
-    from shared.models import TranscriptResult, Word
-
-#: The option names, as request fields and query parameters.
-FIELDS = ("max_line_width", "max_line_count", "max_words_per_line", "highlight_words")
 #: whisper starts a new cue after a pause this long when it cuts lines by width and count.
 _LONG_PAUSE_SECONDS = 3.0
-#: whisper's stand-in for "no limit".
-_UNLIMITED = 1000
-
-
-class SubtitleOptions(BaseModel):
-    """How SRT and VTT cues are cut from word timings; all unset means one cue per segment."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    #: Characters per line before a line break.
-    max_line_width: int | None = Field(default=None, ge=1, le=_UNLIMITED)
-    #: Lines per cue (with ``max_line_width``); more start a new cue.
-    max_line_count: int | None = Field(default=None, ge=1, le=100)
-    #: Words per line (without ``max_line_width``).
-    max_words_per_line: int | None = Field(default=None, ge=1, le=_UNLIMITED)
-    #: One cue per word, that word underlined (``<u>``), karaoke style.
-    highlight_words: bool = False
-
-    @property
-    def active(self) -> bool:
-        """Whether cues come from word timings rather than from segments."""
-        return self != SubtitleOptions()
-
-    def merged(self, override: SubtitleOptions) -> SubtitleOptions:
-        """These options with every value ``override`` sets taken from it."""
-        return self.model_copy(update=override.model_dump(exclude_unset=True))
 
 
 @dataclass(frozen=True)
@@ -84,14 +51,14 @@ def cues(result: TranscriptResult, options: SubtitleOptions) -> list[Cue]:
 
 
 def _first_set(options: SubtitleOptions) -> str:
-    return next(iter(options.model_dump(exclude_defaults=True)), FIELDS[0])
+    return next(iter(options.model_dump(exclude_defaults=True)), SUBTITLE_FIELDS[0])
 
 
 def _subtitles(result: TranscriptResult, options: SubtitleOptions) -> Iterator[list[Word]]:
     """whisper's ``iterate_subtitles``: words (text carrying spaces and line breaks) per cue."""
     preserve_segments = options.max_line_count is None or options.max_line_width is None
-    width = options.max_line_width or _UNLIMITED
-    per_line = options.max_words_per_line or _UNLIMITED
+    width = options.max_line_width or SUBTITLE_UNLIMITED
+    per_line = options.max_words_per_line or SUBTITLE_UNLIMITED
     line_len, line_count = 0, 1
     subtitle: list[Word] = []
     last = next((seg.start for seg in result.segments), 0.0)
@@ -135,10 +102,3 @@ def _highlighted(subtitle: list[Word]) -> Iterator[Cue]:
         marked = [re.sub(r"^(\s*)(.*)$", r"\1<u>\2</u>", t) if j == i else t for j, t in enumerate(texts)]
         yield Cue(start, end, "".join(marked), subtitle[0].speaker)
         last = end
-
-
-def parse(raw: Mapping[str, object]) -> SubtitleOptions:
-    """Subtitle options from request fields (form strings or JSON values); 422 names the field."""
-    from shared.parsing import validate  # shared.parsing imports flask; only requests need it
-
-    return validate(SubtitleOptions, {name: raw[name] for name in FIELDS if raw.get(name) not in (None, "")})

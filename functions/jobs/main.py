@@ -41,7 +41,6 @@ from shared import (
     quota,
     stack,
     storage_events,
-    subtitles,
     usage,
     webhooks,
     webpage,
@@ -51,7 +50,7 @@ from shared.credentials import ApiKey
 from shared.errors import UnauthorizedError, ValidationError
 from shared.http import guarded, json_response, query_args, to_response
 from shared.logs import configure_logging
-from shared.models import JobOptions, Task, TranscriptResult
+from shared.models import SUBTITLE_FIELDS, JobOptions, Task, TranscriptResult
 from shared.settings import JobsSettings, jobs_settings
 from shared.uploads import Upload, audio_file, receive
 
@@ -240,8 +239,8 @@ def delete_job(request: Request, job_id: str) -> Response:
 def get_result(request: Request, job_id: str) -> Response:
     key = _caller(request)
     c = jobs_clients()
-    args = query_args(request, "format", *subtitles.FIELDS)
-    cut = subtitles.parse(args.to_dict())
+    args = query_args(request, "format", *SUBTITLE_FIELDS)
+    cut = parsing.parse_subtitles(args.to_dict())
     body, content_type = job_service.result(c.redis, c.store, key.id, job_id, args.get("format"), cut)
     return Response(body, content_type=content_type)
 

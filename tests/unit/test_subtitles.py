@@ -7,8 +7,7 @@ import io
 import pytest
 
 from shared.formats import render
-from shared.models import ResultFormat, Segment, Task, TranscriptResult, Word
-from shared.subtitles import SubtitleOptions
+from shared.models import ResultFormat, Segment, SubtitleOptions, Task, TranscriptResult, Word
 
 
 def _words(*spec: tuple[str, float, float]) -> list[Word]:
