@@ -36,9 +36,8 @@ from shared.credentials import ApiKey
 from shared.errors import NotFoundError, UnauthorizedError, UnsupportedMediaError, ValidationError
 from shared.formats import render
 from shared.languages import LANGUAGES
-from shared.models import Job, JobOptions, JobStatus, ResultFormat, TranscriptResult
+from shared.models import Job, JobOptions, JobStatus, ResultFormat, TranscriptResult, Upload
 from shared.settings import JobsSettings, ModelSettings
-from shared.uploads import Upload
 
 #: The multipart field both routes read the audio from.
 FILE_FIELD = "audio_file"

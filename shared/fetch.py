@@ -13,7 +13,7 @@ import urllib3
 
 from shared import netguard
 from shared.errors import BlockedTargetError, PayloadTooLargeError, ValidationError
-from shared.uploads import Upload
+from shared.models import Upload
 
 #: Read size while streaming a download to disk.
 _CHUNK = 256 * 1024

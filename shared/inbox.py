@@ -29,11 +29,10 @@ import redis
 from shared import credentials, fairuse, job_service, jobstore, keys, parsing, quota, retention
 from shared.clients import Clients
 from shared.errors import ClientError, ConflictError, NotFoundError, PayloadTooLargeError
-from shared.models import Job, JobOptions
+from shared.models import Job, JobOptions, Upload
 from shared.settings import FairUseSettings, JobsSettings
 from shared.storage import BlobStore
 from shared.storage_events import CreatedObject
-from shared.uploads import Upload
 
 log = logging.getLogger("whisper_api.inbox")
 

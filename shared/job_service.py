@@ -22,12 +22,12 @@ from shared.models import (
     JobStatus,
     SubtitleOptions,
     TranscriptResult,
+    Upload,
     WebhookState,
     parse_format,
 )
 from shared.settings import RetentionSettings
 from shared.storage import BlobStore, audio_key, result_key
-from shared.uploads import Upload
 
 log = logging.getLogger("whisper_api.jobs")
 

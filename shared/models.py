@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
@@ -63,6 +64,16 @@ def parse_format(value: str) -> ResultFormat:
     except ValueError:
         names = ", ".join(f.value for f in ResultFormat)
         raise ValueError(f"must be one of {names}") from None
+
+
+@dataclass(frozen=True)
+class Upload:
+    """An audio file received for a job (an upload or a download), on local disk."""
+
+    path: str
+    size: int
+    filename: str | None
+    content_type: str
 
 
 #: whisper's stand-in for "no limit" in its subtitle options.

@@ -22,20 +22,13 @@ from werkzeug.formparser import FormDataParser
 
 from shared.edge import FORM_OVERHEAD_BYTES
 from shared.errors import PayloadTooLargeError, UnsupportedMediaError, ValidationError
+from shared.models import Upload
 
 #: Largest text field of a form (options, prompts): held in memory, so kept small. werkzeug
 #: applies it to its 64 KiB read buffer as well, so it cannot go much lower.
 MAX_FORM_FIELD_BYTES = 128 * 1024
 #: Most parts a form may have: the file and a dozen options, with room to spare.
 MAX_FORM_PARTS = 64
-
-
-@dataclass(frozen=True)
-class Upload:
-    path: str
-    size: int
-    filename: str | None
-    content_type: str
 
 
 @dataclass(frozen=True)

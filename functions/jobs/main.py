@@ -50,9 +50,9 @@ from shared.credentials import ApiKey
 from shared.errors import UnauthorizedError, ValidationError
 from shared.http import guarded, json_response, query_args, to_response
 from shared.logs import configure_logging
-from shared.models import SUBTITLE_FIELDS, JobOptions, Task, TranscriptResult
+from shared.models import SUBTITLE_FIELDS, JobOptions, Task, TranscriptResult, Upload
 from shared.settings import JobsSettings, jobs_settings
-from shared.uploads import Upload, audio_file, receive
+from shared.uploads import audio_file, receive
 
 # Building settings fails start-up on a bad JWT_SECRET.
 configure_logging(jobs_settings().log_level, jobs_settings().log_format)

@@ -332,8 +332,7 @@ def test_a_request_that_dies_mid_way_leaves_only_a_short_lease(jobs_client, bear
 def test_a_lease_taken_over_meanwhile_stores_no_second_job(r, store, make_wav, tmp_path):
     from shared import idempotency, job_service
     from shared.clients import jobs_clients
-    from shared.models import JobOptions
-    from shared.uploads import Upload
+    from shared.models import JobOptions, Upload
 
     wav = tmp_path / "a.wav"
     wav.write_bytes(make_wav(1.0))
