@@ -5,7 +5,7 @@ gunicorn's threaded worker speaks HTTP/1.1 requests, not WebSockets; but it hand
 client's socket (``gunicorn.socket``), so the thread that got the upgrade request keeps it and
 splices it to the worker until either side closes. One gateway thread per live session: right
 for ``whisper-api dev``; the deployed shapes route ``/v1/realtime`` at nginx or the Gateway API
-straight to the workers (infra/gateway/nginx.conf, README "Live transcription").
+straight to the workers (infra/gateway/nginx.conf, docs/realtime.md).
 """
 
 from __future__ import annotations

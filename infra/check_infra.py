@@ -623,15 +623,15 @@ def _app_variable_names(compose: dict[str, Any], docs: list[tuple[str, int, Any]
 
 def settings_problems(env: dict[str, str], docs: list[tuple[str, int, Any]]) -> list[str]:
     """Documented, set where needed, and never misspelled: each setting the code reads is in
-    .env.example and the README; the core ones are set by every deployment file; and every
-    name a deployment file sets is one the code reads."""
+    .env.example and the configuration page (docs/configuration.md); the core ones are set by
+    every deployment file; and every name a deployment file sets is one the code reads."""
     known = code_settings()
-    readme = (ROOT / "README.md").read_text()
+    configuration = (ROOT / "docs" / "configuration.md").read_text()
     compose = interpolate_tree(yaml.safe_load((ROOT / "docker-compose.yml").read_text()), env)
     used = _app_variable_names(compose, docs)
     problems = [f"{name}: missing from .env.example" for name in sorted(known - set(env))]
-    problems += [f"{name}: not in the README's configuration table" for name in sorted(known)
-                 if f"`{name}`" not in readme]  # fmt: skip
+    problems += [f"{name}: not in the configuration table (docs/configuration.md)" for name in sorted(known)
+                 if f"`{name}`" not in configuration]  # fmt: skip
     for where, names in used.items():
         for name in sorted(names - known - INFRA_VARIABLES):
             problems.append(f"{name}: set by {where} but not read by the service (typo?)")

@@ -132,7 +132,7 @@ def parse_asr(args: MultiDict[str, str], settings: ModelSettings) -> AsrRequest:
     if output not in OUTPUTS:
         raise ValidationError.for_field("output", f"must be one of {', '.join(OUTPUTS)}")
     diarize = _flag(args, "diarize", False)
-    _flag(args, "vad_filter", False)  # accepted as that service accepts it; see the README
+    _flag(args, "vad_filter", False)  # accepted as that service accepts it; see docs/clients.md
     if len(args.get("initial_prompt", "")) > ASR_PROMPT_MAX_CHARS:
         raise ValidationError.for_field("initial_prompt", f"at most {ASR_PROMPT_MAX_CHARS} characters")
     raw: dict[str, Any] = {

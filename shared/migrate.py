@@ -37,8 +37,8 @@ log = logging.getLogger("whisper_api.migrate")
 #: What a process that meets the old layout says (logs and ``GET /health``).
 OLD_LAYOUT = (
     "this Redis holds data written by a release before the cluster layout (API keys, jobs), "
-    "which this release does not read: run `whisper-api redis migrate` (README 'Upgrading from "
-    "a release before the cluster layout')"
+    "which this release does not read: run `whisper-api redis migrate` (docs/reliability.md, "
+    "'Upgrading from a release before the cluster layout')"
 )
 
 # The previous release's names (shared/keys.py before the cluster layout).

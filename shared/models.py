@@ -120,7 +120,7 @@ class JobOptions(BaseModel):
     word_timestamps: bool = False
     initial_prompt: str | None = Field(default=None, max_length=1000)
     #: Decode chunk after chunk, each conditioned on the text before it (whisper's own loop),
-    #: instead of batching the chunks: see the README for when that is worth its cost.
+    #: instead of batching the chunks: see docs/engine.md for when that is worth its cost.
     condition_on_previous_text: bool = False
     #: How SRT and VTT results are cut into cues unless a download asks otherwise.
     subtitles: SubtitleOptions = SubtitleOptions()

@@ -41,8 +41,8 @@ MARKER = ".whisper-api/stack-id"
 LOST = (
     "the service's Redis has lost its data (API keys, jobs and queue entries): it restarted "
     "without persistence, was flushed, or a replica without the data took over; an operator "
-    "must restore it or acknowledge the loss (`whisper-api storage orphans --remove`, README "
-    "'Persistence')"
+    "must restore it or acknowledge the loss (`whisper-api storage orphans --remove`, "
+    "docs/reliability.md 'Persistence')"
 )
 
 _seen: set[str] = set()

@@ -138,7 +138,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 #: The engines the exact-output tests run on (WHISPER_ENGINE), and their settings. faster-whisper
-#: runs float32 there: int8 may move a word boundary by one 20 ms frame (README, "Engines"),
+#: runs float32 there: int8 may move a word boundary by one 20 ms frame (docs/engine.md, "Engines"),
 #: which tests/integration/test_engine_jobs.py asserts on its own.
 ENGINES: dict[str, dict[str, str]] = {
     "openai-whisper": {"WHISPER_ENGINE": "openai-whisper"},

@@ -33,7 +33,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 def compute_type(setting: str, device: str) -> str:
     """``auto``: float16 on CUDA (as whisper itself runs there); on the CPU bfloat16 where it has
     AMX (whisper's CPU float32 is only there for want of half precision: bfloat16 is to AMX what
-    float16 is to a GPU, and 1.8-2.1x faster here, README "Engines"), else float32."""
+    float16 is to a GPU, and 1.8-2.1x faster here, docs/engine.md "Engines"), else float32."""
     if setting == "auto":
         if device == "cuda":
             return "float16"

@@ -1,5 +1,5 @@
-"""The README's "Migrating from the Go service" calls, run verbatim by bash against the served
-functions: each must succeed and answer what the old service's clients parse."""
+"""The docs' "Migrating from the Go service" calls (docs/clients.md), run verbatim by bash against
+the served functions: each must succeed and answer what the old service's clients parse."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import requests
 
 pytestmark = pytest.mark.e2e
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "clients.md"
 
 
 def _migration_commands() -> list[str]:
-    section = README.read_text().split("## Migrating from the Go service", 1)[1]
+    section = PAGE.read_text().split("## Migrating from the Go service", 1)[1]
     block = section.split("```sh\n", 1)[1].split("```", 1)[0]
     joined = re.sub(r"\\\n\s*", "", block)  # one line per command
     return [line for line in joined.splitlines() if line.startswith("curl ")]

@@ -22,7 +22,7 @@ def _post(client, headers, audio: bytes, **fields):
 def test_int8_moves_a_word_boundary_by_one_frame_at_most_and_nothing_else(
     env, jobs_client, bearer, r, store, speech_wav
 ):
-    """The documented difference (README, "Engines"): faster-whisper's default compute type on
+    """The documented difference (docs/engine.md, "Engines"): faster-whisper's default compute type on
     the CPU, int8, gives the same text, tokens and segments; word times within 20 ms."""
     results = {}
     for name, overrides in (("openai-whisper", {}), ("int8", {"WHISPER_ENGINE": "faster-whisper"})):
