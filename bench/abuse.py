@@ -31,11 +31,13 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.procs import tree_rss_bytes
-from devtools.devstack import free_port, start_gateway, start_redis, start_s3, tone_wav
-from shared import credentials, keys
-from shared.dispatcher import Dispatcher
-from shared.settings import StorageSettings, WebhookSettings
-from shared.storage import BlobStore
+from devtools.devstack import start_gateway, start_redis, start_s3, tone_wav
+from devtools.ports import free_port
+from shared.api import credentials
+from shared.core import keys
+from shared.core.settings import StorageSettings, WebhookSettings
+from shared.core.storage import BlobStore
+from shared.delivery.dispatcher import Dispatcher
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -39,11 +39,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from devtools.audio import speech_mp3, speech_wav
 from devtools.demo_model import build_checkpoint
-from devtools.devstack import free_port, start_gateway, start_redis, start_s3
-from shared import credentials, keys, metrics
-from shared.settings import StorageSettings
-from shared.storage import BlobStore
-from shared.worker import DUPLICATE_RESULTS
+from devtools.devstack import start_gateway, start_redis, start_s3
+from devtools.ports import free_port
+from shared.api import credentials
+from shared.core import keys
+from shared.core.settings import StorageSettings
+from shared.core.storage import BlobStore
+from shared.ops import metrics
+from shared.transcribe.worker import DUPLICATE_RESULTS
 
 TERMINAL = {"completed", "failed", "canceled"}
 
@@ -147,7 +150,7 @@ class Stack:
         return [w for w in self.workers if w.pid in pids and w.poll() is None]
 
     def completed(self) -> int:
-        """Jobs completed so far (the service's own counter, shared.metrics); -1 while Redis is down."""
+        """Jobs completed so far (the service's own counter, shared.ops.metrics); -1 while Redis is down."""
         try:
             return int(float(metrics.figures(self.client()).get("jobs_total|completed|demo", 0)))
         except redis.RedisError:

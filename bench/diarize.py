@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.der import score
 from devtools.conversation import conversation, write_wav
-from shared.engine.models import in_own_thread as solo
+from shared.engine.loader import in_own_thread as solo
 
 
 def diarize_file(
@@ -116,7 +116,7 @@ def cost(sizes: list[str], seconds: float, runs: int, work: Path) -> None:
 
 
 def _job(engine: object, path: Path, size: str, diarize: bool) -> int:
-    from shared.models import JobOptions
+    from shared.jobs.models import JobOptions
 
     options = JobOptions(model=size, diarize=diarize)
     result = engine.transcribe(str(path), options, expected_seconds=None, max_seconds=1e9)  # type: ignore[attr-defined]

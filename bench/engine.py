@@ -30,7 +30,7 @@ jemalloc preloaded and libgomp's wait policy (``shared.engine.process``);
 Every contender computes on a thread of its own, and no other thread that has run torch's
 kernels is alive meanwhile (engines' batchers are stopped between runs): a process with more
 OpenMP thread teams than cores runs every small kernel several times slower
-(``shared.engine.models.in_own_thread``), which would handicap whoever runs second.
+(``shared.engine.loader.in_own_thread``), which would handicap whoever runs second.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from devtools.audio import speech_mp3
 from devtools.demo_model import build_checkpoint, build_sized_checkpoint
-from shared.engine.models import in_own_thread as solo  # the only thread computing: see above
+from shared.engine.loader import in_own_thread as solo  # the only thread computing: see above
 
 #: What every generated checkpoint says in each 30-second window: about 100 tokens, like speech.
 SCRIPT: tuple[tuple[float, float, str], ...] = (
@@ -69,9 +69,9 @@ def _engine(model_dir: Path, batch: int, engine: str = "openai-whisper", compute
     """An engine as a CPU worker builds it; ``batch`` 0: the worker's default batch for it."""
     import torch
 
-    from shared.engine.models import ModelCache
+    from shared.core.settings import WorkerSettings
+    from shared.engine.loader import ModelCache
     from shared.engine.pipeline import Engine
-    from shared.settings import WorkerSettings
 
     settings = WorkerSettings(
         whisper_model_dir=model_dir,
@@ -86,7 +86,7 @@ def _engine(model_dir: Path, batch: int, engine: str = "openai-whisper", compute
 
 
 def _run_engine(engine: object, path: Path, size: str) -> int:
-    from shared.models import JobOptions
+    from shared.jobs.models import JobOptions
 
     # ``partial``: the worker's progress inside a batch (its Redis write left out).
     result = engine.transcribe(  # type: ignore[attr-defined]
@@ -265,7 +265,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     if allocator() == "libc":
-        bound_heap()  # the worker's heap settings without jemalloc (shared.worker.build)
+        bound_heap()  # the worker's heap settings without jemalloc (shared.transcribe.worker.build)
     if args.rss_child:
         rss_child(*args.rss_child)
         return

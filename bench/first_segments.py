@@ -19,10 +19,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from devtools.audio import speech_mp3
 from devtools.demo_model import build_sized_checkpoint
-from shared.engine.models import ModelCache
+from shared.core.settings import WorkerSettings
+from shared.engine.loader import ModelCache
 from shared.engine.pipeline import Engine, Progress
-from shared.models import JobOptions
-from shared.settings import WorkerSettings
+from shared.jobs.models import JobOptions
 
 
 def main() -> None:

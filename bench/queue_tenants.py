@@ -22,10 +22,12 @@ sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402
 
-from devtools.devstack import free_port, start_redis, start_redis_cluster  # noqa: E402
-from shared import credentials, jobstore, queue  # noqa: E402
-from shared.models import Job, JobOptions, JobStatus  # noqa: E402
-from shared.redis_client import from_url  # noqa: E402
+from devtools.devstack import start_redis, start_redis_cluster  # noqa: E402
+from devtools.ports import free_port  # noqa: E402
+from shared.api import credentials  # noqa: E402
+from shared.core.redis_client import from_url  # noqa: E402
+from shared.jobs import jobstore, queue  # noqa: E402
+from shared.jobs.models import Job, JobOptions, JobStatus  # noqa: E402
 
 
 def _job(key_id: str) -> Job:

@@ -44,9 +44,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from devtools.audio import speech_mp3, speech_wav
 from devtools.demo_model import build_sized_checkpoint
-from devtools.devstack import free_port, start_gateway, start_redis, start_s3, wait_for_port
-from shared.settings import StorageSettings
-from shared.storage import BlobStore
+from devtools.devstack import start_gateway, start_redis, start_s3
+from devtools.ports import free_port, wait_for_port
+from shared.core.settings import StorageSettings
+from shared.core.storage import BlobStore
 
 RATE = 24_000
 STEP = 0.1  # seconds of audio per append
@@ -173,7 +174,7 @@ class Service:
         worker = subprocess.Popen([sys.executable, "-m", "functions.transcribe.main"], env=self.env)
         self.procs.append(worker)
         wait_for_port(self.rt_port, worker, timeout=300)
-        cli = [sys.executable, "-m", "shared.cli", "keys", "create", "--name", "bench"]
+        cli = [sys.executable, "-m", "shared.cli.admin", "keys", "create", "--name", "bench"]
         out = subprocess.run(cli, env=self.env, capture_output=True, text=True, check=True).stdout
         self.key = out.strip().splitlines()[-1]
         self.base_url = f"http://127.0.0.1:{self.http_port}"

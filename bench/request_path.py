@@ -38,12 +38,14 @@ import redis  # noqa: E402
 import requests  # noqa: E402
 
 from bench.procs import tree_rss_bytes  # noqa: E402
-from devtools.devstack import free_port, start_redis, start_redis_cluster, start_s3, wait_for_port  # noqa: E402
-from shared import credentials, jobstore, queue  # noqa: E402
-from shared.models import Job, JobOptions, JobStatus  # noqa: E402
-from shared.redis_client import from_url  # noqa: E402
-from shared.settings import StorageSettings  # noqa: E402
-from shared.storage import BlobStore  # noqa: E402
+from devtools.devstack import start_redis, start_redis_cluster, start_s3  # noqa: E402
+from devtools.ports import free_port, wait_for_port  # noqa: E402
+from shared.api import credentials  # noqa: E402
+from shared.core.redis_client import from_url  # noqa: E402
+from shared.core.settings import StorageSettings  # noqa: E402
+from shared.core.storage import BlobStore  # noqa: E402
+from shared.jobs import jobstore, queue  # noqa: E402
+from shared.jobs.models import Job, JobOptions, JobStatus  # noqa: E402
 
 HELLO = """
 import functions_framework
@@ -176,7 +178,7 @@ def _job(r: redis.Redis, key_id: str) -> str:
 
 
 def throughput(args: argparse.Namespace, env: dict[str, str], work: Path) -> None:
-    from shared.settings import JwtSettings
+    from shared.core.settings import JwtSettings
 
     r = from_url(env["REDIS_URL"])
     key, _ = credentials.create_key(r, "bench")
@@ -225,7 +227,7 @@ def throughput(args: argparse.Namespace, env: dict[str, str], work: Path) -> Non
 
 
 def uploads(args: argparse.Namespace, env: dict[str, str], work: Path) -> None:
-    from shared.settings import JwtSettings
+    from shared.core.settings import JwtSettings
 
     BlobStore(StorageSettings(s3_endpoint_url=env["S3_ENDPOINT_URL"], s3_bucket="bench")).ensure_bucket()
     r = from_url(env["REDIS_URL"])

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.chaos import Stack
 from devtools.audio import speech_wav
-from shared import credentials
+from shared.api import credentials
 
 
 def cold(model_path: Path, audio: Path, workdir: Path, jobs: int) -> list[float]:

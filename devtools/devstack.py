@@ -14,7 +14,6 @@ import math
 import os
 import secrets
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -27,30 +26,12 @@ from urllib.parse import urlparse
 import redis
 
 from devtools import devstore, gateway_hooks
-from shared import model_ads
-from shared.redis_client import cluster_nodes, is_cluster_url
-from shared.settings import ModelSettings
+from devtools.ports import free_port, wait_for_port
+from shared.core.redis_client import cluster_nodes, is_cluster_url
+from shared.core.settings import ModelSettings
+from shared.ops import model_ads
 
 _DEV_S3_PORT = 9000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def wait_for_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 30) -> None:
-    """Block until something listens on 127.0.0.1:port (or fail if ``proc`` died)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode} before listening")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listened on 127.0.0.1:{port} within {timeout} s")
 
 
 def start_redis(port: int, data_dir: Path, *extra: str) -> subprocess.Popen[bytes]:
@@ -230,11 +211,11 @@ def start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
 
 def start_webhooks(env: dict[str, str]) -> subprocess.Popen[bytes]:
     """A standalone webhook dispatcher (the worker runs one too; claims keep them apart)."""
-    return subprocess.Popen([sys.executable, "-m", "shared.cli", "webhooks"], env=env)
+    return subprocess.Popen([sys.executable, "-m", "shared.cli.admin", "webhooks"], env=env)
 
 
 def _redis_answers(url: str) -> bool:
-    from shared.redis_client import from_url
+    from shared.core.redis_client import from_url
 
     try:
         return bool(from_url(url, timeout=1).ping())
@@ -323,8 +304,8 @@ def run(port: int, data_dir: str) -> int:
 
 
 def _ensure_bucket_and_demo_model(env: dict[str, str], root: Path) -> None:
-    from shared.settings import StorageSettings
-    from shared.storage import BlobStore
+    from shared.core.settings import StorageSettings
+    from shared.core.storage import BlobStore
 
     store = BlobStore(
         StorageSettings(

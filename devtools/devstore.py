@@ -28,8 +28,9 @@ from typing import Any
 
 import redis
 
-from shared import keys
-from shared.redis_client import from_url
+from devtools.ports import wait_for_port
+from shared.core import keys
+from shared.core.redis_client import from_url
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -195,8 +196,6 @@ def main(argv: list[str] | None = None) -> int:
 def start(port: int, state: Path, redis_url: str, buckets: Iterable[str]) -> subprocess.Popen[bytes]:
     """This server as a subprocess, once it listens (``make run`` calls this instead of a bare
     moto server); Redis must already answer at ``redis_url``."""
-    from devtools.devstack import wait_for_port
-
     bucket_args = [arg for name in buckets for arg in ("--bucket", name)]
     command = [sys.executable, "-m", "devtools.devstore", "--port", str(port), "--state", str(state)]
     proc = subprocess.Popen([*command, "--redis-url", redis_url, *bucket_args])

@@ -1,7 +1,7 @@
 """MkDocs hooks (``mkdocs.yml``'s ``hooks:``): the site's OpenAPI reference is the service's own document.
 
-Before each build the document that ``GET /openapi.json`` serves (``shared.openapi``, read from
-``shared/openapi.yaml``) is written to ``docs/reference/openapi.json`` (ignored by git), which
+Before each build the document that ``GET /openapi.json`` serves (``shared.api.openapi``, read from
+``shared/api/openapi.yaml``) is written to ``docs/reference/openapi.json`` (ignored by git), which
 ``docs/reference/openapi.md`` renders with neoteroi-mkdocs's OAD plugin and offers for download.
 No server runs, and a document that does not parse fails the build.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from shared import openapi
+from shared.api import openapi
 
 #: Where the reference page finds the document, relative to ``docs_dir``.
 DOCUMENT = Path("reference") / "openapi.json"

@@ -24,8 +24,8 @@ from gunicorn.http.errors import LimitRequestHeaders, LimitRequestLine
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from functions import long_answers, realtime_relay
-from shared import edge
-from shared.settings import EdgeSettings, GatewaySettings
+from shared.api import edge
+from shared.core.settings import EdgeSettings, GatewaySettings
 
 _HERE = Path(__file__).parent
 _gateway_settings = lru_cache(maxsize=1)(GatewaySettings)
@@ -92,9 +92,9 @@ class ProblemWorker(ThreadWorker):  # type: ignore[misc]
     - a request waits *parked* in the worker's main loop, costing a socket and a buffer but no
       thread, until its head and (up to ``MAX_BODY_BYTES``) its body have arrived, as nginx's
       request buffering does; a head late past ``HEADER_TIMEOUT_SECONDS`` after its first
-      byte, or a small body late past its deadline (``shared.edge.BodyPolicy``), is answered
+      byte, or a small body late past its deadline (``shared.api.edge.BodyPolicy``), is answered
       408 from that loop. A slowloris or a trickled small body never reaches a thread; an
-      upload does at once and streams there, paced (``shared.edge.PacedSocket``);
+      upload does at once and streams there, paced (``shared.api.edge.PacedSocket``);
     - a connection closed after its answer lingers in that loop (``linger``): what the client
       still sends is dropped, so the close is a FIN, not an RST that would lose the answer;
     - an over-long request line or header block is answered with a problem document.

@@ -2,7 +2,7 @@
 
 ``gunicorn --worker-class functions.long_answers.LongAnswerWorker functions.gateway:app``
 serves the same app as the threaded gateway under gevent, for the routes whose answer may last
-(``shared.edge.long_lived``: event streams, synchronous ``/asr`` and ``/v1`` waits, uploads and
+(``shared.api.edge.long_lived``: event streams, synchronous ``/asr`` and ``/v1`` waits, uploads and
 ``audio_url`` downloads). An open one costs a socket and a greenlet, so one process holds
 thousands. It is reached two ways:
 
@@ -90,11 +90,11 @@ def receive_handoff(link: socket.socket) -> tuple[socket.socket, Any, bytes]:
 
 class LongAnswerWorker(GeventWorker):  # type: ignore[misc]
     """gunicorn's gevent worker whose connections are paced like the threaded gateway's
-    (``shared.edge.PacedSocket``: a body keeps its deadline and minimum rate) and which takes
+    (``shared.api.edge.PacedSocket``: a body keeps its deadline and minimum rate) and which takes
     connections handed over on a Unix listener (``receive_handoff``)."""
 
     def handle(self, listener: socket.socket, client: socket.socket, addr: Any) -> None:
-        from shared import edge  # after patch_all (see the module's docstring)
+        from shared.api import edge
 
         early = b""
         if listener.family == socket.AF_UNIX:

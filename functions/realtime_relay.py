@@ -17,7 +17,7 @@ import socket
 from collections.abc import Iterable
 from typing import Any
 
-from shared.settings import GatewaySettings
+from shared.core.settings import GatewaySettings
 
 PATH = "/v1/realtime"
 #: A relayed connection with no traffic either way this long is closed (the worker's own idle

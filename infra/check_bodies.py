@@ -1,6 +1,6 @@
 """Request body limits per route are the same at every edge (issue #11, point 1).
 
-The functions' own limits (``shared/edge.py``: ``MAX_BODY_BYTES`` everywhere, the upload
+The functions' own limits (``shared/api/edge.py``: ``MAX_BODY_BYTES`` everywhere, the upload
 routes more) are the reference. ``infra/gateway/nginx.conf`` (compose) must give each route
 the same limit, and so must the Kubernetes Gateway: its two HTTPRoutes split the upload routes
 from the rest, and the components for NGINX Gateway Fabric and Envoy Gateway attach the limits
@@ -75,9 +75,9 @@ class NginxConf:
 
 
 def upload_paths() -> list[str]:
-    """Every path that ``shared.edge`` treats as an upload, with and without its trailing slash
+    """Every path that ``shared.api.edge`` treats as an upload, with and without its trailing slash
     (the functions take both)."""
-    from shared import edge
+    from shared.api import edge
 
     return sorted(p + tail for _, p in edge.UPLOAD_ROUTES for tail in ("", "/"))
 
@@ -91,7 +91,7 @@ def nginx_problems(small: int, big: int) -> list[str]:
 
 def route_problems(docs: list[dict[str, Any]]) -> list[str]:
     """The uploads HTTPRoute holds exactly the upload routes (POST, exact paths)."""
-    from shared import edge
+    from shared.api import edge
 
     routes = {d["metadata"]["name"]: d for d in docs if d.get("kind") == "HTTPRoute"}
     if UPLOADS_ROUTE not in routes:
@@ -157,8 +157,8 @@ def expected_limits() -> tuple[int, int]:
     """(small, big): ``MAX_BODY_BYTES``'s default, and the upload routes' limit as nginx.conf
     sets it for ``POST /transcribe``, which must leave room for ``MAX_UPLOAD_BYTES``'s default
     and the form around the file (so the functions, not the gateway, refuse an oversize file)."""
-    from shared import edge
-    from shared.settings import JobsSettings
+    from shared.api import edge
+    from shared.core.settings import JobsSettings
 
     small = JobsSettings.model_fields["max_body_bytes"].default
     big = NginxConf(NGINX_CONF.read_text()).limit("/transcribe")

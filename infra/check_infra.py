@@ -63,7 +63,7 @@ INFRA_VARIABLES = {
 def code_settings() -> set[str]:
     """Every environment variable the service reads, from the settings classes themselves."""
     sys.path.insert(0, str(ROOT))
-    from shared import settings
+    from shared.core import settings
 
     classes = (settings.AuthSettings, settings.JobsSettings, settings.WorkerSettings)
     classes += (settings.RealtimeSettings, settings.GatewaySettings)
@@ -472,7 +472,7 @@ def check_body_limits(report: Report, docs: list[tuple[str, int, Any]]) -> None:
         report.check("body limits: nginx.conf's upload limit", [str(exc)])
         return
     report.run(
-        f"infra/gateway/nginx.conf: {big} bytes on the upload routes (shared/edge.py), {small} elsewhere",
+        f"infra/gateway/nginx.conf: {big} bytes on the upload routes (shared/api/edge.py), {small} elsewhere",
         lambda: check_bodies.nginx_problems(small, big),
     )
     report.run(

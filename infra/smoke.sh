@@ -96,8 +96,8 @@ wait_http "http://127.0.0.1:$S3_PORT/"
 chmod 644 "$WORK/models/demo.pt"
 podman run --rm --network=host "${LIMITS[@]}" "${ENV_ARGS[@]}" "$PREFIX/worker:cpu" sh -c '
   python -c "
-from shared.settings import StorageSettings
-from shared.storage import BlobStore
+from shared.core.settings import StorageSettings
+from shared.core.storage import BlobStore
 s = StorageSettings()
 for bucket in (s.s3_bucket, s.s3_inbox_bucket):
     BlobStore(s, bucket).ensure_bucket()

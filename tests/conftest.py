@@ -20,8 +20,9 @@ import pytest
 import redis
 
 from devtools import audio as test_audio
-from devtools.devstack import free_port, start_redis, start_redis_cluster, start_s3
-from shared.settings import StorageSettings
+from devtools.devstack import start_redis, start_redis_cluster, start_s3
+from devtools.ports import free_port
+from shared.core.settings import StorageSettings
 from tests import budget
 
 BUCKET = "test-bucket"
@@ -85,7 +86,7 @@ def own_stack(
     request: pytest.FixtureRequest, env: dict[str, str], db: int, data_dir: Path
 ) -> Iterator[dict[str, str]]:
     """An empty Redis of the session's kind and a bucket of their own, for one group of processes
-    (one stack, shared.stack): database ``db`` of the session's single server, or a cluster of
+    (one stack, shared.ops.stack): database ``db`` of the session's single server, or a cluster of
     its own (a cluster has one database). The settings that name them."""
     bucket = own_bucket(env)
     if request.config.getoption("--redis") == "cluster":
@@ -101,7 +102,7 @@ def own_stack(
 
 def own_bucket(env: dict[str, str]) -> str:
     """A new empty bucket on the session's S3 server (a stack of its own keeps its own)."""
-    from shared.storage import BlobStore
+    from shared.core.storage import BlobStore
 
     bucket = f"{BUCKET}-{time.monotonic_ns()}"
     BlobStore(_storage_settings(env["S3_ENDPOINT_URL"]), bucket).ensure_bucket()
@@ -116,7 +117,7 @@ def _storage_settings(endpoint: str) -> StorageSettings:
 
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
-    from shared.storage import BlobStore
+    from shared.core.storage import BlobStore
 
     port = free_port()
     proc = start_s3(port)

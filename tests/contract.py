@@ -1,4 +1,4 @@
-"""Checking real responses against the OpenAPI document (``shared/openapi.yaml``).
+"""Checking real responses against the OpenAPI document (``shared/api/openapi.yaml``).
 
 Used by the integration and end-to-end tests: a response whose status, content type or body
 the document does not describe fails the test that received it.
@@ -13,7 +13,7 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from shared import openapi
+from shared.api import openapi
 
 _DOC_URI = "urn:whisper-api:openapi"
 

@@ -10,12 +10,13 @@ from flask import Request, Response, current_app, has_app_context
 from pydantic import BaseModel, ConfigDict
 from werkzeug.exceptions import MethodNotAllowed
 
-from shared import access, credentials, edge, fairuse, parsing, stack
-from shared.errors import NotFoundError, UnauthorizedError, ValidationError
-from shared.http import guarded, json_response, to_response
-from shared.logs import configure_logging
-from shared.redis_client import connect
-from shared.settings import auth_settings
+from shared.api import access, credentials, edge, gate, parsing
+from shared.api.http import guarded, json_response, to_response
+from shared.core.errors import NotFoundError, UnauthorizedError, ValidationError
+from shared.core.logs import configure_logging
+from shared.core.redis_client import connect
+from shared.core.settings import auth_settings
+from shared.ops import stack
 
 # Building settings fails start-up on a bad JWT_SECRET.
 configure_logging(auth_settings().log_level, auth_settings().log_format)
@@ -31,7 +32,7 @@ class TokenRequest(BaseModel):
 def _token_request_body(request: Request) -> Any:
     # JSON whatever the Content-Type says (`curl -d '{...}'` without -H labels it a form, and
     # old clients of the Go service may send it so), else a form field. Malformed JSON labelled
-    # as JSON is a 422 (shared.parsing).
+    # as JSON is a 422 (shared.api.parsing).
     if request.is_json:
         return parsing.json_body(request)
     try:
@@ -59,9 +60,7 @@ def auth(request: Request) -> Response:
     r = connect(settings)
     client = parsing.client_address(request, settings.proxy_hops)
     try:
-        key = fairuse.admit(
-            r, settings, client, payload.api_key, functools.partial(credentials.verify_key, r)
-        )
+        key = gate.admit(r, settings, client, payload.api_key, functools.partial(credentials.verify_key, r))
     except UnauthorizedError as exc:
         if str(exc) == "unknown API key":  # a well-formed key Redis does not hold: may have forgotten
             stack.raise_if_lost(r, None)

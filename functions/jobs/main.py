@@ -20,46 +20,39 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, MapAdapter, Rule
 
-from shared import (
+from shared.api import (
     access,
     asr_compat,
     credentials,
     edge,
-    events,
-    fairuse,
-    fetch,
-    health,
+    gate,
     inbox,
-    job_service,
-    jobstore,
-    keys,
-    metrics,
     openai_compat,
     openai_stream,
     openapi,
     parsing,
-    quota,
-    stack,
     storage_events,
-    usage,
-    webhooks,
     webpage,
 )
-from shared.clients import jobs_clients
-from shared.credentials import ApiKey
-from shared.errors import UnauthorizedError, ValidationError
-from shared.http import guarded, json_response, query_args, to_response
-from shared.logs import configure_logging
-from shared.models import SUBTITLE_FIELDS, JobOptions, Task, TranscriptResult, Upload
-from shared.settings import JobsSettings, jobs_settings
-from shared.uploads import audio_file, receive
+from shared.api.credentials import ApiKey
+from shared.api.http import guarded, json_response, query_args, to_response
+from shared.api.uploads import audio_file, receive
+from shared.core import keys
+from shared.core.clients import jobs_clients
+from shared.core.errors import UnauthorizedError, ValidationError
+from shared.core.logs import configure_logging
+from shared.core.settings import JobsSettings, jobs_settings
+from shared.delivery import fetch, webhooks
+from shared.jobs import events, job_service, jobstore, quota, usage
+from shared.jobs.models import SUBTITLE_FIELDS, JobOptions, Task, TranscriptResult, Upload
+from shared.ops import health, metrics, stack
 
 # Building settings fails start-up on a bad JWT_SECRET.
 configure_logging(jobs_settings().log_level, jobs_settings().log_format)
 
 
 def _refuse(path: str, exc: Exception) -> Response:
-    """An error answered before the app runs (shared.edge), in the route's error shape."""
+    """An error answered before the app runs (shared.api.edge), in the route's error shape."""
     if path == "/v1" or path.startswith("/v1/"):
         return openai_compat.error_response(exc)
     return to_response(exc)
@@ -85,7 +78,7 @@ def _admit(request: Request, read: str | None = None) -> tuple[ApiKey, str | Non
     client = parsing.client_address(request, c.settings.proxy_hops)
     token = credentials.bearer(request.headers.get("Authorization"))
     try:
-        key, value = fairuse.admit_token(c.redis, c.settings, c.settings, client, token, read)
+        key, value = gate.admit_token(c.redis, c.settings, c.settings, client, token, read)
     except UnauthorizedError as exc:
         if str(exc) == credentials.REVOKED:  # a well-signed token's key is gone: Redis may have forgotten
             stack.raise_if_lost(c.redis, c.store)
@@ -99,7 +92,7 @@ def create_job(request: Request) -> Response:
         return create_job_from_url(request)
     key = _caller(request)
     settings = jobs_settings()
-    # The longest an upload may take at the slowest pace the edge allows (shared.edge).
+    # The longest an upload may take at the slowest pace the edge allows (shared.api.edge).
     longest = settings.body_timeout_seconds + settings.max_upload_bytes / settings.body_min_bytes_per_second
     with (
         _concurrent(key, keys.uploads_in_flight(key.id), "uploads-in-flight", longest),
@@ -142,7 +135,7 @@ def _concurrent(key: ApiKey, name: str, policy: str, longest_seconds: float) -> 
         "url-downloads": c.settings.max_url_downloads_per_key,
         "event-streams": c.settings.max_event_streams_per_key,
     }[policy]
-    return fairuse.concurrent(c.redis, name, policy, limit, longest_seconds)
+    return gate.concurrent(c.redis, name, policy, limit, longest_seconds)
 
 
 def _submit(
@@ -253,7 +246,7 @@ def name_speakers(request: Request, job_id: str) -> Response:
 
 
 def job_events(request: Request, job_id: str) -> Response:
-    """Server-Sent Events of one job: replayed, then live, until it ends (``shared.events``)."""
+    """Server-Sent Events of one job: replayed, then live, until it ends (``shared.jobs.events``)."""
     key = _caller(request)
     c = jobs_clients()
     settings, r = c.settings, c.redis
@@ -376,7 +369,7 @@ def _openai_audio(request: Request, task: Task) -> Response:
     limits = quota.limits(settings, key.limits)
     with ExitStack() as held:
         # The slot is taken before the upload is read: a key's extra calls cost nothing.
-        held.enter_context(fairuse.sync_wait(r, key.id, limits, settings.openai_wait_seconds))
+        held.enter_context(gate.sync_wait(r, key.id, limits, settings.openai_wait_seconds))
         with receive(request, settings.max_upload_bytes, file_field="file") as form:
             audio = openai_compat.parse_request(form.fields, task, settings)
             upload = audio_file(form, "file", settings.max_upload_bytes)
@@ -418,7 +411,7 @@ def _asr_job(
     # Synchronous like /v1: the key's concurrent waits are capped before the upload is read.
     limits = quota.limits(settings, key.limits)
     with (
-        fairuse.sync_wait(c.redis, key.id, limits, settings.asr_wait_seconds),
+        gate.sync_wait(c.redis, key.id, limits, settings.asr_wait_seconds),
         receive(request, settings.max_upload_bytes, file_field=asr_compat.FILE_FIELD) as form,
     ):
         upload = audio_file(form, asr_compat.FILE_FIELD, settings.max_upload_bytes)

@@ -20,12 +20,12 @@ from functools import lru_cache
 import functions_framework
 from cloudevents.http.event import CloudEvent
 
-from shared import push_events
+from shared.core.logs import configure_logging
+from shared.core.settings import realtime_settings, worker_settings
 from shared.engine import process
-from shared.logs import configure_logging
 from shared.realtime.server import RealtimeServer
-from shared.settings import realtime_settings, worker_settings
-from shared.worker import Worker, build
+from shared.transcribe import push_events
+from shared.transcribe.worker import Worker, build
 
 log = logging.getLogger("whisper_api.transcribe")
 

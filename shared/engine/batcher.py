@@ -39,7 +39,7 @@ from whisper.tokenizer import Tokenizer, get_tokenizer
 
 from shared.engine.chunker import Chunk
 from shared.engine.decoder import Decoded
-from shared.engine.models import ModelCache
+from shared.engine.loader import ModelCache
 from shared.engine.pcm import SAMPLE_RATE
 from shared.engine.segments import split
 
@@ -256,30 +256,36 @@ class Batcher:
                     break
             if self._live_waiting():
                 return self._take_live([f for f in self._feeds.values() if f.waiting])
-            feeds = [f for f in self._feeds.values() if f.waiting]
-            order = sorted(feeds, key=lambda f: (f.id <= self._turn, f.id))  # round-robin
-            size = self.batch_size
-            now = time.monotonic()
-            if any(f.live and f.speaking_until > now for f in self._feeds.values()):
-                size = min(size, LIVE_BATCH_CAP)
-            batch: list[_Request] = []
-            counts: dict[int, int] = {}
-            while len(batch) < size:
-                took = False
-                for feed in order:
-                    if feed.decoded == 0 and counts.get(feed.id) and not key.detect_only:
-                        continue  # a job's first batch: one of its chunks
-                    if feed.waiting and feed.waiting[0].key == key and len(batch) < size:
-                        batch.append(feed.waiting.popleft())
-                        counts[feed.id] = counts.get(feed.id, 0) + 1
-                        self._turn, took = feed.id, True
-                if not took:
-                    break
-            if not key.detect_only:
-                for feed in order:
-                    feed.decoded += feed.id in counts
+            batch = self._fill(key)
             self._cond.notify_all()  # feeds have room again
             return [r for r in batch if r.future.set_running_or_notify_cancel()]
+
+    def _fill(self, key: BatchKey) -> list[_Request]:
+        """A batch of ``key`` chunks, taken round-robin from the feeds (lock held); a job's
+        first batch takes one of its chunks."""
+        feeds = [f for f in self._feeds.values() if f.waiting]
+        order = sorted(feeds, key=lambda f: (f.id <= self._turn, f.id))  # round-robin
+        size = self.batch_size
+        now = time.monotonic()
+        if any(f.live and f.speaking_until > now for f in self._feeds.values()):
+            size = min(size, LIVE_BATCH_CAP)
+        batch: list[_Request] = []
+        counts: dict[int, int] = {}
+        while len(batch) < size:
+            took = False
+            for feed in order:
+                if feed.decoded == 0 and counts.get(feed.id) and not key.detect_only:
+                    continue  # a job's first batch: one of its chunks
+                if feed.waiting and feed.waiting[0].key == key and len(batch) < size:
+                    batch.append(feed.waiting.popleft())
+                    counts[feed.id] = counts.get(feed.id, 0) + 1
+                    self._turn, took = feed.id, True
+            if not took:
+                break
+        if not key.detect_only:
+            for feed in order:
+                feed.decoded += feed.id in counts
+        return batch
 
     def _live_waiting(self) -> bool:
         return any(f.live and f.waiting for f in self._feeds.values())

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from shared.audio import input_args
-from shared.errors import JobError, PermanentJobError
+from shared.core.errors import JobError, PermanentJobError
+from shared.jobs.audio import input_args
 
 SAMPLE_RATE = 16_000
 #: Bytes per read: 256 VAD frames of 512 samples (about 8 s of audio).

@@ -12,14 +12,14 @@ from typing import Any
 import numpy as np
 import whisper
 
+from shared.core.errors import JobError
 from shared.engine import speakers
 from shared.engine.batcher import Batcher, BatchKey, ChunkResult
 from shared.engine.chunker import Chunk, Chunker
 from shared.engine.diarizer import Diarizer, SpeakerEncoder
-from shared.engine.models import ModelCache, in_own_thread
+from shared.engine.loader import ModelCache, in_own_thread
 from shared.engine.pcm import SAMPLE_RATE, PcmStream
-from shared.errors import JobError
-from shared.models import JobOptions, Segment, TranscriptResult, Word
+from shared.jobs.models import JobOptions, Segment, TranscriptResult, Word
 
 #: transcribe() stops conditioning on earlier text after a chunk decoded this hot.
 _PROMPT_RESET_TEMPERATURE = 0.5

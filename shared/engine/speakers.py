@@ -11,7 +11,7 @@ import bisect
 from collections.abc import Sequence
 
 from shared.engine.diarizer import Turn
-from shared.models import Segment, TranscriptResult, Word
+from shared.jobs.models import Segment, TranscriptResult, Word
 
 
 class _Timeline:

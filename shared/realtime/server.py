@@ -4,7 +4,7 @@ by the worker process that holds the model (an asyncio ``websockets`` server on 
 The handshake is admitted like any request: a bearer credential (API key or token) in the
 ``Authorization`` header, or, from a browser (which cannot set headers on a WebSocket), in the
 ``openai-insecure-api-key.<credential>`` subprotocol; failed attempts and the key's rate limit
-count as in ``shared.fairuse``, and each key holds at most ``MAX_LIVE_SESSIONS_PER_KEY``
+count as in ``shared.api.gate``, and each key holds at most ``MAX_LIVE_SESSIONS_PER_KEY``
 sessions. The audio streamed counts against the key's daily audio quota.
 
 Each committed utterance goes to the engine's batcher on the session's live feed, which the
@@ -29,14 +29,14 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from shared import credentials, fairuse
-from shared.credentials import ApiKey
+from shared.api import credentials, gate
+from shared.api.credentials import ApiKey
+from shared.api.parsing import forwarded_client
+from shared.core.errors import ClientError, TooManyRequestsError
+from shared.core.settings import RealtimeSettings
 from shared.engine.pipeline import Engine
-from shared.errors import ClientError, TooManyRequestsError
-from shared.parsing import forwarded_client
 from shared.realtime.protocol import new_id
 from shared.realtime.session import LiveSession
-from shared.settings import RealtimeSettings
 
 log = logging.getLogger("whisper_api.realtime")
 
@@ -141,13 +141,11 @@ class RealtimeServer:
 
     def _open(self, client: str, credential: str) -> tuple[ApiKey, str]:
         settings, r = self.settings, self.r
-        key = fairuse.admit(
+        key = gate.admit(
             r, settings, client, credential, lambda c: credentials.verify_key_or_token(settings, r, c)
         )
         session_id = new_id("sess")
-        fairuse.open_live_session(
-            r, key.id, session_id, settings.max_live_sessions_per_key, self.lease_seconds
-        )
+        gate.open_live_session(r, key.id, session_id, settings.max_live_sessions_per_key, self.lease_seconds)
         return key, session_id
 
     @property
@@ -168,6 +166,6 @@ class RealtimeServer:
 
     def _close(self, key_id: str, session_id: str) -> None:
         try:
-            fairuse.close_live_session(self.r, key_id, session_id)
+            gate.close_live_session(self.r, key_id, session_id)
         except redis.RedisError as exc:  # the lease expires on its own
             log.warning("realtime: could not free session %s: %s", session_id, exc)

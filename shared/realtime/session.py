@@ -10,7 +10,7 @@ import binascii
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import pydantic
 import redis
@@ -18,18 +18,31 @@ import whisper
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from shared import fairuse, model_ads, quota
-from shared.credentials import ApiKey
+from shared.api import gate
+from shared.api.credentials import ApiKey
+from shared.core.errors import TooManyRequestsError
+from shared.core.settings import RealtimeSettings
 from shared.engine.batcher import BatchKey
 from shared.engine.chunker import Chunk
 from shared.engine.pcm import SAMPLE_RATE
-from shared.errors import TooManyRequestsError
+from shared.engine.pipeline import Engine
+from shared.jobs import quota
+from shared.ops import model_ads
 from shared.realtime.audio import Decoder
 from shared.realtime.protocol import OPENAI_MODELS, SessionConfig, error, event
 from shared.realtime.turns import Turns, Utterance
 
-if TYPE_CHECKING:
-    from shared.realtime.server import RealtimeServer
+
+class SessionHost(Protocol):
+    """What a session uses of the server that accepted it (``RealtimeServer``)."""
+
+    settings: RealtimeSettings
+    r: redis.Redis
+    engine: Engine
+
+    @property
+    def lease_seconds(self) -> float: ...
+
 
 log = logging.getLogger("whisper_api.realtime")
 
@@ -50,7 +63,7 @@ class _EndSessionError(Exception):
 
 
 class LiveSession:
-    def __init__(self, server: RealtimeServer, ws: ServerConnection, key: ApiKey, session_id: str) -> None:
+    def __init__(self, server: SessionHost, ws: ServerConnection, key: ApiKey, session_id: str) -> None:
         self.server, self.ws, self.key, self.id = server, ws, key, session_id
         self.settings = server.settings
         self.config = SessionConfig()
@@ -219,7 +232,7 @@ class LiveSession:
         if seconds:
             quota.count_live_audio(r, key_id, self.limits, seconds)
         if renew:
-            fairuse.renew_live_session(r, key_id, self.id, self.server.lease_seconds)
+            gate.renew_live_session(r, key_id, self.id, self.server.lease_seconds)
             self.renewed = time.monotonic()
 
     # ---- transcription --------------------------------------------------------------------

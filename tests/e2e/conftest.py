@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 import requests
 
-from devtools.devstack import free_port, start_gateway, start_worker
+from devtools.devstack import start_gateway, start_worker
+from devtools.ports import free_port
 from tests import budget
 from tests.conftest import ENGINES, own_stack
 
@@ -29,7 +30,7 @@ class Service:
 
     def cli(self, *args: str) -> str:
         done = subprocess.run(
-            [sys.executable, "-m", "shared.cli", *args],
+            [sys.executable, "-m", "shared.cli.admin", *args],
             env=self.env,
             capture_output=True,
             text=True,

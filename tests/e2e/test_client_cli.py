@@ -28,13 +28,17 @@ def client_env(service) -> dict[str, str]:
 
 def _run(env: dict[str, str], *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "shared.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "shared.cli.admin", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
 def _start(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", *args],
+        [sys.executable, "-m", "shared.cli.admin", *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

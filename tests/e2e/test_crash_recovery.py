@@ -10,10 +10,11 @@ import time
 import pytest
 import requests
 
-from devtools.devstack import free_port, start_gateway, start_worker
-from shared.redis_client import connect
-from shared.settings import RedisSettings
-from shared.worker import DUPLICATE_RESULTS
+from devtools.devstack import start_gateway, start_worker
+from devtools.ports import free_port
+from shared.core.redis_client import connect
+from shared.core.settings import RedisSettings
+from shared.transcribe.worker import DUPLICATE_RESULTS
 from tests import budget
 from tests.conftest import own_stack
 

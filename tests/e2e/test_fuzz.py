@@ -17,7 +17,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.config import SchemathesisConfig
 
-from shared import openapi
+from shared.api import openapi
 
 pytestmark = pytest.mark.e2e
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from shared import model_ads
-from shared.redis_client import from_url
+from shared.core.redis_client import from_url
+from shared.ops import model_ads
 from tests import budget
 
 pytestmark = pytest.mark.e2e

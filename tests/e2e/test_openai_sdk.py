@@ -14,8 +14,8 @@ import pytest
 import requests
 from openai import AsyncOpenAI, OpenAI
 
-from shared import model_ads
-from shared.redis_client import from_url
+from shared.core.redis_client import from_url
+from shared.ops import model_ads
 from tests import budget, contract
 from tests.e2e.test_service import SRT, TEXT, VTT
 

@@ -27,7 +27,8 @@ from websockets.sync.client import ClientConnection, connect
 
 from devtools import audio as test_audio
 from devtools.demo_model import DEFAULT_SEGMENTS
-from devtools.devstack import free_port, start_gateway, start_worker, wait_for_port
+from devtools.devstack import start_gateway, start_worker
+from devtools.ports import free_port, wait_for_port
 from tests import budget
 from tests.conftest import own_stack
 
@@ -46,7 +47,7 @@ class Live:
     env: dict[str, str]
 
     def key(self, name: str, *limits: str) -> str:
-        cli = [sys.executable, "-m", "shared.cli", "keys"]
+        cli = [sys.executable, "-m", "shared.cli.admin", "keys"]
         run = {"env": self.env, "capture_output": True, "text": True, "check": True, "timeout": 60}
         key = subprocess.run([*cli, "create", "--name", name], **run).stdout.strip().splitlines()[-1]  # type: ignore[call-overload]
         if limits:

@@ -13,9 +13,10 @@ import pytest
 import redis
 import requests
 
-from devtools.devstack import free_port, start_gateway, start_redis_sentinel, start_worker
-from shared.redis_client import from_url
-from shared.worker import DUPLICATE_RESULTS
+from devtools.devstack import start_gateway, start_redis_sentinel, start_worker
+from devtools.ports import free_port
+from shared.core.redis_client import from_url
+from shared.transcribe.worker import DUPLICATE_RESULTS
 from tests import budget
 from tests.conftest import own_bucket
 

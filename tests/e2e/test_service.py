@@ -182,7 +182,8 @@ def test_http_functions_do_not_import_torch_or_whisper(service):
 
 
 def test_a_chunked_upload_is_cut_off_at_the_limit_while_streaming(service, auth_headers, make_wav):
-    from devtools.devstack import free_port, start_gateway
+    from devtools.devstack import start_gateway
+    from devtools.ports import free_port
 
     port = free_port()
     small = start_gateway(port, {**service.env, "MAX_UPLOAD_BYTES": "50000"}, workers=1)

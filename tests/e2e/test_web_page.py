@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from shared import model_ads
-from shared.redis_client import from_url
+from shared.core.redis_client import from_url
+from shared.ops import model_ads
 from tests import budget
 from tests.e2e.test_service import SRT
 

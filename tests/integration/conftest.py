@@ -12,16 +12,16 @@ import redis
 from flask.testing import FlaskClient
 from functions_framework import create_app
 
-from shared import credentials
-from shared.redis_client import connect
-from shared.settings import (
+from shared.api import credentials
+from shared.core.redis_client import connect
+from shared.core.settings import (
     auth_settings,
     jobs_settings,
     redis_settings,
     webhook_settings,
     worker_settings,
 )
-from shared.storage import BlobStore
+from shared.core.storage import BlobStore
 
 ROOT = Path(__file__).resolve().parents[2]
 _CACHES = (auth_settings, jobs_settings, redis_settings, webhook_settings, worker_settings)

@@ -9,8 +9,8 @@ import io
 
 import pytest
 
-from shared import jobstore
-from shared.models import JobStatus
+from shared.jobs import jobstore
+from shared.jobs.models import JobStatus
 
 
 @pytest.fixture

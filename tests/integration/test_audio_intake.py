@@ -11,11 +11,13 @@ import pytest
 import requests
 from standardwebhooks import Webhook
 
-from shared import inbox, jobstore, keys, retention
-from shared.dispatcher import Dispatcher
-from shared.models import JobStatus
-from shared.settings import webhook_settings, worker_settings
-from shared.worker import build
+from shared.api import inbox
+from shared.core import keys
+from shared.core.settings import webhook_settings, worker_settings
+from shared.delivery.dispatcher import Dispatcher
+from shared.jobs import jobstore, retention
+from shared.jobs.models import JobStatus
+from shared.transcribe.worker import build
 from tests.conftest import stored
 
 TEXT = "Hello from whisper api. The quick brown fox."

@@ -7,7 +7,7 @@ import time
 import jwt
 import pytest
 
-from shared import credentials
+from shared.api import credentials
 from tests.conftest import JWT_SECRET, stored
 
 

@@ -12,8 +12,8 @@ import boto3
 import pytest
 
 from devtools import devstore
-from devtools.devstack import free_port
-from shared import keys
+from devtools.ports import free_port
+from shared.core import keys
 from tests import budget
 
 BUCKETS = ("dev-jobs", "dev-inbox")

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from devtools.conversation import RATE, VOICES, utterance, write_wav
-from shared import jobstore
-from shared.models import JobStatus
-from shared.settings import worker_settings
-from shared.worker import build
+from shared.core.settings import worker_settings
+from shared.jobs import jobstore
+from shared.jobs.models import JobStatus
+from shared.transcribe.worker import build
 
 #: What the demo checkpoint says in every chunk: two segments.
 PHRASE = ("Hello from whisper api.", "The quick brown fox.")
@@ -114,7 +114,8 @@ def test_rttm_of_an_undiarized_job_is_refused_at_download(jobs_client, bearer, r
 def test_health_and_models_say_whether_the_workers_label_speakers(jobs_client, bearer, r, make_wav):
     import time
 
-    from shared import keys, model_ads
+    from shared.core import keys
+    from shared.ops import model_ads
 
     r.zadd(keys.WORKERS, {"w1": time.time()})
     model_ads.advertise(r, "w1", ["demo"], [], "openai-whisper", diarize=False)

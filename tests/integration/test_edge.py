@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 
 from bench.procs import tree_rss_bytes
-from devtools.devstack import free_port, start_gateway, wait_for_port
-from shared import credentials
-from shared.redis_client import from_url
+from devtools.devstack import start_gateway
+from devtools.ports import free_port, wait_for_port
+from shared.api import credentials
+from shared.core.redis_client import from_url
 from tests.conftest import own_stack
 
 

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from shared import credentials
-from shared.redis_client import from_url
+from shared.api import credentials
+from shared.core.redis_client import from_url
 from tests import budget
 from tests.integration.test_edge import (
     JSON,

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from devtools.devstack import tone_wav
-from shared import jobstore
-from shared.models import JobStatus
-from shared.settings import worker_settings
-from shared.storage import result_key
-from shared.worker import build
+from shared.core.settings import worker_settings
+from shared.core.storage import result_key
+from shared.jobs import jobstore
+from shared.jobs.models import JobStatus
+from shared.transcribe.worker import build
 from tests.conftest import ENGINES, stored
 
 PHRASE = "Hello from whisper api. The quick brown fox."
@@ -197,7 +197,7 @@ def test_sequential_decoding_conditions_each_chunk_on_the_text_before(
 
 
 def test_model_path_is_read_from_the_catalogue(env, model_dir: Path):
-    from shared.catalog import model_path
+    from shared.ops.catalog import model_path
 
     assert model_path(worker_settings(), "demo") == model_dir / "demo.pt"
     assert model_path(worker_settings(), "nope") is None

@@ -6,10 +6,10 @@ from __future__ import annotations
 import io
 import json
 
-from shared import jobstore
-from shared.settings import worker_settings
-from shared.storage import result_key
-from shared.worker import build
+from shared.core.settings import worker_settings
+from shared.core.storage import result_key
+from shared.jobs import jobstore
+from shared.transcribe.worker import build
 
 FRAME = 0.02 + 1e-9  # one 20 ms frame (and float rounding)
 

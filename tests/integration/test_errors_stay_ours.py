@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from shared import keys
-from shared.dispatcher import Dispatcher
-from shared.settings import webhook_settings
+from shared.core import keys
+from shared.core.settings import webhook_settings
+from shared.delivery.dispatcher import Dispatcher
 
 DOWN = "http://127.0.0.1:9"  # the discard port: nothing listens
 NESTED = b"[" * 60_000  # under the 64 KiB body limit, far past Python's recursion limit

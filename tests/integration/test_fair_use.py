@@ -10,9 +10,11 @@ import time
 
 import pytest
 
-from shared import credentials, fairuse, jobstore, keys, quota
-from shared.cli import main as cli
-from shared.settings import jobs_settings
+from shared.api import credentials, gate
+from shared.cli.admin import main as cli
+from shared.core import keys
+from shared.core.settings import jobs_settings
+from shared.jobs import jobstore, quota
 
 
 def _upload(jobs_client, headers, make_wav, seconds: float = 1.0):
@@ -153,7 +155,7 @@ def test_concurrent_synchronous_calls_per_key_are_capped(env, jobs_client, api_k
     limits = quota.limits(jobs_settings())
     data = {"file": (io.BytesIO(make_wav(1.0)), "a.wav"), "model": "whisper-1"}
     headers = {"Authorization": f"Bearer {plaintext}"}
-    with fairuse.sync_wait(r, key_id, limits, 60):  # one call of this key is waiting
+    with gate.sync_wait(r, key_id, limits, 60):  # one call of this key is waiting
         refused = jobs_client.post(
             "/v1/audio/transcriptions", data=data, headers=headers, content_type="multipart/form-data"
         )
@@ -169,7 +171,7 @@ def test_concurrent_synchronous_calls_per_key_are_capped(env, jobs_client, api_k
 def test_a_crashed_callers_sync_slot_frees_itself(env, r):
     limits = quota.limits(jobs_settings().model_copy(update={"max_sync_waits_per_key": 1}))
     r.zadd(keys.sync_waits("k1"), {"crashed": time.time() - 1})  # a lease that ran out
-    with fairuse.sync_wait(r, "k1", limits, 60):
+    with gate.sync_wait(r, "k1", limits, 60):
         assert r.zcard(keys.sync_waits("k1")) == 1
     assert r.zcard(keys.sync_waits("k1")) == 0
 
@@ -201,7 +203,7 @@ def test_the_asr_routes_keep_the_key_s_fair_use_too(env, jobs_client, api_key, m
         data = {"audio_file": (io.BytesIO(make_wav(1.0)), "a.wav")}
         return jobs_client.post(path, data=data, headers=headers, content_type="multipart/form-data")
 
-    with fairuse.sync_wait(r, key_id, quota.limits(jobs_settings()), 60):  # one call waits
+    with gate.sync_wait(r, key_id, quota.limits(jobs_settings()), 60):  # one call waits
         waits = [asr("/asr"), asr("/detect-language")]
     token = credentials.issue_token(jobs_settings(), credentials.verify_key(r, plaintext)).token
     queued = _upload(jobs_client, {"Authorization": f"Bearer {token}"}, make_wav)  # the pending cap

@@ -9,8 +9,9 @@ import json
 import threading
 import time
 
-from shared import events, jobstore, keys
-from shared.models import JobStatus, Segment, Word
+from shared.core import keys
+from shared.jobs import events, jobstore
+from shared.jobs.models import JobStatus, Segment, Word
 
 
 def _parse(body: bytes) -> list[tuple[str | None, str, dict]]:
@@ -143,8 +144,8 @@ def test_a_log_that_expired_starts_from_the_job_record(jobs_client, bearer, r, m
 
 
 def test_a_real_worker_streams_each_chunks_segments_and_its_progress(env, jobs_client, bearer, r, long_audio):
-    from shared.settings import worker_settings
-    from shared.worker import build
+    from shared.core.settings import worker_settings
+    from shared.transcribe.worker import build
 
     headers = bearer()
     data = {"audio": (io.BytesIO(long_audio(60)), "talk.mp3"), "model": "demo"}

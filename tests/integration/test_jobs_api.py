@@ -7,8 +7,9 @@ import io
 
 import pytest
 
-from shared import keys, model_ads
-from shared.storage import audio_key
+from shared.core import keys
+from shared.core.storage import audio_key
+from shared.ops import model_ads
 from tests.conftest import stored
 
 

@@ -18,8 +18,9 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from shared import credentials, keys
-from shared.redis_client import from_url
+from shared.api import credentials
+from shared.core import keys
+from shared.core.redis_client import from_url
 from tests import budget
 from tests.integration.test_edge import JSON, Gateway, _connect, _head, _read_answer, served_gateway
 

@@ -1,5 +1,5 @@
 """``whisper-api models pull`` and ``models list``, and what the API offers once workers advertise
-their models (shared/model_ads.py). Downloads come from a local HTTP server serving a generated
+their models (shared/ops/model_ads.py). Downloads come from a local HTTP server serving a generated
 checkpoint under whisper's ``<sha256>/<file>.pt`` scheme: no network."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from shared import model_ads
-from shared.model_pull import official_urls
+from shared.ops import model_ads
+from shared.ops.model_pull import official_urls
 from tests import budget
 
 #: OpenAI's names, listed first by GET /v1/models whatever the workers offer.
@@ -51,7 +51,7 @@ def checkpoint(model_dir) -> bytes:
 
 def _cli(env, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "shared.cli", "models", *args],
+        [sys.executable, "-m", "shared.cli.admin", "models", *args],
         env={**os.environ, **env},
         capture_output=True,
         text=True,
@@ -240,7 +240,7 @@ def test_convert_names_a_missing_checkpoint_and_a_cache_it_cannot_write(own_mode
 def test_demo_says_where_it_lives_when_the_dev_tools_are_absent(tmp_path):
     # The images carry the runtime only: `models demo` there explains instead of crashing.
     code = (
-        "import sys; sys.modules['devtools.demo_model'] = None; from shared.cli import main; "
+        "import sys; sys.modules['devtools.demo_model'] = None; from shared.cli.admin import main; "
         f"sys.exit(main(['models', 'demo', '{tmp_path / 'demo.pt'}']))"
     )
     done = subprocess.run(

@@ -13,7 +13,7 @@ import pytest
 import trustme
 import urllib3
 
-from shared import netguard
+from shared.delivery import netguard
 
 LOOPBACK = netguard.parse_cidrs(["127.0.0.0/8"])
 

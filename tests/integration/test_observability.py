@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shared import jobstore, keys
-from shared.dispatcher import Dispatcher
-from shared.settings import webhook_settings, worker_settings
-from shared.worker import build
+from shared.core import keys
+from shared.core.settings import webhook_settings, worker_settings
+from shared.delivery.dispatcher import Dispatcher
+from shared.jobs import jobstore
+from shared.transcribe.worker import build
 from tests import budget
 
 

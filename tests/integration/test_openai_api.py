@@ -10,8 +10,9 @@ import time
 
 import pytest
 
-from shared import jobstore, keys
-from shared.models import JobStatus
+from shared.core import keys
+from shared.jobs import jobstore
+from shared.jobs.models import JobStatus
 from tests import budget, contract
 from tests.integration.test_models_cli import OPENAI_NAMES
 
@@ -72,7 +73,7 @@ def test_bad_credentials_are_401_in_openai_shape(jobs_client, authorization, r):
 
 
 def test_a_revoked_key_is_refused_as_bearer(jobs_client, api_key, r):
-    from shared import credentials
+    from shared.api import credentials
 
     key_id, plaintext = api_key()
     credentials.revoke_key(r, key_id)
@@ -150,8 +151,8 @@ def test_undecodable_audio_is_415_in_openai_shape(jobs_client, key_headers):
 def test_a_call_that_outlives_openai_wait_seconds_answers_504_with_the_job_to_poll(
     jobs_client, env, api_key, r, make_wav
 ):
-    from shared import credentials
-    from shared.settings import jobs_settings
+    from shared.api import credentials
+    from shared.core.settings import jobs_settings
 
     env(OPENAI_WAIT_SECONDS="0.5")
     _, plaintext = api_key()

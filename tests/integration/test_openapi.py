@@ -9,7 +9,7 @@ import re
 import pytest
 from openapi_spec_validator import validate
 
-from shared import openapi
+from shared.api import openapi
 from tests import contract
 
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}
@@ -45,7 +45,7 @@ def test_the_document_is_valid_openapi_3_1():
 
 def test_every_route_is_documented_and_every_documented_route_exists(env):
     in_code, documented = _code_routes(), _document_routes()
-    assert in_code - documented == set(), "routes missing from shared/openapi.yaml"
+    assert in_code - documented == set(), "routes missing from shared/api/openapi.yaml"
     assert documented - in_code == set(), "documented routes the code does not serve"
 
 

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from shared import keys
-from shared.dispatcher import Dispatcher
-from shared.settings import webhook_settings
+from shared.core import keys
+from shared.core.settings import webhook_settings
+from shared.delivery.dispatcher import Dispatcher
 from tests.conftest import stored
 
 

@@ -14,9 +14,9 @@ import requests
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
 
-from devtools.devstack import free_port, wait_for_port
-from shared import jobstore
-from shared.models import JobStatus
+from devtools.ports import free_port, wait_for_port
+from shared.jobs import jobstore
+from shared.jobs.models import JobStatus
 from tests import budget
 from tests.integration.conftest import ROOT
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from shared import jobstore, quota
-from shared.audio import probe_duration
-from shared.models import JobStatus
-from shared.settings import jobs_settings, worker_settings
-from shared.worker import build
+from shared.core.settings import jobs_settings, worker_settings
+from shared.jobs import jobstore, quota
+from shared.jobs.audio import probe_duration
+from shared.jobs.models import JobStatus
+from shared.transcribe.worker import build
 
 
 def _lying_mkv(wav: bytes, declared_seconds: float, tmp: Path) -> bytes:

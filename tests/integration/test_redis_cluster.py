@@ -10,10 +10,11 @@ from collections import Counter
 import pytest
 from redis.cluster import RedisCluster
 
-from shared import jobstore, keys
-from shared.models import JobStatus
-from shared.settings import worker_settings
-from shared.worker import build
+from shared.core import keys
+from shared.core.settings import worker_settings
+from shared.jobs import jobstore
+from shared.jobs.models import JobStatus
+from shared.transcribe.worker import build
 
 
 @pytest.fixture

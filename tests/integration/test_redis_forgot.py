@@ -1,6 +1,6 @@
 """A Redis that lost its data (restarted without persistence, flushed, an empty replica
 promoted) while storage kept the audio and results: the service says so, and the objects left
-without a record are found and removed (shared.stack)."""
+without a record are found and removed (shared.ops.stack)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ import io
 
 import pytest
 
-from shared import cli, jobstore, keys, stack
-from shared.storage import audio_key
+from shared.cli import admin
+from shared.core import keys
+from shared.core.storage import audio_key
+from shared.jobs import jobstore
+from shared.ops import stack
 
 
 @pytest.fixture
@@ -55,14 +58,14 @@ def test_a_redis_that_forgot_is_reported_instead_of_401s_and_its_orphans_removed
         assert resp.status_code == 503 and resp.get_json()["detail"] == stack.LOST
     assert jobs_client.get("/transcribe", headers={"Authorization": "Bearer not-a-token"}).status_code == 401
 
-    assert cli.main(["storage", "orphans", "--min-age", "0"]) == 0
+    assert admin.main(["storage", "orphans", "--min-age", "0"]) == 0
     listed = capsys.readouterr()
     assert listed.out.split("\t")[0] == job_audio and listed.err.startswith(
         "1 objects without a job record found"
     )
     assert store.exists(job_audio)
 
-    assert cli.main(["storage", "orphans", "--min-age", "0", "--remove"]) == 0
+    assert admin.main(["storage", "orphans", "--min-age", "0", "--remove"]) == 0
     assert "paired again as stack" in capsys.readouterr().err
     assert not store.exists(job_audio)
     assert r.get(keys.STACK_ID) == store.get_bytes(stack.MARKER).decode() != paired
@@ -76,8 +79,8 @@ def test_orphans_spare_young_objects_and_objects_with_a_record(
     headers = bearer()
     job_id = _submit(jobs_client, headers, make_wav)
     store.put_bytes("audio/k/01a2young", b"x", "audio/wav")
-    assert cli.main(["storage", "orphans", "--min-age", "0"]) == 0
+    assert admin.main(["storage", "orphans", "--min-age", "0"]) == 0
     assert capsys.readouterr().out == "audio/k/01a2young\t1\n"
-    assert cli.main(["storage", "orphans"]) == 0  # an hour's grace by default
+    assert admin.main(["storage", "orphans"]) == 0  # an hour's grace by default
     assert capsys.readouterr().out == ""
     assert store.exists(audio_key(jobstore.load(r, job_id).key_id, job_id))

@@ -1,6 +1,6 @@
 """``whisper-api redis migrate``: a Redis written by the release before the cluster layout
 (commit 99df0b4), its keys and values built here by hand as that code wrote them, renamed to
-``shared.keys``' names; then the old API key, job, result, usage and webhook endpoint answer
+``shared.core.keys``' names; then the old API key, job, result, usage and webhook endpoint answer
 through the real functions. Always on a single redis-server (whatever ``--redis`` says): the
 old release never ran on a cluster."""
 
@@ -17,11 +17,14 @@ import pytest
 import redis
 from standardwebhooks import Webhook
 
-from shared import cli, keys, migrate, queue
-from shared.dispatcher import Dispatcher
-from shared.settings import webhook_settings, worker_settings
-from shared.storage import audio_key, result_key
-from shared.worker import build
+from shared.cli import admin
+from shared.core import keys
+from shared.core.settings import webhook_settings, worker_settings
+from shared.core.storage import audio_key, result_key
+from shared.delivery.dispatcher import Dispatcher
+from shared.jobs import queue
+from shared.ops import migrate
+from shared.transcribe.worker import build
 from tests import budget
 from tests.conftest import redis_server
 
@@ -174,11 +177,11 @@ def test_an_old_layout_redis_is_migrated_and_answers_through_the_functions(
     assert auth_client.post("/auth/token", json={"api_key": PLAINTEXT}).status_code == 401
 
     before = _contents(r)
-    assert cli.main(["redis", "migrate", "--dry-run"]) == 0
+    assert admin.main(["redis", "migrate", "--dry-run"]) == 0
     dry = capsys.readouterr().out
     assert _contents(r) == before
 
-    assert cli.main(["redis", "migrate"]) == 0
+    assert admin.main(["redis", "migrate"]) == 0
     assert capsys.readouterr().out == MOVED
     assert dry == re.sub("(?m)^removed ", "would remove ", re.sub("(?m)^moved ", "would move ", MOVED))
     assert r.ttl(keys.idempotency(KEY_ID, IDEM_DIGEST)) > 0 and r.ttl(keys.job_event_log(JOB_ID)) > 0
@@ -204,7 +207,7 @@ def test_an_old_layout_redis_is_migrated_and_answers_through_the_functions(
 
     # A second run finds nothing to do, and changes nothing.
     after = _contents(r)
-    assert cli.main(["redis", "migrate"]) == 0
+    assert admin.main(["redis", "migrate"]) == 0
     assert capsys.readouterr().out == "Nothing to migrate: no data in the layout before the cluster layout.\n"
     assert _contents(r) == after
 
@@ -215,7 +218,7 @@ def test_jobs_still_in_the_old_queue_refuse_the_migration(r, store, capsys):
     r.rpush(f"queue:{KEY_ID}", "018f0a1b2c3e0000000000000000")
     before = _contents(r)
 
-    assert cli.main(["redis", "migrate"]) == 1
+    assert admin.main(["redis", "migrate"]) == 1
     assert capsys.readouterr().err == (
         "whisper-api: the old queue still holds jobs (1 entries waiting and 0 in work in the old 'jobs' "
         "stream; 1 jobs in the old per-key queue lists): stop the API so no job is added, let the old "
@@ -226,7 +229,7 @@ def test_jobs_still_in_the_old_queue_refuse_the_migration(r, store, capsys):
 
 def test_a_cluster_url_is_refused_before_connecting(env, capsys):
     env(REDIS_URL="redis+cluster://127.0.0.1:1")  # nothing listens there: refused before any connection
-    assert cli.main(["redis", "migrate"]) == 1
+    assert admin.main(["redis", "migrate"]) == 1
     err = capsys.readouterr().err
     assert err.startswith(
         "whisper-api: REDIS_URL names a Redis Cluster: releases before the cluster layout never"
@@ -277,7 +280,7 @@ def test_a_job_set_aside_for_a_storage_outage_runs_on_a_new_worker_after_the_mig
     r.zadd("jobs:delayed", {waiting: CREATED})  # long due
     store.put_bytes(audio_key(KEY_ID, waiting), wav, "audio/wav")
 
-    assert cli.main(["redis", "migrate"]) == 0
+    assert admin.main(["redis", "migrate"]) == 0
     assert "moved 2 job key(s)\n" in capsys.readouterr().out
     assert r.zrange(keys.JOBS_DELAYED, 0, -1) == [waiting]
 
@@ -321,7 +324,7 @@ def test_a_webhook_message_due_before_the_upgrade_is_sent_signed_with_the_old_se
     r.expire(f"webhook:delivery:{message}", keys.WEBHOOK_DELIVERY_TTL_SECONDS)
     r.zadd("webhooks:due", {message: CREATED + 3})
 
-    assert cli.main(["redis", "migrate"]) == 0
+    assert admin.main(["redis", "migrate"]) == 0
     out = capsys.readouterr().out
     assert "moved 1 webhook delivery key(s)\nmoved 1 webhook schedule key(s)\n" in out
 

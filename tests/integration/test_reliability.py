@@ -9,12 +9,14 @@ import time
 
 import pytest
 
-from devtools.devstack import free_port, start_redis
-from shared import jobstore, keys, queue, retention
-from shared.models import JobStatus
-from shared.settings import worker_settings
-from shared.storage import result_key
-from shared.worker import build
+from devtools.devstack import start_redis
+from devtools.ports import free_port
+from shared.core import keys
+from shared.core.settings import worker_settings
+from shared.core.storage import result_key
+from shared.jobs import jobstore, queue, retention
+from shared.jobs.models import JobStatus
+from shared.transcribe.worker import build
 from tests.conftest import ENGINES, stored
 
 
@@ -60,8 +62,8 @@ def test_same_key_with_a_different_request_is_422(jobs_client, bearer, r, make_w
 
 
 def test_same_key_while_the_first_is_in_flight_is_409(jobs_client, bearer, r, make_wav):
-    from shared import idempotency
-    from shared.models import JobOptions
+    from shared.jobs import idempotency
+    from shared.jobs.models import JobOptions
 
     headers = bearer("k1")
     key_id = r.smembers(keys.API_KEYS).pop()
@@ -204,9 +206,9 @@ def test_redis_down_is_503_with_retry_after_and_recovers_without_losing_jobs(
 ):
     env(REDIS_URL=f"redis://127.0.0.1:{private_redis['port']}/0", REDIS_TIMEOUT_SECONDS="1")
     headers = bearer()
-    from shared import credentials
-    from shared.redis_client import connect
-    from shared.settings import jobs_settings
+    from shared.api import credentials
+    from shared.core.redis_client import connect
+    from shared.core.settings import jobs_settings
 
     own = connect(jobs_settings())
     _, plaintext = credentials.create_key(own, "outage")
@@ -229,9 +231,9 @@ def test_redis_down_is_503_with_retry_after_and_recovers_without_losing_jobs(
 
 def _own_token(env, private_redis, timeout: str) -> dict[str, str]:
     """Point the service at ``private_redis`` and return a bearer header for a key in it."""
-    from shared import credentials
-    from shared.redis_client import connect
-    from shared.settings import jobs_settings
+    from shared.api import credentials
+    from shared.core.redis_client import connect
+    from shared.core.settings import jobs_settings
 
     env(REDIS_URL=f"redis://127.0.0.1:{private_redis['port']}/0", REDIS_TIMEOUT_SECONDS=timeout)
     own = connect(jobs_settings())
@@ -318,7 +320,7 @@ def test_storage_down_puts_the_job_back_in_the_queue_with_a_growing_delay(
 
 
 def test_a_request_that_dies_mid_way_leaves_only_a_short_lease(jobs_client, bearer, r, make_wav):
-    from shared import idempotency
+    from shared.jobs import idempotency
 
     headers = bearer("crashy")
     key_id = r.smembers(keys.API_KEYS).pop()
@@ -330,9 +332,9 @@ def test_a_request_that_dies_mid_way_leaves_only_a_short_lease(jobs_client, bear
 
 
 def test_a_lease_taken_over_meanwhile_stores_no_second_job(r, store, make_wav, tmp_path):
-    from shared import idempotency, job_service
-    from shared.clients import jobs_clients
-    from shared.models import JobOptions, Upload
+    from shared.core.clients import jobs_clients
+    from shared.jobs import idempotency, job_service
+    from shared.jobs.models import JobOptions, Upload
 
     wav = tmp_path / "a.wav"
     wav.write_bytes(make_wav(1.0))

@@ -10,8 +10,9 @@ import threading
 import pytest
 import redis
 
-from shared import credentials, keys, redis_client
-from shared.settings import jobs_settings
+from shared.api import credentials
+from shared.core import keys, redis_client
+from shared.core.settings import jobs_settings
 
 
 def _job_id(jobs_client, headers, make_wav) -> str:

@@ -10,7 +10,8 @@ import requests
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
 
-from shared import jobstore, keys
+from shared.core import keys
+from shared.jobs import jobstore
 from tests.conftest import stored
 
 TOKEN = "hook-token-0123456789abcdef0123456789abcdef"
@@ -91,7 +92,7 @@ def test_a_minio_notification_starts_one_job_per_object(jobs_client, owner, drop
 def test_objects_without_an_active_owner_or_outside_the_inbox_are_skipped(
     jobs_client, api_key, owner, dropped, inbox_store, r
 ):
-    from shared import credentials
+    from shared.api import credentials
 
     revoked_id, _ = api_key("gone")
     credentials.revoke_key(r, revoked_id)

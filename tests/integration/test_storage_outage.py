@@ -12,11 +12,12 @@ from urllib.parse import urlparse
 
 import pytest
 
-from devtools.devstack import free_port
-from shared import jobstore, keys
-from shared.models import JobStatus
-from shared.settings import worker_settings
-from shared.worker import build
+from devtools.ports import free_port
+from shared.core import keys
+from shared.core.settings import worker_settings
+from shared.jobs import jobstore
+from shared.jobs.models import JobStatus
+from shared.transcribe.worker import build
 from tests.integration.conftest import _client
 
 OUTAGE_SECONDS = 45

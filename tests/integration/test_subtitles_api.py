@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import io
 
-from shared import jobstore
-from shared.models import JobStatus, Segment, Task, TranscriptResult, Word
-from shared.storage import result_key
+from shared.core.storage import result_key
+from shared.jobs import jobstore
+from shared.jobs.models import JobStatus, Segment, Task, TranscriptResult, Word
 
 RESULT = TranscriptResult(
     task=Task.TRANSCRIBE,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import requests
 
-from shared import keys
+from shared.core import keys
 from tests.conftest import stored
 
 

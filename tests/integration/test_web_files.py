@@ -8,7 +8,8 @@ import re
 
 import pytest
 
-from shared import jobstore, webpage
+from shared.api import webpage
+from shared.jobs import jobstore
 from tests import contract
 
 

@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from shared import keys
+from shared.core import keys
 from tests.conftest import stored
 
 

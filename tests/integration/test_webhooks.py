@@ -11,10 +11,12 @@ import time
 import pytest
 from standardwebhooks import Webhook
 
-from shared import jobstore, keys, webhooks
-from shared.dispatcher import Dispatcher
-from shared.settings import webhook_settings, worker_settings
-from shared.worker import build
+from shared.core import keys
+from shared.core.settings import webhook_settings, worker_settings
+from shared.delivery import webhooks
+from shared.delivery.dispatcher import Dispatcher
+from shared.jobs import jobstore
+from shared.transcribe.worker import build
 from tests import budget
 
 
@@ -271,7 +273,7 @@ def test_the_standalone_dispatcher_delivers_and_stops_on_sigterm(service_env, su
     assert worker.process(job_id) is True  # queued; no dispatcher runs in this process
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "webhooks"], env={**os.environ, **service_env}
+        [sys.executable, "-m", "shared.cli.admin", "webhooks"], env={**os.environ, **service_env}
     )
     try:
         [got] = receiver.wait_for(1, timeout=30)

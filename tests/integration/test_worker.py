@@ -11,11 +11,12 @@ from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 from functions_framework import create_app
 
-from shared import jobstore, keys
-from shared.models import JobStatus
-from shared.settings import jobs_settings, worker_settings
-from shared.storage import result_key
-from shared.worker import DEAD_LETTER_STREAM, build
+from shared.core import keys
+from shared.core.settings import jobs_settings, worker_settings
+from shared.core.storage import result_key
+from shared.jobs import jobstore
+from shared.jobs.models import JobStatus
+from shared.transcribe.worker import DEAD_LETTER_STREAM, build
 from tests import budget
 from tests.integration.conftest import ROOT
 

@@ -1,11 +1,11 @@
 """What the dev gateway's main loop waits for before a thread takes a request
-(``shared.edge.awaited_body``): the head, then a small body, never an upload."""
+(``shared.api.edge.awaited_body``): the head, then a small body, never an upload."""
 
 from __future__ import annotations
 
 import pytest
 
-from shared.edge import awaited_body
+from shared.api.edge import awaited_body
 
 HEAD = b"POST /auth/token HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from devtools import audio as test_audio
+from shared.core.errors import PermanentJobError
 from shared.engine.chunker import MAX_CHUNK, Chunker, chunks
 from shared.engine.pcm import PIECE_BYTES, SAMPLE_RATE, PcmStream
-from shared.errors import PermanentJobError
 
 
 def _file(tmp_path: Path, name: str, data: bytes) -> str:

@@ -9,12 +9,12 @@ import pytest
 
 from devtools.audio import speech_mp3
 from devtools.demo_model import build_checkpoint
+from shared.core.settings import WorkerSettings
 from shared.engine.chunker import chunks
-from shared.engine.models import ModelCache
+from shared.engine.loader import ModelCache
 from shared.engine.pcm import PcmStream
 from shared.engine.pipeline import Engine
-from shared.models import JobOptions, Segment
-from shared.settings import WorkerSettings
+from shared.jobs.models import JobOptions, Segment
 from tests.conftest import ENGINES
 
 

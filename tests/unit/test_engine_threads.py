@@ -1,5 +1,5 @@
 """The batcher is the only long-lived thread that runs torch's parallel kernels: a model load,
-wherever it is asked for, leaves no OpenMP thread team behind (shared.engine.models.in_own_thread
+wherever it is asked for, leaves no OpenMP thread team behind (shared.engine.loader.in_own_thread
 says what such a team costs)."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from shared.engine.models import ModelCache
-from shared.settings import WorkerSettings
+from shared.core.settings import WorkerSettings
+from shared.engine.loader import ModelCache
 
 
 def _os_threads() -> int:

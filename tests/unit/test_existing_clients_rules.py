@@ -10,9 +10,10 @@ import pytest
 from werkzeug.datastructures import MultiDict
 
 from devtools.devstack import default_model
-from shared import asr_compat, model_ads, openai_compat
-from shared.models import Task
-from shared.settings import ModelSettings, WorkerSettings
+from shared.api import asr_compat, openai_compat
+from shared.core.settings import ModelSettings, WorkerSettings
+from shared.jobs.models import Task
+from shared.ops import model_ads
 
 
 def _model(name: str, settings: ModelSettings, **fields: str) -> str:

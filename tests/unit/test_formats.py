@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from shared.formats import render, timestamp
-from shared.models import ResultFormat, Segment, Task, TranscriptResult, Word
+from shared.jobs.formats import render, timestamp
+from shared.jobs.models import ResultFormat, Segment, Task, TranscriptResult, Word
 
 
 @pytest.fixture
@@ -165,7 +165,7 @@ def test_rttm_has_one_line_per_turn(diarized):
 
 
 def test_rttm_of_a_job_without_speakers_is_refused(result):
-    from shared.errors import ValidationError
+    from shared.core.errors import ValidationError
 
     with pytest.raises(ValidationError, match="diarize=true"):
         render(result, ResultFormat.RTTM)
@@ -184,7 +184,7 @@ def test_json_and_verbose_json_carry_speakers_only_when_diarized(diarized, resul
 
 
 def test_given_names_are_made_safe_for_vtt_and_rttm(diarized):
-    from shared.formats import with_names
+    from shared.jobs.formats import with_names
 
     named = with_names(diarized, {"SPEAKER_00": "Ann <Lee>", "SPEAKER_01": "Bo"})
     assert "<v Ann <Lee>Hi.\n" in render(named, ResultFormat.VTT)[0]

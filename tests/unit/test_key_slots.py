@@ -1,4 +1,4 @@
-"""Every Lua script and transaction keeps its keys in one Redis Cluster slot (shared.keys).
+"""Every Lua script and transaction keeps its keys in one Redis Cluster slot (shared.core.keys).
 
 The slots are computed with redis-py's own ``key_slot`` (the cluster client's routing), for many
 random key ids and job ids; a builder whose keys could land in two slots fails here."""
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from redis.crc import key_slot
 
-from shared import keys
+from shared.core import keys
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY_IDS = [secrets.token_hex(6) for _ in range(200)]

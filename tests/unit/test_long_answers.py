@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from functions.long_answers import _Prefixed, handoff_payload, receive_handoff, send_handoff
-from shared.edge import long_lived
+from shared.api.edge import long_lived
 
 
 @pytest.mark.parametrize(

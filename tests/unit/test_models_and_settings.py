@@ -8,10 +8,10 @@ import pydantic
 import pytest
 from werkzeug.datastructures import MultiDict
 
-from shared import openai_compat
-from shared.logs import RedactSecrets
-from shared.models import JobOptions, ResultFormat, Task
-from shared.settings import OFFICIAL_MODELS, AuthSettings, JobsSettings, ModelSettings
+from shared.api import openai_compat
+from shared.core.logs import RedactSecrets
+from shared.core.settings import OFFICIAL_MODELS, AuthSettings, JobsSettings, ModelSettings
+from shared.jobs.models import JobOptions, ResultFormat, Task
 
 GOOD_SECRET = "9" * 16 + "a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6"
 
@@ -64,7 +64,7 @@ def test_official_model_names_match_the_installed_whisper():
 def test_language_list_matches_the_installed_whisper():
     from whisper.tokenizer import LANGUAGES as WHISPER_LANGUAGES
 
-    from shared.languages import LANGUAGES
+    from shared.core.languages import LANGUAGES
 
     assert LANGUAGES == WHISPER_LANGUAGES
 
@@ -104,7 +104,7 @@ def test_openai_s_model_name_means_the_default_model():
     ],
 )
 def test_the_batch_defaults_to_what_was_measured(monkeypatch, engine, compute, device, batch):
-    from shared.settings import WorkerSettings
+    from shared.core.settings import WorkerSettings
 
     monkeypatch.setenv("WHISPER_ENGINE", engine)
     monkeypatch.setenv("WHISPER_COMPUTE_TYPE", compute)
@@ -115,7 +115,7 @@ def test_the_batch_defaults_to_what_was_measured(monkeypatch, engine, compute, d
 
 
 def test_an_unknown_engine_or_compute_type_stops_start_up(monkeypatch):
-    from shared.settings import WorkerSettings
+    from shared.core.settings import WorkerSettings
 
     monkeypatch.setenv("WHISPER_ENGINE", "whisper.cpp")
     with pytest.raises(pydantic.ValidationError, match="whisper_engine"):
@@ -129,8 +129,8 @@ def test_an_unknown_engine_or_compute_type_stops_start_up(monkeypatch):
 def test_each_engine_takes_its_own_compute_types(monkeypatch):
     import torch
 
+    from shared.core.settings import WorkerSettings
     from shared.engine.openai_runner import compute_type
-    from shared.settings import WorkerSettings
 
     monkeypatch.setenv("WHISPER_ENGINE", "openai-whisper")
     monkeypatch.setenv("WHISPER_COMPUTE_TYPE", "int8")

@@ -6,8 +6,8 @@ import ipaddress
 
 import pytest
 
-from shared.errors import BlockedTargetError
-from shared.netguard import check_url, parse_cidrs
+from shared.core.errors import BlockedTargetError
+from shared.delivery.netguard import check_url, parse_cidrs
 
 
 def resolves_to(*addresses: str):

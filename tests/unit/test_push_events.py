@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from shared.push_events import job_id_of
+from shared.transcribe.push_events import job_id_of
 
 JOB = "019a2d3c4b5a6978c1d2e3f4a5b6c7d8"
 

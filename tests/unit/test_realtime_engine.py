@@ -12,15 +12,15 @@ import pytest
 
 from devtools.audio import speech_wav
 from devtools.demo_model import build_checkpoint
+from shared.core.settings import WorkerSettings
 from shared.engine.batcher import LIVE_BATCH_CAP, BatchKey
 from shared.engine.chunker import Chunk
-from shared.engine.models import ModelCache
+from shared.engine.loader import ModelCache
 from shared.engine.pcm import SAMPLE_RATE
 from shared.engine.pipeline import Engine
 from shared.realtime.audio import Decoder
 from shared.realtime.protocol import SessionConfig, TurnDetection
 from shared.realtime.turns import MAX_UTTERANCE, Turns
-from shared.settings import WorkerSettings
 
 
 def _samples(seconds: float) -> np.ndarray:

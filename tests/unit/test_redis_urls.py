@@ -1,11 +1,11 @@
-"""``REDIS_URL`` picks one server or a Redis Cluster (shared.redis_client)."""
+"""``REDIS_URL`` picks one server or a Redis Cluster (shared.core.redis_client)."""
 
 from __future__ import annotations
 
 import pytest
 from redis.cluster import RedisCluster
 
-from shared import redis_client
+from shared.core import redis_client
 
 
 def test_cluster_urls_name_their_seed_nodes() -> None:
@@ -55,7 +55,7 @@ def test_sentinel_urls_name_their_sentinels_primary_and_database() -> None:
 
 
 def test_a_sentinel_url_waits_for_one_replica_by_default() -> None:
-    from shared.settings import RedisSettings
+    from shared.core.settings import RedisSettings
 
     assert RedisSettings(redis_url="redis+sentinel://h/m").replicas_to_wait == 1
     assert RedisSettings(redis_url="redis://h:6379/0").replicas_to_wait == 0

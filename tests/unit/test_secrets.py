@@ -8,9 +8,9 @@ import secrets
 import pydantic
 import pytest
 
-from shared import parsing
-from shared.errors import ValidationError
-from shared.settings import AuthSettings, JobsSettings, ModelSettings, RedisSettings, StorageSettings
+from shared.api import parsing
+from shared.core.errors import ValidationError
+from shared.core.settings import AuthSettings, JobsSettings, ModelSettings, RedisSettings, StorageSettings
 
 GOOD_SECRET = secrets.token_hex(32)
 

@@ -6,7 +6,7 @@ import numpy as np
 
 from shared.engine.diarizer import Turn, cluster
 from shared.engine.speakers import label
-from shared.models import Segment, Task, TranscriptResult, Word
+from shared.jobs.models import Segment, Task, TranscriptResult, Word
 
 
 def _result(*segments: Segment) -> TranscriptResult:

@@ -6,8 +6,8 @@ import io
 
 import pytest
 
-from shared.formats import render
-from shared.models import ResultFormat, Segment, SubtitleOptions, Task, TranscriptResult, Word
+from shared.jobs.formats import render
+from shared.jobs.models import ResultFormat, Segment, SubtitleOptions, Task, TranscriptResult, Word
 
 
 def _words(*spec: tuple[str, float, float]) -> list[Word]:
@@ -100,7 +100,7 @@ def test_the_same_cues_as_whispers_own_srt_writer(result, options):
 
 
 def test_subtitle_options_without_word_timings_are_refused(result):
-    from shared.errors import ValidationError
+    from shared.core.errors import ValidationError
 
     plain = result.model_copy(
         update={"segments": [s.model_copy(update={"words": None}) for s in result.segments]}

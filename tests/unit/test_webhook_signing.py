@@ -9,9 +9,9 @@ import pytest
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from shared import webhooks
-from shared.dispatcher import Attempt
-from shared.models import Job, JobOptions, JobStatus
+from shared.delivery import webhooks
+from shared.delivery.dispatcher import Attempt
+from shared.jobs.models import Job, JobOptions, JobStatus
 
 
 def _job(status: JobStatus, **fields) -> Job:

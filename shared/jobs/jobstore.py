@@ -1,0 +1,228 @@
+"""Job records, the per-key job index and the work queue, all in Redis.
+
+A job's record and its usage counters change together in one atomic step: creation is a
+MULTI/EXEC transaction and every later state change goes through ``_TRANSITION`` (Lua), which
+refuses a change from a state it was not asked to leave. That is what stops a late or duplicate
+worker from overwriting a newer state. Each change is also published on the job's events
+channel (``keys.job_events``) for callers that wait on a job, appended to the job's event
+log (``keys.job_event_log``, read by ``shared.jobs.events``), and counted in the service-wide
+metrics of its key (``keys.tenant_metrics``: jobs by status and model, audio and processing seconds, the
+real-time factor), in the same step, so ``GET /metrics`` counts every change exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis
+
+from shared.core import keys
+from shared.core.errors import ConflictError, NotFoundError, NotReplicatedError
+from shared.jobs import queue
+from shared.jobs.models import Job, JobStatus
+from shared.ops.metrics import RTF_BUCKETS
+
+_TRANSITION = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return false end
+local job = cjson.decode(raw)
+local from = job['status']
+if not string.find(' ' .. ARGV[1] .. ' ', ' ' .. from .. ' ', 1, true) then
+  return {0, from}
+end
+if ARGV[5] ~= '' and job['run_id'] ~= ARGV[5] then
+  return {0, from}
+end
+for k, v in pairs(cjson.decode(ARGV[3])) do job[k] = v end
+job['status'] = ARGV[2]
+local encoded = cjson.encode(job)
+redis.call('SET', KEYS[1], encoded, 'KEEPTTL')
+local kind = 'update'
+local model = tostring(job['options']['model'])
+if from ~= ARGV[2] then
+  kind = 'status'
+  redis.call('HINCRBY', KEYS[2], 'jobs_' .. from, -1)
+  redis.call('HINCRBY', KEYS[2], 'jobs_' .. ARGV[2], 1)
+  redis.call('HINCRBY', KEYS[4], 'jobs_total|' .. ARGV[2] .. '|' .. model, 1)
+  redis.call('PUBLISH', ARGV[6], ARGV[2])
+end
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[8], '*', 'kind', kind, 'job', encoded)
+redis.call('EXPIRE', KEYS[3], ARGV[7])
+local usage = cjson.decode(ARGV[4])
+for k, v in pairs(usage) do
+  redis.call('HINCRBYFLOAT', KEYS[2], k, tostring(v))
+  redis.call('HINCRBYFLOAT', KEYS[4], k .. '|' .. model, tostring(v))
+end
+-- Real-time factor of a finished run: the index of the first bucket bound it fits under.
+local audio, spent = tonumber(usage['audio_seconds']), tonumber(usage['processing_seconds'])
+if audio and spent and audio > 0 then
+  local rtf, index = spent / audio, 0
+  for bound in string.gmatch(ARGV[9], '%S+') do
+    if rtf <= tonumber(bound) then break end
+    index = index + 1
+  end
+  redis.call('HINCRBY', KEYS[4], 'rtf_bucket|' .. model .. '|' .. index, 1)
+  redis.call('HINCRBYFLOAT', KEYS[4], 'rtf_sum|' .. model, tostring(rtf))
+end
+return {1, encoded}
+"""
+
+
+def new_job_id(key_id: str) -> str:
+    """A new id for a job of ``key_id``: time-ordered, unguessable, in the key's slot
+    (``keys.new_job_id``)."""
+    return keys.new_job_id(key_id)
+
+
+@dataclass(frozen=True)
+class Guard:
+    """A key that must still belong to ``owner`` (or be gone) for the creation to happen, and
+    is set to ``value`` in the same transaction: how an Idempotency-Key and its job are stored
+    together or not at all."""
+
+    key: str
+    owner: str
+    value: str
+    ttl_seconds: int
+
+
+def create(
+    r: redis.Redis, job: Job, guard: Guard | None = None, replicas: int = 0, wait_ms: int = 1000
+) -> None:
+    """Store a new pending job, index it under its key, count it and queue it: all or nothing.
+
+    With a ``guard``, ConflictError if the guarded key was taken by someone else meanwhile.
+    With ``replicas``, QueueError (503) unless that many replicas hold it within ``wait_ms``: a
+    primary demoted by a failover still takes writes until it learns of it, and they are lost."""
+    record = job.model_dump(mode="json")
+    names = keys.create_job_keys(job.key_id, job.id, guard.key if guard else None)
+    name, index, usage, _, log, job_metrics = names[-6:]
+    with r.pipeline(transaction=True) as pipe:
+        if guard is not None:
+            pipe.watch(guard.key)  # type: ignore[no-untyped-call]
+            current = pipe.get(guard.key)
+            if current is not None and json.loads(str(current)).get("owner") != guard.owner:
+                raise ConflictError("another request with this Idempotency-Key took over")
+            pipe.multi()
+            pipe.set(guard.key, guard.value, ex=guard.ttl_seconds)
+        pipe.set(name, json.dumps(record))
+        pipe.zadd(index, {job.id: 0})
+        pipe.hincrby(usage, "jobs_total", 1)
+        pipe.hincrby(usage, "jobs_pending", 1)
+        pipe.hincrby(usage, "bytes_uploaded", job.bytes)
+        queue.enlist(pipe, job.id, job.key_id)
+        pipe.xadd(log, {"kind": "status", "job": json.dumps(record)}, maxlen=keys.JOB_EVENT_LOG_MAXLEN)
+        pipe.expire(log, keys.JOB_EVENT_LOG_TTL_SECONDS)
+        pipe.hincrby(job_metrics, f"jobs_total|{JobStatus.PENDING.value}|{job.options.model}", 1)
+        try:
+            pipe.execute()
+        except redis.WatchError:
+            raise ConflictError("another request with this Idempotency-Key took over") from None
+    if not replicas:
+        queue.publish(r, job.id, job.key_id)
+        return
+    with r.pipeline(transaction=False) as pipe:  # one connection: WAIT covers its writes, and all before
+        queue.publish(pipe, job.id, job.key_id)
+        pipe.execute_command("WAIT", replicas, wait_ms)  # type: ignore[no-untyped-call]
+        held = pipe.execute()[-1]
+    if int(held) < replicas:
+        raise NotReplicatedError(f"job {job.id} reached {held} of {replicas} replicas; not accepted")
+
+
+def load(r: redis.Redis, job_id: str) -> Job | None:
+    """The job record, or None if it does not exist (deleted or never created)."""
+    return _parse(r.get(keys.job(job_id)))
+
+
+def _parse(raw: Any) -> Job | None:
+    """A stored job record (None for none)."""
+    return Job.model_validate_json(cast(str, raw)) if raw else None
+
+
+def get_owned(r: redis.Redis, key_id: str, job_id: str) -> Job:
+    """The caller's job; another key's job is indistinguishable from a missing one."""
+    name = key_of(job_id)
+    return owned(r.get(name) if name else None, key_id, job_id)
+
+
+def key_of(job_id: str) -> str | None:
+    """The Redis key of a job id given by a caller; None if no job can have it (too long)."""
+    return keys.job(job_id) if len(job_id) <= 64 else None
+
+
+def owned(raw: Any, key_id: str, job_id: str) -> Job:
+    """The caller's job from its stored record ``raw`` (as read with ``keys.job(job_id)``)."""
+    job = _parse(raw)
+    if job is None or job.key_id != key_id:
+        raise NotFoundError(f"no job {job_id!r}")
+    return job
+
+
+def list_owned(r: redis.Redis, key_id: str, limit: int, cursor: str | None) -> list[Job]:
+    """The caller's jobs, newest first, strictly older than ``cursor`` (a job id) if given."""
+    upper = f"({cursor}" if cursor else "+"
+    ids: list[str] = r.zrevrangebylex(keys.jobs_of(key_id), upper, "-", start=0, num=limit)  # type: ignore[assignment]
+    if not ids:
+        return []
+    raws: list[str | None] = r.mget([keys.job(i) for i in ids])  # type: ignore[assignment]
+    return [Job.model_validate_json(raw) for raw in raws if raw]
+
+
+def transition(
+    r: redis.Redis,
+    job: Job,
+    allowed_from: tuple[JobStatus, ...],
+    to: JobStatus,
+    fields: dict[str, Any] | None = None,
+    usage: dict[str, float] | None = None,
+    run_id: str = "",
+) -> Job | None:
+    """Move ``job`` to ``to`` if it is still in one of ``allowed_from`` (and, when ``run_id``
+    is given, still owned by that run); None if not: the record is gone, or another actor
+    moved it first, so a late duplicate run can never overwrite a newer state."""
+    changes = {"updated_at": time.time(), **(fields or {})}
+    result: Any = r.eval(
+        _TRANSITION,
+        4,
+        *keys.transition_keys(job.key_id, job.id),
+        " ".join(s.value for s in allowed_from),
+        to.value,
+        json.dumps(changes),
+        json.dumps(usage or {}),
+        run_id,
+        keys.job_events(job.id),
+        keys.JOB_EVENT_LOG_TTL_SECONDS,
+        keys.JOB_EVENT_LOG_MAXLEN,
+        " ".join(str(bound) for bound in RTF_BUCKETS),
+    )
+    if not result or int(result[0]) != 1:
+        return None
+    return Job.model_validate_json(result[1])
+
+
+def cancel(r: redis.Redis, job: Job) -> Job | None:
+    """Stop a job that has not finished: a worker running it sees that at its next audio window
+    (``shared.transcribe.worker``) and stops.
+    None when the job had already reached a final state."""
+    return transition(
+        r, job, (JobStatus.PENDING, JobStatus.PROCESSING), JobStatus.CANCELED, {"completed_at": time.time()}
+    )
+
+
+def delete(r: redis.Redis, job: Job) -> None:
+    """Remove the record and its index entry; a job that never finished counts as canceled."""
+    if not job.status.terminal:
+        cancel(r, job)
+    forget(r, job.key_id, job.id)
+
+
+def forget(r: redis.Redis, key_id: str, job_id: str) -> None:
+    """Remove a job's record, event log and index entry, together."""
+    name, log, index = keys.forget_job_keys(key_id, job_id)
+    with r.pipeline(transaction=True) as pipe:
+        pipe.delete(name, log)
+        pipe.zrem(index, job_id)
+        pipe.execute()
