@@ -71,7 +71,9 @@ def check_rate(r: redis.Redis, key_id: str, limit: Limits) -> None:
     if limit.rate_limit_per_minute <= 0:
         return
     quota = limit.rate_limit_per_minute
-    refused, ttl_ms = cast(list[int], r.eval(_COUNT, 1, keys.rate(key_id), quota, _WINDOW_SECONDS))
+    refused, ttl_ms = cast(
+        list[int], redis_client.run_script(r, _COUNT, 1, keys.rate(key_id), quota, _WINDOW_SECONDS)
+    )
     if refused:
         raise _rate_refusal(quota, ttl_ms)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import pydantic
@@ -35,6 +36,20 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
     return Response(json.dumps(body), status=status, headers=headers, mimetype="application/json")
 
 
+@dataclass(frozen=True)
+class Problem:
+    """An error as data (RFC 9457's members): rendered once per shape — problem+json here,
+    OpenAI's error object in ``shared.api.openai_compat``."""
+
+    status: int
+    title: str
+    detail: str
+    errors: list[FieldError] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)
+    #: Sent streamed and closing the connection (413: see ``render``).
+    streamed: bool = False
+
+
 def problem(
     status: int,
     title: str,
@@ -43,16 +58,30 @@ def problem(
     headers: dict[str, str] | None = None,
 ) -> Response:
     """An ``application/problem+json`` response."""
-    slug = title.lower().replace(" ", "-")
+    return render(Problem(status, title, detail, errors or [], headers or {}))
+
+
+def render(p: Problem) -> Response:
+    """``p`` as ``application/problem+json``. A streamed one (413) is sent as an iterable:
+    functions-framework drains the request body after every non-streamed response, which for an
+    oversized (possibly endless, chunked) upload is what we refuse to do; the connection is
+    closed instead."""
+    slug = p.title.lower().replace(" ", "-")
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE_BASE + slug,
-        "title": title,
-        "status": status,
-        "detail": detail,
+        "title": p.title,
+        "status": p.status,
+        "detail": p.detail,
     }
-    if errors:
-        body["errors"] = [{"field": e.field, "detail": e.message, "pointer": f"#/{e.field}"} for e in errors]
-    return Response(json.dumps(body), status=status, headers=headers, content_type="application/problem+json")
+    if p.errors:
+        body["errors"] = [
+            {"field": e.field, "detail": e.message, "pointer": f"#/{e.field}"} for e in p.errors
+        ]
+    data = json.dumps(body).encode()
+    payload: Any = iter([data]) if p.streamed else data
+    return Response(
+        payload, status=p.status, headers=p.headers or None, content_type="application/problem+json"
+    )
 
 
 def query_args(request: Request, *allowed: str) -> MultiDict[str, str]:
@@ -64,43 +93,39 @@ def query_args(request: Request, *allowed: str) -> MultiDict[str, str]:
     return request.args
 
 
-def _too_large(detail: str) -> Response:
-    # Streamed on purpose: functions-framework drains the request body after every non-streamed
-    # response, which for an oversized (possibly endless, chunked) upload is what we refuse to do.
-    # The connection is closed instead.
-    plain = problem(413, "Content Too Large", detail)
-    return Response(
-        iter([plain.get_data()]), status=413, content_type=plain.content_type, headers={"Connection": "close"}
-    )
-
-
 def to_response(exc: Exception) -> Response:
-    """Translate any exception into a problem response; unexpected ones are logged, not shown."""
+    """Any exception as a problem+json response."""
+    return render(problem_of(exc))
+
+
+def problem_of(exc: Exception) -> Problem:
+    """The one translation of errors into HTTP statuses; unexpected ones are logged, not shown."""
     if isinstance(exc, ClientError) and not isinstance(exc, PayloadTooLargeError):
-        return problem(exc.status, exc.title, exc.detail, exc.errors, getattr(exc, "headers", None))
+        return Problem(exc.status, exc.title, exc.detail, exc.errors, dict(getattr(exc, "headers", {})))
     if isinstance(exc, pydantic.ValidationError):
-        return to_response(validation_error(exc))
+        return problem_of(validation_error(exc))
     if isinstance(exc, RequestEntityTooLarge | PayloadTooLargeError):
-        return _too_large(str(getattr(exc, "detail", "")) or "the upload is larger than this server accepts")
+        detail = str(getattr(exc, "detail", "")) or "the upload is larger than this server accepts"
+        return Problem(413, "Content Too Large", detail, headers={"Connection": "close"}, streamed=True)
     if isinstance(exc, HTTPException):
         code = exc.code or 500
         # A 405 must name the allowed methods (RFC 9110); werkzeug's exception knows them.
         allow = {name: value for name, value in exc.get_headers() if name.lower() == "allow"}
-        return problem(code, exc.name, exc.description or exc.name, headers=allow or None)
+        return Problem(code, exc.name, exc.description or exc.name, headers=allow)
     retry = {"Retry-After": str(UnavailableError.retry_after_seconds)}
     if isinstance(exc, RedisLostDataError):
         retry = {"Retry-After": str(exc.retry_after_seconds)}
-        return problem(503, "Service Unavailable", str(exc), headers=retry)
+        return Problem(503, "Service Unavailable", str(exc), headers=retry)
     if isinstance(exc, UnavailableError):
         # The cause (endpoint URLs, buckets, object keys) is the operator's, in the log.
         log.warning("unavailable: %s", exc)
         what = "storage" if isinstance(exc, StorageError) else "a backing service"
-        return problem(503, "Service Unavailable", f"{what} is unavailable; retry later", headers=retry)
+        return Problem(503, "Service Unavailable", f"{what} is unavailable; retry later", headers=retry)
     if isinstance(exc, redis.RedisError):
         log.warning("redis unavailable: %s", exc)
-        return problem(503, "Service Unavailable", "the job store (Redis) is unavailable", headers=retry)
+        return Problem(503, "Service Unavailable", "the job store (Redis) is unavailable", headers=retry)
     log.exception("unhandled error")
-    return problem(500, "Internal Server Error", "an unexpected error occurred; it was logged")
+    return Problem(500, "Internal Server Error", "an unexpected error occurred; it was logged")
 
 
 def guarded(

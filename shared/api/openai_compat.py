@@ -23,7 +23,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from shared.api import credentials, gate, http, parsing
 from shared.api.credentials import ApiKey
-from shared.api.http import to_response
+from shared.api.http import Problem, problem_of
 from shared.core import keys
 from shared.core.errors import (
     FieldError,
@@ -308,40 +308,40 @@ _KEPT_HEADERS = ("Retry-After", "Allow", "Connection", "RateLimit-Policy", "Rate
 
 
 def error_response(exc: Exception) -> Response:
-    """``exc`` in OpenAI's error shape. Status and logging come from ``shared.api.http.to_response``
-    (the one translation of errors), except that 422 becomes 400: OpenAI has no 422, and its
-    SDK raises ``BadRequestError`` for invalid parameters."""
-    problem, status, error = _translated(exc)
+    """``exc`` in OpenAI's error shape. Status, headers and logging come from
+    ``shared.api.http.problem_of`` (the one translation of errors), except that 422 becomes 400:
+    OpenAI has no 422, and its SDK raises ``BadRequestError`` for invalid parameters."""
+    problem = problem_of(exc)
     headers = {name: problem.headers[name] for name in _KEPT_HEADERS if name in problem.headers}
     if isinstance(exc, JobOutcomeError):
         headers["Location"] = f"/transcribe/{exc.job_id}"
         # The SDK retries 409 and 5xx by resending the upload, which would start a second job.
         headers["x-should-retry"] = "false"
-    body = json.dumps({"error": error}).encode()
-    # A streamed problem (413) stays streamed: see shared.api.http._too_large.
-    payload: Any = iter([body]) if problem.is_streamed else body
-    return Response(payload, status=status, headers=headers, content_type="application/json")
+    body = json.dumps({"error": _error(exc, problem)}).encode()
+    # A streamed problem (413) stays streamed: see shared.api.http.render.
+    payload: Any = iter([body]) if problem.streamed else body
+    return Response(payload, status=_status(problem), headers=headers, content_type="application/json")
 
 
 def error_object(exc: Exception) -> dict[str, Any]:
     """OpenAI's ``error`` object for ``exc`` (what a stream's error event carries)."""
-    return _translated(exc)[2]
+    return _error(exc, problem_of(exc))
 
 
-def _translated(exc: Exception) -> tuple[Response, int, dict[str, Any]]:
-    problem = to_response(exc)
-    detail = json.loads(problem.get_data())
-    status = 400 if problem.status_code == 422 else problem.status_code
-    fields = detail.get("errors") or []
+def _status(problem: Problem) -> int:
+    return 400 if problem.status == 422 else problem.status
+
+
+def _error(exc: Exception, problem: Problem) -> dict[str, Any]:
     error: dict[str, Any] = {
-        "message": detail["detail"],
-        "type": "invalid_request_error" if status < 500 else "server_error",
-        "param": fields[0]["field"] if fields else None,
+        "message": problem.detail,
+        "type": "invalid_request_error" if _status(problem) < 500 else "server_error",
+        "param": problem.errors[0].field if problem.errors else None,
         "code": _code(exc),
     }
     if isinstance(exc, JobOutcomeError):
         error["job_id"] = exc.job_id
-    return problem, status, error
+    return error
 
 
 def guarded(handler: Callable[[Request], Response]) -> Callable[[Request], Response]:

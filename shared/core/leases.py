@@ -14,6 +14,7 @@ from contextlib import contextmanager
 
 import redis
 
+from shared.core import redis_client
 from shared.core.errors import TooManyRequestsError
 
 #: Take a lease in a set of expiring leases, if fewer than the limit are live.
@@ -30,7 +31,7 @@ def take_lease(r: redis.Redis, name: str, member: str, limit: int, seconds: floa
     """Add ``member`` to the set of expiring leases ``name`` for ``seconds`` if fewer than
     ``limit`` are live; whether it was added."""
     now = time.time()
-    return bool(r.eval(_LEASE, 1, name, repr(now), limit, repr(now + seconds), member))
+    return bool(redis_client.run_script(r, _LEASE, 1, name, repr(now), limit, repr(now + seconds), member))
 
 
 @contextmanager

@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 import redis
 import urllib3
 
-from shared.core import keys, leases, logs
+from shared.core import keys, leases, logs, redis_client
 from shared.core.errors import BlockedTargetError
 from shared.core.settings import WebhookSettings
 from shared.delivery import netguard, webhooks
@@ -228,7 +228,8 @@ class Dispatcher:
     def claim(self, msg: str, now: float) -> str | None:
         """Lease ``msg`` to this dispatcher if it is still due; the lease token, or None."""
         token = f"{self.name}:{secrets.token_hex(6)}"
-        won = self.r.eval(
+        won = redis_client.run_script(
+            self.r,
             _CLAIM,
             2,
             *keys.webhook_keys(msg),
@@ -284,7 +285,8 @@ class Dispatcher:
         if state == "failed" and attempts <= len(schedule):
             state = "pending"
             next_due = self.clock() + schedule[attempts - 1] * random.uniform(1 - JITTER, 1 + JITTER)  # noqa: S311
-        result: Any = self.r.eval(
+        result: Any = redis_client.run_script(
+            self.r,
             _RECORD,
             2,
             *keys.webhook_keys(msg),

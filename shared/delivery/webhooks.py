@@ -20,7 +20,7 @@ from typing import Any, cast
 
 import redis
 
-from shared.core import keys
+from shared.core import keys, redis_client
 from shared.core.errors import BlockedTargetError, ValidationError
 from shared.delivery import netguard
 from shared.jobs.models import Job, JobStatus, WebhookState
@@ -64,7 +64,7 @@ return 1
 
 def show_state(r: redis.Redis, job_id: str, state: dict[str, Any], replace: bool = False) -> None:
     """Write a delivery's state into its job's record (all of it, or the fields given)."""
-    r.eval(_SHOW, 1, keys.job(job_id), json.dumps(state), "set" if replace else "update")
+    redis_client.run_script(r, _SHOW, 1, keys.job(job_id), json.dumps(state), "set" if replace else "update")
 
 
 @dataclass(frozen=True)
@@ -182,7 +182,8 @@ def enqueue(r: redis.Redis, job: Job) -> bool:
         return False
     msg = message_id(job)
     state = WebhookState(url=url, state="pending")
-    queued = r.eval(
+    queued = redis_client.run_script(
+        r,
         _ENQUEUE,
         2,
         *keys.webhook_keys(msg),

@@ -19,7 +19,7 @@ from typing import Any, cast
 
 import redis
 
-from shared.core import keys
+from shared.core import keys, redis_client
 from shared.core.errors import ConflictError, NotFoundError, NotReplicatedError
 from shared.jobs import queue
 from shared.jobs.models import Job, JobStatus
@@ -184,7 +184,8 @@ def transition(
     is given, still owned by that run); None if not: the record is gone, or another actor
     moved it first, so a late duplicate run can never overwrite a newer state."""
     changes = {"updated_at": time.time(), **(fields or {})}
-    result: Any = r.eval(
+    result: Any = redis_client.run_script(
+        r,
         _TRANSITION,
         4,
         *keys.transition_keys(job.key_id, job.id),

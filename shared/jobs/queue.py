@@ -24,7 +24,7 @@ from typing import Any
 
 import redis
 
-from shared.core import keys
+from shared.core import keys, redis_client
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def enlist(pipe: redis.client.Pipeline, job_id: str, key_id: str) -> None:
 
 def publish(r: redis.Redis | redis.client.Pipeline, job_id: str, key_id: str) -> None:
     """Give an enlisted job its turn in the ring and its stream entry (after ``enlist``)."""
-    r.eval(_PUBLISH, 4, *keys.publish_keys(), job_id, key_id)
+    redis_client.run_script(r, _PUBLISH, 4, *keys.publish_keys(), job_id, key_id)
 
 
 def waiting_keys(r: redis.Redis, count: int) -> list[str]:
@@ -111,10 +111,10 @@ def _job_of(r: redis.Redis, entry_id: str, fields: dict[str, Any]) -> str:
     if fields.get("direct"):
         return job_id
     ttl = keys.QUEUE_TICKET_TTL_SECONDS
-    key_id = r.eval(_PICK, 4, *keys.pick_keys(entry_id), ttl)
+    key_id = redis_client.run_script(r, _PICK, 4, *keys.pick_keys(entry_id), ttl)
     if not key_id:
         return job_id
-    picked = r.eval(_TAKE, 2, *keys.take_keys(str(key_id), entry_id), ttl)
+    picked = redis_client.run_script(r, _TAKE, 2, *keys.take_keys(str(key_id), entry_id), ttl)
     return str(picked) if picked else job_id
 
 
@@ -194,7 +194,7 @@ return #due
 
 def promote_due(r: redis.Redis) -> int:
     """Queue again the delayed jobs whose time has come; how many."""
-    return int(r.eval(_PROMOTE, 2, *keys.promote_keys(), time.time()))
+    return int(redis_client.run_script(r, _PROMOTE, 2, *keys.promote_keys(), time.time()))
 
 
 def dead_letter(r: redis.Redis, delivery: Delivery) -> None:

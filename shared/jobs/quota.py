@@ -20,7 +20,7 @@ from typing import Any, cast
 
 import redis
 
-from shared.core import keys
+from shared.core import keys, redis_client
 from shared.core.errors import QuotaExceededError, TooManyRequestsError
 from shared.core.settings import FairUseSettings
 
@@ -88,7 +88,8 @@ def admit_job(r: redis.Redis, key_id: str, limit: Limits, audio_seconds: float) 
     day, resets_at = _day(now)
     verdict, value = cast(
         list[Any],
-        r.eval(
+        redis_client.run_script(
+            r,
             _ADMIT,
             3,
             *keys.admit_job_keys(key_id, day),
@@ -172,8 +173,8 @@ def count_live_audio(r: redis.Redis, key_id: str, limit: Limits, audio_seconds: 
     day, resets_at = _day(now)
     quota = limit.quota_audio_seconds_per_day
     # No pending-jobs limit (0): a live session is not a job.
-    reply = r.eval(
-        _ADMIT, 3, *keys.admit_job_keys(key_id, day), 0, quota, repr(audio_seconds), 2 * _DAY_SECONDS
+    reply = redis_client.run_script(
+        r, _ADMIT, 3, *keys.admit_job_keys(key_id, day), 0, quota, repr(audio_seconds), 2 * _DAY_SECONDS
     )
     verdict, value = cast(list[Any], reply)
     if int(verdict) == 2:
