@@ -75,7 +75,8 @@ def test_each_scripts_keys_share_one_slot(name: str) -> None:
 
 
 def test_every_script_is_given_its_keys_by_a_builder() -> None:
-    """Each ``eval`` in shared/ passes its keys through a ``keys.*`` builder or one key name,
+    """Each script run in shared/ (``redis_client.run_script``) passes its keys through a
+    ``keys.*`` builder or one key name,
     and no script builds a key name inside Lua (a key a cluster could not route)."""
     sources = {p: p.read_text() for p in (ROOT / "shared").rglob("*.py")}
     scripts = {p: re.findall(r'^(_[A-Z_]+) = """(.*?)"""', text, re.S | re.M) for p, text in sources.items()}
@@ -87,9 +88,11 @@ def test_every_script_is_given_its_keys_by_a_builder() -> None:
             if call[0] not in ("PUBLISH",):
                 assert call[1].startswith("KEYS["), (path.name, name, call)
     evals = [
-        m for text in sources.values() for m in re.findall(r"\.eval\(\s*(_[A-Z_]+),\s*(\d+),\s*([^,]+)", text)
+        m
+        for text in sources.values()
+        for m in re.findall(r"run_script\(\s*[\w.]+,\s*(_[A-Z_]+),\s*(\d+),\s*([^,]+)", text)
     ]
-    assert evals
+    assert len(evals) >= 12
     for _script, count, first in evals:
         assert first.startswith("*keys.") or count == "1", (_script, first)
 
