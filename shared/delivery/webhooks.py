@@ -23,6 +23,7 @@ import redis
 from shared.core import keys, redis_client
 from shared.core.errors import BlockedTargetError, ValidationError
 from shared.delivery import netguard
+from shared.jobs import jobstore
 from shared.jobs.models import Job, JobStatus, WebhookState
 
 SECRET_PREFIX = "whsec_"  # noqa: S105  # a prefix, not a secret
@@ -41,30 +42,13 @@ redis.call('ZADD', KEYS[2], ARGV[6], ARGV[1])
 return 1
 """
 
-# The delivery's state as the job's record shows it (``webhook``): set anew (ARGV[2] = 'set')
-# or, when the job has one, updated field by field. The message lives in the ``{webhooks}`` slot
-# and the job in its key's, so this is a second step after the message's own: the record may
-# lag its message by a crash, the message (what gets sent) never by anything.
-_SHOW = """
-local raw = redis.call('GET', KEYS[1])
-if not raw then return 0 end
-local job = cjson.decode(raw)
-local state = cjson.decode(ARGV[1])
-if ARGV[2] == 'set' then
-  job['webhook'] = state
-elseif type(job['webhook']) == 'table' then
-  for k, v in pairs(state) do job['webhook'][k] = v end
-else
-  return 0
-end
-redis.call('SET', KEYS[1], cjson.encode(job), 'KEEPTTL')
-return 1
-"""
-
 
 def show_state(r: redis.Redis, job_id: str, state: dict[str, Any], replace: bool = False) -> None:
-    """Write a delivery's state into its job's record (all of it, or the fields given)."""
-    redis_client.run_script(r, _SHOW, 1, keys.job(job_id), json.dumps(state), "set" if replace else "update")
+    """Write a delivery's state into its job's record (all of it, or the fields given). The
+    message lives in the ``{webhooks}`` slot and the job in its key's, so this is a second step
+    after the message's own: the record may lag its message by a crash, the message (what gets
+    sent) never by anything."""
+    jobstore.show_webhook(r, job_id, state, replace)
 
 
 @dataclass(frozen=True)

@@ -233,9 +233,7 @@ def name_speakers(r: redis.Redis, key_id: str, job_id: str, names: dict[str, Any
         raise ConflictError(
             f"job {job_id} has no speakers to name (a completed job created with diarize=true)"
         )
-    updated = jobstore.transition(
-        r, job, (JobStatus.COMPLETED,), JobStatus.COMPLETED, {"speaker_names": merged}
-    )
+    updated = jobstore.name_speakers(r, job, merged)
     if updated is None:
         raise ConflictError(f"job {job_id} changed meanwhile; try again")
     return updated

@@ -1,4 +1,8 @@
-"""Job records, the per-key job index and the work queue, all in Redis.
+"""Job records and the per-key job index, in Redis: the one module that writes a job's record
+(creation, the typed transitions ``start``, ``progress``, ``complete``, ``fail``, ``hand_back``,
+``cancel`` and ``name_speakers``, a webhook's state, deletion) and reads it (``load``,
+``get_owned``; the polled GET reads it in the admission's round trip through ``key_of`` and
+``owned``).
 
 A job's record and its usage counters change together in one atomic step: creation is a
 MULTI/EXEC transaction and every later state change goes through ``_TRANSITION`` (Lua), which
@@ -6,8 +10,9 @@ refuses a change from a state it was not asked to leave. That is what stops a la
 worker from overwriting a newer state. Each change is also published on the job's events
 channel (``keys.job_events``) for callers that wait on a job, appended to the job's event
 log (``keys.job_event_log``, read by ``shared.jobs.events``), and counted in the service-wide
-metrics of its key (``keys.tenant_metrics``: jobs by status and model, audio and processing seconds, the
-real-time factor), in the same step, so ``GET /metrics`` counts every change exactly once.
+metrics of its key (``metrics.TRANSITION_LUA``, kept in ``shared.ops.metrics``: jobs by status and
+model, audio and processing seconds, the real-time factor), in the same step, so ``GET /metrics``
+counts every change exactly once.
 """
 
 from __future__ import annotations
@@ -23,9 +28,13 @@ from shared.core import keys, redis_client
 from shared.core.errors import ConflictError, NotFoundError, NotReplicatedError
 from shared.jobs import queue
 from shared.jobs.models import Job, JobStatus
-from shared.ops.metrics import RTF_BUCKETS
+from shared.ops.metrics import RTF_BUCKETS, TRANSITION_LUA
 
-_TRANSITION = """
+# The state change: refuses a change from a state it was not asked to leave (or from another
+# run's), writes the record, moves the key's usage counters, publishes and logs the change, then
+# runs ``metrics.TRANSITION_LUA`` (the metrics' own part, kept there) in the same atomic step.
+_TRANSITION = (
+    """
 local raw = redis.call('GET', KEYS[1])
 if not raw then return false end
 local job = cjson.decode(raw)
@@ -42,33 +51,22 @@ local encoded = cjson.encode(job)
 redis.call('SET', KEYS[1], encoded, 'KEEPTTL')
 local kind = 'update'
 local model = tostring(job['options']['model'])
+local usage = cjson.decode(ARGV[4])
 if from ~= ARGV[2] then
   kind = 'status'
   redis.call('HINCRBY', KEYS[2], 'jobs_' .. from, -1)
   redis.call('HINCRBY', KEYS[2], 'jobs_' .. ARGV[2], 1)
-  redis.call('HINCRBY', KEYS[4], 'jobs_total|' .. ARGV[2] .. '|' .. model, 1)
   redis.call('PUBLISH', ARGV[6], ARGV[2])
 end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[8], '*', 'kind', kind, 'job', encoded)
 redis.call('EXPIRE', KEYS[3], ARGV[7])
-local usage = cjson.decode(ARGV[4])
-for k, v in pairs(usage) do
-  redis.call('HINCRBYFLOAT', KEYS[2], k, tostring(v))
-  redis.call('HINCRBYFLOAT', KEYS[4], k .. '|' .. model, tostring(v))
-end
--- Real-time factor of a finished run: the index of the first bucket bound it fits under.
-local audio, spent = tonumber(usage['audio_seconds']), tonumber(usage['processing_seconds'])
-if audio and spent and audio > 0 then
-  local rtf, index = spent / audio, 0
-  for bound in string.gmatch(ARGV[9], '%S+') do
-    if rtf <= tonumber(bound) then break end
-    index = index + 1
-  end
-  redis.call('HINCRBY', KEYS[4], 'rtf_bucket|' .. model .. '|' .. index, 1)
-  redis.call('HINCRBYFLOAT', KEYS[4], 'rtf_sum|' .. model, tostring(rtf))
-end
+for k, v in pairs(usage) do redis.call('HINCRBYFLOAT', KEYS[2], k, tostring(v)) end
+"""
+    + TRANSITION_LUA
+    + """
 return {1, encoded}
 """
+)
 
 
 def new_job_id(key_id: str) -> str:
@@ -202,6 +200,91 @@ def transition(
     if not result or int(result[0]) != 1:
         return None
     return Job.model_validate_json(result[1])
+
+
+# ---- the transitions of a job's life, each a typed call of ``transition`` ------------------
+
+
+def start(r: redis.Redis, job: Job, run_id: str) -> Job | None:
+    """A worker takes ``job`` (waiting, or running under a run that stopped) as run ``run_id``."""
+    fields = {
+        "started_at": time.time(),
+        "attempts": job.attempts + 1,
+        "run_id": run_id,
+        "windows": 0,
+        "progress": 0,
+    }
+    return transition(r, job, (JobStatus.PENDING, JobStatus.PROCESSING), JobStatus.PROCESSING, fields)
+
+
+def progress(r: redis.Redis, job: Job, run_id: str, share: float, windows: int | None = None) -> Job | None:
+    """Run ``run_id`` has done ``share`` of the audio (``windows`` audio windows); None when
+    the job is no longer that run's (canceled, deleted or taken over)."""
+    fields: dict[str, Any] = {"progress": round(share, 4)}
+    if windows is not None:
+        fields["windows"] = windows
+    return transition(r, job, (JobStatus.PROCESSING,), JobStatus.PROCESSING, fields, run_id=run_id)
+
+
+def complete(
+    r: redis.Redis, job: Job, run_id: str, text: str, language: str | None, duration: float, spent: float
+) -> Job | None:
+    """Run ``run_id`` finished: its transcript's text, language and audio length, and the
+    ``spent`` seconds of processing (counted in the key's usage and the metrics)."""
+    fields = {
+        "transcription": text,
+        "language": language,
+        "duration": duration,
+        "completed_at": time.time(),
+        "progress": 1.0,
+        "error": None,
+    }
+    usage = {"audio_seconds": duration, "processing_seconds": spent}
+    return transition(r, job, (JobStatus.PROCESSING,), JobStatus.COMPLETED, fields, usage, run_id)
+
+
+def fail(r: redis.Redis, job: Job, reason: str, run_id: str = "", spent: float | None = None) -> Job | None:
+    """The job cannot finish, for ``reason`` (a person can act on it): from its run
+    ``run_id``, or (no run) from whatever unfinished state it is in."""
+    fields = {"error": reason, "completed_at": time.time()}
+    usage = {"processing_seconds": spent} if spent is not None else None
+    allowed = (JobStatus.PROCESSING,) if run_id else (JobStatus.PENDING, JobStatus.PROCESSING)
+    return transition(r, job, allowed, JobStatus.FAILED, fields, usage, run_id)
+
+
+def hand_back(r: redis.Redis, job: Job, run_id: str) -> Job | None:
+    """Run ``run_id`` gives the job back, unfinished, to wait for a worker again."""
+    return transition(r, job, (JobStatus.PROCESSING,), JobStatus.PENDING, {"started_at": None}, run_id=run_id)
+
+
+def name_speakers(r: redis.Redis, job: Job, names: dict[str, str]) -> Job | None:
+    """A completed job's speakers get these display names."""
+    return transition(r, job, (JobStatus.COMPLETED,), JobStatus.COMPLETED, {"speaker_names": names})
+
+
+_SHOW_WEBHOOK = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local job = cjson.decode(raw)
+local state = cjson.decode(ARGV[1])
+if ARGV[2] == 'set' then
+  job['webhook'] = state
+elseif type(job['webhook']) == 'table' then
+  for k, v in pairs(state) do job['webhook'][k] = v end
+else
+  return 0
+end
+redis.call('SET', KEYS[1], cjson.encode(job), 'KEEPTTL')
+return 1
+"""
+
+
+def show_webhook(r: redis.Redis, job_id: str, state: dict[str, Any], replace: bool = False) -> None:
+    """Write a webhook delivery's state into its job's record (``webhook``): all of it, or
+    the fields given when the job has one. Not a transition: the status stays as it is."""
+    redis_client.run_script(
+        r, _SHOW_WEBHOOK, 1, keys.job(job_id), json.dumps(state), "set" if replace else "update"
+    )
 
 
 def cancel(r: redis.Redis, job: Job) -> Job | None:

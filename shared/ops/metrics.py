@@ -41,6 +41,29 @@ log = logging.getLogger("whisper_api.metrics")
 
 #: Upper bounds of the real-time factor histogram (processing seconds per audio second).
 RTF_BUCKETS: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
+
+#: The metrics of a job's state change, run inside the job store's transition script
+#: (``shared.jobs.jobstore``), so every change counts exactly once. It reads the script's
+#: ``from``, ``model`` and ``usage`` (the key's usage added: audio and processing seconds),
+#: ``ARGV[2]`` (the new status), ``ARGV[9]`` (``RTF_BUCKETS``) and writes ``KEYS[4]`` (the
+#: tenant's metrics hash, ``keys.tenant_metrics``).
+TRANSITION_LUA = """
+if from ~= ARGV[2] then
+  redis.call('HINCRBY', KEYS[4], 'jobs_total|' .. ARGV[2] .. '|' .. model, 1)
+end
+for k, v in pairs(usage) do redis.call('HINCRBYFLOAT', KEYS[4], k .. '|' .. model, tostring(v)) end
+-- Real-time factor of a finished run: the index of the first bucket bound it fits under.
+local audio, spent = tonumber(usage['audio_seconds']), tonumber(usage['processing_seconds'])
+if audio and spent and audio > 0 then
+  local rtf, index = spent / audio, 0
+  for bound in string.gmatch(ARGV[9], '%S+') do
+    if rtf <= tonumber(bound) then break end
+    index = index + 1
+  end
+  redis.call('HINCRBY', KEYS[4], 'rtf_bucket|' .. model .. '|' .. index, 1)
+  redis.call('HINCRBYFLOAT', KEYS[4], 'rtf_sum|' .. model, tostring(rtf))
+end
+"""
 #: Upper bounds of the HTTP latency histogram, in seconds.
 HTTP_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 

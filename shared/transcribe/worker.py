@@ -201,13 +201,7 @@ class Worker:
                 f"the job stopped {limit} workers without finishing (crash or out of memory); "
                 "try a smaller model or shorter audio"
             )
-            failed = jobstore.transition(
-                self.r,
-                job,
-                (JobStatus.PENDING, JobStatus.PROCESSING),
-                JobStatus.FAILED,
-                {"error": reason, "completed_at": time.time()},
-            )
+            failed = jobstore.fail(self.r, job, reason)
             self._finished(failed)
         queue.dead_letter(self.r, delivery)
         log.warning("job %s dead-lettered after %d deliveries", delivery.job_id, delivery.deliveries)
@@ -247,19 +241,7 @@ class Worker:
     def _process(self, waiting: Job, entry_id: str | None) -> bool:
         job_id = waiting.id
         run_id = secrets.token_hex(8)
-        job = jobstore.transition(
-            self.r,
-            waiting,
-            (JobStatus.PENDING, JobStatus.PROCESSING),
-            JobStatus.PROCESSING,
-            {
-                "started_at": time.time(),
-                "attempts": waiting.attempts + 1,
-                "run_id": run_id,
-                "windows": 0,
-                "progress": 0,
-            },
-        )
+        job = jobstore.start(self.r, waiting, run_id)
         if job is None:
             return True
         started = time.monotonic()
@@ -295,22 +277,8 @@ class Worker:
         self._storage(
             f"store the result of job {job.id}", self.store.put_bytes, key, body, "application/json"
         )
-        done = jobstore.transition(
-            self.r,
-            job,
-            (JobStatus.PROCESSING,),
-            JobStatus.COMPLETED,
-            {
-                "transcription": result.text,
-                "language": result.language,
-                "duration": result.duration,
-                "completed_at": time.time(),
-                "progress": 1.0,
-                "error": None,
-            },
-            usage={"audio_seconds": result.duration, "processing_seconds": time.monotonic() - started},
-            run_id=run_id,
-        )
+        spent = time.monotonic() - started
+        done = jobstore.complete(self.r, job, run_id, result.text, result.language, result.duration, spent)
         if done is None:
             self._discard(job, key)
         self._finished(done)
@@ -353,10 +321,7 @@ class Worker:
         """After each chunk: record progress, and stop if the job is no longer ours (canceled,
         deleted, or taken over) or if shutdown's grace period is over."""
         share = min(1.0, progress.seconds / job.duration) if job.duration else 0.0
-        fields = {"windows": progress.chunks, "progress": round(share, 4)}
-        ours = jobstore.transition(
-            self.r, job, (JobStatus.PROCESSING,), JobStatus.PROCESSING, fields, run_id=run_id
-        )
+        ours = jobstore.progress(self.r, job, run_id, share, progress.chunks)
         if ours is None:
             raise RunCanceledError(job.id)
         for segment in progress.segments:  # live events (GET /transcribe/{id}/events)
@@ -377,10 +342,7 @@ class Worker:
             share = min(1.0, seconds / job.duration) if job.duration else 0.0
             if round(share, 3) > told[0]:
                 told[0] = round(share, 3)
-                fields = {"progress": round(share, 4)}
-                jobstore.transition(
-                    self.r, job, (JobStatus.PROCESSING,), JobStatus.PROCESSING, fields, run_id=run_id
-                )
+                jobstore.progress(self.r, job, run_id, share)
 
         return record
 
@@ -394,9 +356,7 @@ class Worker:
 
     def _postpone(self, job: Job, run_id: str, entry_id: str | None, why: str) -> bool:
         """Storage is down: back to pending, queued again after a delay that doubles per try."""
-        back = jobstore.transition(
-            self.r, job, (JobStatus.PROCESSING,), JobStatus.PENDING, {"started_at": None}, run_id=run_id
-        )
+        back = jobstore.hand_back(self.r, job, run_id)
         if back is None:
             return True
         base, cap = (
@@ -412,9 +372,7 @@ class Worker:
 
     def _release(self, job: Job, run_id: str, entry_id: str | None) -> bool:
         """Hand an unfinished job back to the queue so another worker starts it at once."""
-        back = jobstore.transition(
-            self.r, job, (JobStatus.PROCESSING,), JobStatus.PENDING, {"started_at": None}, run_id=run_id
-        )
+        back = jobstore.hand_back(self.r, job, run_id)
         if back is None:
             return True
         log.info("job %s handed back to the queue (shutting down)", job.id)
@@ -425,15 +383,7 @@ class Worker:
 
     def _fail(self, job: Job, run_id: str, reason: str, started: float) -> None:
         log.info("job %s failed: %s", job.id, reason)
-        failed = jobstore.transition(
-            self.r,
-            job,
-            (JobStatus.PROCESSING,),
-            JobStatus.FAILED,
-            {"error": reason, "completed_at": time.time()},
-            usage={"processing_seconds": time.monotonic() - started},
-            run_id=run_id,
-        )
+        failed = jobstore.fail(self.r, job, reason, run_id, spent=time.monotonic() - started)
         self._finished(failed)
 
     def _finished(self, job: Job | None) -> None:

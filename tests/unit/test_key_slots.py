@@ -79,7 +79,8 @@ def test_every_script_is_given_its_keys_by_a_builder() -> None:
     ``keys.*`` builder or one key name,
     and no script builds a key name inside Lua (a key a cluster could not route)."""
     sources = {p: p.read_text() for p in (ROOT / "shared").rglob("*.py")}
-    scripts = {p: re.findall(r'^(_[A-Z_]+) = """(.*?)"""', text, re.S | re.M) for p, text in sources.items()}
+    defined = r'^(_?[A-Z_]+) = \(?\s*"""(.*?)"""'
+    scripts = {p: re.findall(defined, text, re.S | re.M) for p, text in sources.items()}
     lua = [(p, name, body) for p, found in scripts.items() for name, body in found if "redis.call" in body]
     assert len(lua) >= 12
     for path, name, body in lua:
