@@ -31,7 +31,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.procs import tree_rss_bytes
-from devtools.devstack import start_gateway, start_redis, start_s3, tone_wav
+from devtools.devstack import start_gateway, start_nginx, start_redis, start_s3, tone_wav
 from devtools.ports import free_port
 from shared.api import credentials
 from shared.core import keys
@@ -656,7 +656,7 @@ def _storage(env: dict[str, str]) -> StorageSettings:
 
 
 @contextmanager
-def local_stack(work: Path, async_gateway: bool = True) -> Iterator[Stack]:
+def local_stack(work: Path, async_gateway: bool = True, behind_nginx: bool = False) -> Iterator[Stack]:
     redis_port, s3_port, port = free_port(), free_port(), free_port()
     (work / "redis").mkdir()
     procs = [start_redis(redis_port, work / "redis"), start_s3(s3_port)]
@@ -686,19 +686,24 @@ def local_stack(work: Path, async_gateway: bool = True) -> Iterator[Stack]:
         "MAX_OPEN_UPLOADS_PER_KEY": "20",
         "HEADER_TIMEOUT_SECONDS": "3",
         # Clients name their address in X-Forwarded-For, as behind the gateway: the guesser's
-        # own address is throttled, not everyone on loopback.
-        "PROXY_HOPS": "1",
+        # own address is throttled, not everyone on loopback. Behind nginx (which appends the
+        # address it saw) that is the second hop from the end.
+        "PROXY_HOPS": "2" if behind_nginx else "1",
     }
     if not async_gateway:  # every answer on the threaded gateway, as before issue #22's second pass
         env["LONG_ANSWERS_SOCKET"] = ""
     for bucket in ("bench", "bench-inbox"):
         BlobStore(_storage(env), bucket).ensure_bucket()
     procs.append(start_gateway(port, env, workers=2))
+    gateway_pid = procs[-1].pid
+    if behind_nginx:  # infra/gateway/nginx.conf in front, as compose and Kubernetes run it
+        gateway_port, port = port, free_port()
+        procs.append(start_nginx(port, gateway_port, work / "nginx"))
     r = redis.Redis.from_url(env["REDIS_URL"], decode_responses=True)
     try:
         for _ in range(10):  # both workers booted and warm
             requests.get(f"http://127.0.0.1:{port}/health", timeout=30)
-        yield Stack(f"http://127.0.0.1:{port}", port, procs[-1].pid, r, env)
+        yield Stack(f"http://127.0.0.1:{port}", port, gateway_pid, r, env)
     finally:
         for proc in reversed(procs):
             proc.terminate()
@@ -715,11 +720,16 @@ def main() -> int:
         action="store_true",
         help="serve every answer on the threaded gateway (no async gateway): the comparison",
     )
+    parser.add_argument(
+        "--behind-nginx",
+        action="store_true",
+        help="attack through infra/gateway/nginx.conf in front of the gateway, as deployed",
+    )
     args = parser.parse_args()
     only = args.only
     with (
         tempfile.TemporaryDirectory(prefix="whisper-abuse-") as tmp,
-        local_stack(Path(tmp), async_gateway=not args.threads_only) as stack,
+        local_stack(Path(tmp), not args.threads_only, args.behind_nginx) as stack,
     ):
         other_id, other_key = stack.key("bystander")
         credentials.set_limits(stack.r, other_id, {"rate_limit_per_minute": 0})

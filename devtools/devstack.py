@@ -340,3 +340,34 @@ def tone_wav(seconds: float = 3.0, freq: float = 440.0, rate: int = 16_000) -> b
         w.setframerate(rate)
         w.writeframes(frames)
     return buf.getvalue()
+
+
+def start_nginx(port: int, upstream_port: int, work: Path) -> subprocess.Popen[bytes]:
+    """``infra/gateway/nginx.conf`` as compose runs it, listening on loopback ``port`` with every
+    upstream (auth, jobs, jobs-long) pointed at the gateway on ``upstream_port``; its logs, pid and
+    temporary files in ``work``. Returns once it listens."""
+    conf = (Path(__file__).resolve().parents[1] / "infra" / "gateway" / "nginx.conf").read_text()
+    work.mkdir(parents=True, exist_ok=True)
+    upstream = f"http://127.0.0.1:{upstream_port}"
+    for old, new in {
+        "resolver ${NGINX_LOCAL_RESOLVERS} valid=10s ipv6=off;": "",
+        "worker_processes auto;": "worker_processes 1;",
+        "pid /tmp/nginx.pid;": f"pid {work}/nginx.pid;",
+        "/var/log/nginx/access.log": f"{work}/access.log",
+        "/var/log/nginx/error.log": f"{work}/error.log",
+        "listen 8080;": f"listen 127.0.0.1:{port};",
+        "http://auth:8080": upstream,
+        "http://jobs:8080": upstream,
+        "http://jobs-long:8080": upstream,
+    }.items():
+        if old not in conf:
+            raise RuntimeError(f"infra/gateway/nginx.conf no longer has {old!r}")
+        conf = conf.replace(old, new)
+    # Temporary files of buffered bodies go to ``work``, not /var/lib/nginx.
+    conf = conf.replace(
+        "http {", f"http {{\n    client_body_temp_path {work}/body;\n    proxy_temp_path {work}/proxy;", 1
+    )
+    (work / "nginx.conf").write_text(conf)
+    proc = subprocess.Popen(["nginx", "-c", str(work / "nginx.conf"), "-g", "daemon off;"])
+    wait_for_port(port, proc)
+    return proc

@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -18,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from bench.procs import tree_rss_bytes
-from devtools.devstack import start_gateway
-from devtools.ports import free_port, wait_for_port
+from devtools.devstack import start_gateway, start_nginx
+from devtools.ports import free_port
 from shared.api import credentials
 from shared.core.redis_client import from_url
 from tests.conftest import own_stack
@@ -288,31 +287,9 @@ def _read_answer_keepalive(sock: socket.socket, started: float) -> int:
 @pytest.fixture(scope="module")
 def nginx(gateway: Gateway, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """``infra/gateway/nginx.conf`` as compose runs it, its upstreams pointed at ``gateway``."""
-    conf = (Path(__file__).resolve().parents[2] / "infra" / "gateway" / "nginx.conf").read_text()
-    work = tmp_path_factory.mktemp("nginx")
     port = free_port()
-    upstream = f"http://127.0.0.1:{gateway.port}"
-    for old, new in {
-        "resolver ${NGINX_LOCAL_RESOLVERS} valid=10s ipv6=off;": "",
-        "worker_processes auto;": "worker_processes 1;",
-        "pid /tmp/nginx.pid;": f"pid {work}/nginx.pid;",
-        "/var/log/nginx/access.log": f"{work}/access.log",
-        "/var/log/nginx/error.log": f"{work}/error.log",
-        "listen 8080;": f"listen 127.0.0.1:{port};",
-        "http://auth:8080": upstream,
-        "http://jobs:8080": upstream,
-        "http://jobs-long:8080": upstream,
-    }.items():
-        assert old in conf, old
-        conf = conf.replace(old, new)
-    # Temporary files of buffered bodies go to the test's directory, not /var/lib/nginx.
-    conf = conf.replace(
-        "http {", f"http {{\n    client_body_temp_path {work}/body;\n    proxy_temp_path {work}/proxy;", 1
-    )
-    (work / "nginx.conf").write_text(conf)
-    proc = subprocess.Popen(["nginx", "-c", str(work / "nginx.conf"), "-g", "daemon off;"])
+    proc = start_nginx(port, gateway.port, tmp_path_factory.mktemp("nginx"))
     try:
-        wait_for_port(port, proc)
         yield Gateway(port, gateway.pid, gateway.redis_url)
     finally:
         proc.terminate()
