@@ -363,6 +363,8 @@ def start_nginx(port: int, upstream_port: int, work: Path) -> subprocess.Popen[b
         if old not in conf:
             raise RuntimeError(f"infra/gateway/nginx.conf no longer has {old!r}")
         conf = conf.replace(old, new)
+    if os.geteuid() == 0:  # its workers would run as nobody, who may not enter ``work``
+        conf = conf.replace("worker_processes 1;", "user root;\nworker_processes 1;", 1)
     # Temporary files of buffered bodies go to ``work``, not /var/lib/nginx.
     conf = conf.replace(
         "http {", f"http {{\n    client_body_temp_path {work}/body;\n    proxy_temp_path {work}/proxy;", 1

@@ -296,6 +296,18 @@ def nginx(gateway: Gateway, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         proc.wait(timeout=30)
 
 
+def test_behind_nginx_a_small_body_past_its_buffer_reaches_the_function(nginx):
+    # Given 60 kB of nested JSON on /auth/token (within the small routes' 64 KiB, past nginx's
+    # default 16 KiB buffer): nginx holds it in memory (client_body_buffer_size) and passes it on
+    sock = _connect(nginx)
+    sock.sendall(_head("POST", "/auth/token", {**JSON, "Content-Length": "60000"}) + b"[" * 60_000)
+    answer = _read_answer(sock, time.monotonic(), budget=15)
+    sock.close()
+    # Then the function's own refusal comes back, as problem+json
+    assert (answer.status, answer.headers["content-type"]) == (422, "application/problem+json")
+    assert json.loads(answer.body)["detail"] == "body: JSON nested too deeply"
+
+
 def test_behind_nginx_small_bodies_are_limited_and_stalled_clients_leave_health_answering(nginx):
     # A declared body over the small routes' limit is refused by nginx itself, as problem+json
     sock = _connect(nginx)
