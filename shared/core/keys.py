@@ -277,6 +277,18 @@ def pending_upload(job_id: str) -> str:
     return f"upload:{{{job_tag(job_id)}}}:{job_id}"
 
 
+#: A job created but not yet published (its turn and stream entry, a second step in another
+#: slot): the creation time, set with the record and removed once published; a crash between
+#: the two leaves it for ``shared.jobs.jobstore.publish_stranded`` (the job's identical retry,
+#: or a worker's sweep).
+def unpublished(key_id: str, job_id: str) -> str:
+    return f"unpub:{{{key_id}}}:{job_id}"
+
+
+UNPUBLISHED_PATTERN = "unpub:*"
+UNPUBLISHED_TTL_SECONDS = 7 * 24 * 3600
+
+
 #: Fair turns across API keys (shared.jobs.queue): each key's waiting job ids in order (list) ...
 def queue_of(key_id: str) -> str:
     return f"queue:{{{key_id}}}"
@@ -327,7 +339,7 @@ def admit_job_keys(key_id: str, day: str) -> list[str]:
 def create_job_keys(key_id: str, job_id: str, guard: str | None = None) -> list[str]:
     """shared.jobs.jobstore's creation transaction (the Idempotency-Key record first, when given)."""
     own = [job(job_id), jobs_of(key_id), usage(key_id), queue_of(key_id), job_event_log(job_id)]
-    return ([guard] if guard else []) + own + [tenant_metrics(key_id)]
+    return ([guard] if guard else []) + own + [tenant_metrics(key_id), unpublished(key_id, job_id)]
 
 
 def transition_keys(key_id: str, job_id: str) -> list[str]:

@@ -109,6 +109,8 @@ def submit(c: Clients, new: NewJob, idempotency_key: str | None) -> tuple[Job, b
     request_fingerprint = idempotency.fingerprint(new.options, new.upload.path, new.webhook_url)
     claimed = idempotency.claim(r, key_id, idempotency.check_key(idempotency_key), request_fingerprint)
     if claimed.existing_job_id is not None:
+        # The first request may have stopped between storing the job and queueing it.
+        jobstore.publish_stranded(r, key_id, claimed.existing_job_id)
         return jobstore.get_owned(r, key_id, claimed.existing_job_id), True
     job_id = jobstore.new_job_id(key_id)
     try:

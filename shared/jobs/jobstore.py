@@ -97,7 +97,7 @@ def create(
     primary demoted by a failover still takes writes until it learns of it, and they are lost."""
     record = job.model_dump(mode="json")
     names = keys.create_job_keys(job.key_id, job.id, guard.key if guard else None)
-    name, index, usage, _, log, job_metrics = names[-6:]
+    name, index, usage, _, log, job_metrics, marker = names[-7:]
     with r.pipeline(transaction=True) as pipe:
         if guard is not None:
             pipe.watch(guard.key)  # type: ignore[no-untyped-call]
@@ -115,19 +115,50 @@ def create(
         pipe.xadd(log, {"kind": "status", "job": json.dumps(record)}, maxlen=keys.JOB_EVENT_LOG_MAXLEN)
         pipe.expire(log, keys.JOB_EVENT_LOG_TTL_SECONDS)
         pipe.hincrby(job_metrics, f"jobs_total|{JobStatus.PENDING.value}|{job.options.model}", 1)
+        pipe.set(marker, repr(time.time()), ex=keys.UNPUBLISHED_TTL_SECONDS)
         try:
             pipe.execute()
         except redis.WatchError:
             raise ConflictError("another request with this Idempotency-Key took over") from None
     if not replicas:
         queue.publish(r, job.id, job.key_id)
+        r.delete(marker)
         return
     with r.pipeline(transaction=False) as pipe:  # one connection: WAIT covers its writes, and all before
         queue.publish(pipe, job.id, job.key_id)
+        pipe.delete(marker)
         pipe.execute_command("WAIT", replicas, wait_ms)  # type: ignore[no-untyped-call]
         held = pipe.execute()[-1]
     if int(held) < replicas:
         raise NotReplicatedError(f"job {job.id} reached {held} of {replicas} replicas; not accepted")
+
+
+def publish_stranded(r: redis.Redis, key_id: str, job_id: str) -> bool:
+    """Publish a job whose creation stopped before its publish (its ``keys.unpublished``
+    marker is still there); whether this call did. Removing the marker first decides who
+    publishes, so two callers never give one job two turns; a publish that fails puts it back."""
+    marker = keys.unpublished(key_id, job_id)
+    created = r.get(marker)
+    if created is None or not r.delete(marker):
+        return False
+    try:
+        queue.publish(r, job_id, key_id)
+    except BaseException:
+        r.set(marker, str(created), ex=keys.UNPUBLISHED_TTL_SECONDS)
+        raise
+    return True
+
+
+def publish_all_stranded(r: redis.Redis, older_than_seconds: float) -> int:
+    """Publish every job stranded between creation and publish for ``older_than_seconds``
+    (a request still storing its job is younger); how many. A worker's periodic sweep."""
+    published, now = 0, time.time()
+    for name in r.scan_iter(match=keys.UNPUBLISHED_PATTERN, count=1000):
+        _, tag, job_id = str(name).split(":", 2)
+        created = r.get(name)
+        if created is not None and now - float(created) >= older_than_seconds:
+            published += publish_stranded(r, tag.strip("{}"), job_id)
+    return published
 
 
 def load(r: redis.Redis, job_id: str) -> Job | None:

@@ -405,6 +405,14 @@ class Worker:
             removed = retention.sweep(self.r, self.store, inbox=inbox)
             if removed:
                 log.info("retention: removed %d expired items", removed)
+            stranded = jobstore.publish_all_stranded(self.r, _STRANDED_AFTER_SECONDS)
+            if stranded:
+                log.warning("queued %d jobs whose creation stopped before they were queued", stranded)
+
+
+#: A job stored but not queued this long ago was left so by a crash, not by a request still
+#: storing it (which queues it within its Redis timeouts).
+_STRANDED_AFTER_SECONDS = 60.0
 
 
 def build(settings: WorkerSettings) -> Worker:

@@ -8,11 +8,12 @@ import io
 from collections import Counter
 
 import pytest
+import redis
 from redis.cluster import RedisCluster
 
 from shared.core import keys
 from shared.core.settings import worker_settings
-from shared.jobs import jobstore
+from shared.jobs import jobstore, queue
 from shared.jobs.models import JobStatus
 from shared.transcribe.worker import build
 
@@ -108,3 +109,26 @@ def test_a_job_moves_only_from_the_state_it_was_in_on_a_cluster(jobs_client, bea
     assert jobstore.transition(r, job, (JobStatus.PENDING,), JobStatus.FAILED) is None
     assert jobstore.transition(r, job, (JobStatus.PROCESSING,), JobStatus.FAILED, run_id="b") is None
     assert r.hget(keys.usage(job.key_id), "jobs_processing") == "1"
+
+
+def test_the_sweep_finds_stranded_jobs_on_every_primary(jobs_client, bearer, make_wav, r, monkeypatch):
+    # Given jobs of several keys (their slots on different primaries) stored but not queued:
+    # each request's publish died (503)
+    def dying(*args):
+        raise redis.ConnectionError("connection lost between storing the job and queueing it")
+
+    real = queue.publish
+    monkeypatch.setattr(queue, "publish", dying)
+    for n in range(10):  # all on one primary: 3 in 3^10
+        data = {"audio": (io.BytesIO(make_wav(1.0)), "a.wav"), "model": "demo"}
+        headers = bearer(f"stranded-{n}")
+        resp = jobs_client.post("/transcribe", data=data, headers=headers, content_type="multipart/form-data")
+        assert resp.status_code == 503, resp.get_json()
+    monkeypatch.setattr(queue, "publish", real)
+    stranded = [job for key_id in r.smembers(keys.API_KEYS) for job in r.zrange(keys.jobs_of(key_id), 0, -1)]
+    assert len(stranded) == 10
+    assert len({r.get_node_from_key(keys.job(job_id)).name for job_id in stranded}) >= 2
+    # Then one sweep queues each of them once, wherever it lives
+    assert jobstore.publish_all_stranded(r, older_than_seconds=0) == 10
+    entries = [fields["job_id"] for _, fields in r.xrange(keys.JOBS_STREAM)]
+    assert sorted(entries) == sorted(stranded)
