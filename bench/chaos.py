@@ -1,13 +1,25 @@
 """Chaos run: submit N jobs while SIGKILLing workers and crashing Redis once; count what survives.
 
     .venv/bin/python bench/chaos.py --jobs 200 --workers 3
+    .venv/bin/python bench/chaos.py --cluster --jobs 60 --workers 3
 
 It starts its own stack on free loopback ports (redis-server with AOF, a moto S3 server, the
-gateway, N workers running the offline ``demo`` model), drives it over HTTP like a client that
-retries with an ``Idempotency-Key`` while SIGKILLing a ready worker every ``--kill-every`` seconds
-(once a job completed since the previous kill), and prints: submitted, completed, failed (with reasons),
-lost (accepted with a 202 but never finished: must be 0), processed twice, and p50/p95 latency
-from creation to completion. Exits 1 if any job was lost.
+gateway, N workers running the offline ``demo`` model, each with a model directory and TMPDIR of
+its own as on a host of its own), drives it over HTTP like clients of three API keys that retry
+with an ``Idempotency-Key`` while SIGKILLing a ready worker every ``--kill-every`` seconds (once a
+job completed since the previous kill), and crashes Redis once half the jobs are in.
+
+With ``--cluster`` the Redis is a 3-primary + 3-replica Redis Cluster and three gateways (the
+client spreads its requests over them; ``--gateways`` for another count) share it: instead of the
+crash, the primary of the work queue's slot (``{jobs}``) is SIGKILLed (its replica takes over; the
+killed node is started again and rejoins as a replica), then ``redis-cli --cluster reshard`` moves
+slots from one primary to another, as many as it takes to move a tenant's slot with its jobs'
+keys in it (``bench/cluster_moves.py``), all while jobs run.
+
+Prints: submitted, completed, failed (with reasons), lost (accepted with a 202 but never
+finished: must be 0), processed twice, completed jobs whose result could not be downloaded (must
+be 0), and p50/p95 latency from creation to completion. Exits 1 if any job was lost, done twice
+or its result not downloadable.
 """
 
 from __future__ import annotations
@@ -16,11 +28,6 @@ import argparse
 import contextlib
 import json
 import math
-import os
-import random
-import secrets
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -32,23 +39,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import redis
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.chaos_stack import Stack
 from devtools.audio import speech_mp3, speech_wav
-from devtools.demo_model import build_checkpoint
-from devtools.devstack import start_gateway, start_redis, start_s3
-from devtools.ports import free_port
 from shared.api import credentials
-from shared.core import keys
-from shared.core.settings import StorageSettings
-from shared.core.storage import BlobStore
-from shared.ops import metrics
 from shared.transcribe.worker import DUPLICATE_RESULTS
 
 TERMINAL = {"completed", "failed", "canceled"}
+
+#: API keys the client submits under (round robin): on a cluster their keys spread over slots.
+TENANTS = 3
 
 
 @dataclass
@@ -62,6 +65,13 @@ class Report:
     latencies: list[float] = field(default_factory=list)
     worker_kills: int = 0
     redis_restarts: int = 0
+    not_downloadable: list[str] = field(default_factory=list)
+    #: Cluster runs: seconds from a primary's SIGKILL until its replica served its slots.
+    failovers: list[float] = field(default_factory=list)
+    #: Cluster runs: slots moved by ``redis-cli --cluster reshard``, and the job records in the
+    #: slot of the tenant among them when the move began.
+    slots_moved: int = 0
+    jobs_moved: int = 0
 
     def percentile(self, q: float) -> float:
         if not self.latencies:
@@ -77,120 +87,35 @@ class Report:
             print(f"  {count} x {reason}")
         print(f"lost:             {len(self.lost)}{'  ' + ' '.join(self.lost[:10]) if self.lost else ''}")
         print(f"processed twice:  {self.processed_twice}  (results computed again but refused)")
+        print(
+            f"not downloadable: {len(self.not_downloadable)}"
+            f"{'  ' + ' '.join(self.not_downloadable[:10]) if self.not_downloadable else ''}"
+            "  (completed, but GET .../result did not answer 200)"
+        )
         print(f"redelivered:      {self.redelivered}  (jobs another worker had to take over)")
         print(f"latency p50:      {self.percentile(0.5):.2f} s")
         print(f"latency p95:      {self.percentile(0.95):.2f} s")
         print(
             f"chaos:            {self.worker_kills} worker SIGKILLs, "
-            f"{self.redis_restarts} Redis crash+restart"
+            f"{self.redis_restarts} Redis crash+restart, "
+            f"{len(self.failovers)} primary SIGKILLed and failed over"
+            f"{' in ' + ', '.join(f'{s:.1f} s' for s in self.failovers) if self.failovers else ''}, "
+            f"{self.slots_moved} slots resharded (a tenant's slot among them, {self.jobs_moved} jobs)"
         )
 
-
-class Stack:
-    """Redis, S3, the gateway and workers, each a process this run may kill."""
-
-    def __init__(self, workdir: Path, workers: int) -> None:
-        self.workdir = workdir
-        self.redis_port, s3_port, self.http_port = free_port(), free_port(), free_port()
-        models = workdir / "models"
-        models.mkdir()
-        build_checkpoint(models / "demo.pt")
-        self.env = {
-            **os.environ,
-            "ENVIRONMENT": "development",
-            "REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0",
-            "S3_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}",
-            "S3_BUCKET": "chaos",
-            "AWS_ACCESS_KEY_ID": "chaos",
-            "AWS_SECRET_ACCESS_KEY": "chaos",
-            "JWT_SECRET": secrets.token_hex(32),
-            "WHISPER_MODEL_DIR": str(models),
-            "WHISPER_MODELS": "demo",
-            "WHISPER_DEVICE": "cpu",
-            "WORKER_VISIBILITY_TIMEOUT_MS": "3000",
-            "WORKER_HEARTBEAT_SECONDS": "0.5",
-            "WORKER_BLOCK_MS": "200",
-            "WORKER_MAX_DELIVERIES": "5",
-            "REDIS_TIMEOUT_SECONDS": "2",
-            "LOG_LEVEL": "ERROR",
-            # The client polls every job twice a second: far past any fair-use rate limit.
-            "RATE_LIMIT_PER_MINUTE": "0",
-            # Its clients upload many files at once from one key: no cap on uploads in flight.
-            "MAX_UPLOADS_IN_FLIGHT_PER_KEY": "0",
-        }
-        self.redis = start_redis(self.redis_port, workdir / "redis")
-        self.s3 = start_s3(s3_port)
-        BlobStore(
-            StorageSettings(
-                s3_endpoint_url=self.env["S3_ENDPOINT_URL"],
-                s3_bucket="chaos",
-                aws_access_key_id="chaos",
-                aws_secret_access_key="chaos",
-            )
-        ).ensure_bucket()
-        self.gateway = start_gateway(self.http_port, self.env, workers=2)
-        self.workers = [self._quiet_worker() for _ in range(workers)]
-        self.base_url = f"http://127.0.0.1:{self.http_port}"
-
-    def _quiet_worker(self) -> subprocess.Popen[bytes]:
-        with open(self.workdir / "workers.log", "ab") as log:
-            return subprocess.Popen(
-                [sys.executable, "-m", "functions.transcribe.main"], env=self.env, stdout=log, stderr=log
-            )
-
-    def ready_workers(self) -> list[subprocess.Popen[bytes]]:
-        """Workers that got as far as a heartbeat (names are host-pid-random): on a slow machine a
-        worker still importing torch is not worth killing, and killing only those would starve
-        the run of workers instead of testing recovery."""
-        try:
-            names = self.client().zrange(keys.WORKERS, 0, -1)
-        except redis.RedisError:
-            return []
-        pids = {int(parts[-2]) for parts in (str(n).split("-") for n in names) if parts[-2].isdigit()}
-        return [w for w in self.workers if w.pid in pids and w.poll() is None]
-
-    def completed(self) -> int:
-        """Jobs completed so far (the service's own counter, shared.ops.metrics); -1 while Redis is down."""
-        try:
-            return int(float(metrics.figures(self.client()).get("jobs_total|completed|demo", 0)))
-        except redis.RedisError:
-            return -1
-
-    def kill_a_worker(self) -> bool:
-        """SIGKILL a ready worker and start another in its place; False if none was ready."""
-        ready = self.ready_workers()
-        if not ready:
-            return False
-        victim = random.choice(ready)
-        victim.send_signal(signal.SIGKILL)
-        victim.wait()
-        self.workers[self.workers.index(victim)] = self._quiet_worker()
-        return True
-
-    def crash_redis(self, down_seconds: float) -> None:
-        self.redis.send_signal(signal.SIGKILL)
-        self.redis.wait()
-        time.sleep(down_seconds)
-        self.redis = start_redis(self.redis_port, self.workdir / "redis")
-
-    def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.env["REDIS_URL"], decode_responses=True)
-
-    def close(self) -> None:
-        for proc in [*self.workers, self.gateway, self.s3, self.redis]:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            proc.wait()
+    def ok(self) -> bool:
+        return not self.lost and not self.processed_twice and not self.not_downloadable
 
 
 def _submit(stack: Stack, headers: dict[str, str], audio: bytes, deadline: float) -> str | None:
     """POST until a 202, retrying 503s, 408s (a body that reached a stalled gateway too slowly:
-    nothing was accepted) and dropped connections with one Idempotency-Key."""
+    nothing was accepted) and dropped connections with one Idempotency-Key (each try to any
+    gateway)."""
     idem = {"Idempotency-Key": uuid.uuid4().hex}
     while time.monotonic() < deadline:
         try:
             resp = requests.post(
-                f"{stack.base_url}/transcribe",
+                f"{stack.base_url()}/transcribe",
                 headers={**headers, **idem},
                 files={"audio": ("a", audio)},
                 data={"model": "demo"},
@@ -208,23 +133,48 @@ def _submit(stack: Stack, headers: dict[str, str], audio: bytes, deadline: float
     return None
 
 
-def _final_states(stack: Stack, ids: list[str], headers: dict[str, str], timeout: float) -> dict[str, Any]:
+def _final_states(stack: Stack, owners: dict[str, dict[str, str]], timeout: float) -> dict[str, Any]:
+    """Each job's last answer to ``GET /transcribe/{id}`` (``owners``: the headers of its key),
+    polled until every job ended or ``timeout`` passed."""
     deadline = time.monotonic() + timeout
     states: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        for job_id in ids:
+        for job_id, headers in owners.items():
             if job_id in states and states[job_id]["status"] in TERMINAL:
                 continue
             with contextlib.suppress(requests.RequestException, ValueError):
-                resp = requests.get(f"{stack.base_url}/transcribe/{job_id}", headers=headers, timeout=10)
+                resp = requests.get(f"{stack.base_url()}/transcribe/{job_id}", headers=headers, timeout=10)
                 if resp.status_code == 200:
                     states[job_id] = resp.json()
-        done = sum(1 for job_id in ids if job_id in states and states[job_id]["status"] in TERMINAL)
-        print(f"... {done}/{len(ids)} jobs finished", file=sys.stderr, flush=True)
-        if done == len(ids):
+        done = sum(1 for job_id in owners if job_id in states and states[job_id]["status"] in TERMINAL)
+        print(f"... {done}/{len(owners)} jobs finished", file=sys.stderr, flush=True)
+        if done == len(owners):
             break
         time.sleep(0.5)
     return states
+
+
+def _downloadable(stack: Stack, job_id: str, headers: dict[str, str], deadline: float) -> bool:
+    """Whether a completed job's result downloads (200 with a body), retrying what a client
+    would (503, a dropped connection) until ``deadline``."""
+    while True:
+        with contextlib.suppress(requests.RequestException):
+            resp = requests.get(f"{stack.base_url()}/transcribe/{job_id}/result", headers=headers, timeout=10)
+            if resp.status_code != 503:
+                return resp.status_code == 200 and bool(resp.content)
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+
+
+def _tenants(stack: Stack) -> list[tuple[str, dict[str, str]]]:
+    """``TENANTS`` API keys, each with its bearer token's headers."""
+    made = []
+    for i in range(TENANTS):
+        key, plaintext = credentials.create_key(stack.client(), f"chaos-{i}")
+        token = requests.post(f"{stack.base_url()}/auth/token", json={"api_key": plaintext}, timeout=10)
+        made.append((key.id, {"Authorization": f"Bearer {token.json()['token']}"}))
+    return made
 
 
 def run(
@@ -233,6 +183,9 @@ def run(
     kill_every: float = 6.0,
     timeout: float = 600,
     long_seconds: int = 300,
+    *,
+    cluster: bool = False,
+    gateways: int = 1,
 ) -> Report:
     """The whole chaos run; returns its figures.
 
@@ -245,15 +198,24 @@ def run(
     deadline = time.monotonic() + timeout
     stop = threading.Event()
     agent: threading.Thread | None = None
+    broken: list[BaseException] = []  # what stopped the chaos thread, raised here once it ends
     with tempfile.TemporaryDirectory(prefix="whisper-chaos-") as tmp:
         workdir = Path(tmp)
-        stack = Stack(workdir, workers)
+        stack = Stack(workdir, workers, gateways, cluster)
         try:
-            plaintext = credentials.create_key(stack.client(), "chaos")[1]
-            token = requests.post(f"{stack.base_url}/auth/token", json={"api_key": plaintext}, timeout=10)
-            headers = {"Authorization": f"Bearer {token.json()['token']}"}
+            tenants = _tenants(stack)
             # Speech: the engine's VAD skips tone, and a chaos run must keep the workers busy.
             short, long = speech_wav(2.0), speech_mp3(long_seconds, workdir / "long.mp3")
+
+            def redis_chaos() -> None:
+                """Once half the jobs are in: Redis crashed and restarted, or on a cluster the
+                queue's primary failed over and then a tenant's slot moved."""
+                if not cluster:
+                    stack.crash_redis(down_seconds=2.0)
+                    report.redis_restarts += 1
+                    return
+                report.failovers.append(stack.fail_over_queue_primary())
+                report.slots_moved, report.jobs_moved = stack.reshard_a_tenant([k for k, _ in tenants])
 
             def chaos() -> None:
                 # A kill waits for a job completed since the previous one: on a slow machine,
@@ -266,33 +228,44 @@ def run(
                         report.worker_kills += 1
                         completed_at_last_kill = completed
                     if not crashed and report.submitted >= jobs // 2:
-                        stack.crash_redis(down_seconds=2.0)
-                        report.redis_restarts += 1
                         crashed = True
+                        try:
+                            redis_chaos()
+                        except Exception as exc:  # a move that failed is the run's failure
+                            broken.append(exc)
+                            return
 
             agent = threading.Thread(target=chaos, daemon=True)
             agent.start()
+            owners: dict[str, dict[str, str]] = {}
             with ThreadPoolExecutor(max_workers=4) as pool:
-                audio = [long if i % 10 == 0 else short for i in range(jobs)]
-                futures = [pool.submit(_submit, stack, headers, a, deadline) for a in audio]
-                ids = []
-                for future in futures:
+                headers = [tenants[i % len(tenants)][1] for i in range(jobs)]
+                futures = [
+                    pool.submit(_submit, stack, h, long if i % 10 == 0 else short, deadline)
+                    for i, h in enumerate(headers)
+                ]
+                for future, h in zip(futures, headers, strict=True):
                     job_id = future.result()
                     if job_id is not None:
-                        ids.append(job_id)
+                        owners[job_id] = h
                         report.submitted += 1
                         if report.submitted % 10 == 0:
                             print(f"... {report.submitted} jobs accepted", file=sys.stderr, flush=True)
-            states = _final_states(stack, ids, headers, deadline - time.monotonic())
+            states = _final_states(stack, owners, deadline - time.monotonic())
             stop.set()
             agent.join()
-            for job_id in ids:
+            if broken:
+                raise RuntimeError("the chaos thread failed") from broken[0]
+            download_by = max(deadline, time.monotonic() + 10)  # the chaos is over: answers come at once
+            for job_id, h in owners.items():
                 job = states.get(job_id)
                 if job is None or job["status"] not in TERMINAL:
                     report.lost.append(job_id)
                 elif job["status"] == "completed":
                     report.completed += 1
                     report.latencies.append(job["completed_at"] - job["created_at"])
+                    if not _downloadable(stack, job_id, h, download_by):
+                        report.not_downloadable.append(job_id)
                 else:
                     report.failed[str(job["error"])] += 1
                 if job and job.get("attempts", 0) > 1:
@@ -315,13 +288,21 @@ def main() -> int:
     parser.add_argument("--kill-every", type=float, default=6.0, help="seconds between worker SIGKILLs")
     parser.add_argument("--timeout", type=float, default=600, help="seconds for the whole run")
     parser.add_argument("--long-seconds", type=int, default=300, help="length of every tenth job's audio")
+    parser.add_argument(
+        "--cluster", action="store_true", help="a 3 + 3 Redis Cluster: a primary failed over, slots resharded"
+    )
+    parser.add_argument("--gateways", type=int, help="gateway processes (default: 3 with --cluster, else 1)")
     args = parser.parse_args()
     started = time.monotonic()
-    report = run(args.jobs, args.workers, args.kill_every, args.timeout, args.long_seconds)
+    gateways = args.gateways or (3 if args.cluster else 1)
+    report = run(
+        args.jobs, args.workers, args.kill_every, args.timeout, args.long_seconds,
+        cluster=args.cluster, gateways=gateways,
+    )  # fmt: skip
     report.print()
     print(f"wall time:        {time.monotonic() - started:.1f} s")
     print(json.dumps({"lost": len(report.lost), "submitted": report.submitted}))
-    return 1 if report.lost else 0
+    return 0 if report.ok() else 1
 
 
 if __name__ == "__main__":

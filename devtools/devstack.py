@@ -74,15 +74,8 @@ def start_redis_cluster(
     if ports is not None:
         replicas = 1 if len(ports) >= 6 else 0
     ports = ports or [free_port() for _ in range(masters * (1 + replicas))]
-    procs = []
-    for port in ports:
-        procs.append(
-            start_redis(
-                port, data_dir / str(port), "--cluster-enabled", "yes",
-                "--cluster-config-file", f"nodes-{port}.conf", "--cluster-node-timeout", "2000",
-                "--cluster-port", str(free_port()),  # the bus: not port + 10000, which may not exist
-            )
-        )  # fmt: skip
+    # The bus: not port + 10000, which may not exist.
+    procs = [start_cluster_node(port, data_dir, free_port()) for port in ports]
     nodes = [f"127.0.0.1:{port}" for port in ports]
     subprocess.run(
         ["redis-cli", "--cluster", "create", *nodes, "--cluster-replicas", str(replicas), "--cluster-yes"],
@@ -92,6 +85,17 @@ def start_redis_cluster(
     )
     wait_for_cluster(ports, 1 + replicas)
     return "redis+cluster://" + ",".join(nodes), procs
+
+
+def start_cluster_node(port: int, data_dir: Path, bus_port: int) -> subprocess.Popen[bytes]:
+    """One node of a loopback Redis Cluster (AOF on), its files under ``data_dir / port``: started
+    again with the same arguments after a crash, it rejoins the cluster it knew (as a replica
+    if its primary's slots were failed over meanwhile)."""
+    return start_redis(
+        port, data_dir / str(port), "--cluster-enabled", "yes",
+        "--cluster-config-file", f"nodes-{port}.conf", "--cluster-node-timeout", "2000",
+        "--cluster-port", str(bus_port),
+    )  # fmt: skip
 
 
 def wait_for_cluster(ports: list[int], copies: int = 1, timeout: float = 60) -> None:
