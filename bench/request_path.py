@@ -1,13 +1,18 @@
 """The request path, measured against its ceiling: a bare functions-framework hello world.
 
-    .venv/bin/python bench/request_path.py [--runs 5] [--seconds 15] [--connections 32] [--cluster]
+    .venv/bin/python bench/request_path.py [--runs 5] [--seconds 15] [--connections 32]
+    .venv/bin/python bench/request_path.py --cluster --tenants 100
     .venv/bin/python bench/request_path.py --upload-mb 250 --uploads 4
 
 1. Over the network, with wrk: ``GET /transcribe/{id}`` (a real token: signature, key state,
    rate limit, usage counted, tenant isolation) served by ``functions-framework --target=jobs``
    against a hello world served by ``functions-framework`` with the same gunicorn settings
-   (its defaults: 1 worker, ``THREADS`` = 4 per CPU). Median of ``--runs`` runs, the two taking
-   turns: requests/s and p99, and the ratio to the ceiling.
+   (its defaults: 1 worker, ``THREADS`` = 4 per CPU). Median of ``--runs`` runs, the targets
+   taking turns: requests/s and p99, and the ratio to the ceiling. With ``--tenants N``, wrk
+   polls one job of each of N keys in turn (each with its own token). With ``--cluster``, the
+   same route also on a 3 + 3 Redis Cluster, side by side with the single redis-server (a jobs
+   function on each, all three targets taking turns), and each cluster primary's share of the
+   commands (where the hot keys went).
 2. Without the network: CPU time per request in one process (functions-framework's test
    client), the job lookup against the hello world.
 3. With ``--upload-mb``: the jobs function's resident memory after each of ``--uploads``
@@ -41,7 +46,8 @@ from bench.procs import tree_rss_bytes  # noqa: E402
 from devtools.devstack import start_redis, start_redis_cluster, start_s3  # noqa: E402
 from devtools.ports import free_port, wait_for_port  # noqa: E402
 from shared.api import credentials  # noqa: E402
-from shared.core.redis_client import from_url  # noqa: E402
+from shared.core import keys  # noqa: E402
+from shared.core.redis_client import cluster_nodes, from_url  # noqa: E402
 from shared.core.settings import StorageSettings  # noqa: E402
 from shared.core.storage import BlobStore  # noqa: E402
 from shared.jobs import jobstore, queue  # noqa: E402
@@ -74,10 +80,32 @@ def _serve(source: str, target: str, env: dict[str, str]) -> tuple[subprocess.Po
     return proc, port
 
 
-def _wrk(url: str, token: str | None, seconds: int, connections: int) -> tuple[float, float]:
+#: A wrk script that sends its requests in turn (``{requests}``: Lua tables of path and token).
+_ROTATE = """
+local polled = {{ {requests} }}
+local prepared, turn = {{}}, 0
+function init(args)
+  for k, p in ipairs(polled) do
+    prepared[k] = wrk.format("GET", p[1], {{["Authorization"] = "Bearer " .. p[2]}})
+  end
+end
+function request()
+  turn = turn % #prepared + 1
+  return prepared[turn]
+end
+"""
+
+
+def _rotation(path: Path, polled: list[tuple[str, str]]) -> Path:
+    """A wrk script polling each (path, token) of ``polled`` in turn."""
+    path.write_text(_ROTATE.format(requests=", ".join(f'{{"{p}", "{t}"}}' for p, t in polled)))
+    return path
+
+
+def _wrk(url: str, script: Path | None, seconds: int, connections: int) -> tuple[float, float]:
     command = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", url]
-    if token:
-        command[1:1] = ["-H", f"Authorization: Bearer {token}"]
+    if script:
+        command[1:1] = ["-s", str(script)]
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p99, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
@@ -89,14 +117,14 @@ def _wrk(url: str, token: str | None, seconds: int, connections: int) -> tuple[f
 
 
 def _interleaved(
-    targets: list[tuple[str, str | None]], runs: int, seconds: int, connections: int
+    targets: list[tuple[str, Path | None]], runs: int, seconds: int, connections: int
 ) -> list[tuple[float, float, list[float]]]:
     """Median requests/s and p99 of each target (and every run's rate), the targets taking
     turns run by run, so a shared machine's load drifting over minutes weighs on each alike."""
     results: list[list[tuple[float, float]]] = [[] for _ in targets]
     for _ in range(runs):
-        for done, (url, token) in zip(results, targets, strict=True):
-            done.append(_wrk(url, token, seconds, connections))
+        for done, (url, script) in zip(results, targets, strict=True):
+            done.append(_wrk(url, script, seconds, connections))
     return [
         (statistics.median(r for r, _ in done), statistics.median(p for _, p in done), [r for r, _ in done])
         for done in results
@@ -121,14 +149,18 @@ def _rss_mb(pid: int) -> float:
 
 
 @contextmanager
-def _stack(work: Path, with_s3: bool, cluster: bool = False) -> Iterator[dict[str, str]]:
-    """Redis (one server, or with ``cluster`` a 3 + 3 Redis Cluster), maybe S3: the settings."""
+def _stack(
+    work: Path, with_s3: bool, cluster: bool = False
+) -> Iterator[tuple[dict[str, str], dict[str, str]]]:
+    """One redis-server (and with ``cluster`` a 3 + 3 Redis Cluster beside it), maybe S3: the
+    settings (``REDIS_URL``: the single server) and each Redis's URL by what it is."""
     redis_port = free_port()
     (work / "redis").mkdir()
+    procs = [start_redis(redis_port, work / "redis")]
+    urls = {"one redis-server": f"redis://127.0.0.1:{redis_port}/0"}
     if cluster:
-        redis_url, procs = start_redis_cluster(work / "redis")
-    else:
-        redis_url, procs = f"redis://127.0.0.1:{redis_port}/0", [start_redis(redis_port, work / "redis")]
+        urls["3 + 3 Redis Cluster"], nodes = start_redis_cluster(work / "redis-cluster")
+        procs += nodes
     s3 = f"http://127.0.0.1:{free_port()}"
     if with_s3:
         procs.append(start_s3(int(s3.rsplit(":", 1)[1])))
@@ -137,7 +169,7 @@ def _stack(work: Path, with_s3: bool, cluster: bool = False) -> Iterator[dict[st
         "PYTHONPATH": str(ROOT),
         "ENVIRONMENT": "development",
         "LOG_LEVEL": "ERROR",
-        "REDIS_URL": redis_url,
+        "REDIS_URL": urls["one redis-server"],
         "S3_ENDPOINT_URL": s3,
         "S3_BUCKET": "bench",
         "AWS_ACCESS_KEY_ID": "bench",
@@ -150,7 +182,7 @@ def _stack(work: Path, with_s3: bool, cluster: bool = False) -> Iterator[dict[st
     }
     os.environ.update({k: v for k, v in env.items() if k != "PYTHONPATH"})
     try:
-        yield env
+        yield env, urls
     finally:
         for proc in procs:
             proc.terminate()
@@ -177,53 +209,102 @@ def _job(r: redis.Redis, key_id: str) -> str:
     return job_id
 
 
-def throughput(args: argparse.Namespace, env: dict[str, str], work: Path) -> None:
+def _polled(r: redis.Redis, secret: str, tenants: int) -> list[tuple[str, str, str]]:
+    """``tenants`` keys, each with one job: (key id, the job's path, a token of the key)."""
     from shared.core.settings import JwtSettings
 
-    r = from_url(env["REDIS_URL"])
-    key, _ = credentials.create_key(r, "bench")
-    token = credentials.issue_token(JwtSettings(jwt_secret=env["JWT_SECRET"]), key).token
-    job_id = _job(r, key.id)
+    made = []
+    for n in range(tenants):
+        key, _ = credentials.create_key(r, f"bench-{n}")
+        token = credentials.issue_token(JwtSettings(jwt_secret=secret), key).token
+        made.append((key.id, f"/transcribe/{_job(r, key.id)}", token))
+    return made
+
+
+def _primaries(url: str) -> list[redis.Redis]:
+    """A client of each primary of the cluster at ``url``."""
+    nodes = [redis.Redis(port=port, decode_responses=True) for _, port in cluster_nodes(url)]
+    return [node for node in nodes if node.role()[0] == "master"]
+
+
+def _commands(nodes: list[redis.Redis]) -> list[int]:
+    return [int(node.info("stats")["total_commands_processed"]) for node in nodes]
+
+
+def throughput(args: argparse.Namespace, env: dict[str, str], urls: dict[str, str], work: Path) -> None:
     hello = work / "hello.py"
     hello.write_text(HELLO)
-    jobs_proc, jobs_port = _serve(str(ROOT / "functions" / "jobs" / "main.py"), "jobs", env)
-    hello_proc, hello_port = _serve(str(hello), "hello", env)
+    served: list[subprocess.Popen[bytes]] = []
+    targets: list[tuple[str, str, Path | None]] = []  # what, URL, wrk script
+    tenants: dict[str, list[tuple[str, str, str]]] = {}
     try:
-        for port in (jobs_port, hello_port):  # warm
-            for _ in range(50):
+        for where, url in urls.items():
+            tenants[where] = polled = _polled(from_url(url), env["JWT_SECRET"], args.tenants)
+            proc, port = _serve(
+                str(ROOT / "functions" / "jobs" / "main.py"), "jobs", {**env, "REDIS_URL": url}
+            )
+            served.append(proc)
+            for _, path, token in polled * max(1, 50 // len(polled)):  # warm
                 requests.get(
-                    f"http://127.0.0.1:{port}/transcribe/{job_id}",
-                    headers={"Authorization": f"Bearer {token}"},
-                    timeout=30,
+                    f"http://127.0.0.1:{port}{path}", headers={"Authorization": f"Bearer {token}"}, timeout=30
                 )
-        jobs, ceiling = _interleaved(
-            [
-                (f"http://127.0.0.1:{jobs_port}/transcribe/{job_id}", token),
-                (f"http://127.0.0.1:{hello_port}/", None),
-            ],
-            args.runs,
-            args.seconds,
-            args.connections,
+            script = _rotation(work / f"{port}.lua", [(path, token) for _, path, token in polled])
+            targets.append(
+                (f"GET /transcribe/{{id}}, {where}", f"http://127.0.0.1:{port}{polled[0][1]}", script)
+            )
+        proc, port = _serve(str(hello), "hello", env)
+        served.append(proc)
+        targets.append(("hello world (ceiling)", f"http://127.0.0.1:{port}/", None))
+        cluster_url = urls.get("3 + 3 Redis Cluster")
+        primaries = _primaries(cluster_url) if cluster_url else []
+        before = _commands(primaries)
+        results = _interleaved(
+            [(url, script) for _, url, script in targets], args.runs, args.seconds, args.connections
         )
+        served_by = [after - first for after, first in zip(_commands(primaries), before, strict=True)]
     finally:
-        for proc in (jobs_proc, hello_proc):
+        for proc in served:
             proc.terminate()
             proc.wait(timeout=30)
-    auth = {"Authorization": f"Bearer {token}"}
+    _, path, token = tenants["one redis-server"][0]
     cpu_jobs = _cpu_per_request(
-        "jobs", str(ROOT / "functions" / "jobs" / "main.py"), f"/transcribe/{job_id}", auth
+        "jobs", str(ROOT / "functions" / "jobs" / "main.py"), path, {"Authorization": f"Bearer {token}"}
     )
     cpu_hello = _cpu_per_request("hello", str(hello), "/", {})
-    where = "a 3 + 3 Redis Cluster" if args.cluster else "one redis-server"
-    print(f"wrk, {args.connections} connections, median of {args.runs} runs of {args.seconds} s, on {where}:")
-    print(f"  GET /transcribe/{{id}}  {jobs[0]:8.0f} req/s  p99 {jobs[1]:6.1f} ms")
-    print(f"  hello world (ceiling)  {ceiling[0]:8.0f} req/s  p99 {ceiling[1]:6.1f} ms")
-    print(f"  ratio                  {jobs[0] / ceiling[0]:8.0%}")
-    print(f"  each run, taking turns: {[round(r) for r in jobs[2]]} / {[round(r) for r in ceiling[2]]} req/s")
-    print("CPU per request, in process (no network):")
+    print(
+        f"wrk, {args.connections} connections, {args.tenants} tenant(s) polled in turn, "
+        f"median of {args.runs} runs of {args.seconds} s, the targets taking turns:"
+    )
+    ceiling = results[-1]
+    for (what, _, _), (rate, p99, each) in zip(targets, results, strict=True):
+        runs = [round(r) for r in each]
+        print(f"  {what:<46} {rate:7.0f} req/s  p99 {p99:6.1f} ms  {rate / ceiling[0]:5.0%}  runs {runs}")
+    if primaries:
+        _print_spread(primaries, served_by, tenants["3 + 3 Redis Cluster"])
+    print("CPU per request, in process (no network), one redis-server:")
     print(f"  GET /transcribe/{{id}}  {cpu_jobs:6.3f} ms")
     print(f"  hello world (ceiling)  {cpu_hello:6.3f} ms")
     print(f"  ratio                  {cpu_hello / cpu_jobs:8.0%} of the ceiling's speed")
+
+
+def _print_spread(
+    primaries: list[redis.Redis], served_by: list[int], tenants: list[tuple[str, str, str]]
+) -> None:
+    """Each cluster primary's share of the commands during the runs, beside the hot keys it holds:
+    the tenants' slots (key record, rate window, usage, the polled job) and the client address's
+    failed-authentication counter (read by every request; one address here: loopback)."""
+    total = sum(served_by) or 1
+    address = keys.key_slot(keys.auth_failures("addr", "127.0.0.1"))
+    print("commands per cluster primary during the runs (all targets; only the cluster's reach it):")
+    for node, count in zip(primaries, served_by, strict=True):
+        ranges = node.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
+        port = node.connection_pool.connection_kwargs["port"]
+        own = {
+            slot for start, end, primary, *_ in ranges if primary[1] == port for slot in range(start, end + 1)
+        }
+        held = sum(1 for key_id, _, _ in tenants if keys.tenant_slot(key_id) in own)
+        extra = ", the client address's authfail counter" if address in own else ""
+        print(f"  {port}: {count:9d} ({count / total:4.0%})  {held} of {len(tenants)} tenants' slots{extra}")
 
 
 def uploads(args: argparse.Namespace, env: dict[str, str], work: Path) -> None:
@@ -290,16 +371,19 @@ def main() -> int:
         "--upload-mb", type=int, default=0, help="measure memory over uploads of this size instead"
     )
     parser.add_argument("--uploads", type=int, default=4)
-    parser.add_argument("--cluster", action="store_true", help="Redis Cluster (3 + 3) instead of one server")
+    parser.add_argument("--tenants", type=int, default=1, help="keys polled in turn, one job each")
+    parser.add_argument(
+        "--cluster", action="store_true", help="also on a 3 + 3 Redis Cluster, beside the single server"
+    )
     args = parser.parse_args()
     with (
         tempfile.TemporaryDirectory(prefix="whisper-http-") as tmp,
-        _stack(Path(tmp), bool(args.upload_mb), args.cluster) as env,
+        _stack(Path(tmp), bool(args.upload_mb), args.cluster) as (env, urls),
     ):
         if args.upload_mb:
             uploads(args, env, Path(tmp))
         else:
-            throughput(args, env, Path(tmp))
+            throughput(args, env, urls, Path(tmp))
     return 0
 
 
