@@ -46,11 +46,13 @@ def ensure_group(r: redis.Redis) -> None:
 
 
 # Fair turns span two slots (the ring in ``{jobs}``, each key's list in its own), so a publish
-# and a pick are two scripts each, ordered so that the ring never promises a job that is not in
-# its key's list: a job is pushed (with its record) before its turn is counted and its entry
-# written; a turn is taken from the ring before a job is popped. The ring's count of a key's
-# waiting jobs is thus at most its list's length, and an entry that finds the list empty (a
-# publish cut short by a crash) runs the job it names, as a ``direct`` entry would.
+# and a pick are two scripts each: a job is pushed (with its record) before its turn is counted
+# and its entry written; a turn is taken from the ring before a job is popped. A job left
+# without its turn by a creation cut short is published again (``jobstore.publish_stranded``);
+# so is one whose publish ran but whose reply was lost (a timeout, a failover), which then has
+# two turns. The extra turn's entry finds its key's list empty and stands for no job, never for
+# the job it names: that one was popped by a turn already, or is still in its key's list and
+# will be (run here as well, it would be taken over mid-run by that delivery: processed twice).
 
 # A key new to the queue is scored just before the current turn: it is served next, after the
 # keys that have waited longer.
@@ -115,7 +117,7 @@ def _job_of(r: redis.Redis, entry_id: str, fields: dict[str, Any]) -> str:
     if not key_id:
         return job_id
     picked = redis_client.run_script(r, _TAKE, 2, *keys.take_keys(str(key_id), entry_id), ttl)
-    return str(picked) if picked else job_id
+    return str(picked) if picked else ""  # a turn too many: no job (see above ``_PUBLISH``)
 
 
 def reclaim(r: redis.Redis, consumer: str, idle_ms: int) -> Delivery | None:

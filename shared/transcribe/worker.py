@@ -149,6 +149,9 @@ class Worker:
         if entry is None:
             return
         entry_id, job_id = entry
+        if not job_id:  # a turn that stands for no job (shared.jobs.queue): nothing to run
+            queue.ack(self.r, entry_id)
+            return
         if self.stop.is_set():  # shutdown began while we waited for it: not ours to start
             queue.hand_back(self.r, entry_id, job_id)
             return
