@@ -21,6 +21,8 @@
     │       └── JobTimeoutError         504: still running when the wait ran out
     ├── UnavailableError            503: Redis or storage cannot be reached
     │   ├── QueueError
+    │   │   ├── NotReplicatedError  a new job not on its replicas in time (WAIT)
+    │   │   └── NotQueuedError      a new job stored, but its publish failed: kept, queued later
     │   └── StorageError
     ├── JobError                    a job cannot finish (translated to job state in shared.transcribe.worker)
     │   ├── RetryableJobError         try again later (storage hiccup)
@@ -191,6 +193,11 @@ class QueueError(UnavailableError):
 class NotReplicatedError(QueueError):
     """A write reached the primary but not its replicas in time (``WAIT``): it may survive or
     not (a failover), so the request is refused and what it stored elsewhere is kept."""
+
+
+class NotQueuedError(QueueError):
+    """A job was stored but its publish (a second step) failed: the request is refused, and the
+    job, its audio included, is kept for its identical retry or a worker's sweep to queue."""
 
 
 class StorageError(UnavailableError):

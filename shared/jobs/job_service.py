@@ -16,6 +16,7 @@ from shared.core.clients import Clients
 from shared.core.errors import (
     ConflictError,
     GoneError,
+    NotQueuedError,
     NotReplicatedError,
     PayloadTooLargeError,
     ValidationError,
@@ -92,8 +93,8 @@ def create_job(
         queue.ensure_group(r)
         replicas = 0 if redis_client.is_cluster(r) else c.settings.replicas_to_wait
         jobstore.create(r, job, guard, replicas, int(c.settings.redis_timeout_seconds * 500))
-    except NotReplicatedError:
-        raise  # the record may still win through a failover: its audio stays (else an orphan)
+    except (NotReplicatedError, NotQueuedError):
+        raise  # the record may still win through a failover, or be queued later: its audio stays
     except Exception:
         store.delete(job.audio_key)
         raise

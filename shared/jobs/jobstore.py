@@ -25,7 +25,7 @@ from typing import Any, cast
 import redis
 
 from shared.core import keys, redis_client
-from shared.core.errors import ConflictError, NotFoundError, NotReplicatedError
+from shared.core.errors import ConflictError, NotFoundError, NotQueuedError, NotReplicatedError
 from shared.jobs import queue
 from shared.jobs.models import Job, JobStatus
 from shared.ops.metrics import RTF_BUCKETS, TRANSITION_LUA
@@ -120,15 +120,21 @@ def create(
             pipe.execute()
         except redis.WatchError:
             raise ConflictError("another request with this Idempotency-Key took over") from None
-    if not replicas:
-        queue.publish(r, job.id, job.key_id)
-        r.delete(marker)
-        return
-    with r.pipeline(transaction=False) as pipe:  # one connection: WAIT covers its writes, and all before
-        queue.publish(pipe, job.id, job.key_id)
-        pipe.delete(marker)
-        pipe.execute_command("WAIT", replicas, wait_ms)  # type: ignore[no-untyped-call]
-        held = pipe.execute()[-1]
+    try:
+        if not replicas:
+            queue.publish(r, job.id, job.key_id)
+            r.delete(marker)
+            return
+        with r.pipeline(transaction=False) as pipe:  # one connection: WAIT covers its writes, and all before
+            queue.publish(pipe, job.id, job.key_id)
+            pipe.delete(marker)
+            pipe.execute_command("WAIT", replicas, wait_ms)  # type: ignore[no-untyped-call]
+            held = pipe.execute()[-1]
+    except redis.RedisError as exc:
+        raise NotQueuedError(
+            f"job {job.id} was stored but not queued yet (Redis: {type(exc).__name__}); "
+            "retry with the same Idempotency-Key to get it"
+        ) from exc
     if int(held) < replicas:
         raise NotReplicatedError(f"job {job.id} reached {held} of {replicas} replicas; not accepted")
 

@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from shared.core import keys
+from shared.core.storage import audio_key
 from shared.jobs import jobstore, queue
 from shared.jobs.models import JobStatus
 
@@ -38,15 +39,17 @@ def publish_fails(monkeypatch: pytest.MonkeyPatch):
 
 
 def test_a_job_stored_but_not_queued_is_queued_by_its_identical_retry(
-    jobs_client, bearer, r, make_wav, publish_fails
+    jobs_client, bearer, r, store, make_wav, publish_fails
 ):
     # Given an upload whose job was stored, but the publish died: the client got a 503
     headers, audio = bearer("stranded"), make_wav(1.0)
     first = _post(jobs_client, headers, audio, idem="retry-me")
     assert first.status_code == 503, first.get_data(as_text=True)
-    (job_id,) = r.zrange(keys.jobs_of(r.smembers(keys.API_KEYS).pop()), 0, -1)
+    key_id = r.smembers(keys.API_KEYS).pop()
+    (job_id,) = r.zrange(keys.jobs_of(key_id), 0, -1)
     assert jobstore.load(r, job_id).status is JobStatus.PENDING
     assert job_id not in _entries(r)
+    assert store.get_bytes(audio_key(key_id, job_id)) == audio  # kept for when it is queued
     # When it retries with the same Idempotency-Key
     retry = _post(jobs_client, headers, audio, idem="retry-me")
     # Then it gets that job, now queued once; a third try queues nothing more
