@@ -23,6 +23,7 @@ from devtools import audio as test_audio
 from devtools.devstack import start_redis, start_redis_cluster, start_s3
 from devtools.ports import free_port
 from shared.core.settings import StorageSettings
+from shared.jobs.models import Segment, Task, TranscriptResult
 from tests import budget
 
 BUCKET = "test-bucket"
@@ -187,6 +188,24 @@ def speech_wav(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     out = tmp_path_factory.mktemp("speech") / "hello.wav"
     subprocess.run(["espeak-ng", "-w", str(out), "Hello from whisper api."], check=True)
     return out.read_bytes()
+
+
+@pytest.fixture
+def transcript() -> Callable[..., TranscriptResult]:
+    """Factory: the demo model's English transcript of ``segments``, its text theirs joined."""
+
+    def make(*segments: Segment, duration: float) -> TranscriptResult:
+        text = "".join(segment.text for segment in segments).strip()
+        return TranscriptResult(
+            task=Task.TRANSCRIBE,
+            language="en",
+            duration=duration,
+            model="demo",
+            text=text,
+            segments=list(segments),
+        )
+
+    return make
 
 
 @pytest.fixture
