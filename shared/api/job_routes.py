@@ -9,12 +9,10 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Iterator
-from contextlib import AbstractContextManager
 
 from flask import Request, Response
 
-from shared.api import admission, parsing
+from shared.api import admission, edge, parsing
 from shared.api.admission import caller
 from shared.api.credentials import ApiKey
 from shared.api.http import json_response, query_args
@@ -169,23 +167,6 @@ def handle_job_events(request: Request, job_id: str) -> Response:
     # The key's slot is taken now (429 if it has none) and held until the stream ends.
     slot = admission.slot(key, keys.event_streams(key.id), "event-streams", events.MAX_STREAM_SECONDS)
     slot.__enter__()
-    return Response(_Holding(slot, events.stream(follow)), content_type="text/event-stream", headers=headers)
-
-
-class _Holding:
-    """``chunks``, with ``slot`` let go when the server closes the answer (stream ended, client
-    gone, or never started)."""
-
-    def __init__(self, slot: AbstractContextManager[None], chunks: Iterator[bytes]) -> None:
-        self._slot, self._chunks = slot, chunks
-
-    def __iter__(self) -> Iterator[bytes]:
-        return self._chunks
-
-    def close(self) -> None:
-        try:
-            close = getattr(self._chunks, "close", None)
-            if close is not None:
-                close()
-        finally:
-            self._slot.__exit__(None, None, None)
+    # Let go when the server closes the answer (stream ended, client gone, or never started).
+    body = edge.Closing(events.stream(follow), lambda: slot.__exit__(None, None, None))
+    return Response(body, content_type="text/event-stream", headers=headers)
