@@ -230,6 +230,35 @@ def long_audio(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int], byte
     return make
 
 
+class QuietHandler(BaseHTTPRequestHandler):
+    """A handler for a loopback test server: no access log on stderr, and ``send`` for an answer
+    in one go."""
+
+    def send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """``handler`` served on 127.0.0.1 for the block, one thread a request: the server's URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @dataclass
 class Received:
     method: str
@@ -262,7 +291,7 @@ def receiver() -> Iterator[Receiver]:
     """A webhook receiver on 127.0.0.1 (admitted by OUTBOUND_ALLOW_CIDRS in the test env)."""
     state = Receiver(url="")
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", 0))
             body = self.rfile.read(length)
@@ -272,26 +301,14 @@ def receiver() -> Iterator[Receiver]:
                 Received(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
             )
             time.sleep(stall)
-            self.send_response(status)
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+            self.send(status, headers=headers)
 
         do_PUT = do_POST
         do_GET = do_POST
 
-        def log_message(self, *_args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/whisper"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield state
-    server.shutdown()
-    server.server_close()
+    with serving(Handler) as url:
+        state.url = f"{url}/hooks/whisper"
+        yield state
 
 
 def stored(r: redis.Redis, pattern: str = "*") -> list[str]:
