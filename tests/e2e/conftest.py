@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,8 +38,25 @@ class Service:
         )
         return done.stdout
 
+    def bash(
+        self, script: str, cwd: Path, *, env: dict[str, str] | None = None, seconds: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        """``script`` run by ``bash -euo pipefail`` in the service's environment (plus ``env``)."""
+        return subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script],
+            cwd=cwd,
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=budget.seconds(seconds),
+        )
+
+    def key(self, name: str) -> str:
+        """A fresh API key, made by the admin command: its plaintext."""
+        return self.cli("keys", "create", "--name", name).strip().splitlines()[-1]
+
     def token(self, name: str = "e2e") -> str:
-        return self.token_for(self.cli("keys", "create", "--name", name).strip().splitlines()[-1])
+        return self.token_for(self.key(name))
 
     def token_for(self, key: str) -> str:
         resp = requests.post(f"{self.base_url}/auth/token", json={"api_key": key}, timeout=10)
