@@ -148,6 +148,23 @@ ENGINES: dict[str, dict[str, str]] = {
 }
 
 
+@pytest.fixture
+def broken_checkpoint(model_dir: Path) -> Iterator[Callable[[str], Path]]:
+    """Factory: ``<name>.pt`` in the model folder, which is no checkpoint (a worker offers the
+    model and fails to load it): its path. It goes when the test ends, if the test left it."""
+    made: list[Path] = []
+
+    def make(name: str) -> Path:
+        path = model_dir / f"{name}.pt"
+        path.write_bytes(b"not a checkpoint")
+        made.append(path)
+        return path
+
+    yield make
+    for path in made:
+        path.unlink(missing_ok=True)
+
+
 @pytest.fixture(scope="session")
 def service_env(redis_url: str, s3_endpoint: str, model_dir: Path) -> dict[str, str]:
     """The environment every function and worker of the test service runs with."""

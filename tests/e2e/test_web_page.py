@@ -275,10 +275,9 @@ def _fits(driver, width: int) -> None:
 
 
 @pytest.fixture
-def broken_tiny(service) -> Iterator[None]:
+def broken_tiny(service, broken_checkpoint) -> Iterator[None]:
     """A ``tiny.pt`` that is no checkpoint, offered by the worker (it is on disk) until the test ends."""
-    checkpoint = Path(service.env["WHISPER_MODEL_DIR"]) / "tiny.pt"
-    checkpoint.write_bytes(b"not a checkpoint")
+    checkpoint = broken_checkpoint("tiny")
     r = from_url(service.env["REDIS_URL"])
     deadline = budget.deadline(30)
     try:

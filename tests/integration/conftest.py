@@ -92,23 +92,6 @@ def worker(env: Callable[..., None], r: redis.Redis, store: BlobStore, worker_en
 
 
 @pytest.fixture
-def broken_checkpoint(model_dir: Path) -> Iterator[Callable[[str], str]]:
-    """Factory: a model ``name`` whose checkpoint in the model folder is no checkpoint (the
-    worker offers it and fails to load it); the file goes when the test ends."""
-    made: list[Path] = []
-
-    def make(name: str) -> str:
-        path = model_dir / f"{name}.pt"
-        path.write_bytes(b"not a checkpoint")
-        made.append(path)
-        return name
-
-    yield make
-    for path in made:
-        path.unlink()
-
-
-@pytest.fixture
 def jobs_client(r: redis.Redis, store: BlobStore) -> FlaskClient:
     return _client("jobs")
 

@@ -88,7 +88,8 @@ def test_a_job_failed_by_the_worker_is_announced_with_its_error(
 ):
     headers, _ = caller
     assert jobs_client.put("/webhook", json={"url": receiver.url}, headers=headers).status_code == 200
-    job_id = submit(model=broken_checkpoint("broken"))
+    broken_checkpoint("broken")
+    job_id = submit(model="broken")
     assert worker.process(job_id) is True
     _drain(_dispatcher(r), r)
 

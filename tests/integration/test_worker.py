@@ -62,7 +62,8 @@ def test_a_job_runs_to_completion_and_is_counted(worker, submit, r, store):
 
 
 def test_an_unknown_model_on_the_worker_fails_the_job_readably(env, worker, submit, r, broken_checkpoint):
-    job_id = submit(model=broken_checkpoint("ghost"))
+    broken_checkpoint("ghost")
+    job_id = submit(model="ghost")
     assert worker.process(job_id) is True
     job = jobstore.load(r, job_id)
     assert job.status is JobStatus.FAILED
