@@ -23,6 +23,7 @@ from devtools import audio as test_audio
 from devtools.devstack import start_redis, start_redis_cluster, start_s3
 from devtools.ports import free_port
 from shared.core.settings import StorageSettings
+from shared.jobs.models import Segment, Task, TranscriptResult
 from tests import budget
 
 BUCKET = "test-bucket"
@@ -147,6 +148,23 @@ ENGINES: dict[str, dict[str, str]] = {
 }
 
 
+@pytest.fixture
+def broken_checkpoint(model_dir: Path) -> Iterator[Callable[[str], Path]]:
+    """Factory: ``<name>.pt`` in the model folder, which is no checkpoint (a worker offers the
+    model and fails to load it): its path. It goes when the test ends, if the test left it."""
+    made: list[Path] = []
+
+    def make(name: str) -> Path:
+        path = model_dir / f"{name}.pt"
+        path.write_bytes(b"not a checkpoint")
+        made.append(path)
+        return path
+
+    yield make
+    for path in made:
+        path.unlink(missing_ok=True)
+
+
 @pytest.fixture(scope="session")
 def service_env(redis_url: str, s3_endpoint: str, model_dir: Path) -> dict[str, str]:
     """The environment every function and worker of the test service runs with."""
@@ -190,6 +208,24 @@ def speech_wav(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 
 
 @pytest.fixture
+def transcript() -> Callable[..., TranscriptResult]:
+    """Factory: the demo model's English transcript of ``segments``, its text theirs joined."""
+
+    def make(*segments: Segment, duration: float) -> TranscriptResult:
+        text = "".join(segment.text for segment in segments).strip()
+        return TranscriptResult(
+            task=Task.TRANSCRIBE,
+            language="en",
+            duration=duration,
+            model="demo",
+            text=text,
+            segments=list(segments),
+        )
+
+    return make
+
+
+@pytest.fixture
 def make_wav() -> Callable[..., bytes]:
     """Factory: a WAV of speech of exactly ``seconds`` (``freq`` changes the voice's pitch)."""
     return test_audio.speech_wav
@@ -209,6 +245,35 @@ def long_audio(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int], byte
         return cache[seconds]
 
     return make
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """A handler for a loopback test server: no access log on stderr, and ``send`` for an answer
+    in one go."""
+
+    def send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """``handler`` served on 127.0.0.1 for the block, one thread a request: the server's URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @dataclass
@@ -243,7 +308,7 @@ def receiver() -> Iterator[Receiver]:
     """A webhook receiver on 127.0.0.1 (admitted by OUTBOUND_ALLOW_CIDRS in the test env)."""
     state = Receiver(url="")
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", 0))
             body = self.rfile.read(length)
@@ -253,26 +318,14 @@ def receiver() -> Iterator[Receiver]:
                 Received(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
             )
             time.sleep(stall)
-            self.send_response(status)
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+            self.send(status, headers=headers)
 
         do_PUT = do_POST
         do_GET = do_POST
 
-        def log_message(self, *_args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/whisper"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield state
-    server.shutdown()
-    server.server_close()
+    with serving(Handler) as url:
+        state.url = f"{url}/hooks/whisper"
+        yield state
 
 
 def stored(r: redis.Redis, pattern: str = "*") -> list[str]:

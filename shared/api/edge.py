@@ -283,25 +283,35 @@ def seal(environ: dict[str, Any]) -> None:
         guarded.seal()
 
 
-class _AfterResponse:
-    """The app's response iterable, followed (on ``close``) by ``GuardedInput.stop_reading``."""
+class Closing:
+    """A response body: ``chunks``, then ``after`` once the server closes it (body sent, client
+    gone, or never started), even when closing ``chunks`` raised."""
 
-    def __init__(self, response: Iterable[bytes], guarded: GuardedInput) -> None:
-        self._response = response
-        self._guarded = guarded
+    def __init__(self, chunks: Iterable[bytes], after: Callable[[], object]) -> None:
+        self._chunks = chunks
+        self._after = after
 
     def __iter__(self) -> Iterator[bytes]:
-        return iter(self._response)
+        return iter(self._chunks)
 
     def close(self) -> None:
         try:
-            close = getattr(self._response, "close", None)
+            close = getattr(self._chunks, "close", None)
             if close is not None:
                 close()
         finally:
-            self._guarded.release()
-            if self._guarded.sealed:
-                self._guarded.stop_reading()
+            self._after()
+
+
+def _after_response(response: Iterable[bytes], guarded: GuardedInput) -> Closing:
+    """The app's response iterable, followed (on ``close``) by ``GuardedInput.stop_reading``."""
+
+    def finish() -> None:
+        guarded.release()
+        if guarded.sealed:
+            guarded.stop_reading()
+
+    return Closing(response, finish)
 
 
 def _declared_length(environ: dict[str, Any]) -> int | None:
@@ -339,12 +349,12 @@ class BodyGuard:
                 f"the request body is larger than the limit of {policy.max_bytes} bytes"
             )
             refused = self.refuse(path, too_large)(environ, self._closing(guarded, start_response))
-            return _AfterResponse(refused, guarded)
+            return _after_response(refused, guarded)
         environ["wsgi.input"] = guarded
         # The guarded stream ends itself (at Content-Length, the limit or the deadline), so
         # werkzeug may read it directly, chunked bodies included.
         environ["wsgi.input_terminated"] = True
-        return _AfterResponse(self.app(environ, self._closing(guarded, start_response)), guarded)
+        return _after_response(self.app(environ, self._closing(guarded, start_response)), guarded)
 
     @staticmethod
     def _closing(guarded: GuardedInput, start_response: StartResponse) -> StartResponse:

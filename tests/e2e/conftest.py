@@ -6,11 +6,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +18,7 @@ import requests
 from devtools.devstack import start_gateway, start_worker
 from devtools.ports import free_port
 from tests import budget
-from tests.conftest import ENGINES, own_stack
+from tests.conftest import ENGINES, QuietHandler, own_stack, serving
 
 
 @dataclass
@@ -39,8 +38,25 @@ class Service:
         )
         return done.stdout
 
+    def bash(
+        self, script: str, cwd: Path, *, env: dict[str, str] | None = None, seconds: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        """``script`` run by ``bash -euo pipefail`` in the service's environment (plus ``env``)."""
+        return subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script],
+            cwd=cwd,
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=budget.seconds(seconds),
+        )
+
+    def key(self, name: str) -> str:
+        """A fresh API key, made by the admin command: its plaintext."""
+        return self.cli("keys", "create", "--name", name).strip().splitlines()[-1]
+
     def token(self, name: str = "e2e") -> str:
-        return self.token_for(self.cli("keys", "create", "--name", name).strip().splitlines()[-1])
+        return self.token_for(self.key(name))
 
     def token_for(self, key: str) -> str:
         resp = requests.post(f"{self.base_url}/auth/token", json={"api_key": key}, timeout=10)
@@ -91,35 +107,20 @@ def without_events(service: Service) -> Iterator[str]:
     """A gateway in front of the service that answers 404 to every events stream (as an older
     server would, or a proxy that cannot stream): the base URL of that gateway."""
 
-    class Proxy(BaseHTTPRequestHandler):
+    class Proxy(QuietHandler):
         def _forward(self) -> None:
             if self.path.endswith("/events"):
-                self.send_response(404)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+                self.send(404)
                 return
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
             resp = requests.request(
                 self.command, service.base_url + self.path, headers=headers, data=body, timeout=60
             )
-            self.send_response(resp.status_code)
-            for name in ("Content-Type", "Location"):
-                if name in resp.headers:
-                    self.send_header(name, resp.headers[name])
-            self.send_header("Content-Length", str(len(resp.content)))
-            self.end_headers()
-            self.wfile.write(resp.content)
+            kept = {name: resp.headers[name] for name in ("Content-Type", "Location") if name in resp.headers}
+            self.send(resp.status_code, resp.content, kept)
 
         do_GET = do_POST = do_DELETE = _forward
 
-        def log_message(self, *_args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(Proxy) as url:
+        yield url

@@ -54,7 +54,7 @@ def test_asr_answers_srt_for_an_encoded_file_with_a_token(service, auth_headers,
 
 
 def test_asr_takes_raw_pcm_and_an_api_key_as_bazarr_sends_them(service, speech_wav):
-    key = service.cli("keys", "create", "--name", "bazarr").strip().splitlines()[-1]
+    key = service.key("bazarr")
     pcm = _pcm(speech_wav)
 
     as_basic = _asr(service, _basic(key), pcm, encode="false", output="json", word_timestamps="true")
@@ -76,7 +76,7 @@ def test_asr_takes_raw_pcm_and_an_api_key_as_bazarr_sends_them(service, speech_w
 
 
 def test_detect_language_names_the_language_and_its_code(service, speech_wav):
-    key = service.cli("keys", "create", "--name", "detect").strip().splitlines()[-1]
+    key = service.key("detect")
 
     resp = _asr(service, _basic(key), _pcm(speech_wav), path="/detect-language", encode="false")
 
@@ -146,7 +146,7 @@ def test_asr_refuses_odd_length_pcm_and_missing_credentials(service, auth_header
 
 def test_openai_stream_answers_server_sent_events_on_the_wire(service, speech_wav):
     """What the SDKs read: ``data:`` lines only, a delta per segment, then the whole text."""
-    key = service.cli("keys", "create", "--name", "stream").strip().splitlines()[-1]
+    key = service.key("stream")
     resp = requests.post(
         f"{service.base_url}/v1/audio/transcriptions",
         headers={"Authorization": f"Bearer {key}"},

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 def client_env(service) -> dict[str, str]:
-    key = service.cli("keys", "create", "--name", "cli").strip().splitlines()[-1]
+    key = service.key("cli")
     return {**service.env, "WHISPER_API_URL": service.base_url, "WHISPER_API_KEY": key}
 
 

@@ -55,7 +55,7 @@ VIDEO = "/media/tv/Show/Season 1/Show - S01E01.mkv"
 
 @pytest.fixture
 def key(service) -> str:
-    return service.cli("keys", "create", "--name", "clients").strip().splitlines()[-1]
+    return service.key("clients")
 
 
 def _bazarr_endpoint(service, key: str) -> str:

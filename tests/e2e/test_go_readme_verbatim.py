@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -32,14 +31,7 @@ def _examples() -> list[str]:
 
 
 def _run(command: str, cwd: Path, service) -> dict:
-    done = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", command],
-        cwd=cwd,
-        env=service.env,
-        capture_output=True,
-        text=True,
-        timeout=budget.seconds(60),
-    )
+    done = service.bash(command, cwd)
     assert done.returncode == 0, f"{command}\n{done.stdout}\n{done.stderr}"
     return json.loads(done.stdout)
 
@@ -75,7 +67,7 @@ def test_the_go_readme_curl_examples_run_as_written(service, base_model, tmp_pat
     token_call, job_call, list_call = _examples()
     assert token_call.startswith('curl -X POST "http://localhost:8080/auth/token"')
     (tmp_path / "audio.wav").write_bytes(speech_wav)
-    key = service.cli("keys", "create", "--name", "go-readme").strip().splitlines()[-1]
+    key = service.key("go-readme")
 
     def fill(command: str, **values: str) -> str:
         command = command.replace("http://localhost:8080", service.base_url)

@@ -36,7 +36,7 @@ WORDS = [
 
 @pytest.fixture(scope="module")
 def api_key(service) -> str:
-    return service.cli("keys", "create", "--name", "openai-sdk").strip().splitlines()[-1]
+    return service.key("openai-sdk")
 
 
 @pytest.fixture(scope="module", params=["api-key", "token"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -25,14 +24,7 @@ def _migration_commands() -> list[str]:
 
 def _run(command: str, service, env: dict[str, str], cwd: Path) -> dict:
     script = command.replace("http://127.0.0.1:8080", service.base_url)
-    done = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", script],
-        cwd=cwd,
-        env={**service.env, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = service.bash(script, cwd, env=env)
     assert done.returncode == 0, f"{command}\n{done.stdout}\n{done.stderr}"
     return json.loads(done.stdout)
 
@@ -45,7 +37,7 @@ def test_the_go_service_curl_examples_run_verbatim(service, tmp_path, speech_wav
         ["http://127.0.0.1:8080/transcribe", "-H"],
     ]
     (tmp_path / "hello.wav").write_bytes(speech_wav)
-    key = service.cli("keys", "create", "--name", "go-client").strip().splitlines()[-1]
+    key = service.key("go-client")
 
     token = _run(commands[0], service, {"KEY": key}, tmp_path)
     assert token["token_type"] == "bearer" and token["expires_in"] > 0

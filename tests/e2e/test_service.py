@@ -223,14 +223,7 @@ def test_the_readme_quick_start_runs_verbatim(service, tmp_path):
     repo = Path(__file__).resolve().parents[2]
     (tmp_path / ".venv").symlink_to(repo / ".venv")  # the block calls .venv/bin/whisper-api
 
-    done = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", script],
-        cwd=tmp_path,
-        env=service.env,
-        capture_output=True,
-        text=True,
-        timeout=budget.seconds(100),
-    )
+    done = service.bash(script, tmp_path, seconds=100)
 
     assert done.returncode == 0, done.stderr
     assert done.stdout.endswith(SRT)

@@ -85,6 +85,14 @@ def _visible(driver, element_id: str) -> bool:
     return bool(driver.execute_script(f"return !document.getElementById('{element_id}').hidden"))
 
 
+def _open_app(driver, base_url: str, key: str) -> None:
+    """Signed in with ``key``, the app shown with its models listed."""
+    from selenium.webdriver.common.by import By
+
+    _sign_in(driver, base_url, key)
+    _wait(driver, lambda d: _visible(d, "app") and d.find_elements(By.CSS_SELECTOR, "#model option"))
+
+
 def _sign_in(driver, base_url: str, key: str) -> None:
     from selenium.webdriver.common.by import By
 
@@ -102,12 +110,11 @@ def test_sign_in_upload_read_along_and_download(service, browser, tmp_path, spee
     from selenium.webdriver.support.ui import Select
 
     driver = browser
-    key = service.cli("keys", "create", "--name", "web").strip().splitlines()[-1]
+    key = service.key("web")
     audio = tmp_path / "greeting.wav"
     audio.write_bytes(speech_wav)
 
-    _sign_in(driver, service.base_url, key)
-    _wait(driver, lambda d: _visible(d, "app") and d.find_elements(By.CSS_SELECTOR, "#model option"))
+    _open_app(driver, service.base_url, key)
     assert driver.execute_script("return sessionStorage.length") == 1 and key not in driver.current_url
     options = Select(driver.find_element(By.ID, "model")).options
     choices = [(o.get_attribute("value"), o.text) for o in options]
@@ -175,9 +182,8 @@ def test_errors_are_explained(service, browser, tmp_path):
     _wait(driver, lambda d: _visible(d, "message"))
     assert driver.find_element(By.ID, "message").text == "That API key was not accepted."
 
-    key = service.cli("keys", "create", "--name", "web-errors").strip().splitlines()[-1]
-    _sign_in(driver, service.base_url, key)
-    _wait(driver, lambda d: _visible(d, "app") and d.find_elements(By.CSS_SELECTOR, "#model option"))
+    key = service.key("web-errors")
+    _open_app(driver, service.base_url, key)
     text = tmp_path / "notes.wav"
     text.write_text("not audio at all\n" * 10)
     driver.find_element(By.ID, "file").send_keys(str(text))
@@ -205,12 +211,11 @@ def test_without_an_events_stream_the_page_polls_the_job(
     from selenium.webdriver.common.by import By
 
     driver = browser
-    key = service.cli("keys", "create", "--name", "web-poll").strip().splitlines()[-1]
+    key = service.key("web-poll")
     audio = tmp_path / "polled.wav"
     audio.write_bytes(make_wav(1.0))
 
-    _sign_in(driver, without_events, key)
-    _wait(driver, lambda d: _visible(d, "app") and d.find_elements(By.CSS_SELECTOR, "#model option"))
+    _open_app(driver, without_events, key)
     driver.find_element(By.ID, "file").send_keys(str(audio))
     driver.find_element(By.ID, "start").click()
 
@@ -223,11 +228,10 @@ def test_a_running_job_is_canceled_then_deleted_from_the_list(service, browser, 
     from selenium.webdriver.common.by import By
 
     driver = browser
-    key = service.cli("keys", "create", "--name", "web-cancel").strip().splitlines()[-1]
+    key = service.key("web-cancel")
     audio = tmp_path / "long.mp3"
     audio.write_bytes(long_audio(600))
-    _sign_in(driver, service.base_url, key)
-    _wait(driver, lambda d: _visible(d, "app") and d.find_elements(By.CSS_SELECTOR, "#model option"))
+    _open_app(driver, service.base_url, key)
     driver.find_element(By.ID, "file").send_keys(str(audio))
     driver.find_element(By.ID, "start").click()
 
@@ -271,10 +275,9 @@ def _fits(driver, width: int) -> None:
 
 
 @pytest.fixture
-def broken_tiny(service) -> Iterator[None]:
+def broken_tiny(service, broken_checkpoint) -> Iterator[None]:
     """A ``tiny.pt`` that is no checkpoint, offered by the worker (it is on disk) until the test ends."""
-    checkpoint = Path(service.env["WHISPER_MODEL_DIR"]) / "tiny.pt"
-    checkpoint.write_bytes(b"not a checkpoint")
+    checkpoint = broken_checkpoint("tiny")
     r = from_url(service.env["REDIS_URL"])
     deadline = budget.deadline(30)
     try:
@@ -298,7 +301,7 @@ def test_on_a_phone_a_failed_job_shows_why_and_is_retried_with_another_model(
     from selenium.webdriver.support.ui import Select
 
     driver = browser
-    key = service.cli("keys", "create", "--name", "web-phone").strip().splitlines()[-1]
+    key = service.key("web-phone")
     token = {"Authorization": f"Bearer {service.token_for(key)}"}
     # Given a job that failed: "tiny" is offered (its file is on disk) but cannot be loaded
     answer = requests.post(
@@ -356,11 +359,10 @@ def test_the_page_speaks_russian_and_takes_language_names_in_it(service, browser
     from selenium.webdriver.support.ui import Select
 
     driver = browser
-    key = service.cli("keys", "create", "--name", "web-ru").strip().splitlines()[-1]
+    key = service.key("web-ru")
     audio = tmp_path / "zametka.wav"
     audio.write_bytes(make_wav(1.0))
-    _sign_in(driver, service.base_url, key)
-    _wait(driver, lambda d: _visible(d, "app") and d.find_elements(By.CSS_SELECTOR, "#model option"))
+    _open_app(driver, service.base_url, key)
     try:
         Select(driver.find_element(By.ID, "ui-lang")).select_by_value("ru")
         assert driver.find_element(By.ID, "jobs-title").text == "Ваши задания"
@@ -393,11 +395,10 @@ def test_speakers_are_coloured_and_renamed_for_later_downloads(service, browser,
     from selenium.webdriver.common.by import By
 
     driver = browser
-    key = service.cli("keys", "create", "--name", "web-speakers").strip().splitlines()[-1]
+    key = service.key("web-speakers")
     audio = tmp_path / "call.wav"
     audio.write_bytes(speech_wav)
-    _sign_in(driver, service.base_url, key)
-    _wait(driver, lambda d: _visible(d, "app") and d.find_elements(By.CSS_SELECTOR, "#model option"))
+    _open_app(driver, service.base_url, key)
     driver.find_element(By.ID, "diarize").click()
     driver.find_element(By.ID, "speaker-count").send_keys("1")
     driver.find_element(By.ID, "file").send_keys(str(audio))

@@ -22,6 +22,7 @@ from shared.core.settings import (
     worker_settings,
 )
 from shared.core.storage import BlobStore
+from shared.transcribe.worker import Worker, build
 
 ROOT = Path(__file__).resolve().parents[2]
 _CACHES = (auth_settings, jobs_settings, redis_settings, webhook_settings, worker_settings)
@@ -73,6 +74,21 @@ def inbox_store(env: Any) -> BlobStore:
 
 def _client(target: str) -> FlaskClient:
     return create_app(target, str(ROOT / "functions" / target / "main.py")).test_client()
+
+
+@pytest.fixture
+def worker_env() -> dict[str, str]:
+    """The worker's settings beyond the service's; a module overrides this fixture to change them."""
+    return {}
+
+
+@pytest.fixture
+def worker(env: Callable[..., None], r: redis.Redis, store: BlobStore, worker_env: dict[str, str]) -> Worker:
+    """A worker on the flushed stack, not started: ``worker.process(job_id)`` runs one job, and
+    ``worker.name`` is its consumer name in the queue."""
+    if worker_env:
+        env(**worker_env)
+    return build(worker_settings())
 
 
 @pytest.fixture

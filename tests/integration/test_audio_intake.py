@@ -3,7 +3,6 @@ guard) and presigned uploads straight to the inbox bucket."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 
@@ -13,12 +12,11 @@ from standardwebhooks import Webhook
 
 from shared.api import inbox
 from shared.core import keys
-from shared.core.settings import webhook_settings, worker_settings
+from shared.core.settings import webhook_settings
 from shared.delivery.dispatcher import Dispatcher
 from shared.jobs import jobstore, retention
 from shared.jobs.models import JobStatus
-from shared.transcribe.worker import build
-from tests.conftest import stored
+from tests.conftest import QuietHandler, serving, stored
 
 TEXT = "Hello from whisper api. The quick brown fox."
 
@@ -26,18 +24,16 @@ TEXT = "Hello from whisper api. The quick brown fox."
 @pytest.fixture
 def audio_server(make_wav) -> Iterator[str]:
     """Serves /a.wav, /huge (honest length), /endless (no length), /moved (302), /missing (404)."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     wav = make_wav(2.0)
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         protocol_version = "HTTP/1.1"
 
         def do_GET(self) -> None:
             if self.path == "/a.wav":
-                self._send(200, wav, {"Content-Type": "audio/wav"})
+                self.send(200, wav, {"Content-Type": "audio/wav"})
             elif self.path == "/huge":
-                self._send(200, b"\0" * 5000, {})
+                self.send(200, b"\0" * 5000)
             elif self.path == "/endless":
                 self.send_response(200)
                 self.send_header("Connection", "close")
@@ -48,32 +44,12 @@ def audio_server(make_wav) -> Iterator[str]:
                 except OSError:
                     pass  # the service hung up once past its limit
             elif self.path == "/moved":
-                self._send(302, b"", {"Location": "http://169.254.169.254/"})
+                self.send(302, headers={"Location": "http://169.254.169.254/"})
             else:
-                self._send(404, b"nope", {})
+                self.send(404, b"nope")
 
-        def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
-            self.send_response(status)
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *_args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-
-
-@pytest.fixture
-def worker(env, r, store):
-    return build(worker_settings())
+    with serving(Handler) as url:
+        yield url
 
 
 def test_a_job_from_audio_url_runs_like_an_upload(jobs_client, bearer, audio_server, worker, r, make_wav):

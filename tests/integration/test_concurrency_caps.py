@@ -7,11 +7,11 @@ from __future__ import annotations
 import io
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from tests import budget
+from tests.conftest import QuietHandler, serving
 
 
 def _assert_capped(resp, what: str, limit: int) -> None:
@@ -124,28 +124,17 @@ def dripping_audio(make_wav) -> Iterator[tuple[str, threading.Event, threading.S
     release, arrived = threading.Event(), threading.Semaphore(0)
     wav = make_wav(1.0)
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
             arrived.release()
             release.wait(budget.seconds(30))
-            self.send_response(200)
-            self.send_header("Content-Type", "audio/wav")
-            self.send_header("Content-Length", str(len(wav)))
-            self.end_headers()
-            self.wfile.write(wav)
+            self.send(200, wav, {"Content-Type": "audio/wav"})
 
-        def log_message(self, *_args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/a.wav", release, arrived
-    finally:
-        release.set()
-        server.shutdown()
-        server.server_close()
+    with serving(Handler) as url:
+        try:
+            yield f"{url}/a.wav", release, arrived
+        finally:
+            release.set()
 
 
 def test_a_key_has_at_most_its_cap_of_audio_url_downloads(env, jobs_client, bearer, dripping_audio):

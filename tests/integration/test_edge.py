@@ -164,6 +164,18 @@ def _flood(sock: socket.socket, total: int) -> threading.Thread:
     return thread
 
 
+def _assert_health_answers(gateway: Gateway) -> None:
+    """``/health`` through ``gateway`` is answered within 2 s (503: no worker runs in these tests)."""
+    started = time.monotonic()
+    probe = _connect(gateway)
+    probe.sendall(_head("GET", "/health", {"Connection": "close"}))
+    answer = _read_answer(probe, started)
+    probe.close()
+    assert answer.status in (200, 503)
+    assert json.loads(answer.body)["redis"] == {"status": "up"}
+    assert answer.seconds < 2.0
+
+
 def test_a_700_mb_unauthenticated_token_request_is_refused_at_once_without_reading_it(gateway):
     # Given a client that declares 700 MB for POST /auth/token and starts sending them
     before = gateway.rss_bytes()
@@ -235,16 +247,8 @@ def test_sixteen_stalled_uploads_leave_health_answering(gateway):
         sock.sendall(_head("POST", "/transcribe", headers) + b"--")
         stalled.append(sock)
     try:
-        # When another client asks for /health
-        started = time.monotonic()
-        probe = _connect(gateway)
-        probe.sendall(_head("GET", "/health", {"Connection": "close"}))
-        answer = _read_answer(probe, started)
-        probe.close()
-        # Then it is answered within 2 s (503: no worker runs in this test)
-        assert answer.status in (200, 503)
-        assert json.loads(answer.body)["redis"] == {"status": "up"}
-        assert answer.seconds < 2.0
+        # When another client asks for /health, then it is answered within 2 s
+        _assert_health_answers(gateway)
         # And every stalled client got its 401 and a closed connection, not a held thread
         for sock in stalled:
             assert _read_answer(sock, time.monotonic()).status == 401
@@ -327,14 +331,7 @@ def test_behind_nginx_small_bodies_are_limited_and_stalled_clients_leave_health_
         sock.sendall(head + b"{}")
         stalled.append(sock)
     try:
-        started = time.monotonic()
-        probe = _connect(nginx)
-        probe.sendall(_head("GET", "/health", {"Connection": "close"}))
-        answer = _read_answer(probe, started)
-        probe.close()
-        assert answer.status in (200, 503)
-        assert json.loads(answer.body)["redis"] == {"status": "up"}
-        assert answer.seconds < 2.0
+        _assert_health_answers(nginx)
         for sock in stalled[::2]:
             assert _read_answer(sock, time.monotonic()).status == 401
     finally:

@@ -13,16 +13,10 @@ import pytest
 import yaml
 
 from shared.core import keys
-from shared.core.settings import webhook_settings, worker_settings
+from shared.core.settings import webhook_settings
 from shared.delivery.dispatcher import Dispatcher
 from shared.jobs import jobstore
-from shared.transcribe.worker import build
 from tests import budget
-
-
-@pytest.fixture
-def worker(env, r, store):
-    return build(worker_settings())
 
 
 def _submit(jobs_client, headers, make_wav, **extra_headers):

@@ -8,7 +8,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -151,44 +151,52 @@ def test_a_slow_receiver_delays_no_other_tenants_delivery(env, r, far_dripper, r
     assert r.hget(keys.webhook_delivery("msg_fast"), "state") == "delivered"
 
 
-def test_one_tenants_tarpits_on_many_ports_and_a_backlog_never_hold_another_tenants_webhook(env, r, receiver):
+@pytest.fixture
+def tarpits() -> Iterator[Callable[[list[str]], list[Dripper]]]:
+    """Factory: a dripper on each of ``hosts``; all closed after the test."""
+    made: list[Dripper] = []
+
+    def make(hosts: list[str]) -> list[Dripper]:
+        made.extend(Dripper(host=host) for host in hosts)
+        return made[-len(hosts) :]
+
+    yield make
+    for tarpit in made:
+        tarpit.close()
+
+
+def _tenant_b_gets_through(r, receiver, tarpits: list[Dripper], messages: int, *, dispatchers: int) -> int:
+    """Tenant A's ``messages`` to ``tarpits`` (spread over them, due first), then tenant B's one:
+    B's arrives within 5 s whatever A's backlog. Returns A's connections held at that moment."""
+    now = time.time()
+    for index in range(messages):
+        tarpit = tarpits[index % len(tarpits)]
+        url = f"http://{tarpit.listener.getsockname()[0]}:{tarpit.port}/h"
+        _queue(r, f"msg_tar{index}", url, now - 300 + index, tenant="key-A")
+    _queue(r, "msg_b", receiver.url, now - 1)
+    with _dispatching(r, count=dispatchers) as started:
+        assert len(receiver.wait_for(1, timeout=10)) == 1
+        assert time.monotonic() - started < 5
+        return sum(t.connections for t in tarpits)
+
+
+def test_one_tenants_tarpits_on_many_ports_and_a_backlog_never_hold_another_tenants_webhook(
+    env, r, receiver, tarpits
+):
     env(WEBHOOK_TIMEOUT_SECONDS="3")
     # Given tenant A's receivers drip on 8 ports of one host, with 240 messages due before B's
-    tarpits = [Dripper(host="127.0.0.2") for _ in range(8)]
-    try:
-        now = time.time()
-        for index in range(240):
-            url = f"http://127.0.0.2:{tarpits[index % 8].port}/h"
-            _queue(r, f"msg_tar{index}", url, now - 300 + index, tenant="key-A")
-        _queue(r, "msg_b", receiver.url, now - 1)
-        # When three dispatchers (the caps are shared through Redis) deliver them
-        with _dispatching(r, count=3) as started:
-            # Then B's webhook arrives within 5 s, whatever A's backlog
-            assert len(receiver.wait_for(1, timeout=10)) == 1
-            assert time.monotonic() - started < 5
-            # And A's 8 ports together got no more than one host's slots, across the dispatchers
-            assert sum(t.connections for t in tarpits) == webhook_settings().webhook_per_target
-    finally:
-        for tarpit in tarpits:
-            tarpit.close()
+    ports = tarpits(["127.0.0.2"] * 8)
+    # When three dispatchers (the caps are shared through Redis) deliver them, then B's arrives
+    held = _tenant_b_gets_through(r, receiver, ports, 240, dispatchers=3)
+    # And A's 8 ports together got no more than one host's slots, across the dispatchers
+    assert held == webhook_settings().webhook_per_target
 
 
-def test_one_tenants_tarpits_on_many_hosts_hold_at_most_the_tenants_share(env, r, receiver):
+def test_one_tenants_tarpits_on_many_hosts_hold_at_most_the_tenants_share(env, r, receiver, tarpits):
     env(WEBHOOK_TIMEOUT_SECONDS="3")
     # Given tenant A's receivers drip on 6 hosts, 10 messages each, due before B's
-    tarpits = [Dripper(host=f"127.0.0.{2 + i}") for i in range(6)]
-    try:
-        now = time.time()
-        for index in range(60):
-            tarpit = tarpits[index % 6]
-            url = f"http://{tarpit.listener.getsockname()[0]}:{tarpit.port}/h"
-            _queue(r, f"msg_host{index}", url, now - 100 + index, tenant="key-A")
-        _queue(r, "msg_b", receiver.url, now - 1)
-        with _dispatching(r, count=2) as started:
-            # Then B's webhook arrives at once, and A holds no more than its tenant's share
-            assert len(receiver.wait_for(1, timeout=10)) == 1
-            assert time.monotonic() - started < 5
-            assert sum(t.connections for t in tarpits) == webhook_settings().webhook_per_tenant
-    finally:
-        for tarpit in tarpits:
-            tarpit.close()
+    hosts = tarpits([f"127.0.0.{2 + i}" for i in range(6)])
+    # When two dispatchers deliver them, then B's arrives at once
+    held = _tenant_b_gets_through(r, receiver, hosts, 60, dispatchers=2)
+    # And A holds no more than its tenant's share
+    assert held == webhook_settings().webhook_per_tenant

@@ -12,10 +12,8 @@ import redis
 from redis.cluster import RedisCluster
 
 from shared.core import keys
-from shared.core.settings import worker_settings
 from shared.jobs import jobstore, queue
 from shared.jobs.models import JobStatus
-from shared.transcribe.worker import build
 
 
 @pytest.fixture
@@ -30,9 +28,9 @@ def env(env, redis_cluster_url):
 
 
 @pytest.fixture
-def worker(env, r, store):
-    env(WORKER_VISIBILITY_TIMEOUT_MS="200", WORKER_BLOCK_MS="50")
-    return build(worker_settings())
+def worker_env():
+    # A claim lapses after 200 ms and an empty read waits 50 ms: redelivery is seen without waiting.
+    return {"WORKER_VISIBILITY_TIMEOUT_MS": "200", "WORKER_BLOCK_MS": "50"}
 
 
 def _submit(jobs_client, headers, make_wav) -> str:
@@ -56,12 +54,13 @@ def test_jobs_of_several_keys_take_fair_turns_and_complete_on_a_cluster(
 
     ran = []
     for _ in range(4):
-        claimed = worker._claim()
-        assert claimed is not None
-        entry_id, job_id = claimed
-        worker._work(entry_id, job_id)  # runs it and acknowledges its entry
-        ran.append(job_id)
-    assert worker._claim() is None
+        delivery = queue.next_new(r, worker.name, block_ms=50)
+        assert delivery is not None
+        assert (
+            worker.process(delivery.job_id, delivery.entry_id) is True
+        )  # runs it and acknowledges its entry
+        ran.append(delivery.job_id)
+    assert queue.next_new(r, worker.name, block_ms=50) is None
 
     # Bob's one job waited for one of Alice's, not all three (the ring spans two slots).
     assert set(ran[:2]) == {alices[0], bobs} and ran[2:] == alices[1:]

@@ -287,10 +287,10 @@ def test_a_job_set_aside_for_a_storage_outage_runs_on_a_new_worker_after_the_mig
     worker = build(worker_settings())
     queue.ensure_group(r)  # as a worker does when it starts
     assert queue.promote_due(r) == 1
-    claimed = worker._claim()
-    assert claimed is not None and claimed[1] == waiting
-    worker._work(*claimed)
-    assert worker._claim() is None
+    delivery = queue.next_new(r, worker.name, block_ms=50)
+    assert delivery is not None and delivery.job_id == waiting
+    assert worker.process(delivery.job_id, delivery.entry_id) is True
+    assert queue.next_new(r, worker.name, block_ms=50) is None
 
     token = auth_client.post("/auth/token", json={"api_key": PLAINTEXT}).get_json()["token"]
     headers = {"Authorization": f"Bearer {token}"}

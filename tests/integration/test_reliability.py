@@ -112,7 +112,8 @@ def test_a_canceled_job_is_never_run(env, jobs_client, bearer, r, store, make_wa
     jobs_client.post(f"/transcribe/{job_id}/cancel", headers=headers)
     worker = build(worker_settings())
 
-    assert worker._claim()[1] == job_id
+    delivery = queue.next_new(r, worker.name, block_ms=50)
+    assert delivery is not None and delivery.job_id == job_id
     assert worker.process(job_id) is True
     assert jobstore.load(r, job_id).status is JobStatus.CANCELED
 
@@ -304,9 +305,10 @@ def test_storage_down_puts_the_job_back_in_the_queue_with_a_growing_delay(
     job_id = _post(jobs_client, headers, make_wav(1.0)).get_json()["id"]
     env(S3_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}", WORKER_STORAGE_BACKOFF_SECONDS="2")
     worker = build(worker_settings())
-    entry = worker._claim()
+    delivery = queue.next_new(r, worker.name, block_ms=50)
+    assert delivery is not None and delivery.job_id == job_id
 
-    assert worker.process(job_id, entry[0]) is False  # not acknowledged: it was queued again
+    assert worker.process(job_id, delivery.entry_id) is False  # not acknowledged: it was queued again
 
     job = jobstore.load(r, job_id)
     assert job.status is JobStatus.PENDING and job.error is None and job.attempts == 1
@@ -316,7 +318,8 @@ def test_storage_down_puts_the_job_back_in_the_queue_with_a_growing_delay(
     assert queue.promote_due(r) == 0  # not due yet
     r.zadd(keys.JOBS_DELAYED, {job_id: time.time() - 1})
     assert queue.promote_due(r) == 1 and r.zcard(keys.JOBS_DELAYED) == 0
-    assert worker._claim()[1] == job_id  # a fresh entry: its delivery count starts again
+    again = queue.next_new(r, worker.name, block_ms=50)  # a fresh entry: its delivery count starts again
+    assert again is not None and again.job_id == job_id
 
 
 def test_a_request_that_dies_mid_way_leaves_only_a_short_lease(jobs_client, bearer, r, make_wav):

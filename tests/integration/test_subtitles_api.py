@@ -5,31 +5,25 @@ from __future__ import annotations
 
 import io
 
+import pytest
+
 from shared.core.storage import result_key
 from shared.jobs import jobstore
-from shared.jobs.models import JobStatus, Segment, Task, TranscriptResult, Word
+from shared.jobs.models import JobStatus, Segment, TranscriptResult, Word
 
-RESULT = TranscriptResult(
-    task=Task.TRANSCRIBE,
-    language="en",
-    duration=3.0,
-    model="demo",
-    text="One two three four.",
-    segments=[
-        Segment(
-            id=0,
-            start=0.0,
-            end=2.0,
-            text=" One two three four.",
-            words=[
-                Word(word=" One", start=0.0, end=0.5),
-                Word(word=" two", start=0.5, end=1.0),
-                Word(word=" three", start=1.0, end=1.5),
-                Word(word=" four.", start=1.5, end=2.0),
-            ],
-        )
-    ],
-)
+
+@pytest.fixture
+def result(transcript) -> TranscriptResult:
+    """One segment, four words."""
+    words = [
+        Word(word=" One", start=0.0, end=0.5),
+        Word(word=" two", start=0.5, end=1.0),
+        Word(word=" three", start=1.0, end=1.5),
+        Word(word=" four.", start=1.5, end=2.0),
+    ]
+    return transcript(
+        Segment(id=0, start=0.0, end=2.0, text=" One two three four.", words=words), duration=3.0
+    )
 
 
 def _create(client, headers, wav: bytes, **fields: str):
@@ -37,7 +31,7 @@ def _create(client, headers, wav: bytes, **fields: str):
     return client.post("/transcribe", data=data, headers=headers, content_type="multipart/form-data")
 
 
-def _complete(r, store, job_id: str, result: TranscriptResult = RESULT) -> None:
+def _complete(r, store, job_id: str, result: TranscriptResult) -> None:
     job = jobstore.load(r, job_id)
     assert job is not None
     store.put_bytes(result_key(job.key_id, job.id), result.model_dump_json().encode(), "application/json")
@@ -47,7 +41,7 @@ def _complete(r, store, job_id: str, result: TranscriptResult = RESULT) -> None:
     assert done is not None
 
 
-def test_options_given_at_creation_shape_the_srt(jobs_client, bearer, r, store, make_wav):
+def test_options_given_at_creation_shape_the_srt(jobs_client, bearer, r, store, make_wav, result):
     headers = bearer()
     resp = _create(
         jobs_client, headers, make_wav(0.5), word_timestamps="true", max_line_width="9", max_line_count="1"
@@ -60,7 +54,7 @@ def test_options_given_at_creation_shape_the_srt(jobs_client, bearer, r, store, 
         "max_words_per_line": None,
         "highlight_words": False,
     }
-    _complete(r, store, job["id"])
+    _complete(r, store, job["id"], result)
 
     srt = jobs_client.get(f"/transcribe/{job['id']}/result?format=srt", headers=headers)
 
@@ -72,10 +66,10 @@ def test_options_given_at_creation_shape_the_srt(jobs_client, bearer, r, store, 
     )
 
 
-def test_query_options_override_the_jobs_for_one_download(jobs_client, bearer, r, store, make_wav):
+def test_query_options_override_the_jobs_for_one_download(jobs_client, bearer, r, store, make_wav, result):
     headers = bearer()
     job_id = _create(jobs_client, headers, make_wav(0.5), word_timestamps="true").get_json()["id"]
-    _complete(r, store, job_id)
+    _complete(r, store, job_id, result)
     url = f"/transcribe/{job_id}/result"
 
     plain = jobs_client.get(f"{url}?format=vtt", headers=headers).get_data(as_text=True)
@@ -94,12 +88,12 @@ def test_query_options_override_the_jobs_for_one_download(jobs_client, bearer, r
     ]
 
 
-def test_bad_subtitle_options_are_422_naming_the_field(jobs_client, bearer, r, store, make_wav):
+def test_bad_subtitle_options_are_422_naming_the_field(jobs_client, bearer, r, store, make_wav, result):
     headers = bearer()
     without_words = _create(jobs_client, headers, make_wav(0.5), max_words_per_line="3")
     bad_number = _create(jobs_client, headers, make_wav(0.5), word_timestamps="true", max_line_width="0")
     job_id = _create(jobs_client, headers, make_wav(0.5)).get_json()["id"]
-    no_words = RESULT.model_copy(update={"segments": [RESULT.segments[0].model_copy(update={"words": None})]})
+    no_words = result.model_copy(update={"segments": [result.segments[0].model_copy(update={"words": None})]})
     _complete(r, store, job_id, no_words)
     url = f"/transcribe/{job_id}/result"
 

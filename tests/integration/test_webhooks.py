@@ -12,17 +12,11 @@ import pytest
 from standardwebhooks import Webhook
 
 from shared.core import keys
-from shared.core.settings import webhook_settings, worker_settings
+from shared.core.settings import webhook_settings
 from shared.delivery import webhooks
 from shared.delivery.dispatcher import Dispatcher
 from shared.jobs import jobstore
-from shared.transcribe.worker import build
 from tests import budget
-
-
-@pytest.fixture
-def worker(env, r, store):
-    return build(worker_settings())
 
 
 @pytest.fixture
@@ -90,16 +84,13 @@ def test_a_completed_job_is_announced_signed_to_its_webhook_url(
 
 
 def test_a_job_failed_by_the_worker_is_announced_with_its_error(
-    jobs_client, caller, submit, worker, r, receiver, model_dir
+    jobs_client, caller, submit, worker, r, receiver, broken_checkpoint
 ):
     headers, _ = caller
     assert jobs_client.put("/webhook", json={"url": receiver.url}, headers=headers).status_code == 200
-    (model_dir / "broken.pt").write_bytes(b"not a checkpoint")
-    try:
-        job_id = submit(model="broken")
-        assert worker.process(job_id) is True
-    finally:
-        (model_dir / "broken.pt").unlink()
+    broken_checkpoint("broken")
+    job_id = submit(model="broken")
+    assert worker.process(job_id) is True
     _drain(_dispatcher(r), r)
 
     [got] = receiver.requests

@@ -7,40 +7,34 @@ import json
 import pytest
 
 from shared.jobs.formats import render, timestamp
-from shared.jobs.models import ResultFormat, Segment, Task, TranscriptResult, Word
+from shared.jobs.models import ResultFormat, Segment, TranscriptResult, Word
 
 
 @pytest.fixture
-def result() -> TranscriptResult:
-    return TranscriptResult(
-        task=Task.TRANSCRIBE,
-        language="en",
+def result(transcript) -> TranscriptResult:
+    return transcript(
+        Segment(
+            id=0,
+            start=0.0,
+            end=1.2,
+            text=" Hello there.",
+            tokens=[1, 2],
+            avg_logprob=-0.1,
+            no_speech_prob=0.01,
+            words=[
+                Word(word=" Hello", start=0.0, end=0.5, probability=0.9),
+                Word(word=" there.", start=0.5, end=1.2, probability=0.8),
+            ],
+        ),
+        Segment(
+            id=1,
+            start=3723.004,
+            end=3725.5,
+            text=" Arrows --> here.",
+            tokens=[3],
+            words=[Word(word=" Arrows", start=3723.004, end=3725.5, probability=0.7)],
+        ),
         duration=3725.5,
-        model="demo",
-        text="Hello there. Arrows --> here.",
-        segments=[
-            Segment(
-                id=0,
-                start=0.0,
-                end=1.2,
-                text=" Hello there.",
-                tokens=[1, 2],
-                avg_logprob=-0.1,
-                no_speech_prob=0.01,
-                words=[
-                    Word(word=" Hello", start=0.0, end=0.5, probability=0.9),
-                    Word(word=" there.", start=0.5, end=1.2, probability=0.8),
-                ],
-            ),
-            Segment(
-                id=1,
-                start=3723.004,
-                end=3725.5,
-                text=" Arrows --> here.",
-                tokens=[3],
-                words=[Word(word=" Arrows", start=3723.004, end=3725.5, probability=0.7)],
-            ),
-        ],
     )
 
 
@@ -111,26 +105,20 @@ def test_verbose_json_without_words_has_no_words_key(result):
 
 
 @pytest.fixture
-def diarized() -> TranscriptResult:
+def diarized(transcript) -> TranscriptResult:
     """Three segments, two speakers: SPEAKER_00 twice in a row, then SPEAKER_01."""
-    return TranscriptResult(
-        task=Task.TRANSCRIBE,
-        language="en",
+    return transcript(
+        Segment(
+            id=0,
+            start=0.0,
+            end=1.0,
+            text=" Hi.",
+            speaker="SPEAKER_00",
+            words=[Word(word=" Hi.", start=0.0, end=1.0, probability=0.9, speaker="SPEAKER_00")],
+        ),
+        Segment(id=1, start=1.5, end=3.0, text=" Still me.", speaker="SPEAKER_00", words=[]),
+        Segment(id=2, start=4.0, end=9.0, text=" Hello.", speaker="SPEAKER_01", words=[]),
         duration=9.0,
-        model="demo",
-        text="Hi. Still me. Hello.",
-        segments=[
-            Segment(
-                id=0,
-                start=0.0,
-                end=1.0,
-                text=" Hi.",
-                speaker="SPEAKER_00",
-                words=[Word(word=" Hi.", start=0.0, end=1.0, probability=0.9, speaker="SPEAKER_00")],
-            ),
-            Segment(id=1, start=1.5, end=3.0, text=" Still me.", speaker="SPEAKER_00", words=[]),
-            Segment(id=2, start=4.0, end=9.0, text=" Hello.", speaker="SPEAKER_01", words=[]),
-        ],
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,12 +37,22 @@ def test_the_routes_whose_answers_last(line: bytes, lasts: bool) -> None:
     assert long_lived(line + b"\r\nHost: x\r\n\r\n") is lasts
 
 
-def test_a_connection_is_handed_over_with_what_was_read_and_the_client_address(tmp_path: Path) -> None:
+@pytest.fixture
+def handoff(tmp_path: Path) -> Iterator[tuple[str, socket.socket, socket.socket, socket.socket]]:
+    """(path, listener, client, server_side): the receiver's socket listening at ``path``, and a
+    client's connection whose server side is to be handed over; all closed after the test."""
     path = str(tmp_path / "h.sock")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen()
     client, server_side = socket.socketpair()
+    yield path, listener, client, server_side
+    for sock in (listener, client, server_side):
+        sock.close()
+
+
+def test_a_connection_is_handed_over_with_what_was_read_and_the_client_address(handoff) -> None:
+    path, listener, client, server_side = handoff
     got: list[tuple[socket.socket, object, bytes]] = []
 
     def take() -> None:
@@ -65,18 +76,13 @@ def test_a_connection_is_handed_over_with_what_was_read_and_the_client_address(t
     assert prefixed.recv(100) == b"more"
     conn.sendall(b"answer")
     assert client.recv(100) == b"answer"
-    for sock in (conn, client, listener):
-        sock.close()
+    conn.close()
 
 
-def test_a_handoff_cut_short_is_refused_and_leaves_the_connection_to_its_sender(tmp_path: Path) -> None:
+def test_a_handoff_cut_short_is_refused_and_leaves_the_connection_to_its_sender(handoff) -> None:
     # Given a sender that got the connection and part of the bytes it had read across, then
     # gave up (its timeout) and serves the request itself
-    path = str(tmp_path / "h.sock")
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    listener.listen()
-    client, server_side = socket.socketpair()
+    path, listener, client, server_side = handoff
     payload = handoff_payload(("203.0.113.7", 5555), b"POST /transcribe HTTP/1.1\r\n" + b"x" * 100_000)
 
     def send_part() -> None:
@@ -99,5 +105,4 @@ def test_a_handoff_cut_short_is_refused_and_leaves_the_connection_to_its_sender(
     assert server_side.recv(100) == b"more"
     server_side.sendall(b"answer")
     assert client.recv(100) == b"answer"
-    for sock in (link, client, server_side, listener):
-        sock.close()
+    link.close()

@@ -7,7 +7,7 @@ import io
 import pytest
 
 from shared.jobs.formats import render
-from shared.jobs.models import ResultFormat, Segment, SubtitleOptions, Task, TranscriptResult, Word
+from shared.jobs.models import ResultFormat, Segment, SubtitleOptions, TranscriptResult, Word
 
 
 def _words(*spec: tuple[str, float, float]) -> list[Word]:
@@ -15,7 +15,7 @@ def _words(*spec: tuple[str, float, float]) -> list[Word]:
 
 
 @pytest.fixture
-def result() -> TranscriptResult:
+def result(transcript) -> TranscriptResult:
     first = _words(
         (" The", 0.0, 0.3),
         (" quick", 0.3, 0.6),
@@ -24,16 +24,10 @@ def result() -> TranscriptResult:
         (" jumps", 1.5, 2.0),
     )
     second = _words((" over", 6.0, 6.4), (" the", 6.4, 6.6), (" lazy", 6.7, 7.0), (" dog.", 7.0, 7.5))
-    return TranscriptResult(
-        task=Task.TRANSCRIBE,
-        language="en",
+    return transcript(
+        Segment(id=0, start=0.0, end=2.0, text=" The quick brown fox jumps", words=first),
+        Segment(id=1, start=6.0, end=7.5, text=" over the lazy dog.", words=second),
         duration=8.0,
-        model="demo",
-        text="The quick brown fox jumps over the lazy dog.",
-        segments=[
-            Segment(id=0, start=0.0, end=2.0, text=" The quick brown fox jumps", words=first),
-            Segment(id=1, start=6.0, end=7.5, text=" over the lazy dog.", words=second),
-        ],
     )
 
 
