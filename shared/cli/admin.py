@@ -14,6 +14,7 @@ whisper-api models demo PATH          # write the offline demo checkpoint
 whisper-api models pull NAME [NAME..] # official checkpoints into WHISPER_MODEL_DIR, SHA-256 checked
 whisper-api models list               # models on disk here, loaded by workers, offered by the API
 whisper-api storage orphans [--remove] [--min-age SECONDS]
+whisper-api storage inbox-expiry [--days N]    # a lifecycle rule: inbox objects expire (deploys run it)
                                       # stored audio and results no job record points at
 whisper-api redis migrate [--dry-run] # a Redis of a release before the cluster layout, renamed
 
@@ -211,10 +212,15 @@ def _models_list() -> int:
 
 
 def _storage(args: argparse.Namespace) -> int:
-    from shared.core.settings import worker_settings
+    from shared.core.settings import StorageSettings, worker_settings
     from shared.core.storage import BlobStore
     from shared.ops import stack
 
+    if args.action == "inbox-expiry":
+        plain = StorageSettings()
+        BlobStore(plain, plain.s3_inbox_bucket).expire_after(args.days)
+        print(f"bucket {plain.s3_inbox_bucket}: objects expire {args.days} days after they were written")
+        return 0
     settings = worker_settings()
     r, store = connect(settings), BlobStore(settings)
     count = total = 0
@@ -293,6 +299,10 @@ def parser() -> argparse.ArgumentParser:
         "--remove", action="store_true", help="remove them (and, after a Redis that forgot, re-pair)"
     )
     found.add_argument("--min-age", type=float, default=3600, help="only objects at least this old (seconds)")
+    expiry = storage_actions.add_parser(
+        "inbox-expiry", help="a lifecycle rule on the inbox bucket: uploads nobody completed expire"
+    )
+    expiry.add_argument("--days", type=int, default=1, help="days after which an inbox object expires")
     storage.set_defaults(run=_storage)
 
     upkeep = sub.add_parser("redis", help="Redis upkeep")

@@ -170,6 +170,32 @@ class BlobStore:
         with _wrapped(f"reach bucket {self.bucket}"):
             self._s3.head_bucket(Bucket=self.bucket)
 
+    #: The id of the expiry rule ``expire_after`` keeps on a bucket (other rules are left alone).
+    EXPIRY_RULE = "whisper-api-expiry"
+
+    def expire_after(self, days: int) -> None:
+        """Keep a lifecycle rule on the bucket that deletes every object ``days`` after it was
+        written (the inbox: uploads nobody turned into a job); other rules stay as they are."""
+        try:
+            rules = self._s3.get_bucket_lifecycle_configuration(Bucket=self.bucket)["Rules"]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "NoSuchLifecycleConfiguration":
+                raise StorageError(f"storage failed to read the lifecycle of {self.bucket}: {exc}") from exc
+            rules = []
+        except BotoCoreError as exc:
+            raise StorageError(f"storage failed to read the lifecycle of {self.bucket}: {exc}") from exc
+        ours = {
+            "ID": self.EXPIRY_RULE,
+            "Status": "Enabled",
+            "Filter": {"Prefix": ""},
+            "Expiration": {"Days": days},
+        }
+        kept = [rule for rule in rules if rule.get("ID") != self.EXPIRY_RULE]
+        with _wrapped(f"set the lifecycle of bucket {self.bucket}"):
+            self._s3.put_bucket_lifecycle_configuration(
+                Bucket=self.bucket, LifecycleConfiguration={"Rules": [*kept, ours]}
+            )
+
     def ensure_bucket(self) -> None:
         """Create the bucket if it is missing (local runs and tests)."""
         try:
