@@ -1,10 +1,11 @@
 """``/v1/realtime`` through the local gateway: the WebSocket handshake and every frame after it
 are relayed, byte for byte, to a worker's Realtime server (``REALTIME_UPSTREAM``).
 
-gunicorn's threaded worker speaks HTTP/1.1 requests, not WebSockets; but it hands the app the
-client's socket (``gunicorn.socket``), so the thread that got the upgrade request keeps it and
-splices it to the worker until either side closes. One gateway thread per live session: right
-for ``whisper-api dev``; the deployed shapes route ``/v1/realtime`` at nginx or the Gateway API
+gunicorn speaks HTTP/1.1 requests, not WebSockets; but it hands the app the client's socket
+(``gunicorn.socket``), so whoever got the upgrade request keeps it and splices it to the worker
+until either side closes. The dev gateway hands the upgrade to its async side
+(``functions.long_answers``, ``shared.api.edge.long_lived``), so a live session costs a greenlet
+there, not a thread; the deployed shapes route ``/v1/realtime`` at nginx or the Gateway API
 straight to the workers (infra/gateway/nginx.conf, docs/realtime.md).
 """
 

@@ -418,7 +418,7 @@ def policies(settings: EdgeSettings, max_upload_bytes: int = 0) -> Callable[[str
 #: ``audio_url`` download): served by the async gateway (``functions.long_answers``), where an
 #: open one costs a greenlet and a socket, not a thread. The same list routes them in nginx.
 _LONG_LIVED = re.compile(
-    r"(GET /transcribe/[^/]+/events"
+    r"(GET /transcribe/[^/]+/events|GET /v1/realtime"
     r"|POST /(transcribe|asr|detect-language|v1/audio/(transcriptions|translations)))/?"
 )
 

@@ -355,3 +355,26 @@ def test_the_page_streams_the_microphone_shows_the_text_live_and_keeps_the_recor
     # The saved job says what the live session said, and the reading view shows it
     assert " ".join(cues) == TRANSCRIPT
     assert spoken == cues
+
+
+def _server_side_process(gateway_port: int, client_port: int) -> str:
+    """The command line of the process holding the gateway's end of a client's connection."""
+    listed = subprocess.run(
+        ["ss", "-tnpH", "state", "established", f"( sport = :{gateway_port} and dport = :{client_port} )"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    pid = listed.split("pid=")[1].split(",")[0]
+    with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+        return cmdline.read().replace(b"\0", b" ").decode()
+
+
+def test_a_live_session_through_the_gateway_costs_a_greenlet_not_a_thread(live: Live) -> None:
+    # Given a live session opened through the dev gateway
+    gateway_port = int(live.base_url.rsplit(":", 1)[1])
+    with browser(live.ws_url, live.key("greenlet")) as session:
+        events_of(session, "transcription_session.created")
+        client_port = session.socket.getsockname()[1]
+        # Then its connection is held by the gateway's async side (functions.long_answers)
+        assert "functions.long_answers.LongAnswerWorker" in _server_side_process(gateway_port, client_port)

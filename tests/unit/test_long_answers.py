@@ -24,6 +24,7 @@ from shared.api.edge import long_lived
         (b"POST /detect-language HTTP/1.1", True),
         (b"POST /v1/audio/transcriptions HTTP/1.1", True),
         (b"POST /v1/audio/translations/ HTTP/1.1", True),
+        (b"GET /v1/realtime?intent=transcription HTTP/1.1", True),
         (b"GET /transcribe HTTP/1.1", False),
         (b"GET /transcribe/abc123 HTTP/1.1", False),
         (b"GET /transcribe/a/b/events HTTP/1.1", False),
