@@ -12,8 +12,8 @@ import select
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Generator
-from typing import Any
+from collections.abc import Generator
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -40,6 +40,19 @@ def ffmpeg_command(path: str) -> list[str]:
     ]  # fmt: skip
 
 
+class Allowance(Protocol):
+    """How much audio a job may decode beyond what the server allows anyway (a key's daily
+    quota): ``grant`` is asked for more as decoding reaches what was granted."""
+
+    def grant(self, needed_seconds: float) -> float:
+        """The seconds now allowed (never fewer than before), having tried to cover ``needed``."""
+        ...
+
+    def exceeded(self) -> JobError:
+        """The error that stops the job when no more is granted."""
+        ...
+
+
 class PcmStream:
     """Iterate over float32 sample pieces of ``path``; raises PermanentJobError for audio that
     does not decode, is truncated, is longer than ``max_seconds``, or decodes too slowly."""
@@ -52,12 +65,12 @@ class PcmStream:
         max_seconds: float,
         command: list[str] | None = None,
         base_seconds: float = DECODE_BASE_SECONDS,
-        too_long: Callable[[], JobError] | None = None,
+        allowance: Allowance | None = None,
     ) -> None:
         """``command`` replaces the ffmpeg command line and ``base_seconds`` the deadline's fixed
-        part (tests of a hung decoder). ``too_long``: the error past ``max_seconds`` when the
-        limit is not ``MAX_AUDIO_SECONDS`` (a key's remaining daily quota)."""
-        self.too_long = too_long
+        part (tests of a hung decoder). ``max_seconds`` is the server's limit
+        (``MAX_AUDIO_SECONDS``); ``allowance`` a tighter one that may grow (a key's quota)."""
+        self.allowance = allowance
         self.path = path
         self.base_seconds = base_seconds
         self.expected = expected_seconds or 0.0
@@ -89,6 +102,7 @@ class PcmStream:
     def _pieces(self, fd: int) -> Generator[Samples, None, None]:
         waited, pending = 0.0, b""
         limit = int(self.max_seconds * SAMPLE_RATE)
+        allowed = limit if self.allowance is None else self._granted(0.0, limit)
         while True:
             started = time.monotonic()
             ready, _, _ = select.select([fd], [], [], max(0.0, self.budget() - waited))
@@ -106,14 +120,20 @@ class PcmStream:
                 data, pending = data[:-1], data[-1:]
             piece = np.frombuffer(data, np.int16).astype(np.float32) / 32768.0
             self.samples += len(piece)
+            if self.samples > allowed and self.samples <= limit and self.allowance is not None:
+                allowed = self._granted(self.samples / SAMPLE_RATE, limit)
+                if self.samples > allowed:
+                    raise self.allowance.exceeded()
             if self.samples > limit:
-                if self.too_long is not None:
-                    raise self.too_long()
                 raise PermanentJobError(
                     f"the audio is longer than this server's limit of {self.max_seconds:.0f} s "
                     "(MAX_AUDIO_SECONDS), whatever its header said; split it and submit the parts"
                 )
             yield piece
+
+    def _granted(self, needed_seconds: float, limit: int) -> int:
+        assert self.allowance is not None
+        return min(limit, int(self.allowance.grant(needed_seconds) * SAMPLE_RATE))
 
     def _check_exit(self, returncode: int, errors: Any) -> None:
         if returncode != 0:

@@ -12,13 +12,12 @@ from typing import Any
 import numpy as np
 import whisper
 
-from shared.core.errors import JobError
 from shared.engine import speakers
 from shared.engine.batcher import Batcher, BatchKey, ChunkResult
 from shared.engine.chunker import Chunk, Chunker
 from shared.engine.diarizer import Diarizer, SpeakerEncoder
 from shared.engine.loader import ModelCache, in_own_thread
-from shared.engine.pcm import SAMPLE_RATE, PcmStream
+from shared.engine.pcm import SAMPLE_RATE, Allowance, PcmStream
 from shared.jobs.models import JobOptions, Segment, TranscriptResult, Word
 
 #: transcribe() stops conditioning on earlier text after a chunk decoded this hot.
@@ -68,7 +67,7 @@ class Engine:
         expected_seconds: float | None,
         max_seconds: float,
         checkpoint: Callable[[Progress], None] = lambda _progress: None,
-        too_long: Callable[[], JobError] | None = None,
+        allowance: Allowance | None = None,
         partial: Callable[[float], None] | None = None,
     ) -> TranscriptResult:
         """Transcribe the audio file at ``path``. ``checkpoint`` is called after every chunk
@@ -80,7 +79,7 @@ class Engine:
         run = _Run(self, model, options, checkpoint, partial)
         diarizer = Diarizer(self.speaker_encoder()) if options.diarize else None
         stream = PcmStream(
-            path, expected_seconds=expected_seconds, max_seconds=max_seconds, too_long=too_long
+            path, expected_seconds=expected_seconds, max_seconds=max_seconds, allowance=allowance
         )
         pieces = iter(stream)
         try:

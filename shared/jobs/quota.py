@@ -119,20 +119,71 @@ def admit_job(r: redis.Redis, key_id: str, limit: Limits, audio_seconds: float) 
         )
 
 
-def decodable_seconds(r: redis.Redis, key_id: str, declared: float) -> tuple[float, float] | None:
-    """How many seconds of a job admitted with ``declared`` seconds (already counted today) its
-    key's quota lets the worker decode, and that quota; None without a quota. A header that
-    lies about the length is found out as the audio is decoded (``PcmStream``)."""
+# Take up to ARGV[2] more seconds of today's audio (KEYS[1]) within the quota ARGV[1]; returns
+# what was granted. One step, so concurrent jobs of one key never pass the quota together.
+_RESERVE = """
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+local grant = math.min(tonumber(ARGV[2]), tonumber(ARGV[1]) - used)
+if grant <= 0 then return '0' end
+redis.call('INCRBYFLOAT', KEYS[1], tostring(grant))
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return tostring(grant)
+"""
+
+#: A job decoding past its declared length takes the quota in steps of this many seconds.
+RESERVE_STEP_SECONDS = 30.0
+
+
+def daily_quota(r: redis.Redis, key_id: str) -> float | None:
+    """The daily audio quota in force for a job of ``key_id`` (as admitted), or None."""
+    raw = cast(str | None, r.get(keys.audio_quota(key_id)))
+    return float(raw) if raw and float(raw) > 0 else None
+
+
+def reserve_decoded(r: redis.Redis, key_id: str, seconds: float, quota: float) -> float:
+    """Take up to ``seconds`` more of today's quota for audio decoded past a job's declared
+    length; what was granted (0 once the quota is used up)."""
+    if seconds <= 0:
+        return 0.0
     day, _ = _day(time.time())
-    quota, used = cast(list[str | None], r.mget([keys.audio_quota(key_id), keys.audio_day(key_id, day)]))
-    if not quota or float(quota) <= 0:
-        return None
-    return declared + max(0.0, float(quota) - float(used or 0)), float(quota)
+    granted = redis_client.run_script(
+        r, _RESERVE, 1, keys.audio_day(key_id, day), repr(quota), repr(seconds), 2 * _DAY_SECONDS
+    )
+    return float(granted)
+
+
+class DecodedAllowance:
+    """A job's allowance beyond its declared length (``shared.engine.pcm.Allowance``): the
+    worker's decoding takes the key's quota in steps as it goes, and gives back, when the job
+    ends, what it took and did not decode (``settle``). A header that lies about the length is
+    found out as the audio is decoded."""
+
+    def __init__(self, r: redis.Redis, key_id: str, declared: float, quota: float) -> None:
+        self.r, self.key_id, self.declared, self.quota = r, key_id, declared, quota
+        self.reserved = 0.0
+
+    def grant(self, needed_seconds: float) -> float:
+        short = needed_seconds - (self.declared + self.reserved)
+        if short > 0:
+            self.reserved += reserve_decoded(
+                self.r, self.key_id, max(short, RESERVE_STEP_SECONDS), self.quota
+            )
+        return self.declared + self.reserved
+
+    def exceeded(self) -> QuotaExceededError:
+        return quota_exceeded(self.quota)
+
+    def settle(self, decoded_seconds: float) -> None:
+        """The job ended having decoded ``decoded_seconds``: give back what it took beyond that
+        (never below its declared length, which was charged at intake)."""
+        unused = self.reserved - max(0.0, decoded_seconds - self.declared)
+        charge_decoded(self.r, self.key_id, -unused)
+        self.reserved -= unused
 
 
 def charge_decoded(r: redis.Redis, key_id: str, seconds: float) -> None:
-    """Count ``seconds`` more of decoded audio (beyond the declared length admitted) today."""
-    if seconds > 0:
+    """Count ``seconds`` more of decoded audio today (fewer, when negative: given back)."""
+    if seconds:
         day, _ = _day(time.time())
         with r.pipeline(transaction=False) as pipe:
             pipe.incrbyfloat(keys.audio_day(key_id, day), seconds)

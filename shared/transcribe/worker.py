@@ -15,7 +15,6 @@ A job whose storage is down goes back to the queue with a growing delay; it neve
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import secrets
@@ -287,28 +286,33 @@ class Worker:
         self._finished(done)
 
     def _transcribe(self, job: Job, run_id: str, path: str) -> TranscriptResult:
-        """The engine's run, decoding at most what the key's daily quota has left (the job was
-        admitted on its declared length); what was decoded past that length is charged too."""
+        """The engine's run. The job was admitted (and charged) on its declared length; audio
+        decoded past it takes the key's daily quota as it goes (``quota.DecodedAllowance``,
+        atomic, so a key's concurrent jobs never pass the quota together) and stops where it
+        is used up. Without a quota, what was decoded past the declared length is counted."""
         declared = job.duration or 0.0
-        limit, too_long = self.settings.max_audio_seconds, None
-        allowance = quota.decodable_seconds(self.r, job.key_id, declared)
-        if allowance is not None and allowance[0] < limit:
-            limit, daily = allowance
-            too_long = functools.partial(quota.quota_exceeded, daily)
+        daily = quota.daily_quota(self.r, job.key_id)
+        allowance = quota.DecodedAllowance(self.r, job.key_id, declared, daily) if daily else None
         try:
             result = self.engine.transcribe(
                 path,
                 job.options,
                 expected_seconds=job.duration,
-                max_seconds=limit,
+                max_seconds=self.settings.max_audio_seconds,
                 checkpoint=lambda progress: self._checkpoint(job, run_id, progress),
-                too_long=too_long,
+                allowance=allowance,
                 partial=self._partial(job, run_id),
             )
         except QuotaExceededError:
-            quota.charge_decoded(self.r, job.key_id, limit - declared)
+            raise  # decoded up to the quota, which is what it took
+        except BaseException:
+            if allowance is not None:
+                allowance.settle(0.0)  # a failed run is charged its declared length, as admitted
             raise
-        quota.charge_decoded(self.r, job.key_id, result.duration - declared)
+        if allowance is not None:
+            allowance.settle(result.duration)
+        else:
+            quota.charge_decoded(self.r, job.key_id, max(0.0, result.duration - declared))
         return result
 
     def _discard(self, job: Job, key: str) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import struct
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from shared.jobs import jobstore, quota
 from shared.jobs.audio import probe_duration
 from shared.jobs.models import JobStatus
 from shared.transcribe.worker import build
+from tests import budget
 
 
 def _lying_mkv(wav: bytes, declared_seconds: float, tmp: Path) -> bytes:
@@ -76,3 +78,52 @@ def test_an_honest_job_within_the_quota_is_charged_its_length_once(
     assert job.status is JobStatus.COMPLETED
     report = quota.quota_report(r, job.key_id, quota.limits(jobs_settings()))
     assert report["audio_seconds_today"] == pytest.approx(40.0, abs=0.1)
+
+
+def test_two_lying_jobs_of_one_key_decoded_at_once_never_pass_the_quota_together(
+    env, jobs_client, bearer, make_wav, r, store, tmp_path
+):
+    # Given two jobs of one key admitted on a declared 2 s each, both holding 120 s, and a
+    # quota of 60 s: each alone could take all that is left
+    env(QUOTA_AUDIO_SECONDS_PER_DAY="60")
+    headers = bearer()
+    mkv = _lying_mkv(make_wav(120.0), 2.0, tmp_path)
+    ids = [_submit(jobs_client, headers, mkv, "a.mkv").get_json()["id"] for _ in range(2)]
+    # When two workers decode them at the same time
+    workers = [build(worker_settings()) for _ in ids]
+    runs = [
+        threading.Thread(target=w.process, args=(job_id,)) for w, job_id in zip(workers, ids, strict=True)
+    ]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join(timeout=budget.seconds(120))
+        assert not run.is_alive()
+    # Then both stopped at the quota, and today's audio is the quota, not twice what was left
+    jobs = [jobstore.load(r, job_id) for job_id in ids]
+    assert [job.status for job in jobs] == [JobStatus.FAILED, JobStatus.FAILED]
+    assert all("daily audio quota of 60 s" in str(job.error) for job in jobs)
+    report = quota.quota_report(r, jobs[0].key_id, quota.limits(jobs_settings()))
+    assert report["audio_seconds_today"] == pytest.approx(60.0, abs=0.01)
+
+
+def test_what_a_job_took_and_did_not_decode_is_given_back(r):
+    # Given a key whose day's audio stands at 20 s of a 100 s quota, and a job declared 10 s long
+    key_id = "k0000000000a"
+    limits = quota.Limits(
+        rate_limit_per_minute=0,
+        max_pending_jobs=0,
+        max_sync_waits=0,
+        quota_audio_seconds_per_day=100,
+        auth_failures_per_minute=0,
+    )
+    quota.charge_decoded(r, key_id, 20.0)
+    allowance = quota.DecodedAllowance(r, key_id, declared=10.0, quota=100.0)
+    # When decoding passes 10 s it takes a step of 30 s, and at 95 s all that is left (50 s)
+    assert allowance.grant(12.0) == pytest.approx(40.0)
+    assert allowance.grant(95.0) == pytest.approx(90.0)
+    assert allowance.grant(95.0) == pytest.approx(90.0)  # nothing left: nothing more
+    assert quota.quota_report(r, key_id, limits)["audio_seconds_today"] == pytest.approx(100.0)
+    # Then a run that decoded 50 s keeps 40 s beyond its declared length and gives back the rest
+    allowance.settle(50.0)
+    assert quota.quota_report(r, key_id, limits)["audio_seconds_today"] == pytest.approx(60.0)
