@@ -191,6 +191,9 @@ DEV_STACK = "dev:stack"
 #: The stack id this Redis shares with its storage (shared.ops.stack): gone from Redis while the
 #: storage still holds it, and Redis has lost its data.
 STACK_ID = "stack:id"
+#: Set in a Redis found to have lost its data (shared.ops.stack), by whoever can tell (a function
+#: with storage), so that one that cannot (the auth function) answers 503, not 401, too.
+STACK_LOST = "stack:lost"
 
 #: Service-wide counters behind ``GET /metrics`` (hash of "name|label|..." -> number): every
 #: function and worker adds to the same figures, so one scrape of any jobs container sees them

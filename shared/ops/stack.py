@@ -14,9 +14,11 @@ The id is written once, in Redis (``keys.STACK_ID``) and as an object in the job
 
 The auth function has no storage client: it remembers the stack ids it saw in Redis when it
 issued tokens (:func:`note`, a process-local memo, the only cache here), so a Redis that forgets
-under a running auth process is noticed from Redis alone; one started after the loss answers 401
-until the jobs function's ``/health`` and 503s have told the operator. A stack id never changes
-once written, so the memo cannot go stale; :func:`acknowledge` replaces it in its own process.
+under a running auth process is noticed from Redis alone; and whoever finds the loss with
+storage at hand (the jobs function's ``/health`` or a request, a worker starting) marks it in the
+new Redis (``keys.STACK_LOST``), so an auth process started after the loss answers 503 too. A
+stack id never changes once written, so the memo cannot go stale; :func:`acknowledge` replaces
+it and clears the mark.
 """
 
 from __future__ import annotations
@@ -87,9 +89,13 @@ def lost(r: redis.Redis, store: BlobStore | None) -> str | None:
         known = {in_storage} if in_storage else set()
     else:
         known = set(_seen)
+        if not in_redis and r.exists(keys.STACK_LOST):
+            return LOST  # marked by a process that could tell (logged there)
     if not known or in_redis in known:
         return None
     log.error("stack %s: %s (Redis holds %s)", ",".join(sorted(known)), LOST, in_redis or "no stack id")
+    if store is not None and not in_redis:
+        r.set(keys.STACK_LOST, "1")
     return LOST
 
 
@@ -104,6 +110,7 @@ def acknowledge(r: redis.Redis, store: BlobStore) -> str:
     """Pair the storage with this Redis again (its lost work is gone): the new stack id."""
     stack_id = secrets.token_hex(8)
     r.set(keys.STACK_ID, stack_id)
+    r.delete(keys.STACK_LOST)
     store.put_bytes(MARKER, stack_id.encode(), "text/plain")
     _seen.clear()
     return stack_id

@@ -73,6 +73,27 @@ def test_a_redis_that_forgot_is_reported_instead_of_401s_and_its_orphans_removed
     assert jobs_client.get(f"/transcribe/{job_id}", headers=headers).status_code == 401  # acknowledged: gone
 
 
+def test_an_auth_process_started_after_the_loss_answers_503_once_it_was_found(
+    paired, r, store, jobs_client, auth_client, api_key
+):
+    # Given a key, then a Redis that restarted empty, and an auth process that never saw the
+    # stack (its memo empty: started after the loss)
+    _, plaintext = api_key("before")
+    r.flushall()
+    stack._seen.clear()
+    # Then the auth function alone cannot tell: an unknown key is a 401 ...
+    assert auth_client.post("/auth/token", json={"api_key": plaintext}).status_code == 401
+    # ... until a process with storage at hand finds the loss (here the jobs function's /health,
+    # which every orchestrator probes) and marks it in the new Redis: then it is 503, with why
+    assert jobs_client.get("/health").status_code == 503
+    refused = auth_client.post("/auth/token", json={"api_key": plaintext})
+    assert (refused.status_code, refused.get_json()["detail"]) == (503, stack.LOST)
+    # And once the operator acknowledges the loss, an unknown key is a 401 again
+    assert admin.main(["storage", "orphans", "--min-age", "0", "--remove"]) == 0
+    stack._seen.clear()
+    assert auth_client.post("/auth/token", json={"api_key": plaintext}).status_code == 401
+
+
 def test_orphans_spare_young_objects_and_objects_with_a_record(
     paired, r, store, jobs_client, bearer, make_wav, capsys
 ):
