@@ -26,7 +26,6 @@ from __future__ import annotations
 import os
 import sys
 import threading
-import weakref
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
@@ -256,17 +255,17 @@ def _exchange(conn: Any, commands: Sequence[Sequence[Any]]) -> list[Any]:
     return replies
 
 
-_SCRIPTS: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+_SCRIPTS: dict[str, Any] = {}
 
 
-def run_script(r: redis.Redis, source: str, numkeys: int, *keys_and_args: Any) -> Any:
+def run_script(r: redis.Redis | redis.client.Pipeline, source: str, numkeys: int, *keys_and_args: Any) -> Any:
     """``EVAL`` of ``source``, sent by its digest (``EVALSHA``) and loaded only where the server
-    lacks it (redis-py's ``register_script``, one per client): the script's text crosses the wire
-    once per server, not with every call. Every key is in ``keys_and_args[:numkeys]``."""
-    scripts = _SCRIPTS.setdefault(r, {})
-    script = scripts.get(source)
+    lacks it (redis-py's ``Script``, as ``register_script`` makes it): the script's text crosses
+    the wire once per server, not with every call. On a pipeline it is queued (the pipeline
+    loads it first if need be). Every key is in ``keys_and_args[:numkeys]``."""
+    script = _SCRIPTS.get(source)
     if script is None:
-        script = scripts[source] = r.register_script(source)
+        script = _SCRIPTS.setdefault(source, r.register_script(source))
     return script(keys=keys_and_args[:numkeys], args=keys_and_args[numkeys:], client=r)
 
 

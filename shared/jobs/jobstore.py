@@ -18,6 +18,7 @@ counts every change exactly once.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any, cast
@@ -29,6 +30,8 @@ from shared.core.errors import ConflictError, NotFoundError, NotQueuedError, Not
 from shared.jobs import queue
 from shared.jobs.models import Job, JobStatus
 from shared.ops.metrics import RTF_BUCKETS, TRANSITION_LUA
+
+log = logging.getLogger("whisper_api.jobstore")
 
 # The state change: refuses a change from a state it was not asked to leave (or from another
 # run's), writes the record, moves the key's usage counters, publishes and logs the change, then
@@ -214,16 +217,15 @@ def transition(
     fields: dict[str, Any] | None = None,
     usage: dict[str, float] | None = None,
     run_id: str = "",
+    replicas: int = 0,
 ) -> Job | None:
     """Move ``job`` to ``to`` if it is still in one of ``allowed_from`` (and, when ``run_id``
     is given, still owned by that run); None if not: the record is gone, or another actor
-    moved it first, so a late duplicate run can never overwrite a newer state."""
+    moved it first, so a late duplicate run can never overwrite a newer state. With
+    ``replicas``, it waits (``WAIT``, up to ``FINAL_WAIT_MS``) until that many replicas hold the
+    change, and says so in the log when they do not: a failover then could undo it."""
     changes = {"updated_at": time.time(), **(fields or {})}
-    result: Any = redis_client.run_script(
-        r,
-        _TRANSITION,
-        4,
-        *keys.transition_keys(job.key_id, job.id),
+    args = (
         " ".join(s.value for s in allowed_from),
         to.value,
         json.dumps(changes),
@@ -234,9 +236,31 @@ def transition(
         keys.JOB_EVENT_LOG_MAXLEN,
         " ".join(str(bound) for bound in RTF_BUCKETS),
     )
+    if not replicas:
+        result: Any = redis_client.run_script(
+            r, _TRANSITION, 4, *keys.transition_keys(job.key_id, job.id), *args
+        )
+    else:
+        with r.pipeline(transaction=False) as pipe:  # one connection: WAIT covers the change
+            redis_client.run_script(pipe, _TRANSITION, 4, *keys.transition_keys(job.key_id, job.id), *args)
+            pipe.execute_command("WAIT", replicas, FINAL_WAIT_MS)  # type: ignore[no-untyped-call]
+            result, held = pipe.execute()
+        if int(held) < replicas:
+            log.warning(
+                "job %s: its %s state reached %d of %d replicas within %d ms; a failover now could undo it",
+                job.id,
+                to.value,
+                int(held),
+                replicas,
+                FINAL_WAIT_MS,
+            )
     if not result or int(result[0]) != 1:
         return None
     return Job.model_validate_json(result[1])
+
+
+#: How long a job's final state waits for its replicas (``transition``'s ``replicas``).
+FINAL_WAIT_MS = 2000
 
 
 # ---- the transitions of a job's life, each a typed call of ``transition`` ------------------
@@ -264,10 +288,18 @@ def progress(r: redis.Redis, job: Job, run_id: str, share: float, windows: int |
 
 
 def complete(
-    r: redis.Redis, job: Job, run_id: str, text: str, language: str | None, duration: float, spent: float
+    r: redis.Redis,
+    job: Job,
+    run_id: str,
+    text: str,
+    language: str | None,
+    duration: float,
+    spent: float,
+    replicas: int = 0,
 ) -> Job | None:
     """Run ``run_id`` finished: its transcript's text, language and audio length, and the
-    ``spent`` seconds of processing (counted in the key's usage and the metrics)."""
+    ``spent`` seconds of processing (counted in the key's usage and the metrics); held by
+    ``replicas`` replicas before it returns (see ``transition``)."""
     fields = {
         "transcription": text,
         "language": language,
@@ -277,16 +309,19 @@ def complete(
         "error": None,
     }
     usage = {"audio_seconds": duration, "processing_seconds": spent}
-    return transition(r, job, (JobStatus.PROCESSING,), JobStatus.COMPLETED, fields, usage, run_id)
+    return transition(r, job, (JobStatus.PROCESSING,), JobStatus.COMPLETED, fields, usage, run_id, replicas)
 
 
-def fail(r: redis.Redis, job: Job, reason: str, run_id: str = "", spent: float | None = None) -> Job | None:
+def fail(
+    r: redis.Redis, job: Job, reason: str, run_id: str = "", spent: float | None = None, replicas: int = 0
+) -> Job | None:
     """The job cannot finish, for ``reason`` (a person can act on it): from its run
-    ``run_id``, or (no run) from whatever unfinished state it is in."""
+    ``run_id``, or (no run) from whatever unfinished state it is in; held by ``replicas``
+    replicas before it returns (see ``transition``)."""
     fields = {"error": reason, "completed_at": time.time()}
     usage = {"processing_seconds": spent} if spent is not None else None
     allowed = (JobStatus.PROCESSING,) if run_id else (JobStatus.PENDING, JobStatus.PROCESSING)
-    return transition(r, job, allowed, JobStatus.FAILED, fields, usage, run_id)
+    return transition(r, job, allowed, JobStatus.FAILED, fields, usage, run_id, replicas)
 
 
 def hand_back(r: redis.Redis, job: Job, run_id: str) -> Job | None:

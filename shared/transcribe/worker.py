@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 import redis
 
-from shared.core import keys, logs
+from shared.core import keys, logs, redis_client
 from shared.core.errors import (
     JobError,
     QuotaExceededError,
@@ -84,6 +84,13 @@ class Worker:
     downloads: bool = False
     #: The API key of each job in hand (for fair slots, ``_owed_a_slot``).
     _keys_in_hand: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def _replicas(self) -> int:
+        """Replicas that must hold a job's final state before its entry is acknowledged
+        (``REDIS_WAIT_REPLICAS``: 1 on Sentinel), so a failover right after cannot make the job
+        run again unnoticed; none on a cluster, whose client has no ``WAIT``."""
+        return 0 if redis_client.is_cluster(self.r) else self.settings.replicas_to_wait
 
     # ---- the loop -------------------------------------------------------------------------
     def run(self, stop: threading.Event | None = None) -> None:
@@ -203,7 +210,7 @@ class Worker:
                 f"the job stopped {limit} workers without finishing (crash or out of memory); "
                 "try a smaller model or shorter audio"
             )
-            failed = jobstore.fail(self.r, job, reason)
+            failed = jobstore.fail(self.r, job, reason, replicas=self._replicas)
             self._finished(failed)
         queue.dead_letter(self.r, delivery)
         log.warning("job %s dead-lettered after %d deliveries", delivery.job_id, delivery.deliveries)
@@ -280,7 +287,9 @@ class Worker:
             f"store the result of job {job.id}", self.store.put_bytes, key, body, "application/json"
         )
         spent = time.monotonic() - started
-        done = jobstore.complete(self.r, job, run_id, result.text, result.language, result.duration, spent)
+        done = jobstore.complete(
+            self.r, job, run_id, result.text, result.language, result.duration, spent, self._replicas
+        )
         if done is None:
             self._discard(job, key)
         self._finished(done)
@@ -390,7 +399,8 @@ class Worker:
 
     def _fail(self, job: Job, run_id: str, reason: str, started: float) -> None:
         log.info("job %s failed: %s", job.id, reason)
-        failed = jobstore.fail(self.r, job, reason, run_id, spent=time.monotonic() - started)
+        spent = time.monotonic() - started
+        failed = jobstore.fail(self.r, job, reason, run_id, spent, self._replicas)
         self._finished(failed)
 
     def _finished(self, job: Job | None) -> None:
