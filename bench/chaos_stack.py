@@ -22,8 +22,6 @@ from devtools.devstack import start_gateway, start_redis, start_redis_cluster, s
 from devtools.ports import free_port
 from shared.core import keys
 from shared.core.redis_client import cluster_nodes, from_url
-from shared.core.settings import StorageSettings
-from shared.core.storage import BlobStore
 from shared.ops import metrics
 
 
@@ -66,15 +64,7 @@ class Stack:
             # Its clients upload many files at once from one key: no cap on uploads in flight.
             "MAX_UPLOADS_IN_FLIGHT_PER_KEY": "0",
         }
-        self.s3 = start_s3(s3_port)
-        BlobStore(
-            StorageSettings(
-                s3_endpoint_url=self.env["S3_ENDPOINT_URL"],
-                s3_bucket="chaos",
-                aws_access_key_id="chaos",
-                aws_secret_access_key="chaos",
-            )
-        ).ensure_bucket()
+        self.s3 = start_s3(s3_port, "chaos")
         ports = [free_port() for _ in range(gateways)]
         # One gateway keeps two HTTP processes as before; several share the cores with one each.
         self.gateways = [start_gateway(port, self.env, workers=2 if gateways == 1 else 1) for port in ports]

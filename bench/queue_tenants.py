@@ -24,27 +24,17 @@ import redis  # noqa: E402
 
 from devtools.devstack import start_redis, start_redis_cluster  # noqa: E402
 from devtools.ports import free_port  # noqa: E402
+from devtools.records import pending_job  # noqa: E402
 from shared.api import credentials  # noqa: E402
 from shared.core.redis_client import from_url  # noqa: E402
 from shared.jobs import jobstore, queue  # noqa: E402
-from shared.jobs.models import Job, JobOptions, JobStatus  # noqa: E402
-
-
-def _job(key_id: str) -> Job:
-    now = time.time()
-    job_id = jobstore.new_job_id(key_id)
-    return Job(
-        id=job_id, key_id=key_id, status=JobStatus.PENDING, created_at=now, updated_at=now,
-        options=JobOptions(model="demo"), filename="a.wav", bytes=1000, audio_key=f"{key_id}/{job_id}",
-        duration=1.0,
-    )  # fmt: skip
 
 
 def run(r: redis.Redis, tenants: int, per_tenant: int) -> tuple[float, float, int]:
     """(published jobs/s, picked jobs/s, distinct tenants among the first ``tenants`` picks)."""
     queue.ensure_group(r)
     key_ids = [credentials.create_key(r, f"t{n}")[0].id for n in range(tenants)]
-    jobs = [_job(key_id) for _ in range(per_tenant) for key_id in sorted(key_ids)]
+    jobs = [pending_job(key_id) for _ in range(per_tenant) for key_id in sorted(key_ids)]
     started = time.perf_counter()
     for job in sorted(jobs, key=lambda j: j.key_id):  # each tenant's jobs together: the worst case
         jobstore.create(r, job)

@@ -46,8 +46,6 @@ from devtools.audio import speech_mp3, speech_wav
 from devtools.demo_model import build_sized_checkpoint
 from devtools.devstack import start_gateway, start_redis, start_s3
 from devtools.ports import free_port, wait_for_port
-from shared.core.settings import StorageSettings
-from shared.core.storage import BlobStore
 
 RATE = 24_000
 STEP = 0.1  # seconds of audio per append
@@ -161,15 +159,7 @@ class Service:
             "RATE_LIMIT_PER_MINUTE": "0",
             "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "ERROR"),
         }
-        self.procs = [start_redis(redis_port, workdir / "redis"), start_s3(s3_port)]
-        BlobStore(
-            StorageSettings(
-                s3_endpoint_url=self.env["S3_ENDPOINT_URL"],
-                s3_bucket="bench",
-                aws_access_key_id="bench",
-                aws_secret_access_key="bench",
-            )
-        ).ensure_bucket()
+        self.procs = [start_redis(redis_port, workdir / "redis"), start_s3(s3_port, "bench")]
         self.procs.append(start_gateway(self.http_port, self.env, workers=1))
         worker = subprocess.Popen([sys.executable, "-m", "functions.transcribe.main"], env=self.env)
         self.procs.append(worker)

@@ -45,13 +45,13 @@ import requests  # noqa: E402
 from bench.procs import tree_rss_bytes  # noqa: E402
 from devtools.devstack import start_redis, start_redis_cluster, start_s3  # noqa: E402
 from devtools.ports import free_port, wait_for_port  # noqa: E402
+from devtools.records import pending_job  # noqa: E402
 from shared.api import credentials  # noqa: E402
 from shared.core import keys  # noqa: E402
 from shared.core.redis_client import cluster_nodes, from_url  # noqa: E402
 from shared.core.settings import StorageSettings  # noqa: E402
 from shared.core.storage import BlobStore  # noqa: E402
 from shared.jobs import jobstore, queue  # noqa: E402
-from shared.jobs.models import Job, JobOptions, JobStatus  # noqa: E402
 
 HELLO = """
 import functions_framework
@@ -190,23 +190,10 @@ def _stack(
 
 
 def _job(r: redis.Redis, key_id: str) -> str:
-    now = time.time()
-    job_id = jobstore.new_job_id(key_id)
-    job = Job(
-        id=job_id,
-        key_id=key_id,
-        status=JobStatus.PENDING,
-        created_at=now,
-        updated_at=now,
-        options=JobOptions(model="demo"),
-        filename="a.wav",
-        bytes=1000,
-        audio_key=f"{key_id}/{job_id}",
-        duration=1.0,
-    )
+    job = pending_job(key_id)
     queue.ensure_group(r)
     jobstore.create(r, job)
-    return job_id
+    return job.id
 
 
 def _polled(r: redis.Redis, secret: str, tenants: int) -> list[tuple[str, str, str]]:

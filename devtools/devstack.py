@@ -156,14 +156,27 @@ def start_redis_sentinel(
     return url, procs
 
 
-def start_s3(port: int) -> subprocess.Popen[bytes]:
-    """A real S3-compatible HTTP server (moto) on loopback."""
+def start_s3(port: int, *buckets: str) -> subprocess.Popen[bytes]:
+    """A real S3-compatible HTTP server (moto) on loopback, with ``buckets`` made (moto takes
+    any credentials)."""
+    from shared.core.settings import StorageSettings
+    from shared.core.storage import BlobStore
+
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     wait_for_port(port, proc)
+    endpoint = f"http://127.0.0.1:{port}"
+    for bucket in buckets:
+        settings = StorageSettings(
+            s3_endpoint_url=endpoint,
+            s3_bucket=bucket,
+            aws_access_key_id="dev",
+            aws_secret_access_key="dev",  # noqa: S106  (moto's: any will do)
+        )
+        BlobStore(settings).ensure_bucket()
     return proc
 
 

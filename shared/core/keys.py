@@ -289,6 +289,9 @@ def unpublished(key_id: str, job_id: str) -> str:
 
 
 UNPUBLISHED_PATTERN = "unpub:*"
+#: Held by the one worker that scans for such markers this interval (a SCAN of every node is
+#: the service's own work, not each worker's).
+UNPUBLISHED_SWEEP = "{jobs}:unpub-sweep"
 UNPUBLISHED_TTL_SECONDS = 7 * 24 * 3600
 
 

@@ -422,9 +422,12 @@ class Worker:
             removed = retention.sweep(self.r, self.store, inbox=inbox)
             if removed:
                 log.info("retention: removed %d expired items", removed)
-            stranded = jobstore.publish_all_stranded(self.r, _STRANDED_AFTER_SECONDS)
-            if stranded:
-                log.warning("queued %d jobs whose creation stopped before they were queued", stranded)
+            # A SCAN of every node: one worker of all does it each interval.
+            interval = max(1, int(self.settings.retention_sweep_seconds))
+            if self.r.set(keys.UNPUBLISHED_SWEEP, self.name, nx=True, ex=interval):
+                stranded = jobstore.publish_all_stranded(self.r, _STRANDED_AFTER_SECONDS)
+                if stranded:
+                    log.warning("queued %d jobs whose creation stopped before they were queued", stranded)
 
 
 #: A job stored but not queued this long ago was left so by a crash, not by a request still

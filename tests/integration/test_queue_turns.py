@@ -7,20 +7,10 @@ import time
 
 import redis
 
+from devtools.records import pending_job
 from shared.api import credentials
 from shared.core import keys
 from shared.jobs import jobstore, queue
-from shared.jobs.models import Job, JobOptions, JobStatus
-
-
-def _job(key_id: str) -> Job:
-    now = time.time()
-    job_id = jobstore.new_job_id(key_id)
-    return Job(
-        id=job_id, key_id=key_id, status=JobStatus.PENDING, created_at=now, updated_at=now,
-        options=JobOptions(model="demo"), filename="a.wav", bytes=1, audio_key=f"{key_id}/{job_id}",
-        duration=1.0,
-    )  # fmt: skip
 
 
 def _deliveries(r: redis.Redis) -> list[str]:
@@ -37,7 +27,7 @@ def test_a_turn_counted_twice_hands_out_no_job_twice(r):
     # stayed and it was published again: jobstore.publish_stranded), and a second key's job
     queue.ensure_group(r)
     one, other = credentials.create_key(r, "one")[0], credentials.create_key(r, "other")[0]
-    twice, once = _job(one.id), _job(other.id)
+    twice, once = pending_job(one.id), pending_job(other.id)
     jobstore.create(r, twice)
     r.set(keys.unpublished(one.id, twice.id), repr(time.time()))  # as a create left it
     assert jobstore.publish_stranded(r, one.id, twice.id)

@@ -4,6 +4,7 @@ puts in two slots): the client's identical retry queues it, or a worker's sweep 
 from __future__ import annotations
 
 import io
+import time
 
 import pytest
 import redis
@@ -74,3 +75,22 @@ def test_a_job_stored_but_not_queued_is_queued_by_the_sweep(jobs_client, bearer,
     assert jobstore.publish_all_stranded(r, older_than_seconds=0) == 0
     assert sorted(_entries(r)) == sorted([queued, stranded])
     assert r.keys(keys.UNPUBLISHED_PATTERN) == []
+
+
+def test_one_worker_of_many_sweeps_for_stranded_jobs_each_interval(
+    jobs_client, bearer, r, make_wav, publish_fails, worker
+):
+    # Given a job stranded two minutes ago, and another worker that swept this interval
+    assert _post(jobs_client, bearer("late"), make_wav(1.0)).status_code == 503
+    (marker,) = r.keys(keys.UNPUBLISHED_PATTERN)
+    r.set(marker, repr(time.time() - 120))
+    r.set(keys.UNPUBLISHED_SWEEP, "another-worker", ex=60)
+    # Then this worker's sweep leaves the scan to that one
+    worker._maybe_sweep()
+    assert _entries(r) == []
+    # And once the interval is over, its next sweep queues the job (and holds the interval)
+    r.delete(keys.UNPUBLISHED_SWEEP)
+    worker._last_sweep = float("-inf")
+    worker._maybe_sweep()
+    assert len(_entries(r)) == 1
+    assert r.get(keys.UNPUBLISHED_SWEEP) == worker.name
