@@ -95,6 +95,12 @@ def job(job_id: str) -> str:
     return f"job:{{{job_tag(job_id)}}}:{job_id}"
 
 
+#: A marker written after a job's final state to WAIT on (``jobstore``'s confirmation that the
+#: replicas hold that state): a write of this connection, in the job's slot, that expires.
+def job_hold(job_id: str) -> str:
+    return f"job-hold:{{{job_tag(job_id)}}}:{job_id}"
+
+
 #: Sorted set of one key's job ids scored by creation time: newest-first listing with a cursor,
 #: and tenant isolation (a job id not in the caller's set is "not found").
 def jobs_of(key_id: str) -> str:

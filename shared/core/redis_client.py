@@ -11,7 +11,10 @@ for the current primary of ``MASTER`` (redis-py's ``Sentinel``).
 **Failover.** A command that meets a demoted primary (``READONLY``) or a lost connection is sent
 again on a fresh connection to the primary the Sentinels (or the cluster) name now: redis-py's
 retry, three times with jittered backoff (within ``REDIS_TIMEOUT_SECONDS`` each), then 503 with
-``Retry-After``. A ``READONLY`` reply means the command did nothing, so repeating it is always
+``Retry-After``. A process also asks the Sentinels every ``PRIMARY_POLL_SECONDS`` which server is
+the primary and drops its connections to a former one at once: a primary demoted while up keeps
+taking writes until the Sentinels reconfigure it, seconds later, and loses them all then. A
+``READONLY`` reply means the command did nothing, so repeating it is always
 safe. A connection lost after sending may repeat a command that already ran; the service's writes
 are built to bear that: plain reads and ``SET``/``HSET``/``ZADD``/``DEL``/``XACK`` are idempotent,
 a job's state change is fenced by the state it leaves and its run id (a repeat is refused, and the
@@ -23,9 +26,11 @@ many: a bounded error in figures, never a job lost or run twice.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
@@ -162,6 +167,46 @@ def _sentinel_primary(url: str, timeout: float) -> redis.Redis:
     return primary
 
 
+#: How often a process asks the Sentinels which server is the primary (``_follow_primary``).
+PRIMARY_POLL_SECONDS = 0.5
+
+log = logging.getLogger("whisper_api.redis")
+
+# Per pool: the process that follows its primary, and how many times the primary moved.
+_FOLLOWED: dict[int, int] = {}
+_MOVES: dict[int, int] = {}
+
+
+def _follow_primary(pool: Any) -> None:
+    """Follow the primary of a Sentinel-managed ``pool`` from this process (once per process:
+    a thread does not survive a fork). A primary demoted by a failover may keep taking writes
+    for seconds until the Sentinels reconfigure it, and every one of them is lost when it turns
+    replica: so the moment the Sentinels name another primary, every connection to the old one
+    is closed (one in use once its command is done: redis-py closes a connection marked for
+    reconnection when it goes back to the pool)."""
+    if _FOLLOWED.get(id(pool)) == os.getpid():
+        return
+    _FOLLOWED[id(pool)] = os.getpid()
+    threading.Thread(target=_watch_primary, args=(pool,), name="redis-primary", daemon=True).start()
+
+
+def _watch_primary(pool: Any) -> None:
+    known: tuple[str, int] | None = None
+    while True:
+        time.sleep(PRIMARY_POLL_SECONDS)
+        try:
+            now = pool.sentinel_manager.discover_master(pool.service_name)
+        except redis.RedisError:
+            continue  # no Sentinel answers, or none names a primary: the connections stay
+        if known is not None and now != known:
+            log.warning("Redis primary moved from %s:%s to %s:%s: reconnecting", *known, *now)
+            _MOVES[id(pool)] = _MOVES.get(id(pool), 0) + 1
+            pool.get_master_address()  # redis-py's own record of it; closes the idle connections
+            for conn in pool._get_in_use_connections():  # and each busy one once its command is done
+                conn.mark_for_reconnect()
+        known = now
+
+
 @lru_cache(maxsize=8)
 def _client(url: str, timeout: float, max_connections: int) -> redis.Redis:
     return redis.Redis(connection_pool=_pool(url, timeout, max_connections))
@@ -174,7 +219,9 @@ def connect(settings: RedisSettings) -> redis.Redis:
     if is_cluster_url(settings.redis_url):
         return _cluster(settings.redis_url, settings.redis_timeout_seconds)  # type: ignore[return-value]
     if is_sentinel_url(settings.redis_url):
-        return _sentinel_primary(settings.redis_url, settings.redis_timeout_seconds)
+        primary = _sentinel_primary(settings.redis_url, settings.redis_timeout_seconds)
+        _follow_primary(primary.connection_pool)
+        return primary
     return _client(settings.redis_url, settings.redis_timeout_seconds, settings.redis_max_connections)
 
 
@@ -282,9 +329,13 @@ def _own_connection(pool: redis.ConnectionPool) -> tuple[Any, bool]:
     whether the thread used it before; one per thread and pool, made anew in a forked child."""
     owned: dict[redis.ConnectionPool, Any] = _THREAD.__dict__.setdefault("conns", {})
     conn = owned.get(pool)
-    if conn is not None and conn.pid == os.getpid():
+    moves = _MOVES.get(id(pool), 0)
+    if conn is not None and conn.pid == os.getpid() and conn.primary_moves == moves:
         return conn, True
+    if conn is not None and conn.pid == os.getpid():
+        conn.disconnect()  # to a primary the Sentinels no longer name (``_follow_primary``)
     conn = owned[pool] = pool.connection_class(**pool.connection_kwargs)
+    conn.primary_moves = moves
     return conn, False
 
 

@@ -45,7 +45,7 @@ local from = job['status']
 if not string.find(' ' .. ARGV[1] .. ' ', ' ' .. from .. ' ', 1, true) then
   return {0, from}
 end
-if ARGV[5] ~= '' and job['run_id'] ~= ARGV[5] then
+if ARGV[5] ~= '' and from == 'processing' and job['run_id'] ~= ARGV[5] then
   return {0, from}
 end
 for k, v in pairs(cjson.decode(ARGV[3])) do job[k] = v end
@@ -220,10 +220,11 @@ def transition(
     replicas: int = 0,
 ) -> Job | None:
     """Move ``job`` to ``to`` if it is still in one of ``allowed_from`` (and, when ``run_id``
-    is given, still owned by that run); None if not: the record is gone, or another actor
+    is given and it is processing, still under that run); None if not: the record is gone, or another actor
     moved it first, so a late duplicate run can never overwrite a newer state. With
     ``replicas``, it waits (``WAIT``, up to ``FINAL_WAIT_MS``) until that many replicas hold the
-    change, and says so in the log when they do not: a failover then could undo it."""
+    change; when they do not, it looks after the change for a while (``_hold``: made again if a
+    failover undid it) and says so in the log if they never do."""
     changes = {"updated_at": time.time(), **(fields or {})}
     args = (
         " ".join(s.value for s in allowed_from),
@@ -241,26 +242,78 @@ def transition(
             r, _TRANSITION, 4, *keys.transition_keys(job.key_id, job.id), *args
         )
     else:
-        with r.pipeline(transaction=False) as pipe:  # one connection: WAIT covers the change
-            redis_client.run_script(pipe, _TRANSITION, 4, *keys.transition_keys(job.key_id, job.id), *args)
-            pipe.execute_command("WAIT", replicas, FINAL_WAIT_MS)  # type: ignore[no-untyped-call]
-            result, held = pipe.execute()
-        if int(held) < replicas:
-            log.warning(
-                "job %s: its %s state reached %d of %d replicas within %d ms; a failover now could undo it",
-                job.id,
-                to.value,
-                int(held),
-                replicas,
-                FINAL_WAIT_MS,
-            )
+        result, held = _apply_and_wait(r, job, args, replicas)
+        if int(held) < replicas and result and int(result[0]) == 1:
+            _hold(r, job, allowed_from, to, run_id, replicas, args)
     if not result or int(result[0]) != 1:
         return None
     return Job.model_validate_json(result[1])
 
 
-#: How long a job's final state waits for its replicas (``transition``'s ``replicas``).
+def _apply_and_wait(r: redis.Redis, job: Job, args: tuple[Any, ...], replicas: int) -> tuple[Any, int]:
+    """Run the transition of ``job`` and ``WAIT`` for ``replicas`` on one connection: (its
+    result, replicas that hold it)."""
+    with r.pipeline(transaction=False) as pipe:  # one connection: WAIT covers the change
+        redis_client.run_script(pipe, _TRANSITION, 4, *keys.transition_keys(job.key_id, job.id), *args)
+        pipe.execute_command("WAIT", replicas, FINAL_WAIT_MS)  # type: ignore[no-untyped-call]
+        result, held = pipe.execute()
+    return result, int(held)
+
+
+def _hold(
+    r: redis.Redis,
+    job: Job,
+    allowed_from: tuple[JobStatus, ...],
+    to: JobStatus,
+    run_id: str,
+    replicas: int,
+    args: tuple[Any, ...],
+) -> None:
+    """The replicas did not confirm ``job``'s change to ``to`` in time: a failover may be under
+    way (a promoted replica that never got the change serves without it). Until
+    ``HOLD_SECONDS`` pass, look again at the primary of the moment: the change is held once it
+    is there and its replicas have acknowledged a later write of this connection (a marker in
+    the job's slot); a change a failover undid (the job back in ``allowed_from`` under the same
+    run) is made again. Gives up early when another actor moved the job on, and says in the log
+    when the replicas never confirmed."""
+    deadline = time.monotonic() + HOLD_SECONDS
+    while time.monotonic() < deadline:
+        time.sleep(HOLD_POLL_SECONDS)
+        try:
+            with r.pipeline(transaction=False) as pipe:
+                pipe.get(keys.job(job.id))
+                pipe.set(keys.job_hold(job.id), run_id or to.value, px=int(HOLD_SECONDS * 1000))
+                pipe.execute_command("WAIT", replicas, FINAL_WAIT_MS)  # type: ignore[no-untyped-call]
+                raw, _, held = pipe.execute()
+            now = _parse(raw)
+            if now is None or (now.status is to and int(held) >= replicas):
+                return  # deleted meanwhile, or held
+            if now.status is to:
+                continue
+            if now.status not in allowed_from or (run_id and _runs_another(now, run_id)):
+                return  # moved on by someone else: not ours to redo
+            log.warning("job %s: its %s state was undone by a failover; making it again", job.id, to.value)
+            result, held = _apply_and_wait(r, job, args, replicas)
+            if result and int(result[0]) == 1 and held >= replicas:
+                return
+        except redis.RedisError as exc:  # the switch itself: a read-only former primary, a refused connection
+            log.info("job %s: confirming its %s state: %s", job.id, to.value, exc)
+    log.warning(
+        "job %s: its %s state was not confirmed by %d replicas within %s s; a failover now could undo it",
+        job.id,
+        to.value,
+        replicas,
+        HOLD_SECONDS,
+    )
+
+
+#: How long a job's final state waits for its replicas at a time (``transition``'s ``replicas``).
 FINAL_WAIT_MS = 2000
+
+#: How long a final state the replicas did not confirm is looked after (``_hold``): longer than a
+#: Sentinel's switch to a new primary takes once it has decided.
+HOLD_SECONDS = 15.0
+HOLD_POLL_SECONDS = 0.2
 
 
 # ---- the transitions of a job's life, each a typed call of ``transition`` ------------------
@@ -287,6 +340,18 @@ def progress(r: redis.Redis, job: Job, run_id: str, share: float, windows: int |
     return transition(r, job, (JobStatus.PROCESSING,), JobStatus.PROCESSING, fields, run_id=run_id)
 
 
+#: What a run's end (``complete``, ``fail``) moves a job from: processing under that run, or
+#: waiting, which under a run means its start was lost (a failover undid it: the new primary
+#: never had it) and no other run has started it since. One without a run (``fail``) ends a job
+#: waiting or running.
+_RUN_ENDS_FROM = (JobStatus.PENDING, JobStatus.PROCESSING)
+
+
+def _runs_another(job: Job, run_id: str) -> bool:
+    """Whether ``job`` is running under a run other than ``run_id`` (the script's fence)."""
+    return job.status is JobStatus.PROCESSING and job.run_id != run_id
+
+
 def complete(
     r: redis.Redis,
     job: Job,
@@ -309,7 +374,7 @@ def complete(
         "error": None,
     }
     usage = {"audio_seconds": duration, "processing_seconds": spent}
-    return transition(r, job, (JobStatus.PROCESSING,), JobStatus.COMPLETED, fields, usage, run_id, replicas)
+    return transition(r, job, _RUN_ENDS_FROM, JobStatus.COMPLETED, fields, usage, run_id, replicas)
 
 
 def fail(
@@ -320,8 +385,7 @@ def fail(
     replicas before it returns (see ``transition``)."""
     fields = {"error": reason, "completed_at": time.time()}
     usage = {"processing_seconds": spent} if spent is not None else None
-    allowed = (JobStatus.PROCESSING,) if run_id else (JobStatus.PENDING, JobStatus.PROCESSING)
-    return transition(r, job, allowed, JobStatus.FAILED, fields, usage, run_id, replicas)
+    return transition(r, job, _RUN_ENDS_FROM, JobStatus.FAILED, fields, usage, run_id, replicas)
 
 
 def hand_back(r: redis.Redis, job: Job, run_id: str) -> Job | None:
