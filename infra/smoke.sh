@@ -102,8 +102,11 @@ s = StorageSettings()
 for bucket in (s.s3_bucket, s.s3_inbox_bucket):
     BlobStore(s, bucket).ensure_bucket()
 "'
-start auth -- "$PREFIX/api:local" functions-framework --source=functions/auth/main.py --target=auth --port="$AUTH_PORT"
-start jobs -- "$PREFIX/api:local" functions-framework --source=functions/jobs/main.py --target=jobs --port="$JOBS_PORT"
+for fn in auth jobs; do
+  port=AUTH_PORT; [ "$fn" = jobs ] && port=JOBS_PORT
+  start "$fn" -- "$PREFIX/api:local" gunicorn --bind "127.0.0.1:${!port}" --workers 1 --threads 8 \
+    --worker-class functions.gateway.ProblemWorker "functions.gateway:${fn}_app"
+done
 start jobs-long -e REDIS_MAX_CONNECTIONS=4096 -- "$PREFIX/api:local" gunicorn --bind "127.0.0.1:$LONG_PORT" --workers 1 \
   --worker-connections 4096 --worker-class functions.long_answers.LongAnswerWorker functions.gateway:app
 sed -e "s|http://auth:8080|http://127.0.0.1:$AUTH_PORT|; s|http://jobs:8080|http://127.0.0.1:$JOBS_PORT|" \

@@ -302,7 +302,7 @@ def nginx(gateway: Gateway, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 def test_behind_nginx_a_small_body_past_its_buffer_reaches_the_function(nginx):
     # Given 60 kB of nested JSON on /auth/token (within the small routes' 64 KiB, past nginx's
-    # default 16 KiB buffer): nginx holds it in memory (client_body_buffer_size) and passes it on
+    # default 16 KiB buffer): nginx passes it on from memory (client_body_buffer_size)
     sock = _connect(nginx)
     sock.sendall(_head("POST", "/auth/token", {**JSON, "Content-Length": "60000"}) + b"[" * 60_000)
     answer = _read_answer(sock, time.monotonic(), budget=15)
@@ -319,7 +319,7 @@ def test_behind_nginx_small_bodies_are_limited_and_stalled_clients_leave_health_
     answer = _read_answer(sock, time.monotonic())
     assert (answer.status, answer.headers["content-type"]) == (413, "application/problem+json")
     sock.close()
-    # 16 trickled small bodies (nginx holds them) and 16 stalled uploads (401 from the function)
+    # 16 stalled small bodies and 16 stalled uploads (each waits in a function's main loop)
     stalled = []
     for index in range(32):
         sock = _connect(nginx)

@@ -75,10 +75,12 @@ def _health_within(gateway: Gateway, seconds: float) -> float:
     return answer.seconds
 
 
-def test_a_small_body_sent_a_byte_a_second_is_answered_408_at_its_deadline(gateway):
+@pytest.mark.parametrize("edge", ["gateway", "nginx"])
+def test_a_small_body_sent_a_byte_a_second_is_answered_408_at_its_deadline(edge, gateway, request):
     # Given a 100-byte token request whose body arrives a byte a second (each byte well inside
-    # any per-read timeout, so only a deadline for the whole body can end it)
-    sock = _connect(gateway)
+    # any per-read timeout, so only a deadline for the whole body can end it), directly and
+    # behind nginx.conf (which has no such deadline of its own: it streams the body through)
+    sock = _connect(request.getfixturevalue(edge))
     started = time.monotonic()
     sock.sendall(_head("POST", "/auth/token", {**JSON, "Content-Length": "100"}))
     _trickle(sock, b"{" + b" " * 98 + b"}", every=1.0)
