@@ -5,7 +5,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 DEB_PACKAGES := ffmpeg redis-server espeak-ng chromium chromium-driver nginx-light libjemalloc2
 
-.PHONY: install run test lint typecheck check-deploy docs clean
+.PHONY: install run test lint typecheck docs clean
 
 # Debian packages (only those missing; without apt-get, what to install instead), then a virtualenv with torch first, then the rest;
 # then the e2e tests' Node packages (Node.js and npm are not Debian packages here: NodeSource's nodejs bundles npm).
@@ -27,7 +27,7 @@ run: install
 	$(VENV)/bin/whisper-api dev
 
 # Everything on one redis-server, then the end-to-end suite again on a 3 + 3 Redis Cluster.
-test: install lint typecheck check-deploy docs
+test: install lint typecheck docs
 	$(PY) -m pytest
 	$(PY) -m pytest --redis=cluster tests/e2e --deselect tests/e2e/test_sentinel_failover.py
 
@@ -37,9 +37,6 @@ lint: install
 
 typecheck: install
 	$(VENV)/bin/mypy shared functions
-
-check-deploy: install
-	bash infra/check.sh
 
 # The documentation site, docs/ and mkdocs.yml, into site/. --strict: a broken link or anchor, an
 # included file that is gone or a page missing from the nav fails. Material for MkDocs announces

@@ -4,7 +4,7 @@ The functions' own limits (``shared/api/edge.py``: ``MAX_BODY_BYTES`` everywhere
 routes more) are the reference. ``infra/gateway/nginx.conf`` (compose) must give each route
 the same limit, and so must the Kubernetes Gateway: its two HTTPRoutes split the upload routes
 from the rest, and the components for NGINX Gateway Fabric and Envoy Gateway attach the limits
-as their policies. ``infra/check_infra.py`` runs these checks.
+as their policies. ``tests/infra/test_deploy_files.py`` runs these checks.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Offline checks of infra/knative (``infra/check_infra.py`` runs them).
+"""Offline checks of infra/knative (``tests/infra/test_deploy_files.py`` runs them).
 
 The Knative kinds have no schemas in ``kubernetes-validate``, so each is checked against a schema
 written here from the Knative API reference (serving.knative.dev/v1 Service,

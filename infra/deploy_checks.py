@@ -1,4 +1,5 @@
-"""Offline checks of the deployment files; ``infra/check.sh`` runs this after cfn-lint.
+"""Offline checks of the deployment files, each a function that lists the problems it finds;
+``tests/infra/test_deploy_files.py`` runs them (``make test``, ``infra/check.sh``).
 
 - ``docker-compose.yml``: interpolated against ``.env.example`` the way Compose does, then
   validated against the Compose Specification schema (the copy vendored in the
@@ -9,8 +10,6 @@
   Secret and ConfigMap keys) resolve.
 - ``.env.example``, compose, the k8s config and ``template.yaml`` use the same variable names.
 - Files the Dockerfiles and compose point at exist.
-
-Prints one line per check and exits 1 if any failed.
 """
 
 from __future__ import annotations
@@ -20,20 +19,16 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import jsonpatch
 import jsonschema
 import kubernetes_validate
 import yaml
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import check_bodies
-import check_knative
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S_DIR = ROOT / "infra" / "k8s"
@@ -62,7 +57,6 @@ INFRA_VARIABLES = {
 
 def code_settings() -> set[str]:
     """Every environment variable the service reads, from the settings classes themselves."""
-    sys.path.insert(0, str(ROOT))
     from shared.core import settings
 
     classes = (settings.AuthSettings, settings.JobsSettings, settings.WorkerSettings)
@@ -75,30 +69,6 @@ GUARDED_SECRETS = {
     "REDIS_PASSWORD", "JWT_SECRET", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "STORAGE_HOOK_TOKEN",
     "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD",
 }  # fmt: skip
-
-
-class Report:
-    """Collects pass/fail lines so every check runs even after one fails."""
-
-    def __init__(self) -> None:
-        self.failures = 0
-
-    def check(self, name: str, problems: list[str]) -> None:
-        if problems:
-            self.failures += 1
-            print(f"FAIL  {name}")
-            for problem in problems:
-                print(f"        - {problem}")
-        else:
-            print(f"ok    {name}")
-
-    def run(self, name: str, fn: Callable[[], list[str]]) -> None:
-        """Like ``check``, but a crash inside ``fn`` is a failure too, not a traceback."""
-        try:
-            problems = fn()
-        except Exception as exc:  # any breakage in a check is reported as its failure
-            problems = [f"{type(exc).__name__}: {exc}"]
-        self.check(name, problems)
 
 
 # ---- Compose interpolation ------------------------------------------------------------------
@@ -257,38 +227,6 @@ def compose_files_exist(compose: dict[str, Any]) -> list[str]:
     return problems
 
 
-def check_compose(report: Report) -> dict[str, str]:
-    text = (ROOT / "docker-compose.yml").read_text()
-    env = read_dotenv(ROOT / ".env.example")
-    missing = GUARDED_SECRETS - guarded_variables(text)
-    report.check(
-        "docker-compose.yml: refuses to start without its secrets (${VAR:?})",
-        [f"no ${{{name}:?...}} guard" for name in sorted(missing)],
-    )
-    try:
-        compose = interpolate_tree(yaml.safe_load(text), env)
-    except MissingVariable as exc:
-        report.check("docker-compose.yml: interpolates with .env.example", [str(exc)])
-        print("skip  docker-compose.yml: the checks below need it interpolated")
-        return env
-    report.check("docker-compose.yml: interpolates with .env.example", [])
-    report.run(
-        "docker-compose.yml: Compose Specification schema", lambda: schema_problems(compose, compose_schema())
-    )
-    report.run(
-        "docker-compose.yml: redis ports, healthchecks, conditions, CPU worker, models, MinIO, profiles",
-        lambda: compose_rules(compose),
-    )
-    report.run(
-        "docker-compose.gpu.yml: schema, GPU reservation, CUDA torch",
-        lambda: gpu_override_problems(compose_schema()),
-    )
-    report.run(
-        "docker-compose.yml: Dockerfiles and mounted files exist", lambda: compose_files_exist(compose)
-    )
-    return env
-
-
 # ---- Kubernetes ---------------------------------------------------------------------------
 
 
@@ -429,73 +367,6 @@ def worker_gpu_problems(docs: list[tuple[str, int, Any]]) -> list[str]:
     return problems
 
 
-def check_k8s(report: Report) -> list[tuple[str, int, Any]]:
-    docs = list(k8s_documents())
-    files = sorted({where for where, _, _ in docs})
-    report.check(
-        f"infra/k8s: {len(docs)} documents in {len(files)} files parse",
-        [] if docs else ["no manifests found"],
-    )
-    identity = identity_problems(docs)
-    report.check("infra/k8s: every document has apiVersion, kind, metadata.name", identity)
-    if identity:
-        return docs
-    problems, unchecked = k8s_schema_problems(docs)
-    report.check(
-        f"infra/k8s: built-in kinds match the Kubernetes {K8S_VERSION} schemas"
-        + (f" (no schema, skipped: {', '.join(unchecked)})" if unchecked else ""),
-        problems,
-    )
-    report.run(
-        "infra/k8s: Service, Ingress, autoscaler, Secret and ConfigMap references resolve",
-        lambda: reference_problems(docs),
-    )
-    report.run(
-        "infra/k8s: KEDA ScaledObject on stream {jobs}, group workers, pending entries",
-        lambda: keda_problems(docs),
-    )
-    report.run("infra/k8s: worker has a GPU limit and the model PVC", lambda: worker_gpu_problems(docs))
-    for overlay in ("cpu", "gpu"):
-        report.run(
-            f"infra/k8s/overlays/{overlay}: renders, validates, {overlay} worker",
-            lambda overlay=overlay: overlay_problems(overlay),  # type: ignore[misc]
-        )
-    check_body_limits(report, docs)
-    return docs
-
-
-def check_body_limits(report: Report, docs: list[tuple[str, int, Any]]) -> None:
-    """The same body limit per route in nginx.conf, the HTTPRoutes and each gateway component."""
-    try:
-        small, big = check_bodies.expected_limits()
-    except ValueError as exc:
-        report.check("body limits: nginx.conf's upload limit", [str(exc)])
-        return
-    report.run(
-        f"infra/gateway/nginx.conf: {big} bytes on the upload routes (shared/api/edge.py), {small} elsewhere",
-        lambda: check_bodies.nginx_problems(small, big),
-    )
-    report.run(
-        f"infra/k8s: HTTPRoute {check_bodies.UPLOADS_ROUTE} holds exactly the upload routes",
-        lambda: check_bodies.route_problems([d for _, _, d in docs]),
-    )
-    for name in sorted(check_bodies.COMPONENT_CHECKS):
-        report.run(
-            f"infra/k8s/components/{name}: renders with overlays/cpu, nginx.conf's limits per route",
-            lambda name=name: check_bodies.component_problems(  # type: ignore[misc]
-                name,
-                render_kustomization(K8S_DIR / "overlays" / "cpu", (f"../../components/{name}",)),
-                small,
-                big,
-            ),
-        )
-    for name, scaler in REDIS_COMPONENTS.items():
-        report.run(
-            f"infra/k8s/components/{name}: renders with overlays/cpu, KEDA {scaler} on {{jobs}}",
-            lambda name=name, scaler=scaler: _redis_component_problems(name, scaler),  # type: ignore[misc]
-        )
-
-
 #: The Redis kinds as kustomize components, and KEDA's scaler for each (the base: redis-streams).
 REDIS_COMPONENTS = {"redis-sentinel": "redis-sentinel-streams", "redis-cluster": "redis-cluster-streams"}
 
@@ -513,31 +384,11 @@ def _redis_component_problems(name: str, scaler: str) -> list[str]:
 # ---- kustomize overlays (CPU and GPU workers) ------------------------------------------------
 
 
-def _pointer(path: str) -> list[str]:
-    return [part.replace("~1", "/").replace("~0", "~") for part in path.lstrip("/").split("/")]
-
-
-def _json_patch(doc: Any, ops: list[dict[str, Any]]) -> None:
-    """RFC 6902 add, remove and replace: what the overlays use."""
-    for op in ops:
-        *parents, last = _pointer(op["path"])
-        target = doc
-        for part in parents:
-            target = target[int(part)] if isinstance(target, list) else target[part]
-        if op["op"] == "remove":
-            del target[int(last) if isinstance(target, list) else last]
-        elif op["op"] == "add" and isinstance(target, list):
-            target.insert(len(target) if last == "-" else int(last), op["value"])
-        elif op["op"] in ("add", "replace"):
-            target[int(last) if isinstance(target, list) else last] = op["value"]
-        else:
-            raise ValueError(f"unsupported patch op {op['op']}")
-
-
 def render_kustomization(directory: Path, components: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """The subset of kustomize the overlays use (resources, components, images, JSON 6902
-    patches), so the check needs no kubectl; where kubectl is installed, its rendering must
-    agree. ``components``: more of them, as if the kustomization listed them too."""
+    patches through ``jsonpatch``), so the check needs no kubectl; where kubectl is installed,
+    its rendering must agree (``overlay_problems``). ``components``: more of them, as if the
+    kustomization listed them too."""
     spec = yaml.safe_load((directory / "kustomization.yaml").read_text())
     docs: list[dict[str, Any]] = []
     for resource in spec.get("resources", []):
@@ -567,7 +418,7 @@ def _apply_patches(docs: list[dict[str, Any]], spec: dict[str, Any]) -> None:
         target = patch["target"]
         for doc in docs:
             if doc["kind"] == target["kind"] and doc["metadata"]["name"] == target["name"]:
-                _json_patch(doc, yaml.safe_load(patch["patch"]))
+                jsonpatch.apply_patch(doc, yaml.safe_load(patch["patch"]), in_place=True)
 
 
 def overlay_problems(name: str) -> list[str]:
@@ -699,13 +550,12 @@ def resolver_problems() -> list[str]:
     return problems
 
 
-def nginx_check(report: Report) -> None:
-    """`nginx -t` on the gateway config, where nginx is installed (it is optional here)."""
+def nginx_problems() -> list[str]:
+    """``nginx -t`` on the gateway config, rendered as the nginx image renders it
+    (docker-compose.yml: the container's nameserver)."""
     nginx = shutil.which("nginx")
     if nginx is None:
-        print("skip  infra/gateway/nginx.conf: nginx -t (nginx not installed)")
-        return
-    # Rendered as the nginx image renders it (docker-compose.yml: the container's nameserver).
+        return ["nginx is not installed (make install installs nginx-light)"]
     template = (ROOT / "infra" / "gateway" / "nginx.conf").read_text()
     problems = [] if "${NGINX_LOCAL_RESOLVERS}" in template else ["no ${NGINX_LOCAL_RESOLVERS} resolver"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -714,37 +564,4 @@ def nginx_check(report: Report) -> None:
         result = subprocess.run(
             [nginx, "-t", "-q", "-c", str(conf)], capture_output=True, text=True, check=False
         )
-    problems += [result.stderr.strip()] if result.returncode else []
-    report.check("infra/gateway/nginx.conf: nginx -t", problems)
-
-
-def main() -> int:
-    report = Report()
-    env = check_compose(report)
-    docs = check_k8s(report)
-    report.run(
-        "settings: documented, set where needed, no unknown names (compose, k8s, SAM)",
-        lambda: settings_problems(env, docs),
-    )
-    report.run("infra/docker: COPY sources exist", dockerfile_problems)
-    report.run(
-        "infra/localstack/init-s3.sh, infra/gateway/first-resolver.envsh: executable, valid sh",
-        script_problems,
-    )
-    report.run(
-        "infra/knative: Knative Service, Broker, Trigger, RedisStreamSource schemas; pod specs",
-        lambda: check_knative.schema_problems(K8S_VERSION),
-    )
-    report.run(
-        "infra/knative: scale to zero, concurrency = threads, Trigger -> transcribe, dispatcher",
-        check_knative.rule_problems,
-    )
-    nginx_check(report)
-    if report.failures:
-        print(f"{report.failures} check(s) failed")
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return problems + ([result.stderr.strip()] if result.returncode else [])

@@ -3,16 +3,9 @@ its reading of sizes and of nginx's choice of location, on which its verdicts re
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-_PATH = Path(__file__).resolve().parents[2] / "infra" / "check_bodies.py"
-_SPEC = importlib.util.spec_from_file_location("check_bodies", _PATH)
-assert _SPEC is not None and _SPEC.loader is not None
-check_bodies = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(check_bodies)
+from infra import check_bodies
 
 CONF = """
 http {
