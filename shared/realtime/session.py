@@ -29,6 +29,7 @@ from shared.engine.pipeline import Engine
 from shared.jobs import quota
 from shared.ops import model_ads
 from shared.realtime.audio import Decoder
+from shared.realtime.drafts import Drafts
 from shared.realtime.protocol import OPENAI_MODELS, SessionConfig, error, event
 from shared.realtime.turns import Turns, Utterance
 
@@ -78,6 +79,8 @@ class LiveSession:
         self.limits = quota.limits(self.settings, key.limits)
         self.index = 0
         self.outstanding = 0  # utterances committed and not yet answered
+        self.drafts = Drafts()
+        self.previewing: asyncio.Task[None] | None = None  # one preview at a time
         #: The last client event or transcript answered (monotonic): idle is quiet on both sides.
         self.last_activity = time.monotonic()
 
@@ -100,6 +103,8 @@ class LiveSession:
                 await asyncio.wait_for(worker, _DRAIN_SECONDS)
             except (TimeoutError, ConnectionClosed):
                 worker.cancel()
+            if self.previewing is not None:
+                self.previewing.cancel()
             self.server.engine.batcher.close(self.feed)
             await self.ws.close(1000, "session ended")
 
@@ -170,6 +175,11 @@ class LiveSession:
 
     async def _queue(self, events: list[dict[str, Any]], utterances: list[Utterance]) -> list[dict[str, Any]]:
         for utterance in utterances:
+            if utterance.preview:  # skipped while the last one still runs: the next is newer
+                if self.previewing is None or self.previewing.done():
+                    self.previewing = asyncio.create_task(self._preview(utterance))
+                continue
+            self.drafts.close(utterance.item_id)
             self.outstanding += 1
             await self.queue.put(utterance)
         return events
@@ -244,6 +254,23 @@ class LiveSession:
                 self.outstanding -= 1
                 self.last_activity = time.monotonic()  # the idle clock starts after the answer
 
+    async def _preview(self, utterance: Utterance) -> None:
+        """A turn in progress transcribed so far: what two previews agree on goes out as a delta."""
+        try:
+            text = await self._transcribe(utterance)
+        except Exception:  # the whole turn is transcribed at its end anyway
+            log.exception("realtime: a preview of session %s failed", self.id)
+            return
+        delta = self.drafts.preview(utterance.item_id, "".join(text))
+        if delta:
+            await self.send(self._delta(utterance.item_id, delta))
+
+    @staticmethod
+    def _delta(item_id: str, delta: str) -> dict[str, Any]:
+        return event(
+            "conversation.item.input_audio_transcription.delta", item_id=item_id, content_index=0, delta=delta
+        )
+
     async def _answer(self, utterance: Utterance) -> None:
         try:
             text = await self._transcribe(utterance)
@@ -253,15 +280,8 @@ class LiveSession:
             failed = "conversation.item.input_audio_transcription.failed"
             await self.send(event(failed, item_id=utterance.item_id, content_index=0, error=body))
             return
-        for delta in text:
-            await self.send(
-                event(
-                    "conversation.item.input_audio_transcription.delta",
-                    item_id=utterance.item_id,
-                    content_index=0,
-                    delta=delta,
-                )
-            )
+        for delta in self.drafts.final(utterance.item_id, text):
+            await self.send(self._delta(utterance.item_id, delta))
         await self.send(
             event(
                 "conversation.item.input_audio_transcription.completed",

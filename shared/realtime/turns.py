@@ -5,7 +5,9 @@ With server VAD (``turn_detection``), silero scores each 32 ms frame (the engine
 ``prefix_padding_ms`` before it); ``silence_duration_ms`` below ``threshold - 0.15`` ends it
 (``speech_stopped``, then ``committed``) and its audio becomes an utterance to transcribe.
 Without it, the client commits. Either way an utterance holds at most whisper's 30 s window:
-a longer buffer is committed there, and the rest goes on in the next item.
+a longer buffer is committed there, and the rest goes on in the next item. While a server-VAD
+turn goes on, every ``PREVIEW_EVERY`` of it is handed out as a *preview* (its audio so far), so
+its text can be sent before it ends (``shared.realtime.drafts``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ MAX_UTTERANCE = 30 * SAMPLE_RATE
 #: OpenAI refuses to commit less than this ("buffer too small").
 MIN_COMMIT = SAMPLE_RATE // 10
 _HYSTERESIS = 0.15
+#: How often a turn in progress is previewed (its audio so far transcribed).
+PREVIEW_EVERY = SAMPLE_RATE // 2
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,7 @@ class Utterance:
     item_id: str
     audio: Samples
     start: int  # its first sample, counted from the session's start
+    preview: bool = False  # the turn so far, not the whole turn
 
 
 def _ms(samples: int) -> int:
@@ -49,6 +54,7 @@ class Turns:
         self._speech_end = 0
         self._speaking = False
         self._previous: str | None = None  # last committed item
+        self._preview_at = PREVIEW_EVERY  # the turn's length at its next preview
 
     @property
     def received(self) -> int:
@@ -72,6 +78,7 @@ class Turns:
                 self._speech_end = at + FRAME
                 if self._turn is None:
                     self._turn = new_id("item")
+                    self._preview_at = PREVIEW_EVERY
                     self._turn_start = max(self._buf_start, at - vad.prefix_padding_ms * SAMPLE_RATE // 1000)
                     events.append(
                         event(
@@ -94,7 +101,17 @@ class Turns:
                 self._trim(self._turn_start)
                 utterances.append(self._commit(end, events, self._turn))
                 self._turn = None
+        if self._turn is not None and self._frames * FRAME - self._turn_start >= self._preview_at:
+            utterances.append(self._preview(self._turn))
         return events, utterances
+
+    def _preview(self, item: str) -> Utterance:
+        """The turn in progress so far (every ``PREVIEW_EVERY`` of it)."""
+        heard = self._frames * FRAME - self._turn_start
+        self._preview_at = heard + PREVIEW_EVERY
+        start = self._turn_start - self._buf_start
+        audio = self._buf[start : start + heard].copy()
+        return Utterance(item, audio, self._turn_start, preview=True)
 
     def commit(self) -> tuple[list[dict[str, Any]], list[Utterance]]:
         """The client's ``input_audio_buffer.commit``: the whole buffer becomes one item."""

@@ -14,13 +14,13 @@ from devtools.audio import speech_wav
 from devtools.demo_model import build_checkpoint
 from shared.core.settings import WorkerSettings
 from shared.engine.batcher import LIVE_BATCH_CAP, BatchKey
-from shared.engine.chunker import Chunk
+from shared.engine.chunker import FRAME, Chunk
 from shared.engine.loader import ModelCache
 from shared.engine.pcm import SAMPLE_RATE
 from shared.engine.pipeline import Engine
 from shared.realtime.audio import Decoder
 from shared.realtime.protocol import SessionConfig, TurnDetection
-from shared.realtime.turns import MAX_UTTERANCE, Turns
+from shared.realtime.turns import MAX_UTTERANCE, PREVIEW_EVERY, Turns
 
 
 def _samples(seconds: float) -> np.ndarray:
@@ -48,11 +48,10 @@ def test_pcm16_at_24_khz_resamples_the_same_in_any_pieces() -> None:
 
 def test_server_vad_finds_one_turn_in_speech_then_silence() -> None:
     turns = Turns(SessionConfig(turn_detection=TurnDetection(silence_duration_ms=600, prefix_padding_ms=300)))
-    speech = _samples(3.0)
+    silence = np.zeros(SAMPLE_RATE, np.float32)
+    audio = np.concatenate((silence, _samples(3.0), silence))
     events, utterances = [], []
-    for piece in np.array_split(
-        np.concatenate((np.zeros(SAMPLE_RATE, np.float32), speech, np.zeros(SAMPLE_RATE, np.float32))), 50
-    ):
+    for piece in np.array_split(audio, 50):
         e, u = turns.append(piece)
         events += e
         utterances += u
@@ -64,9 +63,19 @@ def test_server_vad_finds_one_turn_in_speech_then_silence() -> None:
     ]
     started, stopped, _ = events
     assert 600 <= started["audio_start_ms"] <= 1000  # speech starts at 1 s, minus the padding
-    assert len(utterances) == 1 and utterances[0].item_id == started["item_id"]
-    assert utterances[0].start == started["audio_start_ms"] * SAMPLE_RATE // 1000
-    assert len(utterances[0].audio) == stopped["audio_end_ms"] * SAMPLE_RATE // 1000 - utterances[0].start
+    piece = len(audio) // 50
+    *previews, whole = utterances
+    assert whole.item_id == started["item_id"] and not whole.preview
+    assert whole.start == started["audio_start_ms"] * SAMPLE_RATE // 1000
+    assert len(whole.audio) == stopped["audio_end_ms"] * SAMPLE_RATE // 1000 - whole.start
+    # While the turn went on, every half second of it was handed out so far, from its start
+    assert {(p.item_id, p.start, p.preview) for p in previews} == {(whole.item_id, whole.start, True)}
+    lengths = [len(p.audio) for p in previews]
+    assert len(whole.audio) // (PREVIEW_EVERY + piece) <= len(lengths) <= len(whole.audio) // PREVIEW_EVERY
+    for n, length in enumerate(lengths, 1):
+        before = lengths[n - 2] if n > 1 else 0  # each half a second after the last, an append late at most
+        assert before + PREVIEW_EVERY <= length < before + PREVIEW_EVERY + piece + FRAME
+        np.testing.assert_array_equal(previews[n - 1].audio, whole.audio[:length])
 
 
 def test_manual_turns_commit_what_was_appended_and_cap_at_one_window() -> None:
