@@ -69,17 +69,12 @@ def _engine(model_dir: Path, batch: int, engine: str = "openai-whisper", compute
     """An engine as a CPU worker builds it; ``batch`` 0: the worker's default batch for it."""
     import torch
 
-    from shared.core.settings import WorkerSettings
+    from devtools.cpu_worker import cpu_worker_settings
     from shared.engine.loader import ModelCache
     from shared.engine.pipeline import Engine
 
-    settings = WorkerSettings(
-        whisper_model_dir=model_dir,
-        whisper_device="cpu",
-        whisper_models=(),
-        whisper_engine=engine,  # type: ignore[arg-type]
-        whisper_compute_type=compute,  # type: ignore[arg-type]
-        whisper_cpu_threads=torch.get_num_threads(),
+    settings = cpu_worker_settings(
+        model_dir, engine=engine, compute=compute, whisper_cpu_threads=torch.get_num_threads()
     )
     models = ModelCache(settings)
     return Engine(models, batch or settings.batch_size("cpu", models.runner.compute_type))

@@ -127,12 +127,18 @@ def test_a_long_job_keeps_its_claim_and_is_never_run_twice(cluster, long_audio):
     assert int(cluster.r.get(DUPLICATE_RESULTS) or 0) == 0
 
 
-def test_sigterm_lets_the_current_job_finish_then_exits_0(cluster, long_audio):
-    job_id = cluster.submit(long_audio(600))
-    worker = cluster.worker(WORKER_SHUTDOWN_GRACE_SECONDS="60")
-    cluster.wait(job_id, lambda j: j["windows"] >= 1)
-
+def _sigterm_mid_job(cluster, long_audio, *, seconds: int, grace: str, windows: int):
+    """A worker with ``grace`` seconds of shutdown grace is sent SIGTERM once it has decoded
+    ``windows`` windows of a job ``seconds`` long: the job's id and the worker."""
+    job_id = cluster.submit(long_audio(seconds))
+    worker = cluster.worker(WORKER_SHUTDOWN_GRACE_SECONDS=grace)
+    cluster.wait(job_id, lambda j: j["windows"] >= windows)
     worker.send_signal(signal.SIGTERM)
+    return job_id, worker
+
+
+def test_sigterm_lets_the_current_job_finish_then_exits_0(cluster, long_audio):
+    job_id, worker = _sigterm_mid_job(cluster, long_audio, seconds=600, grace="60", windows=1)
 
     assert worker.wait(timeout=budget.seconds(60)) == 0
     job = cluster.job(job_id)
@@ -141,11 +147,8 @@ def test_sigterm_lets_the_current_job_finish_then_exits_0(cluster, long_audio):
 
 
 def test_sigterm_past_the_grace_hands_the_job_to_another_worker(cluster, long_audio):
-    job_id = cluster.submit(long_audio(1200))
-    worker = cluster.worker(WORKER_SHUTDOWN_GRACE_SECONDS="0")
-    cluster.wait(job_id, lambda j: j["windows"] >= 2)
+    job_id, worker = _sigterm_mid_job(cluster, long_audio, seconds=1200, grace="0", windows=2)
 
-    worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=budget.seconds(30)) == 0
     assert cluster.job(job_id)["status"] == "pending"  # released at once, not left to time out
 

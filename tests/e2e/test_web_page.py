@@ -85,6 +85,13 @@ def _visible(driver, element_id: str) -> bool:
     return bool(driver.execute_script(f"return !document.getElementById('{element_id}').hidden"))
 
 
+def _audio_file(folder: Path, name: str, audio: bytes) -> Path:
+    """``audio`` saved as ``name``, for the page's file picker (the page shows the name)."""
+    path = folder / name
+    path.write_bytes(audio)
+    return path
+
+
 def _open_app(driver, base_url: str, key: str) -> None:
     """Signed in with ``key``, the app shown with its models listed."""
     from selenium.webdriver.common.by import By
@@ -111,8 +118,7 @@ def test_sign_in_upload_read_along_and_download(service, browser, tmp_path, spee
 
     driver = browser
     key = service.key("web")
-    audio = tmp_path / "greeting.wav"
-    audio.write_bytes(speech_wav)
+    audio = _audio_file(tmp_path, "greeting.wav", speech_wav)
 
     _open_app(driver, service.base_url, key)
     assert driver.execute_script("return sessionStorage.length") == 1 and key not in driver.current_url
@@ -212,8 +218,7 @@ def test_without_an_events_stream_the_page_polls_the_job(
 
     driver = browser
     key = service.key("web-poll")
-    audio = tmp_path / "polled.wav"
-    audio.write_bytes(make_wav(1.0))
+    audio = _audio_file(tmp_path, "polled.wav", make_wav(1.0))
 
     _open_app(driver, without_events, key)
     driver.find_element(By.ID, "file").send_keys(str(audio))
@@ -229,8 +234,7 @@ def test_a_running_job_is_canceled_then_deleted_from_the_list(service, browser, 
 
     driver = browser
     key = service.key("web-cancel")
-    audio = tmp_path / "long.mp3"
-    audio.write_bytes(long_audio(600))
+    audio = _audio_file(tmp_path, "long.mp3", long_audio(600))
     _open_app(driver, service.base_url, key)
     driver.find_element(By.ID, "file").send_keys(str(audio))
     driver.find_element(By.ID, "start").click()
@@ -360,8 +364,7 @@ def test_the_page_speaks_russian_and_takes_language_names_in_it(service, browser
 
     driver = browser
     key = service.key("web-ru")
-    audio = tmp_path / "zametka.wav"
-    audio.write_bytes(make_wav(1.0))
+    audio = _audio_file(tmp_path, "zametka.wav", make_wav(1.0))
     _open_app(driver, service.base_url, key)
     try:
         Select(driver.find_element(By.ID, "ui-lang")).select_by_value("ru")
@@ -396,8 +399,7 @@ def test_speakers_are_coloured_and_renamed_for_later_downloads(service, browser,
 
     driver = browser
     key = service.key("web-speakers")
-    audio = tmp_path / "call.wav"
-    audio.write_bytes(speech_wav)
+    audio = _audio_file(tmp_path, "call.wav", speech_wav)
     _open_app(driver, service.base_url, key)
     driver.find_element(By.ID, "diarize").click()
     driver.find_element(By.ID, "speaker-count").send_keys("1")

@@ -22,6 +22,8 @@ from shared.core.settings import (
     worker_settings,
 )
 from shared.core.storage import BlobStore
+from shared.jobs import jobstore
+from shared.jobs.models import Job
 from shared.transcribe.worker import Worker, build
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,6 +91,17 @@ def worker(env: Callable[..., None], r: redis.Redis, store: BlobStore, worker_en
     if worker_env:
         env(**worker_env)
     return build(worker_settings())
+
+
+@pytest.fixture
+def run_job(r: redis.Redis) -> Callable[[str], Job]:
+    """Factory: a worker built from the settings of the moment runs one job; its record after."""
+
+    def run(job_id: str) -> Job:
+        assert build(worker_settings()).process(job_id) is True
+        return jobstore.load(r, job_id)
+
+    return run
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from tests import budget
 from tests.integration.test_edge import (
     JSON,
     Gateway,
+    _assert_late,
     _connect,
     _head,
     _read_answer,
@@ -106,15 +107,6 @@ def test_an_upload_trickled_by_a_valid_key_is_answered_408_at_its_deadline(edge,
     _trickle(sock, part * 10, every=0.25)
     # Then the thread serving it answers 408 within seconds, not the 1 GB's hour
     _assert_late(sock, started, within=6)
-
-
-def _assert_late(sock: socket.socket, started: float, within: float) -> None:
-    answer = _read_answer(sock, started, budget=budget.seconds(15))
-    assert (answer.status, answer.headers["content-type"]) == (408, "application/problem+json")
-    assert json.loads(answer.body)["detail"] == "the request body did not arrive in time"
-    assert answer.seconds < within
-    assert answer.closed
-    sock.close()
 
 
 def test_forty_slowloris_heads_and_forty_trickled_bodies_never_hold_a_thread(gateway):

@@ -86,26 +86,24 @@ def test_a_playlist_is_refused_at_intake_with_415(jobs_client, bearer, r, store,
 
 
 def test_a_playlist_that_reaches_the_worker_another_way_fails_the_job(
-    env, jobs_client, bearer, r, store, playlist, make_wav
+    env, run_job, jobs_client, bearer, r, store, playlist, make_wav
 ):
     job_id = _post(jobs_client, bearer(), make_wav(3.0)).get_json()["id"]
     job = jobstore.load(r, job_id)
     store.put_bytes(job.audio_key, playlist, "application/vnd.apple.mpegurl")  # swapped behind intake's back
 
-    assert build(worker_settings()).process(job_id) is True
-
-    job = jobstore.load(r, job_id)
+    job = run_job(job_id)
     assert job.status is JobStatus.FAILED
     assert re.fullmatch(r"the audio could not be decoded: .*: Invalid argument; re-encode it .*", job.error)
 
 
-def test_the_worker_stops_at_the_limit_whatever_the_header_claimed(env, jobs_client, bearer, r, make_wav):
+def test_the_worker_stops_at_the_limit_whatever_the_header_claimed(
+    env, run_job, jobs_client, bearer, make_wav
+):
     job_id = _post(jobs_client, bearer(), make_wav(12.0)).get_json()["id"]
     env(MAX_AUDIO_SECONDS="5")
 
-    assert build(worker_settings()).process(job_id) is True
-
-    job = jobstore.load(r, job_id)
+    job = run_job(job_id)
     assert job.status is JobStatus.FAILED
     assert job.error == (
         "the audio is longer than this server's limit of 5 s (MAX_AUDIO_SECONDS), whatever its header said; "
@@ -127,14 +125,12 @@ def test_silence_completes_without_decoding_anything(jobs_client, bearer, r, sto
 
 
 def test_a_long_recording_is_decoded_in_chunks_mapped_back_to_its_times(
-    jobs_client, bearer, r, store, long_audio
+    run_job, jobs_client, bearer, r, store, long_audio
 ):
     headers = bearer()
     job_id = _post(jobs_client, headers, long_audio(100), name="talk.mp3").get_json()["id"]
 
-    assert build(worker_settings()).process(job_id) is True
-
-    job = jobstore.load(r, job_id)
+    job = run_job(job_id)
     assert job.status is JobStatus.COMPLETED and job.windows == 4 and job.progress == 1.0
     assert job.transcription == " ".join([PHRASE] * 4)
     srt = jobs_client.get(f"/transcribe/{job_id}/result?format=srt", headers=headers).get_data(as_text=True)

@@ -38,7 +38,7 @@ def _submit(jobs_client, headers, audio: bytes, name: str):
 
 
 def test_a_container_lying_about_its_length_is_stopped_at_the_quota(
-    env, jobs_client, bearer, make_wav, r, store, tmp_path
+    env, run_job, jobs_client, bearer, make_wav, r, store, tmp_path
 ):
     env(QUOTA_AUDIO_SECONDS_PER_DAY="60")
     headers = bearer()
@@ -50,9 +50,8 @@ def test_a_container_lying_about_its_length_is_stopped_at_the_quota(
     assert resp.status_code == 202, resp.get_json()
     job_id = resp.get_json()["id"]
     # When the worker decodes it
-    assert build(worker_settings()).process(job_id) is True
+    job = run_job(job_id)
     # Then it stopped once the quota was passed, failed with a reason naming the quota
-    job = jobstore.load(r, job_id)
     assert job.status is JobStatus.FAILED
     assert job.error == (
         "the audio is longer than what is left of this key's daily audio quota of 60 s "
@@ -68,13 +67,12 @@ def test_a_container_lying_about_its_length_is_stopped_at_the_quota(
 
 
 def test_an_honest_job_within_the_quota_is_charged_its_length_once(
-    env, jobs_client, bearer, make_wav, r, store
+    env, run_job, jobs_client, bearer, make_wav, r, store
 ):
     env(QUOTA_AUDIO_SECONDS_PER_DAY="60")
     resp = _submit(jobs_client, bearer(), make_wav(40.0), "a.wav")
     job_id = resp.get_json()["id"]
-    assert build(worker_settings()).process(job_id) is True
-    job = jobstore.load(r, job_id)
+    job = run_job(job_id)
     assert job.status is JobStatus.COMPLETED
     report = quota.quota_report(r, job.key_id, quota.limits(jobs_settings()))
     assert report["audio_seconds_today"] == pytest.approx(40.0, abs=0.1)

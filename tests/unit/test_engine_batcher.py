@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from devtools.audio import speech_mp3
+from devtools.cpu_worker import cpu_worker_settings
 from devtools.demo_model import build_checkpoint
-from shared.core.settings import WorkerSettings
 from shared.engine.chunker import chunks
 from shared.engine.loader import ModelCache
 from shared.engine.pcm import PcmStream
@@ -28,14 +28,7 @@ def german(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _engine(folder: Path, engine: str, compute: str) -> Engine:
-    settings = WorkerSettings(
-        whisper_model_dir=folder,
-        whisper_device="cpu",
-        whisper_models=(),
-        whisper_engine=engine,  # type: ignore[arg-type]
-        whisper_compute_type=compute,  # type: ignore[arg-type]
-    )
-    return Engine(ModelCache(settings), batch_size=4)
+    return Engine(ModelCache(cpu_worker_settings(folder, engine=engine, compute=compute)), batch_size=4)
 
 
 @pytest.mark.parametrize("engine", ENGINES)

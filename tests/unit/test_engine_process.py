@@ -25,27 +25,27 @@ def jemalloc_installed(monkeypatch):
     )
 
 
-def test_a_bare_environment_gets_jemalloc_and_the_wait_policy(jemalloc_installed):
-    env = process.worker_env({"PATH": "/usr/bin", "WHISPER_ENGINE": "faster-whisper"})
-
-    assert env == {
-        "PATH": "/usr/bin",
-        "WHISPER_ENGINE": "faster-whisper",
-        "LD_PRELOAD": "libjemalloc.so.2",
-        "MALLOC_CONF": "oversize_threshold:0,background_thread:true",
-        **SPIN,
-    }
-
-
-def test_the_operators_values_are_kept(jemalloc_installed):
-    env = process.worker_env({"MALLOC_CONF": "narenas:1", "OMP_WAIT_POLICY": "PASSIVE"})
-
-    assert env == {
-        "MALLOC_CONF": "narenas:1",
-        "OMP_WAIT_POLICY": "PASSIVE",
-        "GOMP_SPINCOUNT": "10000000",
-        "LD_PRELOAD": "libjemalloc.so.2",
-    }
+@pytest.mark.parametrize(
+    ("given", "added"),
+    [
+        pytest.param(
+            {"PATH": "/usr/bin", "WHISPER_ENGINE": "faster-whisper"},
+            {
+                "LD_PRELOAD": "libjemalloc.so.2",
+                "MALLOC_CONF": "oversize_threshold:0,background_thread:true",
+                **SPIN,
+            },
+            id="a bare environment gets jemalloc and the wait policy",
+        ),
+        pytest.param(
+            {"MALLOC_CONF": "narenas:1", "OMP_WAIT_POLICY": "PASSIVE"},
+            {"GOMP_SPINCOUNT": "10000000", "LD_PRELOAD": "libjemalloc.so.2"},
+            id="the operator's values are kept",
+        ),
+    ],
+)
+def test_jemalloc_and_the_wait_policy_are_added_where_the_operator_set_none(jemalloc_installed, given, added):
+    assert process.worker_env(given) == {**given, **added}
 
 
 @pytest.mark.parametrize("preload", ["libjemalloc.so.2", "libtcmalloc_minimal.so.4", ""])
