@@ -244,7 +244,7 @@ def transition(
     else:
         result, held = _apply_and_wait(r, job, args, replicas)
         if int(held) < replicas and result and int(result[0]) == 1:
-            _hold(r, job, allowed_from, to, run_id, replicas, args)
+            _look_after(r, job, allowed_from, to, run_id, replicas, args, int(held))
     if not result or int(result[0]) != 1:
         return None
     return Job.model_validate_json(result[1])
@@ -260,6 +260,39 @@ def _apply_and_wait(r: redis.Redis, job: Job, args: tuple[Any, ...], replicas: i
     return result, int(held)
 
 
+#: Until when (monotonic) final states the replicas do not confirm are not looked after: set when
+#: one was not confirmed within ``HOLD_SECONDS``. A replica that is down, not a failover, then
+#: costs each job one ``WAIT`` (``FINAL_WAIT_MS``), not that and ``HOLD_SECONDS`` more.
+_UNCONFIRMED_UNTIL = 0.0
+
+
+def _look_after(
+    r: redis.Redis,
+    job: Job,
+    allowed_from: tuple[JobStatus, ...],
+    to: JobStatus,
+    run_id: str,
+    replicas: int,
+    args: tuple[Any, ...],
+    held: int,
+) -> None:
+    """``_hold`` the change, unless one recently went unconfirmed for all of ``HOLD_SECONDS``:
+    then only say so in the log."""
+    global _UNCONFIRMED_UNTIL
+    if time.monotonic() < _UNCONFIRMED_UNTIL:
+        log.warning(
+            "job %s: its %s state reached %d of %d replicas within %d ms; a failover now could undo it",
+            job.id,
+            to.value,
+            held,
+            replicas,
+            FINAL_WAIT_MS,
+        )
+        return
+    if not _hold(r, job, allowed_from, to, run_id, replicas, args):
+        _UNCONFIRMED_UNTIL = time.monotonic() + UNCONFIRMED_QUIET_SECONDS
+
+
 def _hold(
     r: redis.Redis,
     job: Job,
@@ -268,14 +301,14 @@ def _hold(
     run_id: str,
     replicas: int,
     args: tuple[Any, ...],
-) -> None:
+) -> bool:
     """The replicas did not confirm ``job``'s change to ``to`` in time: a failover may be under
     way (a promoted replica that never got the change serves without it). Until
     ``HOLD_SECONDS`` pass, look again at the primary of the moment: the change is held once it
     is there and its replicas have acknowledged a later write of this connection (a marker in
     the job's slot); a change a failover undid (the job back in ``allowed_from`` under the same
     run) is made again. Gives up early when another actor moved the job on, and says in the log
-    when the replicas never confirmed."""
+    when the replicas never confirmed (False)."""
     deadline = time.monotonic() + HOLD_SECONDS
     while time.monotonic() < deadline:
         time.sleep(HOLD_POLL_SECONDS)
@@ -287,15 +320,15 @@ def _hold(
                 raw, _, held = pipe.execute()
             now = _parse(raw)
             if now is None or (now.status is to and int(held) >= replicas):
-                return  # deleted meanwhile, or held
+                return True  # deleted meanwhile, or held
             if now.status is to:
                 continue
             if now.status not in allowed_from or (run_id and _runs_another(now, run_id)):
-                return  # moved on by someone else: not ours to redo
+                return True  # moved on by someone else: not ours to redo
             log.warning("job %s: its %s state was undone by a failover; making it again", job.id, to.value)
             result, held = _apply_and_wait(r, job, args, replicas)
             if result and int(result[0]) == 1 and held >= replicas:
-                return
+                return True
         except redis.RedisError as exc:  # the switch itself: a read-only former primary, a refused connection
             log.info("job %s: confirming its %s state: %s", job.id, to.value, exc)
     log.warning(
@@ -305,6 +338,7 @@ def _hold(
         replicas,
         HOLD_SECONDS,
     )
+    return False
 
 
 #: How long a job's final state waits for its replicas at a time (``transition``'s ``replicas``).
@@ -314,6 +348,8 @@ FINAL_WAIT_MS = 2000
 #: Sentinel's switch to a new primary takes once it has decided.
 HOLD_SECONDS = 15.0
 HOLD_POLL_SECONDS = 0.2
+#: After one went unconfirmed, how long later ones are not looked after (``_look_after``).
+UNCONFIRMED_QUIET_SECONDS = 60.0
 
 
 # ---- the transitions of a job's life, each a typed call of ``transition`` ------------------
