@@ -225,6 +225,7 @@ def transition(
     ``replicas``, it waits (``WAIT``, up to ``FINAL_WAIT_MS``) until that many replicas hold the
     change; when they do not, it looks after the change for a while (``_hold``: made again if a
     failover undid it) and says so in the log if they never do."""
+    global _UNCONFIRMED_UNTIL
     changes = {"updated_at": time.time(), **(fields or {})}
     args = (
         " ".join(s.value for s in allowed_from),
@@ -243,8 +244,11 @@ def transition(
         )
     else:
         result, held = _apply_and_wait(r, job, args, replicas)
-        if int(held) < replicas and result and int(result[0]) == 1:
-            _look_after(r, job, allowed_from, to, run_id, replicas, args, int(held))
+        unconfirmed = held < replicas and result and int(result[0]) == 1
+        if unconfirmed and time.monotonic() < _UNCONFIRMED_UNTIL:  # one went unconfirmed lately
+            _unconfirmed(job, to, f"reached {held} of {replicas} replicas within {FINAL_WAIT_MS} ms")
+        elif unconfirmed and not _hold(r, job, allowed_from, to, run_id, replicas, args):
+            _UNCONFIRMED_UNTIL = time.monotonic() + UNCONFIRMED_QUIET_SECONDS
     if not result or int(result[0]) != 1:
         return None
     return Job.model_validate_json(result[1])
@@ -264,33 +268,6 @@ def _apply_and_wait(r: redis.Redis, job: Job, args: tuple[Any, ...], replicas: i
 #: one was not confirmed within ``HOLD_SECONDS``. A replica that is down, not a failover, then
 #: costs each job one ``WAIT`` (``FINAL_WAIT_MS``), not that and ``HOLD_SECONDS`` more.
 _UNCONFIRMED_UNTIL = 0.0
-
-
-def _look_after(
-    r: redis.Redis,
-    job: Job,
-    allowed_from: tuple[JobStatus, ...],
-    to: JobStatus,
-    run_id: str,
-    replicas: int,
-    args: tuple[Any, ...],
-    held: int,
-) -> None:
-    """``_hold`` the change, unless one recently went unconfirmed for all of ``HOLD_SECONDS``:
-    then only say so in the log."""
-    global _UNCONFIRMED_UNTIL
-    if time.monotonic() < _UNCONFIRMED_UNTIL:
-        log.warning(
-            "job %s: its %s state reached %d of %d replicas within %d ms; a failover now could undo it",
-            job.id,
-            to.value,
-            held,
-            replicas,
-            FINAL_WAIT_MS,
-        )
-        return
-    if not _hold(r, job, allowed_from, to, run_id, replicas, args):
-        _UNCONFIRMED_UNTIL = time.monotonic() + UNCONFIRMED_QUIET_SECONDS
 
 
 def _hold(
@@ -331,14 +308,12 @@ def _hold(
                 return True
         except redis.RedisError as exc:  # the switch itself: a read-only former primary, a refused connection
             log.info("job %s: confirming its %s state: %s", job.id, to.value, exc)
-    log.warning(
-        "job %s: its %s state was not confirmed by %d replicas within %s s; a failover now could undo it",
-        job.id,
-        to.value,
-        replicas,
-        HOLD_SECONDS,
-    )
+    _unconfirmed(job, to, f"was not confirmed by {replicas} replicas within {HOLD_SECONDS} s")
     return False
+
+
+def _unconfirmed(job: Job, to: JobStatus, how: str) -> None:
+    log.warning("job %s: its %s state %s; a failover now could undo it", job.id, to.value, how)
 
 
 #: How long a job's final state waits for its replicas at a time (``transition``'s ``replicas``).
