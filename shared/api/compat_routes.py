@@ -36,10 +36,14 @@ def _openai_audio(request: Request, task: Task) -> Response:
     with ExitStack() as held:
         # The slot is taken before the upload is read: a key's extra calls cost nothing.
         held.enter_context(gate.sync_wait(r, key.id, limits, settings.openai_wait_seconds))
-        with receive(request, settings.max_upload_bytes, file_field="file") as form:
+        max_bytes = settings.max_upload_bytes
+        with receive(request, max_bytes, "file", max_field_bytes=openai_compat.MAX_FIELD_BYTES) as form:
             audio = openai_compat.parse_request(form.fields, task, settings)
-            upload = audio_file(form, "file", settings.max_upload_bytes)
-            job = job_service.create_job(c, job_service.NewJob(key.id, audio.options, upload, limits=limits))
+            upload = audio_file(form, "file", max_bytes)
+            clips = audio.known_speakers
+            job = job_service.create_job(
+                c, job_service.NewJob(key.id, audio.options, upload, limits=limits, known_speakers=clips)
+            )
         if audio.stream:  # the stream holds the slot until it ends
             stream = openai_stream.transcript_events(c, job, held.pop_all())
             headers = {**openai_stream.HEADERS, "Location": f"/transcribe/{job.id}"}

@@ -40,8 +40,9 @@ from shared.core.errors import (
 from shared.core.languages import LANGUAGES
 from shared.core.settings import JobsSettings, ModelSettings
 from shared.core.storage import BlobStore, result_key
-from shared.jobs import jobstore
+from shared.jobs import jobstore, known_speakers
 from shared.jobs.formats import to_srt, to_vtt, verbose
+from shared.jobs.known_speakers import Clip
 from shared.jobs.models import Job, JobOptions, JobStatus, Task, TranscriptResult
 from shared.ops.catalog import allowed_models, diarization_offered
 
@@ -74,8 +75,20 @@ STREAM_FIELD = "stream"
 #: whisper cuts the audio into 30-second windows itself.
 CHUNKING_FIELD = "chunking_strategy"
 _FORM_FIELDS = frozenset(
-    {*_OPTION_FIELDS, "response_format", GRANULARITIES_FIELD, STREAM_FIELD, CHUNKING_FIELD}
+    {
+        *_OPTION_FIELDS,
+        "response_format",
+        GRANULARITIES_FIELD,
+        STREAM_FIELD,
+        CHUNKING_FIELD,
+        known_speakers.NAMES_FIELD,
+        known_speakers.REFERENCES_FIELD,
+    }
 )
+#: A form text field may hold this much here: a known speaker's clip is a data URL (10 s of
+#: 48 kHz mono 16-bit WAV, base64-encoded, is 1.3 MB). The gate's slot is taken before the form
+#: is read, so a key holds at most its concurrent calls' forms in memory.
+MAX_FIELD_BYTES = 2 * 1024 * 1024
 #: Native option names in validation errors, as the OpenAI caller named them.
 _CALLER_NAMES = {native: name for name, native in _OPTION_FIELDS.items()}
 _CALLER_NAMES["output_format"] = "response_format"
@@ -94,6 +107,8 @@ class AudioRequest:
     granularities: frozenset[str]
     #: Answer as Server-Sent Events (``stream=true``).
     stream: bool = False
+    #: People to call by name (OpenAI's ``known_speaker_names[]``/``known_speaker_references[]``).
+    known_speakers: tuple[Clip, ...] = ()
 
 
 def authenticate(settings: JobsSettings, r: redis.Redis, request: Request) -> ApiKey:
@@ -126,13 +141,17 @@ def parse_request(fields: MultiDict[str, str], task: Task, settings: ModelSettin
     raw["model"] = model_for(raw["model"], settings)
     native_format = "json" if response_format == DIARIZED else response_format
     raw |= {"task": task.value, "output_format": native_format, "word_timestamps": "word" in granularities}
-    if response_format == DIARIZED:
+    known = known_speakers.from_form(
+        fields.getlist(known_speakers.NAMES_FIELD), fields.getlist(known_speakers.REFERENCES_FIELD)
+    )
+    if response_format == DIARIZED or known:
         raw["diarize"] = True
     try:
         options = parsing.parse_options(raw, settings)
     except ValidationError as exc:
         raise _in_caller_names(exc) from None
-    return AudioRequest(options, response_format, granularities, stream == "true")
+    options = options.model_copy(update={"known_speakers": [clip.name for clip in known]})
+    return AudioRequest(options, response_format, granularities, stream == "true", tuple(known))
 
 
 def model_for(name: str, settings: ModelSettings) -> str:
@@ -202,7 +221,7 @@ def result_body(store: BlobStore, job: Job, request: AudioRequest) -> tuple[str,
     if fmt == "verbose_json":
         return json.dumps(_verbose(result, request.granularities)), "application/json"
     if fmt == DIARIZED:
-        return json.dumps(_diarized(result)), "application/json"
+        return json.dumps(_diarized(result, job.speaker_names)), "application/json"
     if fmt == "srt":
         return to_srt(result), _TEXT_PLAIN
     if fmt == "vtt":
@@ -230,13 +249,13 @@ def _diarizing(settings: ModelSettings) -> list[str]:
     return [OPENAI_DIARIZE_MODEL] if diarization_offered(settings) else []
 
 
-def _diarized(result: TranscriptResult) -> dict[str, Any]:
-    """OpenAI's ``diarized_json``: segments with ``speaker``, labelled A, B, ... in order of
-    appearance as OpenAI labels them."""
-    letters: dict[str, str] = {}
+def _diarized(result: TranscriptResult, names: dict[str, str]) -> dict[str, Any]:
+    """OpenAI's ``diarized_json``: segments with ``speaker``: its name (a known speaker's, or
+    one its owner gave), else A, B, ... in order of appearance as OpenAI labels them."""
+    letters = dict(names)
     for seg in result.segments:
         if seg.speaker is not None and seg.speaker not in letters:
-            letters[seg.speaker] = _letters(len(letters))
+            letters[seg.speaker] = _letters(len(letters) - len(names))
     segments = [
         {
             "type": "transcript.text.segment",

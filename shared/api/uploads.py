@@ -38,8 +38,11 @@ class ReceivedForm:
 
 
 @contextmanager
-def receive(request: Request, max_bytes: int, file_field: str = "audio") -> Iterator[ReceivedForm]:
-    """Parse a multipart body into text fields and on-disk files; files vanish on exit."""
+def receive(
+    request: Request, max_bytes: int, file_field: str = "audio", max_field_bytes: int = MAX_FORM_FIELD_BYTES
+) -> Iterator[ReceivedForm]:
+    """Parse a multipart body into text fields and on-disk files; files vanish on exit.
+    ``max_field_bytes`` bounds each text field (OpenAI's forms carry audio clips in some)."""
     if request.mimetype != "multipart/form-data":
         raise UnsupportedMediaError(f"send the audio as multipart/form-data with a field '{file_field}'")
     if request.content_length is not None and request.content_length > max_bytes + FORM_OVERHEAD_BYTES:
@@ -52,7 +55,7 @@ def receive(request: Request, max_bytes: int, file_field: str = "audio") -> Iter
         # The body's size (chunked too) is bounded while it streams by shared.api.edge.
         parser = FormDataParser(
             stream_factory=to_disk,
-            max_form_memory_size=MAX_FORM_FIELD_BYTES,
+            max_form_memory_size=max_field_bytes,
             max_form_parts=MAX_FORM_PARTS,
             silent=False,
         )
@@ -65,7 +68,7 @@ def receive(request: Request, max_bytes: int, file_field: str = "audio") -> Iter
         except RequestEntityTooLarge:
             # The body's own size is the edge's to refuse (shared.api.edge); here it is the form.
             raise PayloadTooLargeError(
-                f"a form text field may hold at most {MAX_FORM_FIELD_BYTES} bytes, "
+                f"a form text field may hold at most {max_field_bytes} bytes, "
                 f"and a form at most {MAX_FORM_PARTS} parts"
             ) from None
         try:

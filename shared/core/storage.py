@@ -29,6 +29,11 @@ def audio_key(key_id: str, job_id: str) -> str:
     return f"audio/{key_id}/{job_id}"
 
 
+def speakers_key(key_id: str, job_id: str) -> str:
+    """Where a job's known speakers' clips live (shared.jobs.known_speakers), while it runs."""
+    return f"speakers/{key_id}/{job_id}.json"
+
+
 def result_key(key_id: str, job_id: str) -> str:
     """Where a job's canonical result JSON lives."""
     return f"results/{key_id}/{job_id}.json"

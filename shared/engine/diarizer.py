@@ -12,6 +12,11 @@ Streaming: each chunk's speech regions are embedded as the chunk goes by (window
 about 4 MB an hour of speech. At the end the windows are clustered (average-linkage
 agglomerative on cosine distance, over at most ``MAX_POINTS`` of them, the rest joining the
 nearest cluster), so the count can be given, bounded or estimated.
+
+Known speakers (OpenAI's ``known_speaker_names[]``/``known_speaker_references[]``): each
+reference clip is embedded the same way and averaged; a speaker takes the name of the reference
+closest to the mean of its windows, one name per speaker, when they are at least
+``KNOWN_MATCH`` alike.
 """
 
 from __future__ import annotations
@@ -47,6 +52,10 @@ MIN_WINDOWS, MIN_SHARE, MIN_CLUSTER = 20, 0.1, 0.02
 #: Two clusters whose windows are this far apart on average (cosine distance) are two speakers,
 #: when the count is not given (bench/diarize.py tunes it).
 THRESHOLD = 0.3
+#: A speaker and a reference clip this alike (cosine similarity of their mean embeddings) are
+#: one person. Measured on devtools/conversation.py's voices (a conversation's speaker against
+#: a clip of other words): the same voice 0.90-0.93, two voices 0.50-0.79.
+KNOWN_MATCH = 0.82
 #: In WORKER_PRELOAD_MODELS, this name loads the speaker encoder at start-up.
 PRELOAD_NAME = "diarizer"
 #: resemblyzer raises quiet speech to this level before its mel spectrogram (dBFS).
@@ -154,6 +163,7 @@ class Diarizer:
         self._embeddings: list[np.ndarray] = []  # float16 (n, 256) per chunk
         self._spans: list[tuple[float, float, int]] = []  # (start, end, region) per window, seconds
         self._regions: list[tuple[float, float]] = []  # speech regions (seconds)
+        self._centres: dict[str, np.ndarray] = {}  # speaker label -> mean embedding (unit)
 
     def add(self, chunk_start: int, audio: Samples, speech: Sequence[tuple[int, int]]) -> None:
         """Embed the speech regions (recording samples) of a chunk that starts at ``chunk_start``."""
@@ -163,14 +173,7 @@ class Diarizer:
             self._regions.append((a / SAMPLE_RATE, b / SAMPLE_RATE))
             if (b - a) / SAMPLE_RATE < MIN_SPEECH:
                 continue
-            mel = self.encoder.mel(audio[a - chunk_start : b - chunk_start])
-            frames = mel.shape[0]
-            if frames < WINDOW_FRAMES:
-                mel = torch.nn.functional.pad(mel, (0, 0, 0, WINDOW_FRAMES - frames))
-            step = round(HOP * SAMPLE_RATE / HOP_LENGTH)
-            starts = list(range(0, max(1, frames - WINDOW_FRAMES + 1), step))
-            if frames > WINDOW_FRAMES and starts[-1] + WINDOW_FRAMES < frames:
-                starts.append(frames - WINDOW_FRAMES)  # the region's tail gets a window too
+            mel, starts = _windows(self.encoder.mel(audio[a - chunk_start : b - chunk_start]))
             for s in starts:
                 mels.append(mel[s : s + WINDOW_FRAMES])
                 lo = a / SAMPLE_RATE + s * HOP_LENGTH / SAMPLE_RATE
@@ -189,30 +192,85 @@ class Diarizer:
         """The speech regions split into speaker turns, speakers numbered by first appearance."""
         if not self._spans:
             return [Turn(a, b, speaker_label(0)) for a, b in _joined(self._regions)] if self._regions else []
-        x = np.concatenate(self._embeddings).astype(np.float32)
+        x = np.concatenate(self._embeddings)  # float16: a 3-hour meeting's are 14 MB
+        self._embeddings = [x]
         labels = cluster(x, num_speakers, min_speakers, max_speakers)
-        return _timeline(self._regions, self._spans, labels)
+        turns, order = _timeline(self._regions, self._spans, labels)
+        self._centres = {speaker_label(i): _unit(_mean(x[labels == k])) for k, i in order.items()}
+        return turns
+
+    def known(self, references: Sequence[tuple[str, Samples]]) -> dict[str, str]:
+        """Names for the speakers ``turns`` found (``SPEAKER_00`` -> ``Alice``) from reference
+        clips of known people (name, 16 kHz samples): each name goes to the speaker most like
+        its clip, most alike first, where they are at least ``KNOWN_MATCH`` alike."""
+        if not self._centres or not references:
+            return {}
+        labels = list(self._centres)
+        centres = np.stack([self._centres[label] for label in labels])
+        clips = np.stack([self._clip(audio) for _, audio in references])
+        alike = centres @ clips.T
+        names: dict[str, str] = {}
+        for flat in np.argsort(alike, axis=None)[::-1]:
+            s, r = divmod(int(flat), len(references))
+            if alike[s, r] < KNOWN_MATCH:
+                break
+            name = references[r][0]
+            if labels[s] not in names and name not in names.values():
+                names[labels[s]] = name
+        return names
+
+    def _clip(self, audio: Samples) -> np.ndarray:
+        """The mean embedding of a whole clip (its windows as if it were one speech region)."""
+        mel, starts = _windows(self.encoder.mel(audio))
+        windows = torch.stack([mel[s : s + WINDOW_FRAMES] for s in starts])
+        return _unit(self.encoder.embed(windows).mean(axis=0))
+
+
+def _windows(mel: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """``mel`` padded to one window at least, and where its windows start: every ``HOP``, the
+    tail getting one too."""
+    frames = mel.shape[0]
+    if frames < WINDOW_FRAMES:
+        mel = torch.nn.functional.pad(mel, (0, 0, 0, WINDOW_FRAMES - frames))
+    step = round(HOP * SAMPLE_RATE / HOP_LENGTH)
+    starts = list(range(0, max(1, frames - WINDOW_FRAMES + 1), step))
+    if frames > WINDOW_FRAMES and starts[-1] + WINDOW_FRAMES < frames:
+        starts.append(frames - WINDOW_FRAMES)
+    return mel, starts
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return np.asarray(v / max(float(np.linalg.norm(v)), 1e-8), np.float32)
 
 
 def cluster(
     x: np.ndarray, num: int | None = None, low: int | None = None, high: int | None = None
 ) -> np.ndarray:
-    """A cluster index per row of ``x`` (unit vectors): average linkage on cosine distance."""
+    """A cluster index per row of ``x`` (unit vectors, float16 or float32): average linkage on
+    cosine distance. ``x`` is never copied whole in float32 (a long meeting's windows)."""
     n = len(x)
     if n == 1 or num == 1:
         return np.zeros(n, np.int64)
     pick = np.linspace(0, n - 1, min(n, MAX_POINTS)).round().astype(np.int64)
-    groups = _average_linkage(x[pick], num, low or 1, high or len(pick))
-    centroids = np.stack([x[pick[g]].mean(axis=0) for g in groups])
+    groups = _average_linkage(x[pick].astype(np.float32), num, low or 1, high or len(pick))
+    centroids = np.stack([_mean(x[pick[g]]) for g in groups])
     for _ in range(2):  # every window joins its nearest centre; the centres follow
-        labels = np.argmax(x @ (centroids / np.linalg.norm(centroids, axis=1, keepdims=True)).T, axis=1)
+        labels = _nearest(x, centroids / np.linalg.norm(centroids, axis=1, keepdims=True))
         centroids = np.stack(
-            [
-                x[labels == k].mean(axis=0) if np.any(labels == k) else centroids[k]
-                for k in range(len(centroids))
-            ]
+            [_mean(x[labels == k]) if np.any(labels == k) else centroids[k] for k in range(len(centroids))]
         )
-    return np.asarray(labels, np.int64)
+    return labels
+
+
+def _mean(rows: np.ndarray) -> np.ndarray:
+    return np.asarray(rows.mean(axis=0, dtype=np.float32), np.float32)
+
+
+def _nearest(x: np.ndarray, centres: np.ndarray, block: int = 4096) -> np.ndarray:
+    """The index of the centre nearest each row of ``x``, a block of rows at a time."""
+    rows = range(0, len(x), block)
+    parts = [np.argmax(x[i : i + block].astype(np.float32) @ centres.T, axis=1) for i in rows]
+    return np.concatenate(parts).astype(np.int64)
 
 
 def _average_linkage(x: np.ndarray, num: int | None, low: int, high: int) -> list[list[int]]:
@@ -289,9 +347,10 @@ def _joined(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
 
 def _timeline(
     regions: list[tuple[float, float]], spans: list[tuple[float, float, int]], labels: np.ndarray
-) -> list[Turn]:
+) -> tuple[list[Turn], dict[int, int]]:
     """Each region split between its windows' speakers at the midpoints of their centres; a region
-    without windows (too short) goes to the speaker of the nearest window."""
+    without windows (too short) goes to the speaker of the nearest window. With the turns, each
+    cluster's speaker number (by first appearance)."""
     centres = np.array([(a + b) / 2 for a, b, _ in spans])
     by_region: dict[int, list[int]] = {}
     for w, (_, _, r) in enumerate(spans):
@@ -320,4 +379,4 @@ def _timeline(
     order: dict[int, int] = {}
     for _, _, k in merged:
         order.setdefault(k, len(order))
-    return [Turn(round(a, 3), round(b, 3), speaker_label(order[k])) for a, b, k in merged]
+    return [Turn(round(a, 3), round(b, 3), speaker_label(order[k])) for a, b, k in merged], order

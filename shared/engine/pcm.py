@@ -152,3 +152,12 @@ class PcmStream:
                 f"the audio looks truncated: its header promises {self.expected:.1f} s but only "
                 f"{got:.1f} s could be decoded; upload the complete file"
             )
+
+
+def decode_clip(data: bytes, folder: str, max_seconds: float) -> Samples:
+    """A short clip (the bytes of an audio file) decoded whole, through a file in ``folder``."""
+    fd, path = tempfile.mkstemp(prefix="clip-", dir=folder)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    pieces = list(PcmStream(path, expected_seconds=None, max_seconds=max_seconds))
+    return np.concatenate(pieces) if pieces else np.zeros(0, np.float32)

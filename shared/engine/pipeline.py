@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +17,7 @@ from shared.engine.batcher import Batcher, BatchKey, ChunkResult
 from shared.engine.chunker import Chunk, Chunker
 from shared.engine.diarizer import Diarizer, SpeakerEncoder
 from shared.engine.loader import ModelCache, in_own_thread
-from shared.engine.pcm import SAMPLE_RATE, Allowance, PcmStream
+from shared.engine.pcm import SAMPLE_RATE, Allowance, PcmStream, Samples
 from shared.jobs.models import JobOptions, Segment, TranscriptResult, Word
 
 #: transcribe() stops conditioning on earlier text after a chunk decoded this hot.
@@ -69,12 +69,14 @@ class Engine:
         checkpoint: Callable[[Progress], None] = lambda _progress: None,
         allowance: Allowance | None = None,
         partial: Callable[[float], None] | None = None,
+        known_speakers: Sequence[tuple[str, Samples]] = (),
     ) -> TranscriptResult:
         """Transcribe the audio file at ``path``. ``checkpoint`` is called after every chunk
         (and while long silences are scanned); it raises to stop the job there. ``partial``
         hears the audio seconds done while a batch decodes, between checkpoints (on the
         batcher's thread: it must be quick and must not raise); every figure that either
-        hears is at least the one before."""
+        hears is at least the one before. A diarized job's ``known_speakers`` (name, 16 kHz
+        clip) name the speakers most like them (``TranscriptResult.speaker_names``)."""
         model = self.models.get(options.model)
         run = _Run(self, model, options, checkpoint, partial)
         diarizer = Diarizer(self.speaker_encoder()) if options.diarize else None
@@ -101,7 +103,8 @@ class Engine:
         if diarizer is None:
             return result
         turns = diarizer.turns(options.num_speakers, options.min_speakers, options.max_speakers)
-        return speakers.label(result, turns)
+        names = in_own_thread(lambda: diarizer.known(known_speakers)) if known_speakers else {}
+        return speakers.label(result, turns).model_copy(update={"speaker_names": names})
 
 
 def _embed(diarizer: Diarizer | None, chunk: Chunk) -> None:

@@ -104,7 +104,7 @@ def to_rttm(result: TranscriptResult, uri: str = "audio") -> str:
 
 
 def to_json(result: TranscriptResult) -> str:
-    return result.model_dump_json(exclude_none=True, exclude={"language_probability"})
+    return result.model_dump_json(exclude_none=True, exclude={"language_probability", "speaker_names"})
 
 
 def verbose(result: TranscriptResult) -> dict[str, Any]:

@@ -22,10 +22,11 @@ from shared.core.errors import (
     ValidationError,
 )
 from shared.core.settings import RetentionSettings
-from shared.core.storage import BlobStore, audio_key, result_key
-from shared.jobs import idempotency, jobstore, queue, quota, retention
+from shared.core.storage import BlobStore, audio_key, result_key, speakers_key
+from shared.jobs import idempotency, jobstore, known_speakers, queue, quota, retention
 from shared.jobs.audio import probe_duration
 from shared.jobs.formats import SUBTITLE_FORMATS, render, with_names
+from shared.jobs.known_speakers import Clip
 from shared.jobs.models import (
     Job,
     JobOptions,
@@ -51,6 +52,8 @@ class NewJob:
     webhook_url: str | None = None
     #: The key's fair use: the job is refused with 429 past its pending jobs or its day's audio.
     limits: quota.Limits | None = None
+    #: Clips of people to call by name (a diarized job; shared.jobs.known_speakers).
+    known_speakers: tuple[Clip, ...] = ()
 
 
 def create_job(
@@ -69,6 +72,7 @@ def create_job(
             f"the recording is {duration:.0f} s long; this server transcribes at most "
             f"{max_seconds:.0f} s per job (MAX_AUDIO_SECONDS); split it and submit the parts"
         )
+    known_speakers.check_lengths(list(new.known_speakers))
     if limits is not None:
         quota.admit_job(r, key_id, limits, duration)
     now = time.time()
@@ -90,15 +94,24 @@ def create_job(
     with open(upload.path, "rb") as fileobj:
         store.upload(job.audio_key, fileobj, upload.content_type)
     try:
+        if new.known_speakers:
+            known_speakers.save(store, speakers_key(key_id, job_id), list(new.known_speakers))
         queue.ensure_group(r)
         replicas = 0 if redis_client.is_cluster(r) else c.settings.replicas_to_wait
         jobstore.create(r, job, guard, replicas, int(c.settings.redis_timeout_seconds * 500))
     except (NotReplicatedError, NotQueuedError):
         raise  # the record may still win through a failover, or be queued later: its audio stays
     except Exception:
-        store.delete(job.audio_key)
+        store.delete(*blob_keys(job))
         raise
     return job
+
+
+def blob_keys(job: Job) -> list[str]:
+    """What a job keeps in storage before it has a result: its audio, and its known speakers'
+    clips if it has any."""
+    clips = [speakers_key(job.key_id, job.id)] if job.options.known_speakers else []
+    return [job.audio_key, *clips]
 
 
 def submit(c: Clients, new: NewJob, idempotency_key: str | None) -> tuple[Job, bool]:
@@ -143,7 +156,7 @@ def delete_job(r: redis.Redis, store: BlobStore, key_id: str, job_id: str) -> No
     """Cancel (if running) and remove a job: its record, audio and result."""
     job = jobstore.get_owned(r, key_id, job_id)
     jobstore.delete(r, job)
-    store.delete(job.audio_key, result_key(key_id, job.id))
+    store.delete(*blob_keys(job), result_key(key_id, job.id))
 
 
 def cancel_job(
@@ -157,7 +170,7 @@ def cancel_job(
         raise ConflictError(
             f"job {job_id} is already {current.status.value}; only unfinished jobs can be canceled"
         )
-    store.delete(job.audio_key)  # it will never be transcribed
+    store.delete(*blob_keys(job))  # it will never be transcribed
     retention.schedule(r, settings, canceled)
     return canceled
 

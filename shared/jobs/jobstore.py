@@ -372,11 +372,13 @@ def complete(
     duration: float,
     spent: float,
     replicas: int = 0,
+    speaker_names: dict[str, str] | None = None,
 ) -> Job | None:
     """Run ``run_id`` finished: its transcript's text, language and audio length, and the
     ``spent`` seconds of processing (counted in the key's usage and the metrics); held by
-    ``replicas`` replicas before it returns (see ``transition``)."""
-    fields = {
+    ``replicas`` replicas before it returns (see ``transition``). ``speaker_names``: the
+    known speakers the diarizer recognised, the job's first names for its speakers."""
+    fields: dict[str, Any] = {
         "transcription": text,
         "language": language,
         "duration": duration,
@@ -384,6 +386,8 @@ def complete(
         "progress": 1.0,
         "error": None,
     }
+    if speaker_names:
+        fields["speaker_names"] = speaker_names
     usage = {"audio_seconds": duration, "processing_seconds": spent}
     return transition(r, job, _RUN_ENDS_FROM, JobStatus.COMPLETED, fields, usage, run_id, replicas)
 

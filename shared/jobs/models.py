@@ -132,6 +132,15 @@ class JobOptions(BaseModel):
     num_speakers: int | None = Field(default=None, ge=1, le=MAX_SPEAKERS)
     min_speakers: int | None = Field(default=None, ge=1, le=MAX_SPEAKERS)
     max_speakers: int | None = Field(default=None, ge=1, le=MAX_SPEAKERS)
+    #: Names of known speakers whose clips are stored beside the audio (shared.jobs.known_speakers):
+    #: the speakers most like them are called so.
+    known_speakers: list[str] = Field(default=[], max_length=4)
+
+    @field_validator("known_speakers", mode="before")
+    @classmethod
+    def _empty_list(cls, value: Any) -> Any:
+        # The job record passes through Lua, whose cjson writes an empty array as {}.
+        return [] if value == {} else value
 
     @field_validator("model")
     @classmethod
@@ -262,6 +271,10 @@ class TranscriptResult(BaseModel):
     #: How sure the language detection was (0..1); None when the job named its language.
     #: Kept for ``/detect-language``'s ``confidence``; not part of the rendered formats.
     language_probability: float | None = None
+    #: Speakers recognised from the job's known speakers' clips (``SPEAKER_01`` -> ``Alice``):
+    #: the job's first ``speaker_names`` (Job.speaker_names, which the owner may change).
+    #: Not part of the rendered formats.
+    speaker_names: dict[str, str] = {}
 
 
 Segment.model_rebuild()

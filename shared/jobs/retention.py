@@ -15,7 +15,7 @@ import redis
 from shared.core import keys
 from shared.core.errors import StorageError
 from shared.core.settings import RetentionSettings
-from shared.core.storage import BlobStore, result_key
+from shared.core.storage import BlobStore, result_key, speakers_key
 from shared.jobs import jobstore
 from shared.jobs.models import Job
 
@@ -27,14 +27,14 @@ _BATCH = 200
 def schedule(r: redis.Redis, settings: RetentionSettings, job: Job, now: float | None = None) -> None:
     """Plan the removal of a finished job's audio, result and record."""
     now = time.time() if now is None else now
-    r.zadd(
-        keys.RETENTION,
-        {
-            f"audio|{job.audio_key}": now + settings.audio_seconds(job.options.keep_audio),
-            f"result|{result_key(job.key_id, job.id)}": now + settings.retain_results_seconds,
-            f"job|{job.key_id}|{job.id}": now + settings.retain_jobs_seconds,
-        },
-    )
+    due = {
+        f"audio|{job.audio_key}": now + settings.audio_seconds(job.options.keep_audio),
+        f"result|{result_key(job.key_id, job.id)}": now + settings.retain_results_seconds,
+        f"job|{job.key_id}|{job.id}": now + settings.retain_jobs_seconds,
+    }
+    if job.options.known_speakers:  # voice clips: kept no longer than the job needs them
+        due[f"audio|{speakers_key(job.key_id, job.id)}"] = now
+    r.zadd(keys.RETENTION, due)
 
 
 def schedule_inbox(r: redis.Redis, object_key: str, at: float) -> None:

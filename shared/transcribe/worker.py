@@ -38,13 +38,14 @@ from shared.core.errors import (
     StorageError,
 )
 from shared.core.settings import WorkerSettings
-from shared.core.storage import BlobStore, result_key
+from shared.core.storage import BlobStore, result_key, speakers_key
 from shared.delivery import webhooks
 from shared.delivery.dispatcher import Dispatcher
 from shared.engine import diarizer
 from shared.engine.memory import allocator
+from shared.engine.pcm import Samples, decode_clip
 from shared.engine.pipeline import Engine, Progress
-from shared.jobs import events, jobstore, queue, quota, retention
+from shared.jobs import events, jobstore, known_speakers, queue, quota, retention
 from shared.jobs.models import Job, JobStatus, TranscriptResult
 from shared.ops import metrics, migrate, model_ads, stack
 
@@ -280,7 +281,7 @@ class Worker:
         with tempfile.TemporaryDirectory(prefix="whisper-job-") as tmp:
             path = os.path.join(tmp, "audio")
             self._storage(f"download the audio of job {job.id}", self.store.download, job.audio_key, path)
-            result = self._transcribe(job, run_id, path)
+            result = self._transcribe(job, run_id, path, self._known_speakers(job, tmp))
         key = result_key(job.key_id, job.id)
         body = result.model_dump_json().encode()
         self._storage(
@@ -288,13 +289,35 @@ class Worker:
         )
         spent = time.monotonic() - started
         done = jobstore.complete(
-            self.r, job, run_id, result.text, result.language, result.duration, spent, self._replicas
+            self.r,
+            job,
+            run_id,
+            result.text,
+            result.language,
+            result.duration,
+            spent,
+            self._replicas,
+            speaker_names=result.speaker_names,
         )
         if done is None:
             self._discard(job, key)
         self._finished(done)
 
-    def _transcribe(self, job: Job, run_id: str, path: str) -> TranscriptResult:
+    def _known_speakers(self, job: Job, folder: str) -> list[tuple[str, Samples]]:
+        """The job's known speakers' clips, decoded (none unless it has some)."""
+        if not job.options.known_speakers:
+            return []
+        key = speakers_key(job.key_id, job.id)
+        if self._storage(f"look up the known speakers of job {job.id}", self.store.head, key) is None:
+            log.warning("job %s: its known speakers' clips are gone; its speakers keep their labels", job.id)
+            return []
+        clips = self._storage(f"download the clips of job {job.id}", known_speakers.load, self.store, key)
+        longest = known_speakers.MAX_SECONDS + 1
+        return [(clip.name, decode_clip(clip.audio, folder, longest)) for clip in clips]
+
+    def _transcribe(
+        self, job: Job, run_id: str, path: str, speakers: list[tuple[str, Samples]]
+    ) -> TranscriptResult:
         """The engine's run. The job was admitted (and charged) on its declared length; audio
         decoded past it takes the key's daily quota as it goes (``quota.DecodedAllowance``,
         atomic, so a key's concurrent jobs never pass the quota together) and stops where it
@@ -311,6 +334,7 @@ class Worker:
                 checkpoint=lambda progress: self._checkpoint(job, run_id, progress),
                 allowance=allowance,
                 partial=self._partial(job, run_id),
+                known_speakers=speakers,
             )
         except QuotaExceededError:
             raise  # decoded up to the quota, which is what it took

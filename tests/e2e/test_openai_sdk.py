@@ -5,15 +5,19 @@ served functions and a worker running the real decoder on the ``demo`` checkpoin
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import math
 import subprocess
 import time
 
+import numpy as np
 import openai
 import pytest
 import requests
 from openai import AsyncOpenAI, OpenAI
 
+from devtools.conversation import RATE, VOICES, utterance, write_wav
 from shared.core.redis_client import from_url
 from shared.ops import model_ads
 from tests import budget, contract
@@ -317,3 +321,33 @@ def test_diarized_json_labels_the_speaker_in_openai_s_shape(client, make_wav):
         ("transcript.text.segment", f"seg_{i}", start, end, text.strip(), "A")
         for i, (start, end, text) in enumerate(SEGMENTS)
     ]
+
+
+def test_known_speakers_are_called_by_name_in_diarized_json(client):
+    """The SDK's known_speaker_names/known_speaker_references (data URLs), unchanged: the
+    second voice is named by its clip (other words); the first stays a letter."""
+    text = "the meeting starts with the budget for the next quarter and the new office plan"
+    other_words = "please call me when the report is ready for the review"
+    pause = np.zeros(4 * RATE, np.float32)
+    transcript = client.audio.transcriptions.create(
+        model="gpt-4o-transcribe-diarize",
+        file=(
+            "call.wav",
+            _wav(
+                np.concatenate([pause, utterance(text, VOICES[0]), pause, utterance(text, VOICES[4]), pause])
+            ),
+            "audio/wav",
+        ),
+        response_format="diarized_json",
+        known_speaker_names=["Bob"],
+        known_speaker_references=[
+            "data:audio/wav;base64," + base64.b64encode(_wav(utterance(other_words, VOICES[4]))).decode()
+        ],
+    )
+    assert [s.speaker for s in transcript.segments] == ["A", "A", "Bob", "Bob"]
+
+
+def _wav(audio: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    write_wav(out, audio)
+    return out.getvalue()

@@ -3,17 +3,23 @@ demo checkpoint, the real speaker encoder) on a recording of two espeak-ng voice
 
 from __future__ import annotations
 
+import base64
 import io
 import json
+import threading
+import time
 
 import numpy as np
 import pytest
 
 from devtools.conversation import RATE, VOICES, utterance, write_wav
-from shared.core.settings import worker_settings
-from shared.jobs import jobstore
+from shared.api import credentials
+from shared.core.settings import jobs_settings, worker_settings
+from shared.core.storage import speakers_key
+from shared.jobs import jobstore, retention
 from shared.jobs.models import JobStatus
 from shared.transcribe.worker import build
+from tests import budget
 
 #: What the demo checkpoint says in every chunk: two segments.
 PHRASE = ("Hello from whisper api.", "The quick brown fox.")
@@ -192,3 +198,111 @@ def test_a_presigned_upload_carries_the_speaker_options_to_its_job(
         as_text=True
     )
     assert text == f"[SPEAKER_00]: {PHRASE[0]}\n{PHRASE[1]}\n"
+
+
+def _data_url(audio: np.ndarray) -> str:
+    out = io.BytesIO()
+    write_wav(out, audio)
+    return "data:audio/wav;base64," + base64.b64encode(out.getvalue()).decode()
+
+
+def _worker_for_first_job(r, key_id: str) -> threading.Thread:
+    """A thread that runs the key's first job once it exists (the /v1 call waits for it)."""
+
+    def work() -> None:
+        deadline = budget.deadline(60)
+        while time.monotonic() < deadline:
+            jobs = jobstore.list_owned(r, key_id, 1, None)
+            if jobs:
+                build(worker_settings()).process(jobs[0].id)
+                return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_known_speakers_name_the_speakers_most_like_their_clips(jobs_client, api_key, r, store, two_voices):
+    """OpenAI's known_speaker_names[]/known_speaker_references[]: the clip of the second voice
+    (other words) names it; a clip of a voice not in the recording names nobody; the first
+    voice stays a letter. The clips are stored only while the job needs them."""
+    key_id, plaintext = api_key("known")
+    other_words = "please call me when the report is ready for the review"
+    worker = _worker_for_first_job(r, key_id)
+    resp = jobs_client.post(
+        "/v1/audio/transcriptions",
+        data={
+            "file": (io.BytesIO(two_voices), "call.wav"),
+            "model": "demo",
+            "response_format": "diarized_json",
+            "known_speaker_names[]": ["Carol", "Bob"],
+            "known_speaker_references[]": [
+                _data_url(utterance(other_words, VOICES[2])),
+                _data_url(utterance(other_words, VOICES[4])),
+            ],
+        },
+        headers={"Authorization": f"Bearer {plaintext}"},
+        content_type="multipart/form-data",
+    )
+    worker.join(timeout=budget.seconds(60))
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    assert [s["speaker"] for s in resp.get_json()["segments"]] == ["A", "A", "Bob", "Bob"]
+
+    job = jobstore.list_owned(r, key_id, 1, None)[0]
+    assert job.options.known_speakers == ["Carol", "Bob"]
+    assert job.speaker_names == {"SPEAKER_01": "Bob"}
+    token = credentials.issue_token(jobs_settings(), credentials.verify_key(r, plaintext)).token
+    headers = {"Authorization": f"Bearer {token}"}
+    text = jobs_client.get(f"/transcribe/{job.id}/result?format=text", headers=headers).get_data(as_text=True)
+    a, b = PHRASE
+    assert text == f"[SPEAKER_00]: {a}\n{b}\n[Bob]: {a}\n{b}\n"
+    # the owner may still rename a recognised speaker
+    jobs_client.put(f"/transcribe/{job.id}/speakers", json={"SPEAKER_01": "Robert"}, headers=headers)
+    text = jobs_client.get(f"/transcribe/{job.id}/result?format=text", headers=headers).get_data(as_text=True)
+    assert text == f"[SPEAKER_00]: {a}\n{b}\n[Robert]: {a}\n{b}\n"
+
+    clips = speakers_key(key_id, job.id)
+    assert store.exists(clips)  # until the retention sweep that the job's end scheduled at once
+    retention.sweep(r, store)
+    assert not store.exists(clips)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"known_speaker_names[]": ["Bob"]}, "one reference per name"),
+        ({"known_speaker_names[]": ["Bob"], "known_speaker_references[]": ["https://x/a.wav"]}, "data URL"),
+        (
+            {"known_speaker_names[]": ["Bob"], "known_speaker_references[]": ["data:audio/wav;base64,!!"]},
+            "not valid base64",
+        ),
+        ({"known_speaker_names[]": ["Bob"], "known_speaker_references[]": ["short"]}, "1.0 s"),
+        (
+            {"known_speaker_names[]": ["Bob"], "known_speaker_references[]": ["data:audio/wav;base64,AAAA"]},
+            "not audio ffmpeg reads",
+        ),
+    ],
+)
+def test_bad_known_speakers_are_refused_naming_the_field(
+    jobs_client, api_key, r, store, make_wav, fields, message
+):
+    _, plaintext = api_key("known-bad")
+    one_second = "data:audio/wav;base64," + base64.b64encode(make_wav(1.0)).decode()
+    refs = [one_second if ref == "short" else ref for ref in fields.get("known_speaker_references[]", [])]
+    resp = jobs_client.post(
+        "/v1/audio/transcriptions",
+        data={
+            "file": (io.BytesIO(make_wav(1.0)), "a.wav"),
+            "model": "demo",
+            "known_speaker_names[]": fields["known_speaker_names[]"],
+            "known_speaker_references[]": refs,
+        },
+        headers={"Authorization": f"Bearer {plaintext}"},
+        content_type="multipart/form-data",
+    )
+    assert resp.status_code == 400, resp.get_data(as_text=True)
+    error = resp.get_json()["error"]
+    assert error["param"] in ("known_speaker_names[]", "known_speaker_references[]")
+    assert message in error["message"], error
+    assert list(store.listing("speakers/")) == []

@@ -69,6 +69,7 @@ def test_create_answers_202_with_the_job_and_stores_audio_by_ids(jobs_client, be
         "num_speakers": None,
         "min_speakers": None,
         "max_speakers": None,
+        "known_speakers": [],
     }
     assert (job["model"], job["output_format"], job["language"]) == ("demo", "srt", "de")
     assert job["duration"] == 2.0 and job["bytes"] == len(audio)
