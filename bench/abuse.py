@@ -11,7 +11,6 @@ request was still served (and how fast) right after or during the attack.
 
 from __future__ import annotations
 
-import argparse
 import os
 import secrets
 import socket
@@ -30,6 +29,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import cli
 from bench.procs import tree_rss_bytes
 from devtools.devstack import start_gateway, start_nginx, start_redis, start_s3, tone_wav
 from devtools.ports import free_port
@@ -711,9 +711,7 @@ def local_stack(work: Path, async_gateway: bool = True, behind_nginx: bool = Fal
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = cli.parser(__doc__)
     parser.add_argument("--only", default="", help="run the attacks whose name contains this text")
     parser.add_argument(
         "--threads-only",
