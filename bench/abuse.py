@@ -42,6 +42,11 @@ from shared.delivery.dispatcher import Dispatcher
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def bearer(credential: str) -> dict[str, str]:
+    """The ``Authorization`` header of an API key or a token."""
+    return {"Authorization": f"Bearer {credential}"}
+
+
 @dataclass
 class Row:
     attack: str
@@ -68,7 +73,7 @@ class Stack:
 
     def token(self, plaintext: str) -> dict[str, str]:
         resp = requests.post(f"{self.base}/auth/token", json={"api_key": plaintext}, timeout=10)
-        return {"Authorization": f"Bearer {resp.json()['token']}"}
+        return bearer(resp.json()["token"])
 
 
 # ---- raw HTTP over a socket (the attacks need what requests will not send) -------------------
@@ -292,7 +297,7 @@ def sync_flood(stack: Stack, plaintext: str) -> str:
             f"{stack.base}/v1/audio/transcriptions",
             files={"file": ("a.wav", audio, "audio/wav")},
             data={"model": "whisper-1"},
-            headers={"Authorization": f"Bearer {plaintext}"},
+            headers=bearer(plaintext),
             timeout=60,
         )
         results.append((resp.status_code, time.monotonic() - started))
@@ -562,7 +567,7 @@ def invented_methods(stack: Stack) -> str:
 
 
 def asr_limits(stack: Stack, plaintext: str) -> str:
-    headers = {"Authorization": f"Bearer {plaintext}"}
+    headers = bearer(plaintext)
     found = Counter(
         requests.post(f"{stack.base}/asr?bogus=1", headers=headers, timeout=10).status_code for _ in range(24)
     )
@@ -570,7 +575,7 @@ def asr_limits(stack: Stack, plaintext: str) -> str:
         requests.post(
             f"{stack.base}/detect-language",
             headers={
-                "Authorization": f"Bearer wapi_{secrets.token_hex(6)}_{'x' * 43}",
+                **bearer(f"wapi_{secrets.token_hex(6)}_{'x' * 43}"),
                 "X-Forwarded-For": "203.0.113.9",
             },
             timeout=10,
