@@ -11,7 +11,6 @@ request was still served (and how fast) right after or during the attack.
 
 from __future__ import annotations
 
-import argparse
 import os
 import secrets
 import socket
@@ -30,6 +29,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import cli
 from bench.procs import tree_rss_bytes
 from devtools.devstack import start_gateway, start_nginx, start_redis, start_s3, tone_wav
 from devtools.ports import free_port
@@ -40,6 +40,11 @@ from shared.core.storage import BlobStore
 from shared.delivery.dispatcher import Dispatcher
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def bearer(credential: str) -> dict[str, str]:
+    """The ``Authorization`` header of an API key or a token."""
+    return {"Authorization": f"Bearer {credential}"}
 
 
 @dataclass
@@ -68,7 +73,7 @@ class Stack:
 
     def token(self, plaintext: str) -> dict[str, str]:
         resp = requests.post(f"{self.base}/auth/token", json={"api_key": plaintext}, timeout=10)
-        return {"Authorization": f"Bearer {resp.json()['token']}"}
+        return bearer(resp.json()["token"])
 
 
 # ---- raw HTTP over a socket (the attacks need what requests will not send) -------------------
@@ -292,7 +297,7 @@ def sync_flood(stack: Stack, plaintext: str) -> str:
             f"{stack.base}/v1/audio/transcriptions",
             files={"file": ("a.wav", audio, "audio/wav")},
             data={"model": "whisper-1"},
-            headers={"Authorization": f"Bearer {plaintext}"},
+            headers=bearer(plaintext),
             timeout=60,
         )
         results.append((resp.status_code, time.monotonic() - started))
@@ -562,7 +567,7 @@ def invented_methods(stack: Stack) -> str:
 
 
 def asr_limits(stack: Stack, plaintext: str) -> str:
-    headers = {"Authorization": f"Bearer {plaintext}"}
+    headers = bearer(plaintext)
     found = Counter(
         requests.post(f"{stack.base}/asr?bogus=1", headers=headers, timeout=10).status_code for _ in range(24)
     )
@@ -570,7 +575,7 @@ def asr_limits(stack: Stack, plaintext: str) -> str:
         requests.post(
             f"{stack.base}/detect-language",
             headers={
-                "Authorization": f"Bearer wapi_{secrets.token_hex(6)}_{'x' * 43}",
+                **bearer(f"wapi_{secrets.token_hex(6)}_{'x' * 43}"),
                 "X-Forwarded-For": "203.0.113.9",
             },
             timeout=10,
@@ -711,9 +716,7 @@ def local_stack(work: Path, async_gateway: bool = True, behind_nginx: bool = Fal
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = cli.parser(__doc__)
     parser.add_argument("--only", default="", help="run the attacks whose name contains this text")
     parser.add_argument(
         "--threads-only",

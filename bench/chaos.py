@@ -25,7 +25,6 @@ or its result not downloadable.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
@@ -44,6 +43,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import cli
 from bench.chaos_stack import Stack
 from devtools.audio import speech_mp3, speech_wav
 from shared.api import credentials
@@ -283,9 +283,7 @@ def run(
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = cli.parser(__doc__)
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--kill-every", type=float, default=6.0, help="seconds between worker SIGKILLs")

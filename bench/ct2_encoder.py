@@ -13,7 +13,6 @@ the kernel's share of the child's CPU time. CTranslate2's environment variables
 
 from __future__ import annotations
 
-import argparse
 import os
 import resource
 import subprocess
@@ -23,6 +22,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench import cli  # noqa: E402
 
 _CHILD = """
 import sys, time
@@ -54,9 +55,7 @@ def allocators() -> dict[str, dict[str, str]]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = cli.parser(__doc__)
     parser.add_argument("--sizes", default="tiny,base")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--runs", type=int, default=3)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import cli
 from bench.der import score
 from devtools.conversation import conversation, write_wav
 from shared.engine.loader import in_own_thread as solo
@@ -155,9 +156,7 @@ def _rss_child(path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = cli.parser(__doc__)
     parser.add_argument("--counts", default="1,2,3,4", help="speaker counts (default 1,2,3,4)")
     parser.add_argument("--per-count", type=int, default=3, help="conversations per count")
     parser.add_argument("--seconds", type=float, default=150.0, help="length of each conversation")

@@ -47,6 +47,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import cli
 from devtools.audio import speech_mp3
 from devtools.demo_model import build_checkpoint, build_sized_checkpoint
 from shared.engine.loader import in_own_thread as solo  # the only thread computing: see above
@@ -236,9 +237,7 @@ def rss_child(audio: str, model_dir: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = cli.parser(__doc__)
     parser.add_argument("--sizes", default="tiny,base")
     parser.add_argument("--seconds", type=int, default=300)
     parser.add_argument("--runs", type=int, default=3)

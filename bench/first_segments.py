@@ -9,7 +9,6 @@ worker would use), one MP3 of espeak speech repeated with pauses (many 30 s chun
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import cli
 from devtools.audio import speech_mp3
 from devtools.demo_model import build_sized_checkpoint
 from shared.core.settings import WorkerSettings
@@ -26,9 +26,7 @@ from shared.jobs.models import JobOptions
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = cli.parser(__doc__)
     parser.add_argument("--size", default="base")
     parser.add_argument("--seconds", type=int, default=402, help="length of the recording")
     args = parser.parse_args()

@@ -23,11 +23,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import cli
+
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = cli.parser(__doc__)
     parser.add_argument("--sizes", default="tiny,base,small,medium,large-v3")
     parser.add_argument("--windows", type=int, default=32, help="30-second windows of audio per contender")
     parser.add_argument("--batches", default="1,8,16,32")

@@ -11,7 +11,6 @@ ratio, and per cluster primary the commands it served.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -22,6 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402
 
+from bench import cli  # noqa: E402
 from devtools.devstack import start_redis, start_redis_cluster  # noqa: E402
 from devtools.ports import free_port  # noqa: E402
 from devtools.records import pending_job  # noqa: E402
@@ -53,9 +53,7 @@ def run(r: redis.Redis, tenants: int, per_tenant: int) -> tuple[float, float, in
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = cli.parser(__doc__)
     parser.add_argument("--tenants", type=int, default=1000)
     parser.add_argument("--jobs-per-tenant", type=int, default=2)
     args = parser.parse_args()

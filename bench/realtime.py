@@ -19,7 +19,6 @@ first ``.delta``; and the jobs finished. The last line names the most sessions w
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import io
@@ -42,6 +41,7 @@ from websockets.asyncio.client import connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import cli
 from devtools.audio import speech_mp3, speech_wav
 from devtools.demo_model import build_sized_checkpoint
 from devtools.devstack import start_gateway, start_redis, start_s3
@@ -200,9 +200,7 @@ def keep_jobs_running(svc: Service, count: int, audio: bytes, stop: threading.Ev
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = cli.parser(__doc__)
     parser.add_argument("--size", default="tiny", help="model dimensions: tiny, base, small, ...")
     parser.add_argument("--sessions", default="1,2,4,8", help="session counts to run, in order")
     parser.add_argument("--seconds", type=float, default=30.0, help="recording length per session")

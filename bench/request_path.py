@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 import redis  # noqa: E402
 import requests  # noqa: E402
 
+from bench import cli  # noqa: E402
 from bench.procs import tree_rss_bytes  # noqa: E402
 from devtools.devstack import start_redis, start_redis_cluster, start_s3  # noqa: E402
 from devtools.ports import free_port, wait_for_port  # noqa: E402
@@ -348,9 +349,7 @@ def _big_wav(path: Path, size: int) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = cli.parser(__doc__)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--connections", type=int, default=32)

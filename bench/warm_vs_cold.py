@@ -16,7 +16,6 @@ to measure with real weights, where model loading costs more still.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import statistics
 import subprocess
@@ -29,6 +28,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import cli
 from bench.chaos import Stack
 from devtools.audio import speech_wav
 from shared.api import credentials
@@ -92,9 +92,7 @@ def warm(stack: Stack, model: str, audio: bytes, jobs: int) -> list[float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = cli.parser(__doc__)
     parser.add_argument("--jobs", type=int, default=10)
     parser.add_argument("--seconds", type=float, default=20.0, help="length of the test audio")
     parser.add_argument("--model", type=Path, help="a checkpoint file (default: the demo checkpoint)")

@@ -28,6 +28,16 @@ from tests import budget
 
 BUCKET = "test-bucket"
 JWT_SECRET = "3f9c1a7e5b2d4c6e8a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f"
+#: URLs the outbound guard (shared.delivery.netguard) refuses, with the reason it gives: each
+#: field that takes a URL (``audio_url``, a key's webhook endpoint) is tried with every one.
+UNSAFE_URLS = [
+    ("http://169.254.169.254/latest/meta-data/", "a link-local address"),
+    ("http://10.0.0.1/hook", "a private address"),
+    ("http://100.64.1.1/a.wav", "a special-purpose address"),
+    ("http://[::ffff:127.0.0.1]/hook", "an IPv4-mapped IPv6 address"),
+    ("file:///etc/passwd", "only http:// and https:// URLs are accepted"),
+    ("ftp://example.com/hook", "only http:// and https:// URLs are accepted"),
+]
 
 
 @pytest.fixture(autouse=True)

@@ -5,6 +5,7 @@ are: no CDN, no build step. It talks to the same API as any client (``/auth/toke
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 
@@ -30,10 +31,22 @@ SECURITY_HEADERS = {
 }
 
 
+#: Where ``index.html`` takes the page's strings: every ``i18n.<lang>.json`` (the static page's
+#: texts by CSS selector, app.js's by key), as one JSON data block that i18n.js reads before
+#: anything on the page runs (no second request to wait for).
+I18N_SLOT = b"{{i18n}}"
+
+
 @lru_cache(maxsize=1)
 def page() -> bytes:
-    """``index.html``."""
-    return (WEB_DIR / "index.html").read_bytes()
+    """``index.html``, with the page's strings in it."""
+    tables = {
+        path.name.split(".")[1]: json.loads(path.read_text(encoding="utf-8"))
+        for path in sorted(WEB_DIR.glob("i18n.*.json"))
+    }
+    # "</" would end the <script> element wherever it stood; escaped, it is the same JSON.
+    data = json.dumps(tables, ensure_ascii=False).replace("</", "<\\/")
+    return (WEB_DIR / "index.html").read_bytes().replace(I18N_SLOT, data.encode())
 
 
 @lru_cache(maxsize=len(ASSETS))

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 
 class WhisperApiError(Exception):
@@ -53,11 +54,34 @@ class FieldError:
     message: str
 
 
+#: The reason phrase (RFC 9110) of each status a ``ClientError`` answers with: its problem's title.
+REASONS = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    408: "Request Timeout",
+    409: "Conflict",
+    410: "Gone",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
+    422: "Unprocessable Content",
+    429: "Too Many Requests",
+    504: "Gateway Timeout",
+}
+
+
 class ClientError(WhisperApiError):
-    """The request is at fault; ``status`` is the HTTP status to answer with."""
+    """The request is at fault; ``status`` is the HTTP status to answer with, ``title`` its reason
+    phrase. A subclass names its status in its class line (``class NotFoundError(ClientError,
+    status=404)``) or keeps its parent's."""
 
     status = 400
-    title = "Bad Request"
+    title = REASONS[400]
+
+    def __init_subclass__(cls, *, status: int | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if status is not None:
+            cls.status, cls.title = status, REASONS[status]
 
     def __init__(self, detail: str, errors: list[FieldError] | None = None) -> None:
         super().__init__(detail)
@@ -65,53 +89,41 @@ class ClientError(WhisperApiError):
         self.errors = errors or []
 
 
-class ValidationError(ClientError):
-    status = 422
-    title = "Unprocessable Content"
+class ValidationError(ClientError, status=422):
+    """Invalid input, with per-field errors."""
 
     @classmethod
     def for_field(cls, name: str, message: str) -> ValidationError:
         return cls(f"{name}: {message}", [FieldError(name, message)])
 
 
-class UnauthorizedError(ClientError):
-    status = 401
-    title = "Unauthorized"
+class UnauthorizedError(ClientError, status=401):
+    """No credentials, or credentials that are not (or no longer) valid."""
 
 
-class NotFoundError(ClientError):
-    status = 404
-    title = "Not Found"
+class NotFoundError(ClientError, status=404):
+    """Not there, or not the caller's: a job of another key is "not found" too."""
 
 
-class ConflictError(ClientError):
-    status = 409
-    title = "Conflict"
+class ConflictError(ClientError, status=409):
+    """Not in this state: e.g. a result asked for before the job completed."""
 
 
-class GoneError(ClientError):
-    status = 410
-    title = "Gone"
+class GoneError(ClientError, status=410):
+    """Was there: e.g. a result removed by the retention policy."""
 
 
-class BlockedTargetError(ClientError):
+class BlockedTargetError(ClientError, status=422):
     """A URL refused by the outbound guard: bad scheme, unresolvable, or a non-public address."""
 
-    status = 422
-    title = "Unprocessable Content"
+
+class PayloadTooLargeError(ClientError, status=413):
+    """A body over the size this server accepts."""
 
 
-class PayloadTooLargeError(ClientError):
-    status = 413
-    title = "Content Too Large"
-
-
-class TooManyRequestsError(ClientError):
+class TooManyRequestsError(ClientError, status=429):
     """A per-key limit (shared.api.gate, shared.jobs.quota); ``headers`` say when to retry and which
     limit."""
-
-    status = 429
-    title = "Too Many Requests"
 
     def __init__(self, detail: str, headers: dict[str, str]) -> None:
         super().__init__(detail)
@@ -135,11 +147,8 @@ class TooManyRequestsError(ClientError):
         )
 
 
-class RequestTimeoutError(ClientError):
+class RequestTimeoutError(ClientError, status=408):
     """The request body did not arrive within its deadline (shared.api.edge)."""
-
-    status = 408
-    title = "Request Timeout"
 
 
 class IncompleteBodyError(ClientError):
@@ -147,9 +156,8 @@ class IncompleteBodyError(ClientError):
     last chunk arrived: a client that went away mid-upload. Nothing of it is used."""
 
 
-class UnsupportedMediaError(ClientError):
-    status = 415
-    title = "Unsupported Media Type"
+class UnsupportedMediaError(ClientError, status=415):
+    """Not audio this service can read."""
 
 
 class JobOutcomeError(ClientError):
@@ -161,22 +169,19 @@ class JobOutcomeError(ClientError):
         self.job_id = job_id
 
 
-class JobFailedError(JobOutcomeError):
-    # The audio passed every up-front check, so a failure is nearly always its content
-    # (truncated, undecodable): a client error, as OpenAI answers for corrupt audio.
-    status = 400
-    title = "Bad Request"
+class JobFailedError(JobOutcomeError, status=400):
+    """The job failed, with its reason. The audio passed every up-front check, so a failure is
+    nearly always its content (truncated, undecodable): a client error, as OpenAI answers for
+    corrupt audio."""
 
 
-class JobCanceledError(JobOutcomeError):
-    status = 409
-    title = "Conflict"
+class JobCanceledError(JobOutcomeError, status=409):
+    """The job was deleted while the call waited."""
 
 
-class JobTimeoutError(JobOutcomeError):
-    # Not the client's fault, but not a failure either: the job goes on and can be polled.
-    status = 504
-    title = "Gateway Timeout"
+class JobTimeoutError(JobOutcomeError, status=504):
+    """The job was still running when the wait ran out: not the client's fault, but not a failure
+    either: the job goes on and can be polled."""
 
 
 class UnavailableError(WhisperApiError):

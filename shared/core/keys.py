@@ -22,6 +22,7 @@ from __future__ import annotations
 import secrets
 import time
 from binascii import crc_hqx
+from collections.abc import Callable
 from functools import cache
 
 #: Redis Cluster's slot count (CRC16 of the hash tag, modulo this).
@@ -81,46 +82,26 @@ def job_tag(job_id: str) -> str:
     return job_id
 
 
-#: API key record (hash): name, sha256 of the secret, created/revoked times. Never the secret.
-def api_key(key_id: str) -> str:
-    return f"apikey:{{{key_id}}}"
+def _tenant_key(prefix: str) -> Callable[[str], str]:
+    """The builder of one API key's ``prefix{key_id}``: tagged with the key id, so in its slot."""
+
+    def build(key_id: str) -> str:
+        return f"{prefix}{{{key_id}}}"
+
+    return build
+
+
+def _job_key(prefix: str) -> Callable[[str], str]:
+    """The builder of one job's ``prefix{tag}:job_id``, tagged with :func:`job_tag` (its key's slot)."""
+
+    def build(job_id: str) -> str:
+        return f"{prefix}{{{job_tag(job_id)}}}:{job_id}"
+
+    return build
 
 
 #: Set of all API key ids, so ``whisper-api keys list`` needs no SCAN.
 API_KEYS = "apikeys"
-
-
-#: Job record (JSON string); state changes go through one Lua script so they are atomic.
-def job(job_id: str) -> str:
-    return f"job:{{{job_tag(job_id)}}}:{job_id}"
-
-
-#: A marker written after a job's final state to WAIT on (``jobstore``'s confirmation that the
-#: replicas hold that state): a write of this connection, in the job's slot, that expires.
-def job_hold(job_id: str) -> str:
-    return f"job-hold:{{{job_tag(job_id)}}}:{job_id}"
-
-
-#: Sorted set of one key's job ids scored by creation time: newest-first listing with a cursor,
-#: and tenant isolation (a job id not in the caller's set is "not found").
-def jobs_of(key_id: str) -> str:
-    return f"jobs:{{{key_id}}}"
-
-
-#: Per-key usage counters (hash), incremented atomically with the change they count.
-def usage(key_id: str) -> str:
-    return f"usage:{{{key_id}}}"
-
-
-#: Job figures of one key behind ``GET /metrics`` (hash, fields as ``METRICS``): changed in the
-#: same script as the job, so in the key's slot; a scrape adds up the keys in ``API_KEYS``.
-def tenant_metrics(key_id: str) -> str:
-    return f"metrics:{{{key_id}}}"
-
-
-#: Requests of one key in the current minute (shared.api.gate); expires with the minute.
-def rate(key_id: str) -> str:
-    return f"rate:{{{key_id}}}"
 
 
 #: Failed authentications this minute of one client address or claimed key id ("addr"/"key").
@@ -128,37 +109,56 @@ def auth_failures(kind: str, value: str) -> str:
     return f"authfail:{kind}:{{{value}}}"
 
 
+# One API key's keys, tagged ``{key_id}`` (one line each where the key is ``prefix{key_id}``).
+
+
+#: API key record (hash): name, sha256 of the secret, created/revoked times. Never the secret.
+api_key = _tenant_key("apikey:")
+
+
+#: Sorted set of one key's job ids scored by creation time: newest-first listing with a cursor,
+#: and tenant isolation (a job id not in the caller's set is "not found").
+jobs_of = _tenant_key("jobs:")
+
+
+#: Per-key usage counters (hash), incremented atomically with the change they count.
+usage = _tenant_key("usage:")
+
+
+#: Job figures of one key behind ``GET /metrics`` (hash, fields as ``METRICS``): changed in the
+#: same script as the job, so in the key's slot; a scrape adds up the keys in ``API_KEYS``.
+tenant_metrics = _tenant_key("metrics:")
+
+
+#: Requests of one key in the current minute (shared.api.gate); expires with the minute.
+rate = _tenant_key("rate:")
+
+
 #: Sorted set of one key's synchronous /v1 calls (member -> lease expiry): a crashed process's
 #: slot frees itself when its lease runs out.
-def sync_waits(key_id: str) -> str:
-    return f"syncwaits:{{{key_id}}}"
+sync_waits = _tenant_key("syncwaits:")
 
 
 #: Sorted sets of one key's open ``GET /transcribe/{id}/events`` streams, multipart uploads
 #: being received, and ``audio_url`` downloads running (member -> lease expiry, as
 #: ``sync_waits``): each capped per key (shared.api.gate.concurrent), a crashed process's
 #: leases freeing themselves.
-def event_streams(key_id: str) -> str:
-    return f"streams:{{{key_id}}}"
+event_streams = _tenant_key("streams:")
 
 
-def uploads_in_flight(key_id: str) -> str:
-    return f"inflight:{{{key_id}}}"
+uploads_in_flight = _tenant_key("inflight:")
 
 
-def url_downloads(key_id: str) -> str:
-    return f"urlfetches:{{{key_id}}}"
+url_downloads = _tenant_key("urlfetches:")
 
 
 #: Sorted set of one key's open presigned uploads (job id -> when its URL expires).
-def open_uploads(key_id: str) -> str:
-    return f"uploads:{{{key_id}}}"
+open_uploads = _tenant_key("uploads:")
 
 
 #: Sorted set of one key's live Realtime sessions (session id -> lease expiry, renewed while the
 #: session lives): a crashed worker's sessions free their slots when the lease runs out.
-def live_sessions(key_id: str) -> str:
-    return f"livesessions:{{{key_id}}}"
+live_sessions = _tenant_key("livesessions:")
 
 
 #: Audio seconds one key submitted on one UTC day (YYYYMMDD); kept two days, then gone.
@@ -168,8 +168,19 @@ def audio_day(key_id: str, day: str) -> str:
 
 #: One key's daily audio quota in seconds as its last job was admitted with (operator default
 #: or the key's own), so the worker can charge decoded seconds against it; kept two days.
-def audio_quota(key_id: str) -> str:
-    return f"audioquota:{{{key_id}}}"
+audio_quota = _tenant_key("audioquota:")
+
+
+# One job's keys, tagged with ``job_tag`` (one line each where the key is ``prefix{tag}:job_id``).
+
+
+#: Job record (JSON string); state changes go through one Lua script so they are atomic.
+job = _job_key("job:")
+
+
+#: A marker written after a job's final state to WAIT on (``jobstore``'s confirmation that the
+#: replicas hold that state): a write of this connection, in the job's slot, that expires.
+job_hold = _job_key("job-hold:")
 
 
 #: Pub/sub channel told each state change of one job, so a synchronous ``/v1`` call blocks
@@ -180,8 +191,7 @@ def job_events(job_id: str) -> str:
 
 #: Redis Stream of one job's events (status changes, progress, decoded segments) in order, so
 #: ``GET /transcribe/{id}/events`` can replay them and resume after ``Last-Event-ID``.
-def job_event_log(job_id: str) -> str:
-    return f"job-log:{{{job_tag(job_id)}}}:{job_id}"
+job_event_log = _job_key("job-log:")
 
 
 #: A client resumes within minutes; a day also covers a page left open overnight. Refreshed
@@ -241,8 +251,7 @@ RETENTION = "retention"
 
 #: A key's webhook endpoint (hash): default ``url``, the ``whsec_`` signing ``secret``, and the
 #: ``previous_secret`` still used for signing for a grace period after a rotation.
-def webhook_endpoint(key_id: str) -> str:
-    return f"webhook:endpoint:{{{key_id}}}"
+webhook_endpoint = _tenant_key("webhook:endpoint:")
 
 
 #: One outgoing webhook message (hash): target, frozen body, attempts, outcome, lease token.
@@ -258,8 +267,7 @@ def webhook_host_slots(host: str) -> str:
     return f"webhook:slots:host:{host}"
 
 
-def webhook_tenant_slots(key_id: str) -> str:
-    return f"webhook:slots:key:{{{key_id}}}"
+webhook_tenant_slots = _tenant_key("webhook:slots:key:")
 
 
 #: Sorted set of message id -> unix time it is due; a claim pushes the score out by a lease,
@@ -282,8 +290,7 @@ INBOX_MARKER_TTL_SECONDS = 30 * 24 * 3600
 
 #: A presigned upload waiting for its object (JSON: key id, options, webhook URL); its id is
 #: the job id the job gets once the object lands.
-def pending_upload(job_id: str) -> str:
-    return f"upload:{{{job_tag(job_id)}}}:{job_id}"
+pending_upload = _job_key("upload:")
 
 
 #: A job created but not yet published (its turn and stream entry, a second step in another
@@ -302,8 +309,7 @@ UNPUBLISHED_TTL_SECONDS = 7 * 24 * 3600
 
 
 #: Fair turns across API keys (shared.jobs.queue): each key's waiting job ids in order (list) ...
-def queue_of(key_id: str) -> str:
-    return f"queue:{{{key_id}}}"
+queue_of = _tenant_key("queue:")
 
 
 #: ... the keys that have jobs waiting, scored by the turn they were last served (sorted set) ...

@@ -26,15 +26,10 @@ from tests.e2e.test_service import SRT, TEXT, VTT
 pytestmark = pytest.mark.e2e
 
 SEGMENTS = [(0.0, 1.2, " Hello from whisper api."), (1.2, 2.4, " The quick brown fox.")]
+#: The segments' eight words, 0.3 s each, one after another: (word, start, end).
 WORDS = [
-    ("Hello", 0.0, 0.3),
-    ("from", 0.3, 0.6),
-    ("whisper", 0.6, 0.9),
-    ("api.", 0.9, 1.2),
-    ("The", 1.2, 1.5),
-    ("quick", 1.5, 1.8),
-    ("brown", 1.8, 2.1),
-    ("fox.", 2.1, 2.4),
+    (word, round(0.3 * i, 1), round(0.3 * (i + 1), 1))
+    for i, word in enumerate("".join(text for _, _, text in SEGMENTS).split())
 ]
 
 

@@ -16,7 +16,7 @@ from shared.core.settings import webhook_settings
 from shared.delivery.dispatcher import Dispatcher
 from shared.jobs import jobstore, retention
 from shared.jobs.models import JobStatus
-from tests.conftest import QuietHandler, serving, stored
+from tests.conftest import UNSAFE_URLS, QuietHandler, serving, stored
 
 TEXT = "Hello from whisper api. The quick brown fox."
 
@@ -96,14 +96,7 @@ def test_bad_downloads_are_refused_before_a_job_exists(
     assert stored(r, "job:*") == []
 
 
-@pytest.mark.parametrize(
-    ("url", "detail"),
-    [
-        ("http://169.254.169.254/latest/meta-data/iam", "a link-local address"),
-        ("http://100.64.1.1/a.wav", "a special-purpose address"),
-        ("file:///etc/passwd", "only http:// and https:// URLs are accepted"),
-    ],
-)
+@pytest.mark.parametrize(("url", "detail"), UNSAFE_URLS)
 def test_audio_urls_go_through_the_outbound_guard(jobs_client, bearer, url, detail):
     resp = jobs_client.post("/transcribe", json={"audio_url": url}, headers=bearer())
     assert resp.status_code == 422

@@ -7,7 +7,7 @@ import io
 import pytest
 
 from shared.core import keys
-from tests.conftest import stored
+from tests.conftest import UNSAFE_URLS, stored
 
 
 def _submit(client, headers, audio: bytes, **fields):
@@ -49,15 +49,7 @@ def test_the_default_endpoint_is_set_and_cleared(jobs_client, bearer, receiver):
     assert cleared.status_code == 200 and cleared.get_json()["url"] is None
 
 
-@pytest.mark.parametrize(
-    ("url", "detail"),
-    [
-        ("http://169.254.169.254/latest/meta-data/", "a link-local address"),
-        ("http://10.0.0.1/hook", "a private address"),
-        ("http://[::ffff:127.0.0.1]/hook", "an IPv4-mapped IPv6 address"),
-        ("ftp://example.com/hook", "only http:// and https:// URLs are accepted"),
-    ],
-)
+@pytest.mark.parametrize(("url", "detail"), UNSAFE_URLS)
 def test_unsafe_default_endpoints_are_refused(jobs_client, bearer, url, detail):
     resp = jobs_client.put("/webhook", json={"url": url}, headers=bearer())
     assert resp.status_code == 422

@@ -107,15 +107,9 @@ def test_verbose_json_without_words_has_no_words_key(result):
 @pytest.fixture
 def diarized(transcript) -> TranscriptResult:
     """Three segments, two speakers: SPEAKER_00 twice in a row, then SPEAKER_01."""
+    hi = Word(word=" Hi.", start=0.0, end=1.0, probability=0.9, speaker="SPEAKER_00")
     return transcript(
-        Segment(
-            id=0,
-            start=0.0,
-            end=1.0,
-            text=" Hi.",
-            speaker="SPEAKER_00",
-            words=[Word(word=" Hi.", start=0.0, end=1.0, probability=0.9, speaker="SPEAKER_00")],
-        ),
+        Segment(id=0, start=0.0, end=1.0, text=" Hi.", speaker="SPEAKER_00", words=[hi]),
         Segment(id=1, start=1.5, end=3.0, text=" Still me.", speaker="SPEAKER_00", words=[]),
         Segment(id=2, start=4.0, end=9.0, text=" Hello.", speaker="SPEAKER_01", words=[]),
         duration=9.0,
