@@ -8,11 +8,17 @@ from feeds whose chunks share the model and decoding options (``BatchKey``). So 
 that arrives beside a 3-hour one is in the next batch, not behind the 3-hour job.
 
 Live feeds (Realtime sessions, ``shared.realtime``) go first: a live utterance waiting is taken
-before any batch chunk, into a batch of live utterances only, with no gathering wait; and while
-a live session is speaking (opened, or an utterance, in the last ``LIVE_SECONDS``), batches of
-batch chunks hold at most ``LIVE_BATCH_CAP`` chunks, so an utterance that arrives while the model
-is busy waits for a small batch, not for one of 16. A session that stays quiet costs the jobs
-nothing.
+before any batch chunk, into a batch of live utterances only, with no gathering wait. A whole
+turn that arrives while a batch of job chunks is being decoded does not wait for it: between two
+decoding steps of that batch (the openai-whisper engine; CTranslate2 decodes a batch in one
+call) the turn is encoded and decoded, and the job batch goes on where it was (its decoding
+state is its own). Previews of turns in progress do not interrupt job batches: they come every
+half second, and the jobs would stall behind them. While a live session is speaking (opened, or
+an utterance, in the last ``LIVE_SECONDS``), batches of job chunks hold at most
+``LIVE_BATCH_CAP`` chunks, so an utterance never waits long for an encoder pass. A session that
+stays quiet costs the jobs nothing. A live request may be *disposable* (a preview):
+``drop_disposable`` takes a feed's waiting ones back and stops a running batch of them at its
+next decoding step, so the turn's whole decoding does not wait for a preview nobody will read.
 
 A job's first decoded batch holds one of its chunks (and whatever other jobs add): its first
 segments and progress show after one chunk's decoding, not after a whole batch of 16. Inside a
@@ -23,6 +29,7 @@ with every segment decoded, not once per batch, and the batch stays whole.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import threading
@@ -90,6 +97,9 @@ class _Request:
     future: Future[ChunkResult]
     feed: int
     submitted: float = field(default_factory=time.monotonic)
+    #: May be given up (a preview): see ``Batcher.drop_disposable``.
+    disposable: bool = False
+    dropped: bool = False
 
     @property
     def at(self) -> tuple[int, int]:
@@ -114,6 +124,32 @@ class Feed:
     #: Hears, while a batch decodes, how far into each of its chunks the text has got
     #: ({chunk index: seconds into the chunk}); called on the batcher's thread.
     on_reached: Callable[[dict[int, float]], None] | None = None
+    #: Its disposable requests in a batch being run (see ``Batcher.drop_disposable``).
+    running: list[_Request] = field(default_factory=list)
+
+
+class Dropped(Exception):
+    """Every request of a batch was given up: its decoding stops."""
+
+
+def _steps(
+    reached: Callable[[list[float]], None] | None, between: Callable[[], None] | None
+) -> Callable[[list[float]], None] | None:
+    """What the decoder calls at each step: ``reached`` when a row got further, then ``between``."""
+    if reached is None and between is None:
+        return None
+    told: list[list[float]] = []
+
+    def step(seconds: list[float]) -> None:
+        if not told:
+            told.append([0.0] * len(seconds))  # where every row starts
+        if reached is not None and seconds != told[0]:
+            told[0] = seconds
+            reached(seconds)
+        if between is not None:
+            between()
+
+    return step
 
 
 def _mels(chunks: list[Chunk], n_mels: int, device: torch.device) -> torch.Tensor:
@@ -146,6 +182,7 @@ class Batcher:
         self._encoded: dict[tuple[int, int], Any] = {}
         self.batches = 0  # batches run (progress, tests)
         self.encoded_chunks = 0  # chunks the encoder ran on (tests)
+        self.preemptions = 0  # live batches run in the middle of a job batch (tests, bench)
 
     # ---- jobs' side -----------------------------------------------------------------------
     def open(
@@ -167,9 +204,12 @@ class Batcher:
             self._feeds[feed.id] = feed
             return feed
 
-    def submit(self, feed: Feed, key: BatchKey, chunk: Chunk) -> Future[ChunkResult]:
-        """Queue a chunk; blocks while the feed already has a batch's worth waiting."""
-        request = _Request(key, chunk, Future(), feed.id)
+    def submit(
+        self, feed: Feed, key: BatchKey, chunk: Chunk, disposable: bool = False
+    ) -> Future[ChunkResult]:
+        """Queue a chunk; blocks while the feed already has a batch's worth waiting.
+        ``disposable``: see ``drop_disposable``."""
+        request = _Request(key, chunk, Future(), feed.id, disposable=disposable)
         with self._cond:
             self._cond.wait_for(lambda: len(feed.waiting) < self.batch_size or feed.closed)
             if feed.closed:
@@ -179,6 +219,17 @@ class Batcher:
                 feed.speaking_until = request.submitted + LIVE_SECONDS
             self._cond.notify_all()
         return request.future
+
+    def drop_disposable(self, feed: Feed) -> None:
+        """Give up the feed's disposable requests: those waiting are canceled, a batch of
+        running ones stops at its next decoding step (their futures fail with ``Dropped``)."""
+        with self._cond:
+            for request in [r for r in feed.waiting if r.disposable]:
+                feed.waiting.remove(request)
+                request.future.cancel()
+            for request in feed.running:
+                request.dropped = True
+            self._cond.notify_all()
 
     def done_producing(self, feed: Feed) -> None:
         """The job has submitted its last chunk: no batch waits for more from it."""
@@ -225,6 +276,10 @@ class Batcher:
     def _serve(self, batch: list[_Request]) -> None:
         try:
             results = self._run(batch)
+        except Dropped as exc:
+            for request in batch:
+                request.future.set_exception(exc)
+            return
         except Exception as exc:  # a failed batch fails its chunks' jobs, never the thread
             log.exception("a batch of %d chunks failed", len(batch))
             for request in batch:
@@ -290,6 +345,23 @@ class Batcher:
     def _live_waiting(self) -> bool:
         return any(f.live and f.waiting for f in self._feeds.values())
 
+    @staticmethod
+    def _check_dropped(batch: list[_Request]) -> None:
+        if all(r.dropped for r in batch):
+            raise Dropped("given up while decoding (a preview of a turn that has ended)")
+
+    def _serve_live(self) -> None:
+        """Live utterances waiting (whole turns, not previews), decoded now, in the middle of a
+        batch of job chunks."""
+        with self._cond:
+            turns = [f for f in self._feeds.values() if f.live and f.waiting and not f.waiting[0].disposable]
+            if not turns:
+                return
+            batch = self._take_live(turns)
+        if batch:
+            self.preemptions += 1
+            self._serve(batch)
+
     def _take_live(self, feeds: list[Feed]) -> list[_Request]:
         """The oldest live utterance and the live ones that can share its batch (lock held)."""
         live = sorted((f for f in feeds if f.live), key=lambda f: f.waiting[0].submitted)
@@ -308,12 +380,29 @@ class Batcher:
     # one thread, so two thread pools never fight over the cores (measured: a batch took 1.8x
     # as long while job threads computed mels beside it).
     def _run(self, batch: list[_Request]) -> list[ChunkResult]:
-        key = batch[0].key
-        model = self.models.get(key.model)
-        runner = self.models.runner
+        model = self.models.get(batch[0].key.model)
+        with self._cond:
+            live = any(self._feeds[r.feed].live for r in batch if r.feed in self._feeds)
+            for r in batch:
+                if r.disposable and r.feed in self._feeds:
+                    self._feeds[r.feed].running.append(r)
+        try:
+            return self._decode(batch, model, live)
+        finally:
+            with self._cond:
+                for r in batch:
+                    if r.disposable and r.feed in self._feeds:
+                        self._feeds[r.feed].running.remove(r)
+
+    def _decode(self, batch: list[_Request], model: Any, live: bool) -> list[ChunkResult]:
+        """``batch`` through the model: between two decoding steps a batch of job chunks lets
+        waiting live utterances through, and a live batch stops once all of it was dropped."""
+        key, runner = batch[0].key, self.models.runner
+        between = functools.partial(self._check_dropped, batch) if live else self._serve_live
         with runner.batch():
             mels = _mels([r.chunk for r in batch], runner.n_mels(model), runner.mel_device(model))
             features = self._encode(model, batch, mels)
+            between()  # the encoder pass cannot be interrupted; the decoding can, step by step
             detected = self._languages(model, key, features)
             languages = [language for language, _ in detected]
             if key.detect_only:
@@ -329,7 +418,7 @@ class Batcher:
                     model.is_multilingual, num_languages=model.num_languages, language=language, task=key.task
                 )
                 reached = self._reporter(batch, rows)
-                decoded = self._with_fallback(model, features, rows, tokenizer, key, reached)
+                decoded = self._with_fallback(model, features, rows, tokenizer, key, reached, between)
                 timed = []
                 for i, d in zip(rows, decoded, strict=True):
                     chunk = batch[i].chunk
@@ -393,9 +482,11 @@ class Batcher:
         tokenizer: Tokenizer,
         key: BatchKey,
         reached: Callable[[list[float]], None] | None = None,
+        between: Callable[[], None] | None = None,
     ) -> list[Decoded]:
         """transcribe()'s temperature fallback, per chunk, re-using the encoder output;
-        ``reached`` hears the first pass (the retries go over ground already reported)."""
+        ``reached`` hears the first pass (the retries go over ground already reported);
+        ``between`` runs between any two decoding steps."""
         results: dict[int, Decoded] = {}
         todo = rows
         for temperature in key.temperatures:
@@ -406,7 +497,7 @@ class Batcher:
                 tokenizer,
                 list(key.prompt),
                 temperature,
-                reached if todo is rows else None,
+                _steps(reached if todo is rows else None, between),
             )
             retry = []
             for i, d in zip(todo, decoded, strict=True):

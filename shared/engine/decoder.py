@@ -266,7 +266,8 @@ class LeanDecoder:
     ) -> list[Decoded]:
         """Decode every row of ``features`` (n, audio_ctx, width) with the same prompt.
         ``reached``, if given, hears at each synchronisation how far into its audio each row's
-        text has got (seconds, its last timestamp token) whenever that changed."""
+        text has got (seconds, its last timestamp token). It may use the model meanwhile (this
+        decoding's state is its own): the batcher decodes a live utterance there."""
         initial = self.initial_tokens(prompt)
         n, begin = features.shape[0], len(initial)
         sample_len = self.model.dims.n_text_ctx // 2
@@ -281,7 +282,6 @@ class LeanDecoder:
         last_ts = torch.full((n,), -1, dtype=torch.long, device=device)
         done = torch.zeros(n, dtype=torch.bool, device=device)
         furthest = torch.full((n,), -1, dtype=torch.long, device=device)  # last_ts of every row
-        told: list[float] = [0.0] * n
 
         hidden = self._forward(cache, tokens, 0)
         sot_index = initial.index(self.tokenizer.sot)
@@ -310,10 +310,7 @@ class LeanDecoder:
             if (step + 1) % self.sync_every == 0:
                 if reached is not None:
                     furthest[rows] = last_ts
-                    seconds = [max(0, t - self.ts_begin) * TIME_PRECISION for t in furthest.tolist()]
-                    if seconds != told:
-                        told = seconds
-                        reached(seconds)
+                    reached([max(0, t - self.ts_begin) * TIME_PRECISION for t in furthest.tolist()])
                 active = ~done[rows]
                 if not bool(active.any()):
                     break

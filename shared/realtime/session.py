@@ -22,7 +22,7 @@ from shared.api import gate
 from shared.api.credentials import ApiKey
 from shared.core.errors import TooManyRequestsError
 from shared.core.settings import RealtimeSettings
-from shared.engine.batcher import BatchKey
+from shared.engine.batcher import BatchKey, Dropped
 from shared.engine.chunker import Chunk
 from shared.engine.pcm import SAMPLE_RATE
 from shared.engine.pipeline import Engine
@@ -179,6 +179,8 @@ class LiveSession:
                 if self.previewing is None or self.previewing.done():
                     self.previewing = asyncio.create_task(self._preview(utterance))
                 continue
+            # The turn is over: a preview of it still waiting or decoding is not worth waiting for.
+            self.server.engine.batcher.drop_disposable(self.feed)
             self.drafts.close(utterance.item_id)
             self.outstanding += 1
             await self.queue.put(utterance)
@@ -258,6 +260,8 @@ class LiveSession:
         """A turn in progress transcribed so far: what two previews agree on goes out as a delta."""
         try:
             text = await self._transcribe(utterance)
+        except Dropped:
+            return  # the turn ended meanwhile
         except Exception:  # the whole turn is transcribed at its end anyway
             log.exception("realtime: a preview of session %s failed", self.id)
             return
@@ -305,7 +309,8 @@ class LiveSession:
         )
         self.index += 1
         chunk = Chunk(self.index, 0, utterance.audio)
-        future = await asyncio.to_thread(self.server.engine.batcher.submit, self.feed, key, chunk)
+        batcher = self.server.engine.batcher
+        future = await asyncio.to_thread(batcher.submit, self.feed, key, chunk, utterance.preview)
         result = await asyncio.wrap_future(future)
         pieces = [segment["text"] for segment in result.segments if segment["text"]]
         if pieces:

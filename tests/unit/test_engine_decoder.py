@@ -65,7 +65,7 @@ def _decoded(tokens: list[int]) -> Decoded:
     return Decoded(tokens, "", -0.1, 0.01, 0.0, 1.2)
 
 
-def test_reached_hears_each_rows_last_timestamp_as_it_goes_and_changes_no_token(model, mels):
+def test_reached_hears_each_rows_last_timestamp_at_every_step_and_changes_no_token(model, mels):
     tokenizer = get_tokenizer(True, num_languages=model.num_languages, language="en", task="transcribe")
     decoder = LeanDecoder(model, tokenizer)
     features = encode(model, mels)
@@ -77,7 +77,8 @@ def test_reached_hears_each_rows_last_timestamp_as_it_goes_and_changes_no_token(
     begin = tokenizer.timestamp_begin
     last = [max([t for t in r.tokens if t >= begin], default=begin) for r in rows]
     assert heard[-1] == [(t - begin) * 0.02 for t in last]  # where each row's text ended
-    assert all(a != b for a, b in itertools.pairwise(heard))  # only changes are told
+    # told at every step, changed or not (the batcher tells the jobs only changes)
+    assert any(a == b for a, b in itertools.pairwise(heard))
     for row in range(len(rows)):
         assert [h[row] for h in heard] == sorted(h[row] for h in heard)  # never backwards
 

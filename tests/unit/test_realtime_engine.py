@@ -13,7 +13,7 @@ import pytest
 from devtools.audio import speech_wav
 from devtools.demo_model import build_checkpoint
 from shared.core.settings import WorkerSettings
-from shared.engine.batcher import LIVE_BATCH_CAP, BatchKey
+from shared.engine.batcher import LIVE_BATCH_CAP, BatchKey, Dropped
 from shared.engine.chunker import FRAME, Chunk
 from shared.engine.loader import ModelCache
 from shared.engine.pcm import SAMPLE_RATE
@@ -124,3 +124,66 @@ def test_a_live_utterance_is_served_before_the_chunks_of_a_job(engine: Engine) -
     # At most one capped batch of the job's chunks ran before the utterance got the model.
     assert done.index("live") <= LIVE_BATCH_CAP
     assert len(done) == 7
+
+
+def test_a_live_utterance_that_arrives_mid_batch_is_decoded_between_its_steps(engine: Engine) -> None:
+    """The utterance comes while a job's chunk is being decoded (sent from the job's progress
+    report, which the batcher's thread calls between two decoding steps): it is done before
+    that chunk, and the chunk's text is what it would have been."""
+    key = BatchKey(
+        model="demo", task="transcribe", language="en", temperatures=(0.0,), prompt=(), word_timestamps=False
+    )
+    audio = _samples(3.0)
+    batcher = engine.batcher
+    live = batcher.open(live=True)
+    done: list[str] = []
+    spoken: list = []
+
+    def arrive(_reached: dict[int, float]) -> None:
+        if not spoken:
+            spoken.append(batcher.submit(live, key, Chunk(0, 0, audio)))
+            spoken[0].add_done_callback(lambda _f: done.append("live"))
+
+    job = batcher.open(on_reached=arrive)
+    before = batcher.preemptions
+    try:
+        chunk = batcher.submit(job, dataclasses.replace(key, temperatures=(0.0, 0.2)), Chunk(0, 0, audio))
+        chunk.add_done_callback(lambda _f: done.append("job"))
+        assert chunk.result(timeout=60).segments[0]["text"] == " Hello from whisper api."
+        assert spoken[0].result(timeout=60).segments[0]["text"] == " Hello from whisper api."
+    finally:
+        batcher.close(live)
+        batcher.close(job)
+        batcher.shutdown()
+    assert done == ["live", "job"]
+    assert batcher.preemptions == before + 1
+
+
+def test_a_dropped_preview_stops_decoding_and_lets_the_turn_s_answer_through(engine: Engine) -> None:
+    """A preview (disposable) being decoded when its turn ends is given up at the next step:
+    its future fails with Dropped, the turn's whole utterance is answered; a preview still
+    waiting is canceled."""
+    key = BatchKey(
+        model="demo", task="transcribe", language="en", temperatures=(0.0,), prompt=(), word_timestamps=False
+    )
+    audio = _samples(3.0)
+    batcher = engine.batcher
+    answers: list = []
+
+    def turn_ends(_reached: dict[int, float]) -> None:
+        if not answers:  # while the preview decodes: another preview waits, then the turn ends
+            answers.append(batcher.submit(live, key, Chunk(2, 0, audio), disposable=True))
+            batcher.drop_disposable(live)
+            answers.append(batcher.submit(live, key, Chunk(3, 0, audio)))
+
+    live = batcher.open(live=True, on_reached=turn_ends)
+    try:
+        preview = batcher.submit(live, key, Chunk(1, 0, audio), disposable=True)
+        with pytest.raises(Dropped):
+            preview.result(timeout=60)
+        waiting, whole = answers
+        assert whole.result(timeout=60).segments[0]["text"] == " Hello from whisper api."
+        assert waiting.cancelled()
+    finally:
+        batcher.close(live)
+        batcher.shutdown()
