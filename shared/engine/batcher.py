@@ -12,7 +12,8 @@ before any batch chunk, into a batch of live utterances only, with no gathering 
 turn that arrives while a batch of job chunks is being decoded does not wait for it: between two
 decoding steps of that batch (the openai-whisper engine; CTranslate2 decodes a batch in one
 call) the turn is encoded and decoded, and the job batch goes on where it was (its decoding
-state is its own). Previews of turns in progress do not interrupt job batches: they come every
+state is its own). So does a request submitted as ``interrupts`` (a turn's preview until its
+first words went out); later previews of a turn do not interrupt job batches: they come every
 half second, and the jobs would stall behind them. While a live session is speaking (opened, or
 an utterance, in the last ``LIVE_SECONDS``), batches of job chunks hold at most
 ``LIVE_BATCH_CAP`` chunks, so an utterance never waits long for an encoder pass. A session that
@@ -100,6 +101,9 @@ class _Request:
     #: May be given up (a preview): see ``Batcher.drop_disposable``.
     disposable: bool = False
     dropped: bool = False
+    #: A live request that goes between two decoding steps of a job batch (see the module's
+    #: docstring); whole turns always do.
+    interrupts: bool = True
 
     @property
     def at(self) -> tuple[int, int]:
@@ -205,11 +209,11 @@ class Batcher:
             return feed
 
     def submit(
-        self, feed: Feed, key: BatchKey, chunk: Chunk, disposable: bool = False
+        self, feed: Feed, key: BatchKey, chunk: Chunk, disposable: bool = False, interrupts: bool = True
     ) -> Future[ChunkResult]:
         """Queue a chunk; blocks while the feed already has a batch's worth waiting.
-        ``disposable``: see ``drop_disposable``."""
-        request = _Request(key, chunk, Future(), feed.id, disposable=disposable)
+        ``disposable``: see ``drop_disposable``; ``interrupts``: see ``_Request``."""
+        request = _Request(key, chunk, Future(), feed.id, disposable=disposable, interrupts=interrupts)
         with self._cond:
             self._cond.wait_for(lambda: len(feed.waiting) < self.batch_size or feed.closed)
             if feed.closed:
@@ -351,10 +355,10 @@ class Batcher:
             raise Dropped("given up while decoding (a preview of a turn that has ended)")
 
     def _serve_live(self) -> None:
-        """Live utterances waiting (whole turns, not previews), decoded now, in the middle of a
-        batch of job chunks."""
+        """Live utterances waiting that may interrupt, decoded now, in the middle of a batch of
+        job chunks."""
         with self._cond:
-            turns = [f for f in self._feeds.values() if f.live and f.waiting and not f.waiting[0].disposable]
+            turns = [f for f in self._feeds.values() if f.live and f.waiting and f.waiting[0].interrupts]
             if not turns:
                 return
             batch = self._take_live(turns)

@@ -38,6 +38,10 @@ class Drafts:
         self._sent[item] = agreed
         return (" " if sent else "") + " ".join(words[sent:agreed])
 
+    def started(self, item: str) -> bool:
+        """Whether some of ``item``'s words went out already."""
+        return self._sent.get(item, 0) > 0
+
     def close(self, item: str) -> None:
         """``item``'s turn ended: its transcript is being decoded whole; previews stop speaking."""
         self._closed[item] = None

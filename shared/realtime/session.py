@@ -310,7 +310,9 @@ class LiveSession:
         self.index += 1
         chunk = Chunk(self.index, 0, utterance.audio)
         batcher = self.server.engine.batcher
-        future = await asyncio.to_thread(batcher.submit, self.feed, key, chunk, utterance.preview)
+        # A preview goes ahead of job batches until the turn's first words went out.
+        interrupts = not utterance.preview or not self.drafts.started(utterance.item_id)
+        future = await asyncio.to_thread(batcher.submit, self.feed, key, chunk, utterance.preview, interrupts)
         result = await asyncio.wrap_future(future)
         pieces = [segment["text"] for segment in result.segments if segment["text"]]
         if pieces:

@@ -126,7 +126,17 @@ def test_a_live_utterance_is_served_before_the_chunks_of_a_job(engine: Engine) -
     assert len(done) == 7
 
 
-def test_a_live_utterance_that_arrives_mid_batch_is_decoded_between_its_steps(engine: Engine) -> None:
+@pytest.mark.parametrize(
+    ("disposable", "interrupts", "order"),
+    [
+        (False, True, ["live", "job"]),  # a whole turn
+        (True, True, ["live", "job"]),  # a turn's preview before its first words went out
+        (True, False, ["job", "live"]),  # a later preview waits for the job's batch
+    ],
+)
+def test_a_live_utterance_that_arrives_mid_batch_is_decoded_between_its_steps(
+    engine: Engine, disposable: bool, interrupts: bool, order: list[str]
+) -> None:
     """The utterance comes while a job's chunk is being decoded (sent from the job's progress
     report, which the batcher's thread calls between two decoding steps): it is done before
     that chunk, and the chunk's text is what it would have been."""
@@ -141,7 +151,7 @@ def test_a_live_utterance_that_arrives_mid_batch_is_decoded_between_its_steps(en
 
     def arrive(_reached: dict[int, float]) -> None:
         if not spoken:
-            spoken.append(batcher.submit(live, key, Chunk(0, 0, audio)))
+            spoken.append(batcher.submit(live, key, Chunk(0, 0, audio), disposable, interrupts))
             spoken[0].add_done_callback(lambda _f: done.append("live"))
 
     job = batcher.open(on_reached=arrive)
@@ -155,8 +165,8 @@ def test_a_live_utterance_that_arrives_mid_batch_is_decoded_between_its_steps(en
         batcher.close(live)
         batcher.close(job)
         batcher.shutdown()
-    assert done == ["live", "job"]
-    assert batcher.preemptions == before + 1
+    assert done == order
+    assert batcher.preemptions == before + (order[0] == "live")
 
 
 def test_a_dropped_preview_stops_decoding_and_lets_the_turn_s_answer_through(engine: Engine) -> None:
