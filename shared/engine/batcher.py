@@ -128,8 +128,6 @@ class Feed:
     #: Hears, while a batch decodes, how far into each of its chunks the text has got
     #: ({chunk index: seconds into the chunk}); called on the batcher's thread.
     on_reached: Callable[[dict[int, float]], None] | None = None
-    #: Its disposable requests in a batch being run (see ``Batcher.drop_disposable``).
-    running: list[_Request] = field(default_factory=list)
 
 
 class Dropped(Exception):
@@ -187,6 +185,8 @@ class Batcher:
         self.batches = 0  # batches run (progress, tests)
         self.encoded_chunks = 0  # chunks the encoder ran on (tests)
         self.preemptions = 0  # live batches run in the middle of a job batch (tests, bench)
+        #: The requests being decoded: a batch, and a live one inside it (``drop_disposable``).
+        self._running: list[_Request] = []
 
     # ---- jobs' side -----------------------------------------------------------------------
     def open(
@@ -231,8 +231,8 @@ class Batcher:
             for request in [r for r in feed.waiting if r.disposable]:
                 feed.waiting.remove(request)
                 request.future.cancel()
-            for request in feed.running:
-                request.dropped = True
+            for request in self._running:
+                request.dropped = request.dropped or (request.feed == feed.id and request.disposable)
             self._cond.notify_all()
 
     def done_producing(self, feed: Feed) -> None:
@@ -387,16 +387,12 @@ class Batcher:
         model = self.models.get(batch[0].key.model)
         with self._cond:
             live = any(self._feeds[r.feed].live for r in batch if r.feed in self._feeds)
-            for r in batch:
-                if r.disposable and r.feed in self._feeds:
-                    self._feeds[r.feed].running.append(r)
+            self._running += batch
         try:
             return self._decode(batch, model, live)
         finally:
             with self._cond:
-                for r in batch:
-                    if r.disposable and r.feed in self._feeds:
-                        self._feeds[r.feed].running.remove(r)
+                del self._running[-len(batch) :]  # a batch inside another ends first
 
     def _decode(self, batch: list[_Request], model: Any, live: bool) -> list[ChunkResult]:
         """``batch`` through the model: between two decoding steps a batch of job chunks lets

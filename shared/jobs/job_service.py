@@ -22,7 +22,7 @@ from shared.core.errors import (
     ValidationError,
 )
 from shared.core.settings import RetentionSettings
-from shared.core.storage import BlobStore, audio_key, result_key, speakers_key
+from shared.core.storage import BlobStore, audio_key, result_key
 from shared.jobs import idempotency, jobstore, known_speakers, queue, quota, retention
 from shared.jobs.audio import probe_duration
 from shared.jobs.formats import SUBTITLE_FORMATS, render, with_names
@@ -94,8 +94,9 @@ def create_job(
     with open(upload.path, "rb") as fileobj:
         store.upload(job.audio_key, fileobj, upload.content_type)
     try:
-        if new.known_speakers:
-            known_speakers.save(store, speakers_key(key_id, job_id), list(new.known_speakers))
+        clips = known_speakers.key_of(job)
+        if clips is not None:
+            known_speakers.save(store, clips, list(new.known_speakers))
         queue.ensure_group(r)
         replicas = 0 if redis_client.is_cluster(r) else c.settings.replicas_to_wait
         jobstore.create(r, job, guard, replicas, int(c.settings.redis_timeout_seconds * 500))
@@ -110,8 +111,8 @@ def create_job(
 def blob_keys(job: Job) -> list[str]:
     """What a job keeps in storage before it has a result: its audio, and its known speakers'
     clips if it has any."""
-    clips = [speakers_key(job.key_id, job.id)] if job.options.known_speakers else []
-    return [job.audio_key, *clips]
+    clips = known_speakers.key_of(job)
+    return [job.audio_key] if clips is None else [job.audio_key, clips]
 
 
 def submit(c: Clients, new: NewJob, idempotency_key: str | None) -> tuple[Job, bool]:

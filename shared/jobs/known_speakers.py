@@ -17,8 +17,9 @@ import tempfile
 from dataclasses import dataclass
 
 from shared.core.errors import UnsupportedMediaError, ValidationError
-from shared.core.storage import BlobStore
+from shared.core.storage import BlobStore, speakers_key
 from shared.jobs.audio import probe_duration
+from shared.jobs.models import Job
 
 NAMES_FIELD = "known_speaker_names[]"
 REFERENCES_FIELD = "known_speaker_references[]"
@@ -89,6 +90,11 @@ def check_lengths(clips: list[Clip]) -> None:
                 f"the clip of {clip.name!r} is {seconds:.1f} s; each must be "
                 f"{MIN_SECONDS:g} to {MAX_SECONDS:g} s long",
             )
+
+
+def key_of(job: Job) -> str | None:
+    """Where ``job``'s clips are stored (None: it has no known speakers)."""
+    return speakers_key(job.key_id, job.id) if job.options.known_speakers else None
 
 
 def save(store: BlobStore, key: str, clips: list[Clip]) -> None:

@@ -15,8 +15,8 @@ import redis
 from shared.core import keys
 from shared.core.errors import StorageError
 from shared.core.settings import RetentionSettings
-from shared.core.storage import BlobStore, result_key, speakers_key
-from shared.jobs import jobstore
+from shared.core.storage import BlobStore, result_key
+from shared.jobs import jobstore, known_speakers
 from shared.jobs.models import Job
 
 log = logging.getLogger("whisper_api.retention")
@@ -32,8 +32,9 @@ def schedule(r: redis.Redis, settings: RetentionSettings, job: Job, now: float |
         f"result|{result_key(job.key_id, job.id)}": now + settings.retain_results_seconds,
         f"job|{job.key_id}|{job.id}": now + settings.retain_jobs_seconds,
     }
-    if job.options.known_speakers:  # voice clips: kept no longer than the job needs them
-        due[f"audio|{speakers_key(job.key_id, job.id)}"] = now
+    clips = known_speakers.key_of(job)
+    if clips is not None:  # voice clips: kept no longer than the job needs them
+        due[f"audio|{clips}"] = now
     r.zadd(keys.RETENTION, due)
 
 

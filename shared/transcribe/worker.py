@@ -38,7 +38,7 @@ from shared.core.errors import (
     StorageError,
 )
 from shared.core.settings import WorkerSettings
-from shared.core.storage import BlobStore, result_key, speakers_key
+from shared.core.storage import BlobStore, result_key
 from shared.delivery import webhooks
 from shared.delivery.dispatcher import Dispatcher
 from shared.engine import diarizer
@@ -305,9 +305,9 @@ class Worker:
 
     def _known_speakers(self, job: Job, folder: str) -> list[tuple[str, Samples]]:
         """The job's known speakers' clips, decoded (none unless it has some)."""
-        if not job.options.known_speakers:
+        key = known_speakers.key_of(job)
+        if key is None:
             return []
-        key = speakers_key(job.key_id, job.id)
         if self._storage(f"look up the known speakers of job {job.id}", self.store.head, key) is None:
             log.warning("job %s: its known speakers' clips are gone; its speakers keep their labels", job.id)
             return []
